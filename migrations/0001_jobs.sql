@@ -1,0 +1,63 @@
+-- Jobs, their attempts and their groups. Times are Unix milliseconds (UTC).
+
+CREATE TABLE jobs (
+    -- Submission order: the tie-breaker after priority and run_at.
+    seq              INTEGER PRIMARY KEY,
+    id               TEXT    NOT NULL UNIQUE,
+    queue            TEXT    NOT NULL,
+    kind             TEXT    NOT NULL,
+    payload          BLOB    NOT NULL,
+    priority         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    timeout_ms       INTEGER,
+    deadline_ms      INTEGER,
+    run_at_ms        INTEGER,
+    idempotency_key  TEXT,
+    concurrency_key  TEXT,
+    weight           INTEGER NOT NULL DEFAULT 1,
+    -- JSON array of job ids.
+    depends_on       TEXT,
+    group_id         TEXT,
+    -- JSON object of string labels.
+    labels           TEXT,
+    tenant_id        TEXT,
+    parent_job_id    TEXT,
+    traceparent      TEXT,
+    tracestate       TEXT,
+    trace_id         TEXT,
+    -- switchyard.v1.JobState
+    state            INTEGER NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    output           BLOB,
+    error            TEXT,
+    created_at_ms    INTEGER NOT NULL,
+    started_at_ms    INTEGER,
+    finished_at_ms   INTEGER,
+    worker_id        TEXT
+);
+
+-- A second submit with the same key in the same queue finds the first job.
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (queue, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_queue_state ON jobs (queue, state, seq);
+CREATE INDEX jobs_state ON jobs (state, seq);
+CREATE INDEX jobs_group ON jobs (group_id, seq) WHERE group_id IS NOT NULL;
+
+CREATE TABLE attempts (
+    job_seq        INTEGER NOT NULL REFERENCES jobs (seq),
+    number         INTEGER NOT NULL,
+    worker_id      TEXT    NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    -- switchyard.v1.AttemptOutcome
+    outcome        INTEGER NOT NULL,
+    error          TEXT,
+    PRIMARY KEY (job_seq, number)
+) WITHOUT ROWID;
+
+CREATE TABLE groups (
+    id                TEXT    PRIMARY KEY,
+    size              INTEGER NOT NULL,
+    cancel_on_failure INTEGER NOT NULL,
+    created_at_ms     INTEGER NOT NULL
+);

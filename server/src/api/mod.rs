@@ -1,0 +1,416 @@
+//! The gRPC face: turns requests into store calls, validates them, and maps errors once.
+
+mod validate;
+
+use std::pin::Pin;
+
+use futures::Stream;
+use switchyard_proto::v1::{
+    self, BlockedOn, BlockedReason, CancelRequest, CancelResponse, GetRequest, Job, JobState,
+    ListRequest, ListResponse, RunRequest, RunResponse, SubmitBatchRequest, SubmitBatchResponse,
+    SubmitRequest, SubmitResponse, WaitRequest, WaitResponse, WatchGroupRequest,
+    admin_service_server::AdminService, cancel_request::Target, job_service_server::JobService,
+    worker_service_server::WorkerService,
+};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
+
+pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
+
+use crate::{
+    error::{Error, Result},
+    store::{CancelTarget, ListFilter, NewGroup, Store, Submitted, now_ms},
+};
+
+/// `JobService`: what clients call.
+#[derive(Clone)]
+pub struct JobApi {
+    store: Store,
+}
+
+impl JobApi {
+    pub fn new(store: Store) -> Self {
+        JobApi { store }
+    }
+}
+
+fn new_job_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Reads `x-tenant-id` and the W3C trace context from the request's metadata.
+fn context(metadata: &MetadataMap) -> Result<validate::Context> {
+    let text = |key: &str| -> Result<Option<String>> {
+        match metadata.get(key) {
+            None => Ok(None),
+            Some(value) => value
+                .to_str()
+                .map(|s| Some(s.to_owned()))
+                .map_err(|_| Error::invalid(key, "must be printable ASCII")),
+        }
+    };
+    let tenant_id = match text("x-tenant-id")? {
+        Some(tenant) => validate::optional_name("x-tenant-id", &tenant)?,
+        None => None,
+    };
+    // An invalid traceparent is ignored, as the W3C spec asks: the job starts a new trace.
+    let traceparent = text("traceparent").ok().flatten().filter(|tp| trace_id(tp).is_some());
+    let trace_id = traceparent.as_deref().and_then(trace_id);
+    let tracestate = traceparent
+        .as_ref()
+        .and_then(|_| text("tracestate").ok().flatten());
+    Ok(validate::Context {
+        tenant_id,
+        traceparent,
+        tracestate,
+        trace_id,
+    })
+}
+
+/// The trace id of a `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.
+fn trace_id(traceparent: &str) -> Option<String> {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let [version, trace, span, flags] = parts[..] else {
+        return None;
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(span, 16)
+        && span.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    valid.then(|| trace.to_ascii_lowercase())
+}
+
+fn submit_response(s: Submitted) -> SubmitResponse {
+    SubmitResponse {
+        job_id: s.id,
+        duplicate: s.duplicate,
+        state: s.state as i32,
+    }
+}
+
+/// Says why a queued job is not running. Until workers exist, nothing serves any queue.
+fn explain(job: &mut Job, now: i64) {
+    if job.state != JobState::Queued as i32 {
+        return;
+    }
+    let until = job
+        .run_at
+        .filter(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000) > now);
+    job.blocked_on = Some(match until {
+        Some(until) => BlockedOn {
+            reason: BlockedReason::Scheduled as i32,
+            detail: "waiting for its run_at time".into(),
+            until: Some(until),
+            ..Default::default()
+        },
+        None => BlockedOn {
+            reason: BlockedReason::NoWorker as i32,
+            detail: format!(
+                "no connected worker serves queue {:?} and kind {:?}",
+                job.queue, job.kind
+            ),
+            ..Default::default()
+        },
+    });
+}
+
+fn page_token(seq: i64) -> String {
+    format!("s{seq}")
+}
+
+fn parse_page_token(token: &str) -> Result<i64> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix('s')
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Error::invalid("page_token", "is not a token this server issued"))
+}
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    #[tracing::instrument(skip_all, fields(queue = %request.get_ref().queue, kind = %request.get_ref().kind))]
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let ctx = context(request.metadata())?;
+        let req = request.into_inner();
+        if !req.group_id.is_empty() {
+            return Err(Error::invalid("group_id", "is set by SubmitBatch, not Submit").into());
+        }
+        if !req.r#ref.is_empty() {
+            return Err(Error::invalid("ref", "only names jobs inside a SubmitBatch").into());
+        }
+        let job = validate::job("", req, new_job_id(), &Default::default(), &ctx, now_ms())?;
+        let mut done = self.store.submit(vec![job], None).await?;
+        let submitted = done
+            .pop()
+            .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
+        Ok(Response::new(submit_response(submitted)))
+    }
+
+    #[tracing::instrument(skip_all, fields(jobs = request.get_ref().jobs.len()))]
+    async fn submit_batch(
+        &self,
+        request: Request<SubmitBatchRequest>,
+    ) -> Result<Response<SubmitBatchResponse>, Status> {
+        let ctx = context(request.metadata())?;
+        let req = request.into_inner();
+        if req.jobs.is_empty() {
+            return Err(Error::invalid("jobs", "must hold at least one job").into());
+        }
+        if req.jobs.len() > MAX_BATCH_JOBS {
+            return Err(Error::invalid(
+                "jobs",
+                format!("has {} jobs; the limit is {MAX_BATCH_JOBS}", req.jobs.len()),
+            )
+            .into());
+        }
+        let group = validate::optional_name("group_id", &req.group_id)?.map(|id| NewGroup {
+            id,
+            cancel_on_failure: req.cancel_on_failure,
+        });
+        if group.is_none() && req.cancel_on_failure {
+            return Err(Error::invalid("cancel_on_failure", "needs a group_id").into());
+        }
+        let ids: Vec<String> = req.jobs.iter().map(|_| new_job_id()).collect();
+        let refs = validate::refs(&req.jobs, &ids)?;
+        let now = now_ms();
+        let mut jobs = Vec::with_capacity(req.jobs.len());
+        for (i, (job, id)) in req.jobs.into_iter().zip(ids).enumerate() {
+            if !job.group_id.is_empty() && Some(&job.group_id) != group.as_ref().map(|g| &g.id) {
+                return Err(Error::invalid(
+                    format!("jobs[{i}].group_id"),
+                    "must be empty or the batch's group_id",
+                )
+                .into());
+            }
+            jobs.push(validate::job(&format!("jobs[{i}]."), job, id, &refs, &ctx, now)?);
+        }
+        validate::acyclic(&jobs)?;
+        let group_id = group.as_ref().map(|g| g.id.clone()).unwrap_or_default();
+        let done = self.store.submit(jobs, group).await?;
+        Ok(Response::new(SubmitBatchResponse {
+            jobs: done.into_iter().map(submit_response).collect(),
+            group_id,
+        }))
+    }
+
+    async fn run(&self, _: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        Err(Error::Unimplemented("Run needs workers, which this coordinator does not serve yet").into())
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Job>, Status> {
+        let id = request.into_inner().job_id;
+        if id.is_empty() {
+            return Err(Error::invalid("job_id", "is required").into());
+        }
+        let mut job = self.store.get(id).await?;
+        explain(&mut job, now_ms());
+        Ok(Response::new(job))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            0 => validate::DEFAULT_PAGE_SIZE,
+            n if n <= validate::MAX_PAGE_SIZE => n,
+            _ => {
+                return Err(Error::invalid(
+                    "page_size",
+                    format!("must be at most {}", validate::MAX_PAGE_SIZE),
+                )
+                .into());
+            }
+        };
+        let state = match JobState::try_from(req.state) {
+            Ok(JobState::Unspecified) => None,
+            Ok(state) => Some(state),
+            Err(_) => return Err(Error::invalid("state", "is not a JobState").into()),
+        };
+        let filter = ListFilter {
+            queue: validate::optional_name("queue", &req.queue)?,
+            state,
+            kind: validate::optional_name("kind", &req.kind)?,
+            group_id: validate::optional_name("group_id", &req.group_id)?,
+            after_seq: parse_page_token(&req.page_token)?,
+            page_size,
+        };
+        let page = self.store.list(filter).await?;
+        let now = now_ms();
+        let mut jobs = page.jobs;
+        for job in &mut jobs {
+            explain(job, now);
+        }
+        Ok(Response::new(ListResponse {
+            jobs,
+            next_page_token: page.next_after_seq.map(page_token).unwrap_or_default(),
+        }))
+    }
+
+    async fn wait(&self, _: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        Err(Error::Unimplemented("Wait needs workers, which this coordinator does not serve yet").into())
+    }
+
+    type WatchGroupStream = Stream_<v1::GroupEvent>;
+
+    async fn watch_group(
+        &self,
+        _: Request<WatchGroupRequest>,
+    ) -> Result<Response<Self::WatchGroupStream>, Status> {
+        Err(Error::Unimplemented("WatchGroup is not served yet").into())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let req = request.into_inner();
+        let target = match req.target {
+            Some(Target::JobId(id)) if !id.is_empty() => CancelTarget::Job(id),
+            Some(Target::GroupId(id)) if !id.is_empty() => CancelTarget::Group(id),
+            _ => return Err(Error::invalid("target", "set job_id or group_id").into()),
+        };
+        if req.reason.len() > 1024 {
+            return Err(Error::invalid("reason", "must be at most 1024 bytes").into());
+        }
+        let reason = if req.reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            req.reason
+        };
+        let done = self.store.cancel(target, reason).await?;
+        Ok(Response::new(CancelResponse {
+            cancelled: done.ids,
+            state: done.state as i32,
+        }))
+    }
+}
+
+/// `AdminService`: numbers now; quotas and queue control arrive with the scheduler.
+#[derive(Clone)]
+pub struct AdminApi {
+    store: Store,
+}
+
+impl AdminApi {
+    pub fn new(store: Store) -> Self {
+        AdminApi { store }
+    }
+}
+
+const NOT_YET: &str = "not served yet by this coordinator";
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn set_quota(
+        &self,
+        _: Request<v1::SetQuotaRequest>,
+    ) -> Result<Response<v1::Quota>, Status> {
+        Err(Error::Unimplemented(NOT_YET).into())
+    }
+
+    async fn list_quotas(
+        &self,
+        _: Request<v1::ListQuotasRequest>,
+    ) -> Result<Response<v1::ListQuotasResponse>, Status> {
+        Err(Error::Unimplemented(NOT_YET).into())
+    }
+
+    async fn pause_queue(
+        &self,
+        _: Request<v1::PauseQueueRequest>,
+    ) -> Result<Response<v1::PauseQueueResponse>, Status> {
+        Err(Error::Unimplemented(NOT_YET).into())
+    }
+
+    async fn resume_queue(
+        &self,
+        _: Request<v1::ResumeQueueRequest>,
+    ) -> Result<Response<v1::ResumeQueueResponse>, Status> {
+        Err(Error::Unimplemented(NOT_YET).into())
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Ok(Response::new(v1::ListWorkersResponse { workers: vec![] }))
+    }
+
+    async fn stats(
+        &self,
+        _: Request<v1::StatsRequest>,
+    ) -> Result<Response<v1::StatsResponse>, Status> {
+        let queues = self.store.queue_stats().await?;
+        Ok(Response::new(v1::StatsResponse {
+            queues,
+            store: Some(self.store.writer_stats()),
+            workers: 0,
+        }))
+    }
+}
+
+/// `WorkerService`: the dispatch stream is not served yet.
+#[derive(Clone, Default)]
+pub struct WorkerApi;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type ConnectStream = Stream_<v1::CoordinatorMessage>;
+
+    async fn connect(
+        &self,
+        _: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        Err(Error::Unimplemented(NOT_YET).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::timestamp;
+
+    #[test]
+    fn trace_ids_come_only_from_well_formed_traceparents() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_forgeries() {
+        assert_eq!(parse_page_token(&page_token(42)).ok(), Some(42));
+        assert!(parse_page_token("s-1").is_err());
+        assert!(parse_page_token("42").is_err());
+    }
+
+    #[test]
+    fn queued_jobs_say_why_they_wait() {
+        let mut job = Job {
+            state: JobState::Queued as i32,
+            queue: "q".into(),
+            kind: "k".into(),
+            run_at: Some(timestamp(now_ms() + 60_000)),
+            ..Default::default()
+        };
+        explain(&mut job, now_ms());
+        assert_eq!(
+            job.blocked_on.map(|b| b.reason),
+            Some(BlockedReason::Scheduled as i32)
+        );
+    }
+}

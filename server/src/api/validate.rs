@@ -1,0 +1,345 @@
+//! The rules every request field must keep. A broken rule is `INVALID_ARGUMENT` naming the
+//! field and the rule, found before anything is stored.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use switchyard_proto::v1::SubmitRequest;
+
+use crate::{
+    error::{Error, Result},
+    store::NewJob,
+};
+
+/// Largest payload of one job.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Most jobs in one `SubmitBatch`.
+pub const MAX_BATCH_JOBS: usize = 10_000;
+/// Longest queue, kind, key, group, tenant or label name.
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+pub const MAX_PRIORITY: i32 = 1000;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS: u32 = 100;
+pub const MAX_WEIGHT: u32 = 1000;
+pub const MAX_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How far ahead `deadline` and `run_at` may lie.
+pub const MAX_HORIZON_MS: i64 = 366 * 24 * 3600 * 1000;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_VALUE_LEN: usize = 1024;
+pub const MAX_DEPENDENCIES: usize = 1000;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+const NAME_RULE: &str = "must be 1-128 characters of A-Z a-z 0-9 _ . : -";
+
+/// Checks a name (queue, kind, key, group, tenant, label key) against the documented set.
+pub fn name(field: &str, value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else if value.is_empty() {
+        Err(Error::invalid(field, "is required"))
+    } else {
+        Err(Error::invalid(field, NAME_RULE))
+    }
+}
+
+/// An optional name: empty means unset.
+pub fn optional_name(field: &str, value: &str) -> Result<Option<String>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    name(field, value)?;
+    Ok(Some(value.to_owned()))
+}
+
+/// What the request's metadata contributes to each job it submits.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub tenant_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// Turns one `SubmitRequest` into a job to store. `prefix` names it inside a batch
+/// (`jobs[3].`); `refs` maps the batch's `ref`s to the ids chosen for them.
+pub fn job(
+    prefix: &str,
+    req: SubmitRequest,
+    id: String,
+    refs: &HashMap<String, String>,
+    ctx: &Context,
+    now_ms: i64,
+) -> Result<NewJob> {
+    let field = |name: &str| format!("{prefix}{name}");
+    name(&field("queue"), &req.queue)?;
+    name(&field("kind"), &req.kind)?;
+    if req.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Error::invalid(
+            field("payload"),
+            format!(
+                "is {} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes",
+                req.payload.len()
+            ),
+        ));
+    }
+    if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&req.priority) {
+        return Err(Error::invalid(
+            field("priority"),
+            format!("must be between -{MAX_PRIORITY} and {MAX_PRIORITY}"),
+        ));
+    }
+    let max_attempts = match req.max_attempts {
+        None => DEFAULT_MAX_ATTEMPTS,
+        Some(0) => return Err(Error::invalid(field("max_attempts"), "must be at least 1")),
+        Some(n) if n > MAX_ATTEMPTS => {
+            return Err(Error::invalid(
+                field("max_attempts"),
+                format!("must be at most {MAX_ATTEMPTS}"),
+            ));
+        }
+        Some(n) => n,
+    };
+    let timeout_ms = req
+        .timeout
+        .map(|d| duration_ms(&field("timeout"), &d, MAX_TIMEOUT_MS, "7 days"))
+        .transpose()?;
+    let deadline_ms = req
+        .deadline
+        .map(|t| timestamp_ms(&field("deadline"), &t))
+        .transpose()?;
+    if let Some(deadline) = deadline_ms {
+        if deadline <= now_ms {
+            return Err(Error::invalid(field("deadline"), "is already past"));
+        }
+        if deadline - now_ms > MAX_HORIZON_MS {
+            return Err(Error::invalid(
+                field("deadline"),
+                "must be at most 366 days ahead",
+            ));
+        }
+    }
+    let run_at_ms = req
+        .run_at
+        .map(|t| timestamp_ms(&field("run_at"), &t))
+        .transpose()?;
+    if run_at_ms.is_some_and(|at| at - now_ms > MAX_HORIZON_MS) {
+        return Err(Error::invalid(field("run_at"), "must be at most 366 days ahead"));
+    }
+    let idempotency_key = if req.idempotency_key.is_empty() {
+        None
+    } else if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || req.idempotency_key.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(
+            field("idempotency_key"),
+            format!(
+                "must be at most {MAX_IDEMPOTENCY_KEY_LEN} bytes with no control characters"
+            ),
+        ));
+    } else {
+        Some(req.idempotency_key)
+    };
+    let concurrency_key = optional_name(&field("concurrency_key"), &req.concurrency_key)?;
+    let weight = match req.weight {
+        None => 1,
+        Some(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+        Some(_) => {
+            return Err(Error::invalid(
+                field("weight"),
+                format!("must be between 1 and {MAX_WEIGHT}"),
+            ));
+        }
+    };
+    if req.depends_on.len() > MAX_DEPENDENCIES {
+        return Err(Error::invalid(
+            field("depends_on"),
+            format!("has more than {MAX_DEPENDENCIES} entries"),
+        ));
+    }
+    let mut depends_on = Vec::with_capacity(req.depends_on.len());
+    for (i, dep) in req.depends_on.into_iter().enumerate() {
+        if dep.is_empty() || dep.len() > MAX_NAME_LEN {
+            return Err(Error::invalid(
+                field(&format!("depends_on[{i}]")),
+                "must be a job id or the ref of a job in the batch",
+            ));
+        }
+        let dep = refs.get(&dep).cloned().unwrap_or(dep);
+        if dep == id {
+            return Err(Error::invalid(
+                field(&format!("depends_on[{i}]")),
+                "a job cannot depend on itself",
+            ));
+        }
+        depends_on.push(dep);
+    }
+    labels(&field("labels"), &req.labels)?;
+    Ok(NewJob {
+        id,
+        queue: req.queue,
+        kind: req.kind,
+        payload: req.payload,
+        priority: req.priority,
+        max_attempts,
+        timeout_ms,
+        deadline_ms,
+        run_at_ms,
+        idempotency_key,
+        concurrency_key,
+        weight,
+        depends_on,
+        labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        tenant_id: ctx.tenant_id.clone(),
+        parent_job_id: None,
+        traceparent: ctx.traceparent.clone(),
+        tracestate: ctx.tracestate.clone(),
+        trace_id: ctx.trace_id.clone(),
+    })
+}
+
+fn labels(field: &str, labels: &HashMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid(field, format!("has more than {MAX_LABELS} entries")));
+    }
+    for (key, value) in labels {
+        name(&format!("{field}[{key:?}]"), key)?;
+        if value.len() > MAX_LABEL_VALUE_LEN {
+            return Err(Error::invalid(
+                format!("{field}[{key:?}]"),
+                format!("value must be at most {MAX_LABEL_VALUE_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A positive duration no longer than `max_ms`, in milliseconds.
+pub fn duration_ms(
+    field: &str,
+    d: &prost_types::Duration,
+    max_ms: i64,
+    max_text: &str,
+) -> Result<i64> {
+    if !(0..1_000_000_000).contains(&d.nanos) || d.seconds < 0 {
+        return Err(Error::invalid(field, "must be a positive duration"));
+    }
+    let ms = d
+        .seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
+        .filter(|ms| *ms <= max_ms)
+        .ok_or_else(|| Error::invalid(field, format!("must be at most {max_text}")))?;
+    if ms == 0 {
+        return Err(Error::invalid(field, "must be at least 1 millisecond"));
+    }
+    Ok(ms)
+}
+
+/// A valid timestamp, in milliseconds since the epoch.
+pub fn timestamp_ms(field: &str, t: &prost_types::Timestamp) -> Result<i64> {
+    // Year 1 .. year 9999, as google.protobuf.Timestamp defines.
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(0..1_000_000_000).contains(&t.nanos) || !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds)
+    {
+        return Err(Error::invalid(field, "is not a valid timestamp"));
+    }
+    Ok(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}
+
+/// The batch's `ref`s must be unique names; returns them mapped to the ids chosen for the jobs.
+pub fn refs(jobs: &[SubmitRequest], ids: &[String]) -> Result<HashMap<String, String>> {
+    let mut refs = HashMap::new();
+    let mut seen = HashSet::new();
+    for (i, (job, id)) in jobs.iter().zip(ids).enumerate() {
+        if job.r#ref.is_empty() {
+            continue;
+        }
+        name(&format!("jobs[{i}].ref"), &job.r#ref)?;
+        if !seen.insert(job.r#ref.as_str()) {
+            return Err(Error::invalid(
+                format!("jobs[{i}].ref"),
+                format!("{:?} is used by an earlier job of the batch", job.r#ref),
+            ));
+        }
+        refs.insert(job.r#ref.clone(), id.clone());
+    }
+    Ok(refs)
+}
+
+/// Refuses a dependency cycle inside a batch (jobs outside it cannot depend on new ones).
+pub fn acyclic(jobs: &[NewJob]) -> Result<()> {
+    let index: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.id.as_str(), i))
+        .collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut mark = vec![0u8; jobs.len()];
+    for start in 0..jobs.len() {
+        if mark[start] != 0 {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        mark[start] = 1;
+        while let Some((node, next)) = stack.last_mut() {
+            let node = *node;
+            match jobs[node].depends_on.get(*next) {
+                Some(dep) => {
+                    *next += 1;
+                    if let Some(&d) = index.get(dep.as_str()) {
+                        match mark[d] {
+                            0 => {
+                                mark[d] = 1;
+                                stack.push((d, 0));
+                            }
+                            1 => {
+                                return Err(Error::invalid(
+                                    format!("jobs[{node}].depends_on"),
+                                    "forms a cycle",
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                None => {
+                    mark[node] = 2;
+                    stack.pop();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_to_the_documented_set() {
+        assert!(name("queue", "emails.high-prio:v2_x").is_ok());
+        for bad in ["", "has space", "ünï", "semi;colon", &"x".repeat(129)] {
+            assert!(name("queue", bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(name("queue", &"x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn durations_must_be_positive_and_bounded() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(duration_ms("t", &d(1, 500_000_000), MAX_TIMEOUT_MS, "7d").ok(), Some(1500));
+        assert!(duration_ms("t", &d(-1, 0), MAX_TIMEOUT_MS, "7d").is_err());
+        assert!(duration_ms("t", &d(0, -5), MAX_TIMEOUT_MS, "7d").is_err());
+        assert!(duration_ms("t", &d(0, 0), MAX_TIMEOUT_MS, "7d").is_err());
+        assert!(duration_ms("t", &d(i64::MAX, 0), MAX_TIMEOUT_MS, "7d").is_err());
+        assert!(duration_ms("t", &d(8 * 24 * 3600, 0), MAX_TIMEOUT_MS, "7d").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Command-line flags of `switchyard-server`; each also reads `SWITCHYARD_<FLAG>`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+
+use crate::store::{StoreConfig, SyncMode};
+
+/// The Switchyard coordinator: takes jobs over gRPC and keeps them durably in SQLite.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchyard-server", version)]
+pub struct ServerArgs {
+    /// Address to listen on for gRPC (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Database: `sqlite://PATH`. The file is created if missing.
+    #[arg(long, env = "SWITCHYARD_DB", default_value = "sqlite://switchyard.db", value_parser = parse_db_url)]
+    pub db: PathBuf,
+
+    /// When a commit reaches the disk. `full`: fsync on every commit, so an acknowledged job
+    /// survives a killed process and a power cut. `normal`: faster; survives a killed process,
+    /// but a power cut may lose the last commits.
+    #[arg(long, env = "SWITCHYARD_SYNC", value_enum, default_value_t = SyncMode::Full)]
+    pub sync: SyncMode,
+
+    /// Largest gRPC message accepted or sent, in bytes (a job's payload is limited to 1 MiB
+    /// by itself; this bounds a whole `SubmitBatch`).
+    #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024 * 1024 + 4096..=256 * 1024 * 1024))]
+    pub max_message_bytes: u64,
+
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    #[arg(long, env = "SWITCHYARD_MAX_CONCURRENT_STREAMS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Writes that may wait for the store's writer before submitters get UNAVAILABLE.
+    #[arg(long, env = "SWITCHYARD_WRITE_QUEUE", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub write_queue: u64,
+
+    /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_server=debug`.
+    #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// What `run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+}
+
+impl ServerArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            store: StoreConfig {
+                path: self.db.clone(),
+                sync: self.sync,
+                readers: 4,
+                write_queue: self.write_queue as usize,
+            },
+            max_message_bytes: self.max_message_bytes as usize,
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults for a database file, as the flags give them.
+    pub fn for_path(path: impl Into<PathBuf>) -> Config {
+        let mut args = ServerArgs::parse_from(["switchyard-server"]);
+        args.db = path.into();
+        args.config()
+    }
+}
+
+/// `sqlite://PATH` (relative) or `sqlite:///PATH` (absolute) to a file path.
+pub fn parse_db_url(url: &str) -> Result<PathBuf, String> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .ok_or_else(|| format!("{url:?}: expected sqlite://PATH"))?;
+    if path.is_empty() || path.starts_with(':') || path.contains('?') {
+        return Err(format!(
+            "{url:?}: expected sqlite://PATH to a file (in-memory databases and options are not supported)"
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_urls() {
+        assert_eq!(parse_db_url("sqlite://a.db"), Ok(PathBuf::from("a.db")));
+        assert_eq!(parse_db_url("sqlite:///tmp/a.db"), Ok(PathBuf::from("/tmp/a.db")));
+        assert!(parse_db_url("postgres://x").is_err());
+        assert!(parse_db_url("sqlite://:memory:").is_err());
+        assert!(parse_db_url("sqlite://").is_err());
+    }
+}

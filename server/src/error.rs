@@ -1,0 +1,88 @@
+//! The coordinator's error type, and its one mapping to `tonic::Status`.
+
+use tonic::{Code, Status};
+
+/// Everything the coordinator can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field broke a rule; the message names the field and the rule.
+    #[error("{field}: {rule}")]
+    InvalidArgument { field: String, rule: String },
+    #[error("job {0}: not found")]
+    JobNotFound(String),
+    #[error("group {0}: not found")]
+    GroupNotFound(String),
+    #[error("group {0}: already exists")]
+    GroupExists(String),
+    #[error("job {id}: {reason}")]
+    FailedPrecondition { id: String, reason: String },
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    /// A bounded queue is full: the caller should back off and retry.
+    #[error("{0} is full; retry later")]
+    Overloaded(&'static str),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("migration {version}: {source}")]
+    Migration {
+        version: u32,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database file {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::JobNotFound(_) | Error::GroupNotFound(_) => Code::NotFound,
+            Error::GroupExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Overloaded(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::Database(_)
+            | Error::Migration { .. }
+            | Error::Open { .. }
+            | Error::CommitFailed(_)
+            | Error::Corrupt(_)
+            | Error::Transport(_)
+            | Error::Reflection(_)
+            | Error::Io(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            // The database's own text stays in our logs; the caller learns only that it failed.
+            tracing::error!(cause = %err, "internal error");
+            return Status::internal("internal error; see the coordinator's log");
+        }
+        Status::new(code, err.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,50 @@
+//! `switchyard-server`: parses flags, installs logging, binds, and runs the coordinator.
+
+use anyhow::Context;
+use clap::Parser;
+use switchyard_server::ServerArgs;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = ServerArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // The one line on stdout: scripts and tests read the chosen address from it.
+    println!("switchyard-server listening on {addr}");
+    tracing::info!(%addr, db = %args.db.display(), sync = ?args.sync, "coordinator starting");
+
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let result = switchyard_server::run(listener, args.config(), shutdown.clone()).await;
+    shutdown.cancel();
+    signals.abort();
+    result.context("coordinator failed")?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM both start a drain.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,279 @@
+//! The durable record of every job.
+//!
+//! One writer thread owns the SQLite write connection: callers send it [`writer::Command`]s on a
+//! bounded channel and await a reply, and it commits everything that is waiting in one
+//! transaction (group commit), so one fsync covers many jobs. Reads go to a small pool of
+//! read-only connections (WAL lets them run beside the writer).
+
+mod migrate;
+mod read;
+mod writer;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OpenFlags};
+use switchyard_proto::v1;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+pub use read::{ListFilter, ListPage};
+use writer::Command;
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// fsync on every commit: an acknowledged job survives a power cut.
+    Full,
+    /// fsync at WAL checkpoints only: survives a killed process, not a power cut.
+    Normal,
+}
+
+impl SyncMode {
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Where the store lives and how it writes.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub sync: SyncMode,
+    /// Read-only connections in the read pool.
+    pub readers: usize,
+    /// Commands that may wait for the writer before submitters are pushed back.
+    pub write_queue: usize,
+}
+
+/// A job to insert, validated and with its id chosen.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<i64>,
+    pub deadline_ms: Option<i64>,
+    pub run_at_ms: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub weight: u32,
+    /// Ids of jobs that must succeed first: earlier jobs, or other jobs of the same batch.
+    pub depends_on: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub tenant_id: Option<String>,
+    pub parent_job_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// A group created by `SubmitBatch`.
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    pub id: String,
+    pub cancel_on_failure: bool,
+}
+
+/// What became of one submitted job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: String,
+    /// The idempotency key matched an earlier job; `id` is that job's.
+    pub duplicate: bool,
+    pub state: v1::JobState,
+}
+
+/// What to cancel.
+#[derive(Debug, Clone)]
+pub enum CancelTarget {
+    Job(String),
+    Group(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Jobs this call moved to `CANCELLED`.
+    pub ids: Vec<String>,
+    /// For a single job, its state afterwards.
+    pub state: v1::JobState,
+}
+
+/// Counters of the writer, for `Stats` and tests of group commit.
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    commits: AtomicU64,
+    commands: AtomicU64,
+    rows_written: AtomicU64,
+    max_batch: AtomicU64,
+}
+
+impl WriterCounters {
+    fn record(&self, commands: u64, rows: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands, Ordering::Relaxed);
+        self.rows_written.fetch_add(rows, Ordering::Relaxed);
+        self.max_batch.fetch_max(commands, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> v1::StoreStats {
+        v1::StoreStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+            rows_written: self.rows_written.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A cheap handle to the store: clone it freely.
+#[derive(Clone)]
+pub struct Store {
+    commands: mpsc::Sender<Command>,
+    readers: Arc<read::Readers>,
+    counters: Arc<WriterCounters>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database, applies migrations and starts the writer.
+    pub fn open(config: &StoreConfig) -> Result<Store> {
+        let mut conn = open_connection(&config.path, config.sync, false)?;
+        migrate::run(&mut conn)?;
+        let readers = read::Readers::open(&config.path, config.sync, config.readers.max(1))?;
+        let counters = Arc::new(WriterCounters::default());
+        let (tx, rx) = mpsc::channel(config.write_queue.max(1));
+        let thread_counters = counters.clone();
+        let handle = std::thread::Builder::new()
+            .name("switchyard-writer".into())
+            .spawn(move || writer::run(conn, rx, thread_counters))?;
+        Ok(Store {
+            commands: tx,
+            readers: Arc::new(readers),
+            counters,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Stores jobs (and their group) in one transaction: all of them or none.
+    pub async fn submit(&self, jobs: Vec<NewJob>, group: Option<NewGroup>) -> Result<Vec<Submitted>> {
+        self.call(|reply| Command::Submit { jobs, group, reply }).await?
+    }
+
+    /// Cancels queued jobs: one, or every queued job of a group.
+    pub async fn cancel(&self, target: CancelTarget, reason: String) -> Result<Cancelled> {
+        self.call(|reply| Command::Cancel {
+            target,
+            reason,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn get(&self, id: String) -> Result<v1::Job> {
+        self.readers
+            .run(move |conn| read::get(conn, &id)?.ok_or(Error::JobNotFound(id)))
+            .await
+    }
+
+    pub async fn list(&self, filter: ListFilter) -> Result<ListPage> {
+        self.readers.run(move |conn| read::list(conn, &filter)).await
+    }
+
+    pub async fn queue_stats(&self) -> Result<Vec<v1::QueueStats>> {
+        self.readers.run(read::queue_stats).await
+    }
+
+    pub fn writer_stats(&self) -> v1::StoreStats {
+        self.counters.snapshot()
+    }
+
+    /// Lets the writer finish what was sent before, checkpoints the WAL and closes the file.
+    /// Later calls fail with `ShuttingDown`.
+    pub async fn close(&self) -> Result<()> {
+        // A send error means the writer is already gone: closing twice is fine.
+        let _ = self.call(|reply| Command::Close { reply }).await;
+        let handle = self
+            .writer
+            .lock()
+            .map_err(|_| Error::Corrupt("writer handle lock poisoned".into()))?
+            .take();
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+                .map_err(|_| Error::Io(std::io::Error::other("writer thread panicked")))?;
+        }
+        self.readers.close();
+        Ok(())
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.try_send(make(reply)).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded("the store's write queue"),
+            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+}
+
+/// Opens one connection with the per-connection pragmas on it.
+fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let wrap = |source| Error::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(wrap)?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
+    }
+    conn.pragma_update(None, "synchronous", sync.pragma())
+        .map_err(wrap)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub(crate) fn duration(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms / 1000,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}

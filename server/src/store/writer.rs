@@ -1,0 +1,357 @@
+//! The writer thread: the only code that writes to the database.
+//!
+//! It blocks for one command, takes every other command already waiting (up to
+//! [`MAX_BATCH`]), applies each inside its own savepoint (one bad command does not spoil the
+//! others) and commits them all in one `BEGIN IMMEDIATE` transaction. Replies go out only after
+//! the commit: an acknowledged write is durable.
+
+use std::{collections::HashMap, sync::Arc};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use switchyard_proto::v1::JobState;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CancelTarget, Cancelled, NewGroup, NewJob, Submitted, WriterCounters, now_ms};
+use crate::error::{Error, Result};
+
+/// The most commands one transaction carries.
+const MAX_BATCH: usize = 2048;
+
+pub(crate) enum Command {
+    Submit {
+        jobs: Vec<NewJob>,
+        group: Option<NewGroup>,
+        reply: oneshot::Sender<Result<Vec<Submitted>>>,
+    },
+    Cancel {
+        target: CancelTarget,
+        reason: String,
+        reply: oneshot::Sender<Result<Cancelled>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A command's result, held until its transaction commits.
+enum Pending {
+    Submit(oneshot::Sender<Result<Vec<Submitted>>>, Result<Vec<Submitted>>),
+    Cancel(oneshot::Sender<Result<Cancelled>>, Result<Cancelled>),
+    Close(oneshot::Sender<()>),
+}
+
+impl Pending {
+    /// Sends the result; if the commit failed, every command of the batch fails with it.
+    fn send(self, commit: &Result<(), String>) {
+        let fail = |err: &String| Error::CommitFailed(err.clone());
+        // A caller that hung up no longer wants the answer: a failed send is fine.
+        match (self, commit) {
+            (Pending::Submit(tx, result), Ok(())) => drop(tx.send(result)),
+            (Pending::Submit(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Pending::Cancel(tx, result), Ok(())) => drop(tx.send(result)),
+            (Pending::Cancel(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Pending::Close(tx), _) => drop(tx.send(())),
+        }
+    }
+}
+
+/// The writer loop. Returns when the channel closes or a `Close` command is committed.
+pub(crate) fn run(
+    mut conn: Connection,
+    mut commands: mpsc::Receiver<Command>,
+    counters: Arc<WriterCounters>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut closing = false;
+    while !closing {
+        let Some(first) = commands.blocking_recv() else {
+            break;
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH && !matches!(batch.last(), Some(Command::Close { .. })) {
+            match commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        closing = matches!(batch.last(), Some(Command::Close { .. }));
+        commit_batch(&mut conn, &mut batch, &counters);
+    }
+    // Fold the WAL back into the main file so the database is whole on its own.
+    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(cause = %err, "final WAL checkpoint failed");
+    }
+    if let Err((_, err)) = conn.close() {
+        tracing::warn!(cause = %err, "closing the database failed");
+    }
+    tracing::info!("store closed");
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &WriterCounters) {
+    let commands = batch.len() as u64;
+    let mut rows = 0u64;
+    let mut pending = Vec::with_capacity(batch.len());
+    let begin = conn.execute_batch("BEGIN IMMEDIATE");
+    for command in batch.drain(..) {
+        if let Err(err) = &begin {
+            let err = Err(err.to_string());
+            match command {
+                Command::Submit { reply, .. } => Pending::Submit(reply, Ok(vec![])).send(&err),
+                Command::Cancel { reply, .. } => {
+                    Pending::Cancel(reply, Ok(Cancelled::empty())).send(&err)
+                }
+                Command::Close { reply } => Pending::Close(reply).send(&err),
+            }
+            continue;
+        }
+        pending.push(match command {
+            Command::Submit { jobs, group, reply } => {
+                let result = savepoint(conn, |c| submit(c, &jobs, group.as_ref()));
+                if let Ok(done) = &result {
+                    rows += done.iter().filter(|s| !s.duplicate).count() as u64;
+                }
+                Pending::Submit(reply, result)
+            }
+            Command::Cancel {
+                target,
+                reason,
+                reply,
+            } => {
+                let result = savepoint(conn, |c| cancel(c, &target, &reason));
+                if let Ok(done) = &result {
+                    rows += done.ids.len() as u64;
+                }
+                Pending::Cancel(reply, result)
+            }
+            Command::Close { reply } => Pending::Close(reply),
+        });
+    }
+    if begin.is_err() {
+        return;
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(|err| {
+        tracing::error!(cause = %err, "commit failed; rolling back");
+        // The transaction may still be open after a failed COMMIT; end it.
+        let _ = conn.execute_batch("ROLLBACK");
+        err.to_string()
+    });
+    if commit.is_ok() {
+        counters.record(commands, rows);
+    }
+    for reply in pending {
+        reply.send(&commit);
+    }
+}
+
+/// Runs `f` in a savepoint: its writes are kept if it succeeds and undone if it fails.
+fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.prepare_cached("SAVEPOINT command")?.execute([])?;
+    match f(conn) {
+        Ok(value) => {
+            conn.prepare_cached("RELEASE command")?.execute([])?;
+            Ok(value)
+        }
+        Err(err) => {
+            conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+            conn.prepare_cached("RELEASE command")?.execute([])?;
+            Err(err)
+        }
+    }
+}
+
+const FIND_IDEMPOTENT: &str =
+    "SELECT id, state FROM jobs WHERE queue = ?1 AND idempotency_key = ?2";
+const JOB_EXISTS: &str = "SELECT 1 FROM jobs WHERE id = ?1";
+const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE id = ?1";
+const INSERT_GROUP: &str =
+    "INSERT INTO groups (id, size, cancel_on_failure, created_at_ms) VALUES (?1, ?2, ?3, ?4)";
+const INSERT_JOB: &str = "INSERT INTO jobs (
+        id, queue, kind, payload, priority, max_attempts, timeout_ms, deadline_ms, run_at_ms,
+        idempotency_key, concurrency_key, weight, depends_on, group_id, labels, tenant_id,
+        parent_job_id, traceparent, tracestate, trace_id, state, created_at_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+        ?19, ?20, ?21, ?22)";
+
+fn submit(conn: &Connection, jobs: &[NewJob], group: Option<&NewGroup>) -> Result<Vec<Submitted>> {
+    let now = now_ms();
+    if let Some(group) = group {
+        if conn
+            .prepare_cached(GROUP_EXISTS)?
+            .exists(params![group.id])?
+        {
+            return Err(Error::GroupExists(group.id.clone()));
+        }
+        conn.prepare_cached(INSERT_GROUP)?.execute(params![
+            group.id,
+            jobs.len() as i64,
+            group.cancel_on_failure,
+            now
+        ])?;
+    }
+
+    // First pass: which jobs repeat an earlier idempotency key. Their dependents then point at
+    // the earlier job instead of the one that is not inserted.
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut replaced: HashMap<&str, String> = HashMap::new();
+    {
+        let mut find = conn.prepare_cached(FIND_IDEMPOTENT)?;
+        for job in jobs {
+            let existing = match &job.idempotency_key {
+                Some(key) => find
+                    .query_row(params![job.queue, key], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i32>(1)?))
+                    })
+                    .optional()?,
+                None => None,
+            };
+            results.push(match existing {
+                Some((id, state)) => {
+                    replaced.insert(job.id.as_str(), id.clone());
+                    Submitted {
+                        id,
+                        duplicate: true,
+                        state: JobState::try_from(state).unwrap_or(JobState::Unspecified),
+                    }
+                }
+                None => Submitted {
+                    id: job.id.clone(),
+                    duplicate: false,
+                    state: JobState::Queued,
+                },
+            });
+        }
+    }
+
+    let in_batch: HashMap<&str, ()> = jobs.iter().map(|j| (j.id.as_str(), ())).collect();
+    let mut exists = conn.prepare_cached(JOB_EXISTS)?;
+    let mut insert = conn.prepare_cached(INSERT_JOB)?;
+    for (index, (job, result)) in jobs.iter().zip(&results).enumerate() {
+        if result.duplicate {
+            continue;
+        }
+        let mut depends_on = Vec::with_capacity(job.depends_on.len());
+        for (d, dep) in job.depends_on.iter().enumerate() {
+            if let Some(earlier) = replaced.get(dep.as_str()) {
+                depends_on.push(earlier.clone());
+            } else if in_batch.contains_key(dep.as_str())
+                || exists.exists(params![dep])?
+            {
+                depends_on.push(dep.clone());
+            } else {
+                return Err(Error::invalid(
+                    format!("jobs[{index}].depends_on[{d}]"),
+                    format!("no job {dep}"),
+                ));
+            }
+        }
+        let depends_on = (!depends_on.is_empty()).then(|| json_array(&depends_on));
+        let labels = (!job.labels.is_empty()).then(|| json_object(&job.labels));
+        insert.execute(params![
+            job.id,
+            job.queue,
+            job.kind,
+            job.payload,
+            job.priority,
+            job.max_attempts,
+            job.timeout_ms,
+            job.deadline_ms,
+            job.run_at_ms,
+            job.idempotency_key,
+            job.concurrency_key,
+            job.weight,
+            depends_on,
+            group.map(|g| g.id.as_str()),
+            labels,
+            job.tenant_id,
+            job.parent_job_id,
+            job.traceparent,
+            job.tracestate,
+            job.trace_id,
+            JobState::Queued as i32,
+            now,
+        ])?;
+    }
+    Ok(results)
+}
+
+const FIND_STATE: &str = "SELECT state FROM jobs WHERE id = ?1";
+const CANCEL_JOB: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
+    WHERE id = ?4 AND state = ?5";
+const CANCEL_GROUP: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
+    WHERE group_id = ?4 AND state = ?5 RETURNING id";
+
+fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Cancelled> {
+    let now = now_ms();
+    let cancelled = JobState::Cancelled as i32;
+    let queued = JobState::Queued as i32;
+    match target {
+        CancelTarget::Job(id) => {
+            let state: i32 = conn
+                .prepare_cached(FIND_STATE)?
+                .query_row(params![id], |row| row.get(0))
+                .optional()?
+                .ok_or_else(|| Error::JobNotFound(id.clone()))?;
+            let state = JobState::try_from(state)
+                .map_err(|_| Error::Corrupt(format!("job {id}: state {state}")))?;
+            match state {
+                JobState::Queued => {
+                    let changed = conn
+                        .prepare_cached(CANCEL_JOB)?
+                        .execute(params![cancelled, reason, now, id, queued])?;
+                    if changed != 1 {
+                        return Err(Error::Corrupt(format!("job {id}: vanished while cancelled")));
+                    }
+                    Ok(Cancelled {
+                        ids: vec![id.clone()],
+                        state: JobState::Cancelled,
+                    })
+                }
+                // Cancelling twice is not an error: the caller's wish already holds.
+                JobState::Cancelled => Ok(Cancelled {
+                    ids: vec![],
+                    state,
+                }),
+                JobState::Running => Err(Error::FailedPrecondition {
+                    id: id.clone(),
+                    reason: "is running, and this coordinator cannot stop running jobs yet".into(),
+                }),
+                other => Err(Error::FailedPrecondition {
+                    id: id.clone(),
+                    reason: format!("already ended {}", other.as_str_name()),
+                }),
+            }
+        }
+        CancelTarget::Group(group) => {
+            if !conn.prepare_cached(GROUP_EXISTS)?.exists(params![group])? {
+                return Err(Error::GroupNotFound(group.clone()));
+            }
+            let ids = conn
+                .prepare_cached(CANCEL_GROUP)?
+                .query_map(params![cancelled, reason, now, group, queued], |row| {
+                    row.get(0)
+                })?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(Cancelled {
+                ids,
+                state: JobState::Unspecified,
+            })
+        }
+    }
+}
+
+impl Cancelled {
+    fn empty() -> Self {
+        Cancelled {
+            ids: vec![],
+            state: JobState::Unspecified,
+        }
+    }
+}
+
+fn json_array(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+fn json_object(map: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
