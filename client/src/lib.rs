@@ -1,1 +1,205 @@
+//! The Switchyard client SDK.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchyard_client::Error> {
+//! use switchyard_client::{Client, JobSpec};
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let submitted = client
+//!     .submit(JobSpec::new("default", "echo").payload("hello").priority(5))
+//!     .await?;
+//! let job = client.get(&submitted.job_id).await?;
+//! println!("{} is {:?}", job.job_id, job.state());
+//! # Ok(()) }
+//! ```
 
+mod error;
+mod spec;
+
+use std::time::Duration;
+
+use futures::{Stream, TryStreamExt, stream};
+use switchyard_proto::v1::{
+    self, CancelRequest, GetRequest, ListRequest, StatsRequest, SubmitBatchRequest,
+    admin_service_client::AdminServiceClient, cancel_request::Target,
+    job_service_client::JobServiceClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+pub use error::Error;
+pub use spec::{Batch, JobSpec};
+pub use switchyard_proto::v1::{
+    Attempt, BlockedOn, Job, JobState, StatsResponse, SubmitBatchResponse, SubmitResponse,
+};
+
+/// A connection to a coordinator. Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    tenant: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+/// Which jobs [`Client::list`] yields.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub queue: Option<String>,
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub group_id: Option<String>,
+    /// Jobs fetched per round trip (the server's default when unset).
+    pub page_size: Option<u32>,
+}
+
+impl Client {
+    /// Connects to a coordinator at `url` (`http://host:port`).
+    pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
+        let url = url.into();
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|source| Error::InvalidUrl { url: url.clone(), source })?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| Error::Connect { url, source })?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Uses an existing channel (TLS, custom timeouts, interceptors' transport, …).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            channel,
+            tenant: None,
+        }
+    }
+
+    /// Sends `x-tenant-id` on every call of the returned client.
+    pub fn with_tenant(mut self, tenant: &str) -> Result<Client, Error> {
+        let value = tenant
+            .parse()
+            .map_err(|_| Error::InvalidArgument(format!("tenant {tenant:?} is not ASCII")))?;
+        self.tenant = Some(value);
+        Ok(self)
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(tenant) = &self.tenant {
+            request.metadata_mut().insert("x-tenant-id", tenant.clone());
+        }
+        request
+    }
+
+    /// Submits one job; returns once it is durable.
+    pub async fn submit(&self, job: JobSpec) -> Result<SubmitResponse, Error> {
+        let response = self.jobs().submit(self.request(job.into_request())).await?;
+        Ok(response.into_inner())
+    }
+
+    /// Submits many jobs in one transaction: all of them, or none.
+    pub async fn submit_batch(&self, batch: Batch) -> Result<SubmitBatchResponse, Error> {
+        let request: SubmitBatchRequest = batch.into_request();
+        let response = self.jobs().submit_batch(self.request(request)).await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn get(&self, job_id: &str) -> Result<Job, Error> {
+        let request = self.request(GetRequest {
+            job_id: job_id.to_owned(),
+        });
+        Ok(self.jobs().get(request).await?.into_inner())
+    }
+
+    /// Submits a job and waits for its result. `timeout` bounds the call (sent as
+    /// `grpc-timeout`) and becomes the job's deadline.
+    pub async fn run(&self, job: JobSpec, timeout: Option<Duration>) -> Result<Job, Error> {
+        let mut request = self.request(v1::RunRequest {
+            job: Some(job.into_request()),
+            detach: false,
+        });
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let response = self.jobs().run(request).await?.into_inner();
+        response
+            .job
+            .ok_or_else(|| Error::Rpc(tonic::Status::internal("Run answered without a job")))
+    }
+
+    /// Blocks until the job is terminal, or `timeout` passes (`DEADLINE_EXCEEDED`).
+    pub async fn wait(&self, job_id: &str, timeout: Option<Duration>) -> Result<Job, Error> {
+        let mut request = self.request(v1::WaitRequest {
+            job_id: job_id.to_owned(),
+        });
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let response = self.jobs().wait(request).await?.into_inner();
+        response
+            .job
+            .ok_or_else(|| Error::Rpc(tonic::Status::internal("Wait answered without a job")))
+    }
+
+    /// Every job that matches, page after page, as a stream.
+    pub fn list(&self, filter: ListFilter) -> impl Stream<Item = Result<Job, Error>> + Send + 'static {
+        let client = self.clone();
+        // State: the next page token, or None once the last page was fetched.
+        let pages = stream::try_unfold(Some(String::new()), move |token| {
+            let client = client.clone();
+            let filter = filter.clone();
+            async move {
+                let Some(page_token) = token else {
+                    return Ok(None);
+                };
+                let request = client.request(ListRequest {
+                    queue: filter.queue.unwrap_or_default(),
+                    state: filter.state.map_or(0, |s| s as i32),
+                    kind: filter.kind.unwrap_or_default(),
+                    group_id: filter.group_id.unwrap_or_default(),
+                    page_size: filter.page_size.unwrap_or(0),
+                    page_token,
+                });
+                let page = client.jobs().list(request).await?.into_inner();
+                let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
+                Ok::<_, Error>(Some((stream::iter(page.jobs.into_iter().map(Ok)), next)))
+            }
+        });
+        pages.try_flatten()
+    }
+
+    /// Cancels a job that has not finished; returns its state afterwards.
+    pub async fn cancel(&self, job_id: &str) -> Result<v1::CancelResponse, Error> {
+        self.cancel_target(Target::JobId(job_id.to_owned())).await
+    }
+
+    /// Cancels every unfinished job of a group.
+    pub async fn cancel_group(&self, group_id: &str) -> Result<v1::CancelResponse, Error> {
+        self.cancel_target(Target::GroupId(group_id.to_owned())).await
+    }
+
+    async fn cancel_target(&self, target: Target) -> Result<v1::CancelResponse, Error> {
+        let request = self.request(CancelRequest {
+            target: Some(target),
+            reason: String::new(),
+        });
+        Ok(self.jobs().cancel(request).await?.into_inner())
+    }
+
+    /// Queue counts and the store's commit numbers.
+    pub async fn stats(&self) -> Result<StatsResponse, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        Ok(admin.stats(self.request(StatsRequest {})).await?.into_inner())
+    }
+}

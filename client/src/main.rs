@@ -1,1 +1,326 @@
-fn main() {}
+//! `switchyard`: the command line for a Switchyard coordinator.
+
+mod bench;
+mod dev;
+mod output;
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use switchyard_client::{Client, JobSpec, JobState, ListFilter};
+
+/// Switchyard: a distributed, durable work queue with a gRPC face.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version)]
+struct Cli {
+    /// The coordinator to talk to.
+    #[arg(long, global = true, env = "SWITCHYARD_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+
+    /// Print JSON (one object, or one object per line for lists) instead of text.
+    #[arg(long, global = true, env = "SWITCHYARD_JSON")]
+    json: bool,
+
+    /// Sent as `x-tenant-id` on every call.
+    #[arg(long, global = true, env = "SWITCHYARD_TENANT")]
+    tenant: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a coordinator on the embedded default (SQLite) for local development.
+    Dev(dev::DevArgs),
+    /// Submit one job.
+    Submit(SubmitArgs),
+    /// Show one job, with its attempts and why it waits.
+    Get { job_id: String },
+    /// Block until a job is terminal and show it.
+    Wait {
+        job_id: String,
+        /// Give up after this long (e.g. 30s, 5m).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// List jobs, oldest first.
+    List(ListArgs),
+    /// Cancel a job (or, with --group, every unfinished job of a group).
+    Cancel {
+        /// A job id, or a group id with --group.
+        id: String,
+        #[arg(long)]
+        group: bool,
+    },
+    /// Queue counts and the store's commit numbers.
+    Stats,
+    /// Measure the coordinator against a baseline in the same run.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    #[arg(long, default_value = "default")]
+    queue: String,
+    #[arg(long)]
+    kind: String,
+    /// The payload as text.
+    #[arg(long, conflicts_with = "payload_file")]
+    payload: Option<String>,
+    /// Read the payload from a file (`-` for stdin).
+    #[arg(long)]
+    payload_file: Option<String>,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i32,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Per-attempt timeout (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    attempt_timeout: Option<Duration>,
+    /// Do not run before this long from now (e.g. 10m).
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[arg(long)]
+    concurrency_key: Option<String>,
+    #[arg(long)]
+    weight: Option<u32>,
+    /// A job id this job waits for (repeatable).
+    #[arg(long)]
+    depends_on: Vec<String>,
+    /// key=value (repeatable).
+    #[arg(long, value_parser = parse_label)]
+    label: Vec<(String, String)>,
+    /// Wait for the result (the job runs with --timeout as its deadline).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: how long to wait; it becomes the job's deadline.
+    #[arg(long, value_parser = parse_duration, requires = "wait")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[arg(long)]
+    queue: Option<String>,
+    /// queued, running, succeeded, failed, cancelled or deadline_exceeded.
+    #[arg(long, value_parser = parse_state)]
+    state: Option<JobState>,
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    group: Option<String>,
+    /// Show at most this many jobs.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Dev(args) => return dev::run(args).await,
+        Command::Bench(args) => return bench::run(args, cli.json).await,
+        _ => {}
+    }
+    let mut client = Client::connect(cli.coordinator.clone()).await?;
+    if let Some(tenant) = &cli.tenant {
+        client = client.with_tenant(tenant)?;
+    }
+    match cli.command {
+        Command::Submit(args) => submit(&client, args, cli.json).await,
+        Command::Get { job_id } => {
+            let job = client.get(&job_id).await?;
+            print_job(&job, cli.json);
+            Ok(())
+        }
+        Command::Wait { job_id, timeout } => {
+            let job = client.wait(&job_id, timeout).await?;
+            print_job(&job, cli.json);
+            Ok(())
+        }
+        Command::List(args) => list(&client, args, cli.json).await,
+        Command::Cancel { id, group } => {
+            let done = if group {
+                client.cancel_group(&id).await?
+            } else {
+                client.cancel(&id).await?
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "cancelled": done.cancelled, "state": output::state_name(done.state) })
+                );
+            } else if group {
+                println!("cancelled {} jobs of group {id}", done.cancelled.len());
+            } else {
+                println!("{id} {}", output::state_name(done.state));
+            }
+            Ok(())
+        }
+        Command::Stats => {
+            let stats = client.stats().await?;
+            if cli.json {
+                println!("{}", output::stats_json(&stats));
+            } else {
+                print!("{}", output::stats_text(&stats));
+            }
+            Ok(())
+        }
+        Command::Dev(_) | Command::Bench(_) => unreachable!("handled before connecting"),
+    }
+}
+
+fn print_job(job: &switchyard_client::Job, json: bool) {
+    if json {
+        println!("{}", output::job_json(job));
+    } else {
+        print!("{}", output::job_text(job));
+    }
+}
+
+async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result<()> {
+    let payload = match (&args.payload, &args.payload_file) {
+        (Some(text), _) => text.clone().into_bytes(),
+        (None, Some(path)) if path == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
+            buf
+        }
+        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        (None, None) => Vec::new(),
+    };
+    let mut spec = JobSpec::new(&args.queue, &args.kind)
+        .payload(payload)
+        .priority(args.priority)
+        .labels(args.label.into_iter().collect::<HashMap<_, _>>());
+    if let Some(n) = args.max_attempts {
+        spec = spec.max_attempts(n);
+    }
+    if let Some(t) = args.attempt_timeout {
+        spec = spec.timeout(t);
+    }
+    if let Some(delay) = args.delay {
+        spec = spec.run_at(std::time::SystemTime::now() + delay);
+    }
+    if let Some(key) = args.idempotency_key {
+        spec = spec.idempotency_key(key);
+    }
+    if let Some(key) = args.concurrency_key {
+        spec = spec.concurrency_key(key);
+    }
+    if let Some(w) = args.weight {
+        spec = spec.weight(w);
+    }
+    for dep in args.depends_on {
+        spec = spec.depends_on(dep);
+    }
+    if args.wait {
+        let job = client.run(spec, args.timeout).await?;
+        print_job(&job, json);
+        return Ok(());
+    }
+    let done = client.submit(spec).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "job_id": done.job_id, "duplicate": done.duplicate, "state": output::state_name(done.state) })
+        );
+    } else if done.duplicate {
+        println!("{} (duplicate of an earlier submit)", done.job_id);
+    } else {
+        println!("{}", done.job_id);
+    }
+    Ok(())
+}
+
+async fn list(client: &Client, args: ListArgs, json: bool) -> anyhow::Result<()> {
+    let filter = ListFilter {
+        queue: args.queue,
+        state: args.state,
+        kind: args.kind,
+        group_id: args.group,
+        page_size: Some(args.limit.clamp(1, 1000) as u32),
+    };
+    let mut jobs = Box::pin(client.list(filter).take(args.limit));
+    if !json {
+        println!("{}", output::LIST_HEADER);
+    }
+    while let Some(job) = jobs.next().await {
+        let job = job?;
+        if json {
+            println!("{}", output::job_json(&job));
+        } else {
+            println!("{}", output::job_row(&job));
+        }
+    }
+    Ok(())
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration like 250ms, 30s, 5m or 2h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected key=value"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn parse_state(text: &str) -> Result<JobState, String> {
+    JobState::from_str_name(&format!("JOB_STATE_{}", text.to_ascii_uppercase()))
+        .filter(|s| *s != JobState::Unspecified)
+        .ok_or_else(|| {
+            format!("{text:?}: expected queued, running, succeeded, failed, cancelled or deadline_exceeded")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!(parse_state("deadline_exceeded"), Ok(JobState::DeadlineExceeded));
+        assert!(parse_state("unspecified").is_err());
+        assert!(parse_state("nope").is_err());
+    }
+}

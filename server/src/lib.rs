@@ -16,9 +16,8 @@ use switchyard_proto::{
     },
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 pub use config::{Config, ServerArgs};
@@ -70,6 +69,11 @@ async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
+    // Small responses must not wait on Nagle's algorithm for the peer's delayed ACK.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+
     let drained = async move {
         shutdown.cancelled().await;
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
@@ -83,14 +87,13 @@ async fn serve(
         .max_frame_size(Some(1 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(jobs)
         .add_service(admin)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
+        .serve_with_incoming_shutdown(incoming, drained)
         .await?;
     Ok(())
 }

@@ -1,1 +1,182 @@
+//! Starts the real Switchyard processes for tests: the coordinator on `127.0.0.1:0` with a
+//! temporary database, talked to over gRPC. Each handle kills its process when dropped.
 
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use tempfile::TempDir;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, ChildStdout, Command},
+};
+
+/// How long a process may take to say where it listens before the test gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The path of one of the workspace's binaries, built next to the test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`). `SWITCHYARD_BIN_DIR` overrides.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SWITCHYARD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test executable has a path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("tests run from target/<profile>/deps")
+                .to_path_buf()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo test --workspace` builds every binary)",
+        path.display()
+    );
+    path
+}
+
+/// A coordinator process and the directory that holds its database and log.
+pub struct Coordinator {
+    child: Option<Child>,
+    _stdout: Option<ChildStdout>,
+    addr: SocketAddr,
+    dir: Arc<TempDir>,
+    args: Vec<String>,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on a fresh temporary database.
+    pub async fn start() -> Coordinator {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a coordinator with extra flags on a fresh temporary database.
+    pub async fn start_with(args: &[&str]) -> Coordinator {
+        let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, stdout, addr) = spawn(dir.path(), &args, "127.0.0.1:0").await;
+        Coordinator {
+            child: Some(child),
+            _stdout: Some(stdout),
+            addr,
+            dir,
+            args,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("switchyard.db")
+    }
+
+    /// Everything the coordinator has logged (stderr), across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the coordinator is running")
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("SIGKILL the coordinator");
+        }
+        self._stdout = None;
+    }
+
+    /// SIGTERM, then waits for the process to exit by itself.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        let mut child = self.child.take().expect("the coordinator is running");
+        let status = tokio::time::timeout(START_TIMEOUT, child.wait())
+            .await
+            .expect("the coordinator exits after SIGTERM")
+            .expect("wait for the coordinator");
+        self._stdout = None;
+        status
+    }
+
+    /// Starts the coordinator again on the same database (after `kill` or `terminate`), on the
+    /// same port so that clients reconnect.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the coordinator before restarting it");
+        let (child, stdout, addr) = spawn(self.dir.path(), &self.args, &self.addr.to_string()).await;
+        assert_eq!(addr, self.addr);
+        self.child = Some(child);
+        self._stdout = Some(stdout);
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+async fn spawn(dir: &Path, args: &[String], listen: &str) -> (Child, ChildStdout, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("coordinator.log"))
+        .expect("open the coordinator's log");
+    let mut child = Command::new(bin("switchyard-server"))
+        .arg("--listen")
+        .arg(listen)
+        .arg("--db")
+        .arg(format!("sqlite://{}", dir.join("switchyard.db").display()))
+        .args(args)
+        .env("SWITCHYARD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start switchyard-server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+        .await
+        .expect("the coordinator prints its address in time")
+        .expect("read the coordinator's stdout")
+        .unwrap_or_else(|| {
+            panic!(
+                "the coordinator exited before listening; its log:\n{}",
+                std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
+            )
+        });
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line from the coordinator: {line:?}"));
+    (child, lines.into_inner().into_inner(), addr)
+}

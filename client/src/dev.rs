@@ -1,0 +1,115 @@
+//! `switchyard dev`: the whole system on one machine, on the embedded default (SQLite).
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the coordinator listens.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// The database (`sqlite://PATH`).
+    #[arg(long, default_value = "sqlite://switchyard-dev.db")]
+    db: String,
+}
+
+/// A binary that ships next to this one (`switchyard-server`, `switchyard-worker`), else on
+/// `PATH`.
+pub fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Starts `switchyard-server` with `args` and returns it once it prints where it listens.
+pub async fn start_coordinator(args: &[String]) -> anyhow::Result<(Child, String)> {
+    let binary = sibling("switchyard-server");
+    let mut child = Command::new(&binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release`)",
+                binary.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("coordinator stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("the coordinator did not start within 60s")??;
+    let Some(line) = line else {
+        let status = child.wait().await?;
+        bail!("the coordinator exited at start ({status}); see its log above");
+    };
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.contains(':'))
+        .with_context(|| format!("unexpected first line from the coordinator: {line:?}"))?
+        .to_owned();
+    Ok((child, addr))
+}
+
+/// Sends SIGTERM and waits for the process to drain and exit.
+pub async fn stop(child: &mut Child) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        // The process may have exited already; then there is nothing to stop.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(status) => {
+            status?;
+        }
+        Err(_) => {
+            tracing::warn!("the coordinator did not stop within 30s; killing it");
+            child.kill().await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let (mut coordinator, addr) = start_coordinator(&[
+        "--listen".into(),
+        args.listen.clone(),
+        "--db".into(),
+        args.db.clone(),
+    ])
+    .await?;
+    println!("Switchyard is running.");
+    println!("  coordinator  http://{addr}   (gRPC; health and reflection on)");
+    println!("  database     {}", args.db);
+    println!();
+    println!("Try:");
+    println!("  switchyard --coordinator http://{addr} submit --queue default --kind echo --payload hello");
+    println!("  switchyard --coordinator http://{addr} list");
+    println!("  grpcurl -plaintext {addr} list");
+    println!();
+    println!("Ctrl-C stops everything.");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        status = coordinator.wait() => bail!("the coordinator exited: {}", status?),
+    }
+    println!("stopping…");
+    stop(&mut coordinator).await
+}

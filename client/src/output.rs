@@ -1,0 +1,207 @@
+//! How the CLI shows jobs and numbers: aligned text for people, JSON for scripts.
+
+use serde_json::{Value, json};
+use switchyard_client::{Job, JobState, StatsResponse};
+use switchyard_proto::v1::{AttemptOutcome, BlockedReason};
+
+fn time(t: &Option<prost_types::Timestamp>) -> Value {
+    match t {
+        Some(t) => json!(format_time(t)),
+        None => Value::Null,
+    }
+}
+
+/// RFC 3339 in UTC, to the millisecond.
+pub fn format_time(t: &prost_types::Timestamp) -> String {
+    let secs = t.seconds;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        t.nanos / 1_000_000
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `JOB_STATE_SUCCEEDED` → `succeeded`.
+pub fn state_name(state: i32) -> String {
+    JobState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_ascii_lowercase())
+        .unwrap_or_else(|_| format!("unknown({state})"))
+}
+
+/// The payload or output as text when it is UTF-8, else as base-16.
+fn bytes(b: &[u8]) -> Value {
+    match std::str::from_utf8(b) {
+        Ok(text) => json!(text),
+        Err(_) => json!({ "hex": b.iter().map(|x| format!("{x:02x}")).collect::<String>() }),
+    }
+}
+
+pub fn job_json(job: &Job) -> Value {
+    json!({
+        "job_id": job.job_id,
+        "queue": job.queue,
+        "kind": job.kind,
+        "state": state_name(job.state),
+        "payload": bytes(&job.payload),
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "attempt": job.attempt,
+        "timeout_ms": job.timeout.map(|d| d.seconds * 1000 + i64::from(d.nanos / 1_000_000)),
+        "deadline": time(&job.deadline),
+        "run_at": time(&job.run_at),
+        "idempotency_key": job.idempotency_key,
+        "concurrency_key": job.concurrency_key,
+        "weight": job.weight,
+        "depends_on": job.depends_on,
+        "group_id": job.group_id,
+        "labels": job.labels,
+        "tenant_id": job.tenant_id,
+        "output": bytes(&job.output),
+        "error": job.error,
+        "created_at": time(&job.created_at),
+        "started_at": time(&job.started_at),
+        "finished_at": time(&job.finished_at),
+        "worker_id": job.worker_id,
+        "trace_id": job.trace_id,
+        "blocked_on": job.blocked_on.as_ref().map(|b| json!({
+            "reason": BlockedReason::try_from(b.reason)
+                .map(|r| r.as_str_name().trim_start_matches("BLOCKED_REASON_").to_ascii_lowercase())
+                .unwrap_or_default(),
+            "detail": b.detail,
+            "scope": b.scope,
+            "held": b.held,
+            "limit": b.limit,
+            "until": time(&b.until),
+        })),
+        "attempts": job.attempts.iter().map(|a| json!({
+            "number": a.number,
+            "worker_id": a.worker_id,
+            "started_at": time(&a.started_at),
+            "finished_at": time(&a.finished_at),
+            "outcome": AttemptOutcome::try_from(a.outcome)
+                .map(|o| o.as_str_name().trim_start_matches("ATTEMPT_OUTCOME_").to_ascii_lowercase())
+                .unwrap_or_default(),
+            "error": a.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `key: value` lines, skipping what is empty.
+pub fn job_text(job: &Job) -> String {
+    let value = job_json(job);
+    let mut out = String::new();
+    let Some(fields) = value.as_object() else {
+        return out;
+    };
+    for (key, v) in fields {
+        let shown = match v {
+            Value::Null => continue,
+            Value::String(s) if s.is_empty() => continue,
+            Value::Array(a) if a.is_empty() => continue,
+            Value::Object(o) if o.is_empty() => continue,
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{key:>16}: {shown}\n"));
+    }
+    out
+}
+
+pub const LIST_HEADER: &str = "JOB_ID                                STATE              QUEUE            KIND             PRI  ATTEMPT  CREATED";
+
+pub fn job_row(job: &Job) -> String {
+    format!(
+        "{:<37} {:<18} {:<16} {:<16} {:>4} {:>8}  {}",
+        job.job_id,
+        state_name(job.state),
+        job.queue,
+        job.kind,
+        job.priority,
+        job.attempt,
+        job.created_at.as_ref().map(format_time).unwrap_or_default()
+    )
+}
+
+pub fn stats_json(stats: &StatsResponse) -> Value {
+    let store = stats.store.clone().unwrap_or_default();
+    json!({
+        "queues": stats.queues.iter().map(|q| json!({
+            "queue": q.queue, "queued": q.queued, "running": q.running,
+            "succeeded": q.succeeded, "failed": q.failed, "cancelled": q.cancelled,
+            "deadline_exceeded": q.deadline_exceeded, "paused": q.paused,
+        })).collect::<Vec<_>>(),
+        "store": {
+            "commits": store.commits, "commands": store.commands,
+            "rows_written": store.rows_written, "max_batch": store.max_batch,
+        },
+        "workers": stats.workers,
+    })
+}
+
+pub fn stats_text(stats: &StatsResponse) -> String {
+    let mut out = format!(
+        "{:<20} {:>9} {:>9} {:>10} {:>9} {:>10} {:>9}\n",
+        "QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "DEADLINE"
+    );
+    for q in &stats.queues {
+        out.push_str(&format!(
+            "{:<20} {:>9} {:>9} {:>10} {:>9} {:>10} {:>9}{}\n",
+            q.queue,
+            q.queued,
+            q.running,
+            q.succeeded,
+            q.failed,
+            q.cancelled,
+            q.deadline_exceeded,
+            if q.paused { "  (paused)" } else { "" }
+        ));
+    }
+    let store = stats.store.clone().unwrap_or_default();
+    let per_commit = if store.commits == 0 {
+        0.0
+    } else {
+        store.commands as f64 / store.commits as f64
+    };
+    out.push_str(&format!(
+        "\nworkers: {}\nstore: {} commits, {} commands ({per_commit:.1} per commit, at most {}), {} rows written\n",
+        stats.workers, store.commits, store.commands, store.max_batch, store.rows_written
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        let t = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_000_000,
+        };
+        assert_eq!(format_time(&t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            format_time(&prost_types::Timestamp { seconds: 0, nanos: 0 }),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! Helpers shared by the coordinator's integration tests: start a real coordinator, reach it
+//! through the SDK or the generated clients, and check that a refused request left nothing
+//! behind.
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::TryStreamExt;
+use switchyard_client::{Client, ListFilter};
+use switchyard_proto::{
+    Timestamp,
+    v1::{
+        Job, ListRequest, StatsRequest, StatsResponse, SubmitRequest,
+        admin_service_client::AdminServiceClient, job_service_client::JobServiceClient,
+    },
+};
+use switchyard_testkit::Coordinator;
+use tonic::{Status, transport::Channel};
+
+/// Larger than anything the coordinator accepts, so that its limits are what the tests meet.
+const CLIENT_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Starts a coordinator on a fresh database and connects the SDK to it.
+pub async fn start() -> (Coordinator, Client) {
+    let coordinator = Coordinator::start().await;
+    let client = connect(&coordinator).await;
+    (coordinator, client)
+}
+
+pub async fn connect(coordinator: &Coordinator) -> Client {
+    Client::connect(coordinator.url())
+        .await
+        .expect("connect to the coordinator")
+}
+
+/// The generated `JobService` client on the SDK's connection, for raw fields and metadata.
+pub fn jobs(client: &Client) -> JobServiceClient<Channel> {
+    JobServiceClient::new(client.channel().clone())
+        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+        .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
+}
+
+pub fn admin(client: &Client) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(client.channel().clone())
+}
+
+/// A minimal valid job.
+pub fn new_job(queue: &str, kind: &str) -> SubmitRequest {
+    SubmitRequest {
+        queue: queue.into(),
+        kind: kind.into(),
+        ..Default::default()
+    }
+}
+
+/// Every stored job, in submission order, through the SDK's paging stream.
+pub async fn all_jobs(client: &Client) -> Vec<Job> {
+    list(client, ListFilter::default()).await
+}
+
+pub async fn list(client: &Client, filter: ListFilter) -> Vec<Job> {
+    client
+        .list(filter)
+        .try_collect()
+        .await
+        .expect("list the jobs")
+}
+
+pub fn ids(jobs: &[Job]) -> Vec<String> {
+    jobs.iter().map(|j| j.job_id.clone()).collect()
+}
+
+pub async fn stats(client: &Client) -> StatsResponse {
+    admin(client)
+        .stats(StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner()
+}
+
+/// No job is stored: `List` finds none, `Stats` counts none and the writer wrote no row.
+pub async fn assert_nothing_stored(client: &Client) {
+    let page = jobs(client)
+        .list(ListRequest::default())
+        .await
+        .expect("list the jobs")
+        .into_inner();
+    assert!(
+        page.jobs.is_empty(),
+        "jobs were stored: {:?}",
+        ids(&page.jobs)
+    );
+    let stats = stats(client).await;
+    assert!(
+        stats.queues.is_empty(),
+        "queues have jobs: {:?}",
+        stats.queues
+    );
+    let store = stats.store.expect("stats carry the store's numbers");
+    assert_eq!(store.rows_written, 0, "the writer wrote rows: {store:?}");
+}
+
+/// The field an `INVALID_ARGUMENT` message names: the text before `": "`.
+pub fn named_field(status: &Status) -> &str {
+    status
+        .message()
+        .split_once(": ")
+        .map_or("", |(field, _)| field)
+}
+
+/// Asserts that the error names exactly `field`.
+pub fn assert_names(status: &Status, field: &str) {
+    assert_eq!(
+        named_field(status),
+        field,
+        "the message should name {field:?}: {:?}",
+        status.message()
+    );
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
+}
+
+/// A whole-millisecond timestamp (the store keeps milliseconds).
+pub fn timestamp_ms(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn ms_of(t: &Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
+}
+
+pub const DAY_MS: i64 = 24 * 3600 * 1000;
+pub const MIB: usize = 1024 * 1024;
