@@ -36,12 +36,20 @@ CREATE TABLE jobs (
     worker_id        TEXT
 );
 
--- A second submit with the same key in the same queue finds the first job.
-CREATE UNIQUE INDEX jobs_idempotency ON jobs (queue, idempotency_key)
+-- A second submit with the same key in the same queue (and tenant) finds the first job.
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (queue, coalesce(tenant_id, ''), idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX jobs_queue_state ON jobs (queue, state, seq);
 CREATE INDEX jobs_state ON jobs (state, seq);
 CREATE INDEX jobs_group ON jobs (group_id, seq) WHERE group_id IS NOT NULL;
+
+-- Who waits for whom: `job_id` runs after `depends_on` succeeds. Keyed by the dependency, so
+-- that a dependency's end finds its dependents.
+CREATE TABLE dependencies (
+    depends_on TEXT NOT NULL,
+    job_id     TEXT NOT NULL,
+    PRIMARY KEY (depends_on, job_id)
+) WITHOUT ROWID;
 
 CREATE TABLE attempts (
     job_seq        INTEGER NOT NULL REFERENCES jobs (seq),

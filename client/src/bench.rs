@@ -214,7 +214,8 @@ async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
     let health = {
         let clients = clients.clone();
         move |i: u64| {
-            let mut health = HealthClient::new(clients[i as usize % clients.len()].channel().clone());
+            let mut health =
+                HealthClient::new(clients[i as usize % clients.len()].channel().clone());
             async move {
                 health
                     .check(HealthCheckRequest {
@@ -282,7 +283,10 @@ async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
             "", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors"
         );
         println!("{}", baseline.row("baseline  grpc.health.v1.Health/Check"));
-        println!("{}", submits.row("submit    switchyard.v1.JobService/Submit"));
+        println!(
+            "{}",
+            submits.row("submit    switchyard.v1.JobService/Submit")
+        );
         println!(
             "ratio     submit/baseline throughput {ratio:.2}; submit p99 {:.2} ms",
             ms(submits.percentile(0.99))

@@ -1,10 +1,6 @@
 //! `switchyard dev`: the whole system on one machine, on the embedded default (SQLite).
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -98,7 +94,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  database     {}", args.db);
     println!();
     println!("Try:");
-    println!("  switchyard --coordinator http://{addr} submit --queue default --kind echo --payload hello");
+    println!(
+        "  switchyard --coordinator http://{addr} submit --queue default --kind echo --payload hello"
+    );
     println!("  switchyard --coordinator http://{addr} list");
     println!("  grpcurl -plaintext {addr} list");
     println!();

@@ -55,7 +55,10 @@ impl Client {
     pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
         let url = url.into();
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|source| Error::InvalidUrl { url: url.clone(), source })?
+            .map_err(|source| Error::InvalidUrl {
+                url: url.clone(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -153,7 +156,10 @@ impl Client {
     }
 
     /// Every job that matches, page after page, as a stream.
-    pub fn list(&self, filter: ListFilter) -> impl Stream<Item = Result<Job, Error>> + Send + 'static {
+    pub fn list(
+        &self,
+        filter: ListFilter,
+    ) -> impl Stream<Item = Result<Job, Error>> + Send + 'static {
         let client = self.clone();
         // State: the next page token, or None once the last page was fetched.
         let pages = stream::try_unfold(Some(String::new()), move |token| {
@@ -186,7 +192,8 @@ impl Client {
 
     /// Cancels every unfinished job of a group.
     pub async fn cancel_group(&self, group_id: &str) -> Result<v1::CancelResponse, Error> {
-        self.cancel_target(Target::GroupId(group_id.to_owned())).await
+        self.cancel_target(Target::GroupId(group_id.to_owned()))
+            .await
     }
 
     async fn cancel_target(&self, target: Target) -> Result<v1::CancelResponse, Error> {
@@ -200,6 +207,9 @@ impl Client {
     /// Queue counts and the store's commit numbers.
     pub async fn stats(&self) -> Result<StatsResponse, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());
-        Ok(admin.stats(self.request(StatsRequest {})).await?.into_inner())
+        Ok(admin
+            .stats(self.request(StatsRequest {}))
+            .await?
+            .into_inner())
     }
 }

@@ -16,7 +16,12 @@ use switchyard_client::{Client, JobSpec, JobState, ListFilter};
 #[command(name = "switchyard", version)]
 struct Cli {
     /// The coordinator to talk to.
-    #[arg(long, global = true, env = "SWITCHYARD_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
 
     /// Print JSON (one object, or one object per line for lists) instead of text.
@@ -283,7 +288,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
@@ -319,7 +328,10 @@ mod tests {
 
     #[test]
     fn states() {
-        assert_eq!(parse_state("deadline_exceeded"), Ok(JobState::DeadlineExceeded));
+        assert_eq!(
+            parse_state("deadline_exceeded"),
+            Ok(JobState::DeadlineExceeded)
+        );
         assert!(parse_state("unspecified").is_err());
         assert!(parse_state("nope").is_err());
     }

@@ -43,7 +43,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// `JOB_STATE_SUCCEEDED` → `succeeded`.
 pub fn state_name(state: i32) -> String {
     JobState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_ascii_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("JOB_STATE_")
+                .to_ascii_lowercase()
+        })
         .unwrap_or_else(|_| format!("unknown({state})"))
 }
 
@@ -142,7 +146,7 @@ pub fn job_row(job: &Job) -> String {
 }
 
 pub fn stats_json(stats: &StatsResponse) -> Value {
-    let store = stats.store.clone().unwrap_or_default();
+    let store = stats.store.unwrap_or_default();
     json!({
         "queues": stats.queues.iter().map(|q| json!({
             "queue": q.queue, "queued": q.queued, "running": q.running,
@@ -175,7 +179,7 @@ pub fn stats_text(stats: &StatsResponse) -> String {
             if q.paused { "  (paused)" } else { "" }
         ));
     }
-    let store = stats.store.clone().unwrap_or_default();
+    let store = stats.store.unwrap_or_default();
     let per_commit = if store.commits == 0 {
         0.0
     } else {
@@ -200,7 +204,10 @@ mod tests {
         };
         assert_eq!(format_time(&t), "2023-11-14T22:13:20.123Z");
         assert_eq!(
-            format_time(&prost_types::Timestamp { seconds: 0, nanos: 0 }),
+            format_time(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0
+            }),
             "1970-01-01T00:00:00.000Z"
         );
     }

@@ -37,8 +37,20 @@ async fn submit_get_list_cancel_stats_round_trip() {
         &cli(
             &coordinator,
             &[
-                "--json", "submit", "--queue", "mail", "--kind", "echo", "--payload", "hello",
-                "--priority", "-5", "--label", "team=ml", "--max-attempts", "7",
+                "--json",
+                "submit",
+                "--queue",
+                "mail",
+                "--kind",
+                "echo",
+                "--payload",
+                "hello",
+                "--priority",
+                "-5",
+                "--label",
+                "team=ml",
+                "--max-attempts",
+                "7",
             ],
         )
         .await,
@@ -60,7 +72,11 @@ async fn submit_get_list_cancel_stats_round_trip() {
     let text = stdout(&cli(&coordinator, &["get", &id]).await);
     assert!(text.contains(&id) && text.contains("queued"), "{text}");
 
-    cli(&coordinator, &["submit", "--queue", "other", "--kind", "echo"]).await;
+    cli(
+        &coordinator,
+        &["submit", "--queue", "other", "--kind", "echo"],
+    )
+    .await;
     let listed = stdout(&cli(&coordinator, &["--json", "list", "--queue", "mail"]).await);
     let ids: Vec<String> = listed
         .lines()
@@ -75,7 +91,10 @@ async fn submit_get_list_cancel_stats_round_trip() {
 
     let stats = json(&cli(&coordinator, &["--json", "stats"]).await);
     let queues = stats["queues"].as_array().expect("queues");
-    let mail = queues.iter().find(|q| q["queue"] == "mail").expect("mail queue");
+    let mail = queues
+        .iter()
+        .find(|q| q["queue"] == "mail")
+        .expect("mail queue");
     assert_eq!(mail["cancelled"], 1);
     assert_eq!(mail["queued"], 0);
     assert!(stats["store"]["commits"].as_u64().expect("commits") >= 3);
@@ -84,10 +103,17 @@ async fn submit_get_list_cancel_stats_round_trip() {
 #[tokio::test]
 async fn refusals_exit_non_zero_with_the_servers_reason() {
     let coordinator = Coordinator::start().await;
-    let output = cli(&coordinator, &["submit", "--queue", "bad queue", "--kind", "echo"]).await;
+    let output = cli(
+        &coordinator,
+        &["submit", "--queue", "bad queue", "--kind", "echo"],
+    )
+    .await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("invalid argument") && stderr.contains("queue"), "{stderr}");
+    assert!(
+        stderr.contains("invalid argument") && stderr.contains("queue"),
+        "{stderr}"
+    );
 
     let output = cli(&coordinator, &["get", "no-such-job"]).await;
     assert!(!output.status.success());

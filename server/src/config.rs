@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn db_urls() {
         assert_eq!(parse_db_url("sqlite://a.db"), Ok(PathBuf::from("a.db")));
-        assert_eq!(parse_db_url("sqlite:///tmp/a.db"), Ok(PathBuf::from("/tmp/a.db")));
+        assert_eq!(
+            parse_db_url("sqlite:///tmp/a.db"),
+            Ok(PathBuf::from("/tmp/a.db"))
+        );
         assert!(parse_db_url("postgres://x").is_err());
         assert!(parse_db_url("sqlite://:memory:").is_err());
         assert!(parse_db_url("sqlite://").is_err());

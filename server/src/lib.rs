@@ -47,7 +47,9 @@ async fn serve(
         "switchyard.v1.AdminService",
     ];
     for name in service_names {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
 
     let reflection = || {
@@ -78,7 +80,9 @@ async fn serve(
         shutdown.cancelled().await;
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
         for name in service_names {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
     };
 

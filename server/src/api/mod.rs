@@ -18,7 +18,7 @@ pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
 
 use crate::{
     error::{Error, Result},
-    store::{CancelTarget, ListFilter, NewGroup, Store, Submitted, now_ms},
+    store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submitted, now_ms},
 };
 
 /// `JobService`: what clients call.
@@ -53,7 +53,10 @@ fn context(metadata: &MetadataMap) -> Result<validate::Context> {
         None => None,
     };
     // An invalid traceparent is ignored, as the W3C spec asks: the job starts a new trace.
-    let traceparent = text("traceparent").ok().flatten().filter(|tp| trace_id(tp).is_some());
+    let traceparent = text("traceparent")
+        .ok()
+        .flatten()
+        .filter(|tp| trace_id(tp).is_some());
     let trace_id = traceparent.as_deref().and_then(trace_id);
     let tracestate = traceparent
         .as_ref()
@@ -91,9 +94,10 @@ fn submit_response(s: Submitted) -> SubmitResponse {
     }
 }
 
-/// Says why a queued job is not running. Until workers exist, nothing serves any queue.
+/// Says why a queued job is not running, unless the store already knows (dependencies).
+/// Until workers exist, nothing serves any queue.
 fn explain(job: &mut Job, now: i64) {
-    if job.state != JobState::Queued as i32 {
+    if job.state != JobState::Queued as i32 || job.blocked_on.is_some() {
         return;
     }
     let until = job
@@ -150,7 +154,7 @@ impl JobService for JobApi {
             return Err(Error::invalid("ref", "only names jobs inside a SubmitBatch").into());
         }
         let job = validate::job("", req, new_job_id(), &Default::default(), &ctx, now_ms())?;
-        let mut done = self.store.submit(vec![job], None).await?;
+        let mut done = self.store.submit(Origin::Submit, vec![job], None).await?;
         let submitted = done
             .pop()
             .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
@@ -193,11 +197,18 @@ impl JobService for JobApi {
                 )
                 .into());
             }
-            jobs.push(validate::job(&format!("jobs[{i}]."), job, id, &refs, &ctx, now)?);
+            jobs.push(validate::job(
+                &format!("jobs[{i}]."),
+                job,
+                id,
+                &refs,
+                &ctx,
+                now,
+            )?);
         }
         validate::acyclic(&jobs)?;
         let group_id = group.as_ref().map(|g| g.id.clone()).unwrap_or_default();
-        let done = self.store.submit(jobs, group).await?;
+        let done = self.store.submit(Origin::Batch, jobs, group).await?;
         Ok(Response::new(SubmitBatchResponse {
             jobs: done.into_iter().map(submit_response).collect(),
             group_id,
@@ -205,7 +216,10 @@ impl JobService for JobApi {
     }
 
     async fn run(&self, _: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
-        Err(Error::Unimplemented("Run needs workers, which this coordinator does not serve yet").into())
+        Err(
+            Error::Unimplemented("Run needs workers, which this coordinator does not serve yet")
+                .into(),
+        )
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Job>, Status> {
@@ -257,7 +271,10 @@ impl JobService for JobApi {
     }
 
     async fn wait(&self, _: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
-        Err(Error::Unimplemented("Wait needs workers, which this coordinator does not serve yet").into())
+        Err(
+            Error::Unimplemented("Wait needs workers, which this coordinator does not serve yet")
+                .into(),
+        )
     }
 
     type WatchGroupStream = Stream_<v1::GroupEvent>;
@@ -289,8 +306,10 @@ impl JobService for JobApi {
             req.reason
         };
         let done = self.store.cancel(target, reason).await?;
+        let mut cancelled = done.ids;
+        cancelled.extend(done.dependents);
         Ok(Response::new(CancelResponse {
-            cancelled: done.ids,
+            cancelled,
             state: done.state as i32,
         }))
     }
@@ -387,7 +406,10 @@ mod tests {
             trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
         assert_eq!(trace_id("garbage"), None);
     }
 

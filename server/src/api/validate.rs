@@ -129,7 +129,10 @@ pub fn job(
         .map(|t| timestamp_ms(&field("run_at"), &t))
         .transpose()?;
     if run_at_ms.is_some_and(|at| at - now_ms > MAX_HORIZON_MS) {
-        return Err(Error::invalid(field("run_at"), "must be at most 366 days ahead"));
+        return Err(Error::invalid(
+            field("run_at"),
+            "must be at most 366 days ahead",
+        ));
     }
     let idempotency_key = if req.idempotency_key.is_empty() {
         None
@@ -138,9 +141,7 @@ pub fn job(
     {
         return Err(Error::invalid(
             field("idempotency_key"),
-            format!(
-                "must be at most {MAX_IDEMPOTENCY_KEY_LEN} bytes with no control characters"
-            ),
+            format!("must be at most {MAX_IDEMPOTENCY_KEY_LEN} bytes with no control characters"),
         ));
     } else {
         Some(req.idempotency_key)
@@ -205,7 +206,10 @@ pub fn job(
 
 fn labels(field: &str, labels: &HashMap<String, String>) -> Result<()> {
     if labels.len() > MAX_LABELS {
-        return Err(Error::invalid(field, format!("has more than {MAX_LABELS} entries")));
+        return Err(Error::invalid(
+            field,
+            format!("has more than {MAX_LABELS} entries"),
+        ));
     }
     for (key, value) in labels {
         name(&format!("{field}[{key:?}]"), key)?;
@@ -246,8 +250,7 @@ pub fn timestamp_ms(field: &str, t: &prost_types::Timestamp) -> Result<i64> {
     // Year 1 .. year 9999, as google.protobuf.Timestamp defines.
     const MIN_SECONDS: i64 = -62_135_596_800;
     const MAX_SECONDS: i64 = 253_402_300_799;
-    if !(0..1_000_000_000).contains(&t.nanos) || !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds)
-    {
+    if !(0..1_000_000_000).contains(&t.nanos) || !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) {
         return Err(Error::invalid(field, "is not a valid timestamp"));
     }
     Ok(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
@@ -335,7 +338,10 @@ mod tests {
     #[test]
     fn durations_must_be_positive_and_bounded() {
         let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
-        assert_eq!(duration_ms("t", &d(1, 500_000_000), MAX_TIMEOUT_MS, "7d").ok(), Some(1500));
+        assert_eq!(
+            duration_ms("t", &d(1, 500_000_000), MAX_TIMEOUT_MS, "7d").ok(),
+            Some(1500)
+        );
         assert!(duration_ms("t", &d(-1, 0), MAX_TIMEOUT_MS, "7d").is_err());
         assert!(duration_ms("t", &d(0, -5), MAX_TIMEOUT_MS, "7d").is_err());
         assert!(duration_ms("t", &d(0, 0), MAX_TIMEOUT_MS, "7d").is_err());

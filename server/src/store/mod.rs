@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 pub use read::{ListFilter, ListPage};
 use writer::Command;
+pub use writer::Origin;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -108,6 +109,8 @@ pub enum CancelTarget {
 pub struct Cancelled {
     /// Jobs this call moved to `CANCELLED`.
     pub ids: Vec<String>,
+    /// Queued jobs that depended on them (at any depth), cancelled with them.
+    pub dependents: Vec<String>,
     /// For a single job, its state afterwards.
     pub state: v1::JobState,
 }
@@ -169,8 +172,19 @@ impl Store {
     }
 
     /// Stores jobs (and their group) in one transaction: all of them or none.
-    pub async fn submit(&self, jobs: Vec<NewJob>, group: Option<NewGroup>) -> Result<Vec<Submitted>> {
-        self.call(|reply| Command::Submit { jobs, group, reply }).await?
+    pub async fn submit(
+        &self,
+        origin: Origin,
+        jobs: Vec<NewJob>,
+        group: Option<NewGroup>,
+    ) -> Result<Vec<Submitted>> {
+        self.call(|reply| Command::Submit {
+            origin,
+            jobs,
+            group,
+            reply,
+        })
+        .await?
     }
 
     /// Cancels queued jobs: one, or every queued job of a group.
@@ -190,7 +204,9 @@ impl Store {
     }
 
     pub async fn list(&self, filter: ListFilter) -> Result<ListPage> {
-        self.readers.run(move |conn| read::list(conn, &filter)).await
+        self.readers
+            .run(move |conn| read::list(conn, &filter))
+            .await
     }
 
     pub async fn queue_stats(&self) -> Result<Vec<v1::QueueStats>> {
@@ -223,10 +239,12 @@ impl Store {
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.commands.try_send(make(reply)).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded("the store's write queue"),
-            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
-        })?;
+        self.commands
+            .try_send(make(reply))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded("the store's write queue"),
+                mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+            })?;
         rx.await.map_err(|_| Error::ShuttingDown)
     }
 }
@@ -248,7 +266,8 @@ fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> Result<Conne
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(wrap)?;
     if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
     }
     conn.pragma_update(None, "synchronous", sync.pragma())
         .map_err(wrap)?;

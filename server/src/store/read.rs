@@ -5,8 +5,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
-use switchyard_proto::v1::{self, Attempt, AttemptOutcome, Job, JobState};
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter, types::Value};
+use switchyard_proto::v1::{
+    self, Attempt, AttemptOutcome, BlockedOn, BlockedReason, Job, JobState,
+};
 use tokio::sync::Semaphore;
 
 use super::{SyncMode, duration, open_connection, timestamp};
@@ -90,6 +92,36 @@ const JOB_COLUMNS: &str = "seq, id, queue, kind, payload, priority, max_attempts
     labels, tenant_id, parent_job_id, trace_id, state, attempt, output, error, created_at_ms,
     started_at_ms, finished_at_ms, worker_id";
 
+/// The dependencies of a job that have not succeeded yet.
+const WAITING_FOR: &str = "SELECT id FROM jobs
+    WHERE id IN (SELECT value FROM json_each(?1)) AND state != ?2 ORDER BY seq";
+
+/// Marks a queued job that waits for dependencies as blocked on them.
+fn explain_dependencies(conn: &Connection, job: &mut Job) -> Result<()> {
+    if job.state != JobState::Queued as i32 || job.depends_on.is_empty() {
+        return Ok(());
+    }
+    let ids = serde_json::to_string(&job.depends_on)
+        .map_err(|e| Error::Corrupt(format!("job {}: depends_on: {e}", job.job_id)))?;
+    let waiting_for = conn
+        .prepare_cached(WAITING_FOR)?
+        .query_map(params![ids, JobState::Succeeded as i32], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    if !waiting_for.is_empty() {
+        job.blocked_on = Some(BlockedOn {
+            reason: BlockedReason::Dependencies as i32,
+            detail: format!(
+                "waiting for {} of its {} dependencies to succeed",
+                waiting_for.len(),
+                job.depends_on.len()
+            ),
+            waiting_for,
+            ..Default::default()
+        });
+    }
+    Ok(())
+}
+
 const ATTEMPTS: &str = "SELECT number, worker_id, started_at_ms, finished_at_ms, outcome, error
     FROM attempts WHERE job_seq = ?1 ORDER BY number";
 
@@ -117,6 +149,7 @@ pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<Job>> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    explain_dependencies(conn, &mut job)?;
     Ok(Some(job))
 }
 
@@ -140,7 +173,10 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
         add(" AND group_id = ?", Value::Text(group.clone()));
     }
     // One row more than the page tells whether another page follows.
-    add(" ORDER BY seq LIMIT ?", Value::Integer(filter.page_size as i64 + 1));
+    add(
+        " ORDER BY seq LIMIT ?",
+        Value::Integer(filter.page_size as i64 + 1),
+    );
     let mut rows = conn
         .prepare_cached(&sql)?
         .query_map(params_from_iter(args), job_from_row)?
@@ -148,8 +184,12 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
     let more = rows.len() > filter.page_size as usize;
     rows.truncate(filter.page_size as usize);
     let next_after_seq = more.then(|| rows.last().map(|(seq, _)| *seq)).flatten();
+    let mut jobs: Vec<Job> = rows.into_iter().map(|(_, job)| job).collect();
+    for job in &mut jobs {
+        explain_dependencies(conn, job)?;
+    }
     Ok(ListPage {
-        jobs: rows.into_iter().map(|(_, job)| job).collect(),
+        jobs,
         next_after_seq,
     })
 }

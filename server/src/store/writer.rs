@@ -5,7 +5,10 @@
 //! others) and commits them all in one `BEGIN IMMEDIATE` transaction. Replies go out only after
 //! the commit: an acknowledged write is durable.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use switchyard_proto::v1::JobState;
@@ -19,6 +22,7 @@ const MAX_BATCH: usize = 2048;
 
 pub(crate) enum Command {
     Submit {
+        origin: Origin,
         jobs: Vec<NewJob>,
         group: Option<NewGroup>,
         reply: oneshot::Sender<Result<Vec<Submitted>>>,
@@ -35,7 +39,10 @@ pub(crate) enum Command {
 
 /// A command's result, held until its transaction commits.
 enum Pending {
-    Submit(oneshot::Sender<Result<Vec<Submitted>>>, Result<Vec<Submitted>>),
+    Submit(
+        oneshot::Sender<Result<Vec<Submitted>>>,
+        Result<Vec<Submitted>>,
+    ),
     Cancel(oneshot::Sender<Result<Cancelled>>, Result<Cancelled>),
     Close(oneshot::Sender<()>),
 }
@@ -105,8 +112,13 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &Writ
             continue;
         }
         pending.push(match command {
-            Command::Submit { jobs, group, reply } => {
-                let result = savepoint(conn, |c| submit(c, &jobs, group.as_ref()));
+            Command::Submit {
+                origin,
+                jobs,
+                group,
+                reply,
+            } => {
+                let result = savepoint(conn, |c| submit(c, origin, &jobs, group.as_ref()));
                 if let Ok(done) = &result {
                     rows += done.iter().filter(|s| !s.duplicate).count() as u64;
                 }
@@ -119,7 +131,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &Writ
             } => {
                 let result = savepoint(conn, |c| cancel(c, &target, &reason));
                 if let Ok(done) = &result {
-                    rows += done.ids.len() as u64;
+                    rows += (done.ids.len() + done.dependents.len()) as u64;
                 }
                 Pending::Cancel(reply, result)
             }
@@ -159,20 +171,35 @@ fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> 
     }
 }
 
-const FIND_IDEMPOTENT: &str =
-    "SELECT id, state FROM jobs WHERE queue = ?1 AND idempotency_key = ?2";
-const JOB_EXISTS: &str = "SELECT 1 FROM jobs WHERE id = ?1";
+const FIND_IDEMPOTENT: &str = "SELECT id, state FROM jobs
+    WHERE queue = ?1 AND coalesce(tenant_id, '') = ?2 AND idempotency_key = ?3";
+const JOB_STATE: &str = "SELECT state FROM jobs WHERE id = ?1";
 const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE id = ?1";
 const INSERT_GROUP: &str =
     "INSERT INTO groups (id, size, cancel_on_failure, created_at_ms) VALUES (?1, ?2, ?3, ?4)";
 const INSERT_JOB: &str = "INSERT INTO jobs (
         id, queue, kind, payload, priority, max_attempts, timeout_ms, deadline_ms, run_at_ms,
         idempotency_key, concurrency_key, weight, depends_on, group_id, labels, tenant_id,
-        parent_job_id, traceparent, tracestate, trace_id, state, created_at_ms)
+        parent_job_id, traceparent, tracestate, trace_id, state, error, created_at_ms,
+        finished_at_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-        ?19, ?20, ?21, ?22)";
+        ?19, ?20, ?21, ?22, ?23, ?24)";
+const INSERT_DEPENDENCY: &str =
+    "INSERT OR IGNORE INTO dependencies (depends_on, job_id) VALUES (?1, ?2)";
 
-fn submit(conn: &Connection, jobs: &[NewJob], group: Option<&NewGroup>) -> Result<Vec<Submitted>> {
+/// How a submit names its jobs' fields in errors: `depends_on[0]` or `jobs[3].depends_on[0]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Submit,
+    Batch,
+}
+
+fn submit(
+    conn: &Connection,
+    origin: Origin,
+    jobs: &[NewJob],
+    group: Option<&NewGroup>,
+) -> Result<Vec<Submitted>> {
     let now = now_ms();
     if let Some(group) = group {
         if conn
@@ -189,19 +216,28 @@ fn submit(conn: &Connection, jobs: &[NewJob], group: Option<&NewGroup>) -> Resul
         ])?;
     }
 
-    // First pass: which jobs repeat an earlier idempotency key. Their dependents then point at
-    // the earlier job instead of the one that is not inserted.
+    // First pass: which jobs repeat an idempotency key, of an earlier job or of an earlier
+    // entry of this batch. Their dependents then point at that job instead.
     let mut results = Vec::with_capacity(jobs.len());
     let mut replaced: HashMap<&str, String> = HashMap::new();
+    let mut keys: HashMap<(&str, &str, &str), &str> = HashMap::new();
     {
         let mut find = conn.prepare_cached(FIND_IDEMPOTENT)?;
         for job in jobs {
             let existing = match &job.idempotency_key {
-                Some(key) => find
-                    .query_row(params![job.queue, key], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, i32>(1)?))
-                    })
-                    .optional()?,
+                Some(key) => {
+                    let tenant = job.tenant_id.as_deref().unwrap_or("");
+                    match keys.get(&(job.queue.as_str(), tenant, key.as_str())) {
+                        Some(id) => Some((id.to_string(), JobState::Queued as i32)),
+                        None => {
+                            keys.insert((&job.queue, tenant, key), &job.id);
+                            find.query_row(params![job.queue, tenant, key], |row| {
+                                Ok((row.get::<_, String>(0)?, row.get::<_, i32>(1)?))
+                            })
+                            .optional()?
+                        }
+                    }
+                }
                 None => None,
             };
             results.push(match existing {
@@ -222,30 +258,50 @@ fn submit(conn: &Connection, jobs: &[NewJob], group: Option<&NewGroup>) -> Resul
         }
     }
 
-    let in_batch: HashMap<&str, ()> = jobs.iter().map(|j| (j.id.as_str(), ())).collect();
-    let mut exists = conn.prepare_cached(JOB_EXISTS)?;
+    let in_batch: HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let mut state_of = conn.prepare_cached(JOB_STATE)?;
     let mut insert = conn.prepare_cached(INSERT_JOB)?;
-    for (index, (job, result)) in jobs.iter().zip(&results).enumerate() {
+    let mut insert_dependency = conn.prepare_cached(INSERT_DEPENDENCY)?;
+    for (index, (job, result)) in jobs.iter().zip(results.iter_mut()).enumerate() {
         if result.duplicate {
             continue;
         }
         let mut depends_on = Vec::with_capacity(job.depends_on.len());
+        // A dependency that already ended other than SUCCEEDED dooms this job at once.
+        let mut doomed = None;
         for (d, dep) in job.depends_on.iter().enumerate() {
-            if let Some(earlier) = replaced.get(dep.as_str()) {
-                depends_on.push(earlier.clone());
-            } else if in_batch.contains_key(dep.as_str())
-                || exists.exists(params![dep])?
-            {
-                depends_on.push(dep.clone());
+            let dep = replaced.get(dep.as_str()).unwrap_or(dep);
+            let state = if in_batch.contains(dep.as_str()) {
+                JobState::Queued as i32
             } else {
-                return Err(Error::invalid(
-                    format!("jobs[{index}].depends_on[{d}]"),
-                    format!("no job {dep}"),
-                ));
+                match state_of
+                    .query_row(params![dep], |row| row.get::<_, i32>(0))
+                    .optional()?
+                {
+                    Some(state) => state,
+                    None => {
+                        let field = match origin {
+                            Origin::Submit => format!("depends_on[{d}]"),
+                            Origin::Batch => format!("jobs[{index}].depends_on[{d}]"),
+                        };
+                        return Err(Error::invalid(field, format!("no job {dep}")));
+                    }
+                }
+            };
+            if let Ok(end @ (JobState::Failed | JobState::Cancelled | JobState::DeadlineExceeded)) =
+                JobState::try_from(state)
+            {
+                doomed.get_or_insert_with(|| dependency_failed(dep, end));
             }
+            depends_on.push(dep.clone());
         }
-        let depends_on = (!depends_on.is_empty()).then(|| json_array(&depends_on));
+        let depends_json = (!depends_on.is_empty()).then(|| json_array(&depends_on));
         let labels = (!job.labels.is_empty()).then(|| json_object(&job.labels));
+        let state = if doomed.is_some() {
+            JobState::Cancelled
+        } else {
+            JobState::Queued
+        };
         insert.execute(params![
             job.id,
             job.queue,
@@ -259,7 +315,7 @@ fn submit(conn: &Connection, jobs: &[NewJob], group: Option<&NewGroup>) -> Resul
             job.idempotency_key,
             job.concurrency_key,
             job.weight,
-            depends_on,
+            depends_json,
             group.map(|g| g.id.as_str()),
             labels,
             job.tenant_id,
@@ -267,27 +323,40 @@ fn submit(conn: &Connection, jobs: &[NewJob], group: Option<&NewGroup>) -> Resul
             job.traceparent,
             job.tracestate,
             job.trace_id,
-            JobState::Queued as i32,
+            state as i32,
+            doomed,
             now,
+            doomed.as_ref().map(|_| now),
         ])?;
+        for dep in &depends_on {
+            insert_dependency.execute(params![dep, job.id])?;
+        }
+        result.state = state;
     }
     Ok(results)
 }
 
-const FIND_STATE: &str = "SELECT state FROM jobs WHERE id = ?1";
+fn dependency_failed(dep: &str, end: JobState) -> String {
+    format!("dependency {dep} ended {}", end.as_str_name())
+}
+
 const CANCEL_JOB: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
     WHERE id = ?4 AND state = ?5";
 const CANCEL_GROUP: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
     WHERE group_id = ?4 AND state = ?5 RETURNING id";
+/// Queued dependents of one job: they can no longer run.
+const CANCEL_DEPENDENTS: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
+    WHERE state = ?4 AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?5)
+    RETURNING id";
 
 fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Cancelled> {
     let now = now_ms();
     let cancelled = JobState::Cancelled as i32;
     let queued = JobState::Queued as i32;
-    match target {
+    let (ids, state) = match target {
         CancelTarget::Job(id) => {
             let state: i32 = conn
-                .prepare_cached(FIND_STATE)?
+                .prepare_cached(JOB_STATE)?
                 .query_row(params![id], |row| row.get(0))
                 .optional()?
                 .ok_or_else(|| Error::JobNotFound(id.clone()))?;
@@ -299,26 +368,27 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                         .prepare_cached(CANCEL_JOB)?
                         .execute(params![cancelled, reason, now, id, queued])?;
                     if changed != 1 {
-                        return Err(Error::Corrupt(format!("job {id}: vanished while cancelled")));
+                        return Err(Error::Corrupt(format!(
+                            "job {id}: vanished while cancelled"
+                        )));
                     }
-                    Ok(Cancelled {
-                        ids: vec![id.clone()],
-                        state: JobState::Cancelled,
-                    })
+                    (vec![id.clone()], JobState::Cancelled)
                 }
                 // Cancelling twice is not an error: the caller's wish already holds.
-                JobState::Cancelled => Ok(Cancelled {
-                    ids: vec![],
-                    state,
-                }),
-                JobState::Running => Err(Error::FailedPrecondition {
-                    id: id.clone(),
-                    reason: "is running, and this coordinator cannot stop running jobs yet".into(),
-                }),
-                other => Err(Error::FailedPrecondition {
-                    id: id.clone(),
-                    reason: format!("already ended {}", other.as_str_name()),
-                }),
+                JobState::Cancelled => (vec![], state),
+                JobState::Running => {
+                    return Err(Error::FailedPrecondition {
+                        id: id.clone(),
+                        reason: "is running, and this coordinator cannot stop running jobs yet"
+                            .into(),
+                    });
+                }
+                other => {
+                    return Err(Error::FailedPrecondition {
+                        id: id.clone(),
+                        reason: format!("already ended {}", other.as_str_name()),
+                    });
+                }
             }
         }
         CancelTarget::Group(group) => {
@@ -331,18 +401,48 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                     row.get(0)
                 })?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(Cancelled {
-                ids,
-                state: JobState::Unspecified,
-            })
+            (ids, JobState::Unspecified)
         }
+    };
+    let dependents = cancel_dependents(conn, &ids, now)?;
+    Ok(Cancelled {
+        ids,
+        dependents,
+        state,
+    })
+}
+
+/// Cancels every queued job that (transitively) depends on one of `ended`, which will never
+/// succeed now. Returns the ids it cancelled.
+fn cancel_dependents(conn: &Connection, ended: &[String], now: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(CANCEL_DEPENDENTS)?;
+    let mut frontier: Vec<String> = ended.to_vec();
+    let mut cancelled = Vec::new();
+    while let Some(dep) = frontier.pop() {
+        let reason = dependency_failed(&dep, JobState::Cancelled);
+        let next = stmt
+            .query_map(
+                params![
+                    JobState::Cancelled as i32,
+                    reason,
+                    now,
+                    JobState::Queued as i32,
+                    dep
+                ],
+                |row| row.get::<_, String>(0),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        cancelled.extend(next.iter().cloned());
+        frontier.extend(next);
     }
+    Ok(cancelled)
 }
 
 impl Cancelled {
     fn empty() -> Self {
         Cancelled {
             ids: vec![],
+            dependents: vec![],
             state: JobState::Unspecified,
         }
     }
