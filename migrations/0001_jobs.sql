@@ -27,7 +27,10 @@ CREATE TABLE jobs (
     trace_id         TEXT,
     -- switchyard.v1.JobState
     state            INTEGER NOT NULL,
+    -- Attempts started (the fencing number of the current one).
     attempt          INTEGER NOT NULL DEFAULT 0,
+    -- Attempts that count against max_attempts (failed or lost, not released or interrupted).
+    failures         INTEGER NOT NULL DEFAULT 0,
     output           BLOB,
     error            TEXT,
     created_at_ms    INTEGER NOT NULL,

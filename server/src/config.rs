@@ -1,10 +1,10 @@
 //! Command-line flags of `switchyard-server`; each also reads `SWITCHYARD_<FLAG>`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::store::{StoreConfig, SyncMode};
+use crate::store::{RetryPolicy, StoreConfig, SyncMode};
 
 /// The Switchyard coordinator: takes jobs over gRPC and keeps them durably in SQLite.
 #[derive(Debug, Clone, Parser)]
@@ -40,6 +40,21 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub write_queue: u64,
 
+    /// How often the coordinator pings each worker stream. A stream silent for three
+    /// intervals (or whose worker stops acknowledging) is dead and its jobs go back to the
+    /// queue.
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// First retry backoff after a retryable failure; it doubles with each failure (with
+    /// jitter) up to --retry-cap.
+    #[arg(long, env = "SWITCHYARD_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+
+    /// Longest retry backoff.
+    #[arg(long, env = "SWITCHYARD_RETRY_CAP", default_value = "5m", value_parser = parse_duration)]
+    pub retry_cap: Duration,
+
     /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_server=debug`.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
@@ -51,6 +66,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
+    pub heartbeat_interval: Duration,
+    pub retry: RetryPolicy,
 }
 
 impl ServerArgs {
@@ -64,6 +81,11 @@ impl ServerArgs {
             },
             max_message_bytes: self.max_message_bytes as usize,
             max_concurrent_streams: self.max_concurrent_streams,
+            heartbeat_interval: self.heartbeat_interval,
+            retry: RetryPolicy {
+                base_ms: self.retry_base.as_millis() as i64,
+                cap_ms: self.retry_cap.max(self.retry_base).as_millis() as i64,
+            },
         }
     }
 }
@@ -88,6 +110,34 @@ pub fn parse_db_url(url: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(PathBuf::from(path))
+}
+
+/// `250ms`, `30s`, `5m`, `2h` (a bare number is seconds); at least 1 ms, at most 30 days.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration like 250ms, 30s, 5m or 2h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    let d = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(30 * 24 * 3600) {
+        return Err(format!("{text:?}: must be between 1ms and 30 days"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -3,7 +3,10 @@
 
 pub mod api;
 pub mod config;
+pub mod dispatch;
 pub mod error;
+pub mod fanin;
+pub mod scheduler;
 pub mod store;
 
 use std::time::Duration;
@@ -16,28 +19,71 @@ use switchyard_proto::{
     },
 };
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 pub use config::{Config, ServerArgs};
 pub use error::{Error, Result};
+use fanin::Notifier;
+use scheduler::Scheduler;
 use store::Store;
 
 /// Serves the coordinator on `listener` until `shutdown` fires, then drains: health turns
 /// `NOT_SERVING`, in-flight calls finish, and the store commits what it holds and closes.
 pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
-    let store = Store::open(&config.store)?;
-    let result = serve(listener, &config, store.clone(), shutdown).await;
+    let (store, ready) = Store::open(&config.store)?;
+    tracing::info!(ready = ready.len(), "store open");
+    let notifier = Notifier::default();
+    // The scheduler and the worker sessions stop with their own token, after the gRPC server
+    // has stopped taking calls, so that nothing they commit is cut off.
+    let inner = CancellationToken::new();
+    let (scheduler, scheduler_task) = Scheduler::start(
+        store.clone(),
+        notifier.clone(),
+        config.retry,
+        ready,
+        inner.clone(),
+    );
+    let sessions = TaskTracker::new();
+    let services = Services {
+        jobs: api::JobApi::new(store.clone(), scheduler.clone(), notifier, inner.clone()),
+        admin: api::AdminApi::new(store.clone(), scheduler.clone()),
+        workers: dispatch::WorkerApi::new(
+            scheduler,
+            config.heartbeat_interval,
+            inner.clone(),
+            sessions.clone(),
+        ),
+    };
+    // Long calls (worker streams, Wait) end when the drain starts, so the server can stop.
+    let drain = inner.clone();
+    let stopping = async move {
+        shutdown.cancelled().await;
+        drain.cancel();
+    };
+    let result = serve(listener, &config, services, stopping).await;
+    inner.cancel();
+    sessions.close();
+    sessions.wait().await;
+    if let Err(err) = scheduler_task.await {
+        tracing::error!(cause = %err, "scheduler task failed");
+    }
     store.close().await?;
     result
+}
+
+struct Services {
+    jobs: api::JobApi,
+    admin: api::AdminApi,
+    workers: dispatch::WorkerApi,
 }
 
 async fn serve(
     listener: TcpListener,
     config: &Config,
-    store: Store,
-    shutdown: CancellationToken,
+    services: Services,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let service_names = [
@@ -61,13 +107,13 @@ async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let limit = config.max_message_bytes;
-    let jobs = JobServiceServer::new(api::JobApi::new(store.clone()))
+    let jobs = JobServiceServer::new(services.jobs)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let admin = AdminServiceServer::new(api::AdminApi::new(store.clone()))
+    let admin = AdminServiceServer::new(services.admin)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let workers = WorkerServiceServer::new(api::WorkerApi)
+    let workers = WorkerServiceServer::new(services.workers)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
@@ -77,7 +123,7 @@ async fn serve(
         .with_keepalive(Some(Duration::from_secs(60)));
 
     let drained = async move {
-        shutdown.cancelled().await;
+        shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
         for name in service_names {
             health

@@ -782,27 +782,46 @@ async fn cancel_with_an_overlong_reason_changes_nothing() {
     assert_eq!(job.state, switchyard_proto::v1::JobState::Queued as i32);
 }
 
-// --- not served yet ---------------------------------------------------------------------------
+// --- Run, Wait and WatchGroup refusals -----------------------------------------------------
 
+/// A malformed `grpc-timeout` is refused rather than ignored, and Run stores nothing then.
 #[tokio::test]
-async fn run_wait_and_watch_group_are_unimplemented() {
+async fn a_malformed_grpc_timeout_is_refused() {
     let (_coordinator, client) = start().await;
-    let status = jobs(&client)
-        .run(RunRequest {
+    for bad in ["5s", "S", "123456789S", "-1m"] {
+        let mut request = tonic::Request::new(RunRequest {
             job: Some(valid()),
             detach: false,
-        })
-        .await
-        .expect_err("Run is not served yet");
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        });
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", bad.parse().expect("ascii"));
+        let status = jobs(&client).run(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
+        assert!(status.message().contains("grpc-timeout"), "{status:?}");
+    }
+    assert_nothing_stored(&client).await;
+}
 
+#[tokio::test]
+async fn waiting_on_an_unknown_job_is_not_found_and_watch_group_is_unimplemented() {
+    let (_coordinator, client) = start().await;
     let status = jobs(&client)
         .wait(WaitRequest {
             job_id: "0190d3c0-0000-7000-8000-000000000000".into(),
         })
         .await
-        .expect_err("Wait is not served yet");
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        .expect_err("no such job");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    let status = jobs(&client)
+        .run(RunRequest {
+            job: None,
+            detach: false,
+        })
+        .await
+        .expect_err("Run needs a job");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
     let status = jobs(&client)
         .watch_group(WatchGroupRequest {
@@ -812,8 +831,6 @@ async fn run_wait_and_watch_group_are_unimplemented() {
         .await
         .expect_err("WatchGroup is not served yet");
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-
-    // Run did not store its job on the way to refusing.
     assert_nothing_stored(&client).await;
 }
 

@@ -1,6 +1,7 @@
 //! The gRPC face: turns requests into store calls, validates them, and maps errors once.
 
-mod validate;
+mod deadline;
+pub(crate) mod validate;
 
 use std::pin::Pin;
 
@@ -10,14 +11,16 @@ use switchyard_proto::v1::{
     ListRequest, ListResponse, RunRequest, RunResponse, SubmitBatchRequest, SubmitBatchResponse,
     SubmitRequest, SubmitResponse, WaitRequest, WaitResponse, WatchGroupRequest,
     admin_service_server::AdminService, cancel_request::Target, job_service_server::JobService,
-    worker_service_server::WorkerService,
 };
-use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
 
 use crate::{
     error::{Error, Result},
+    fanin::Notifier,
+    scheduler::Scheduler,
     store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submitted, now_ms},
 };
 
@@ -25,12 +28,99 @@ use crate::{
 #[derive(Clone)]
 pub struct JobApi {
     store: Store,
+    scheduler: Scheduler,
+    notifier: Notifier,
+    shutdown: CancellationToken,
 }
 
 impl JobApi {
-    pub fn new(store: Store) -> Self {
-        JobApi { store }
+    pub fn new(
+        store: Store,
+        scheduler: Scheduler,
+        notifier: Notifier,
+        shutdown: CancellationToken,
+    ) -> Self {
+        JobApi {
+            store,
+            scheduler,
+            notifier,
+            shutdown,
+        }
     }
+
+    /// Stores jobs and hands the ready ones to the scheduler.
+    async fn store_jobs(
+        &self,
+        origin: Origin,
+        jobs: Vec<crate::store::NewJob>,
+        group: Option<NewGroup>,
+    ) -> Result<Vec<Submitted>> {
+        let done = self.store.submit(origin, jobs, group).await?;
+        let ready = done.iter().filter_map(|s| s.ready.clone()).collect();
+        // The jobs are durable now; if the scheduler is stopping, the next start finds them.
+        if let Err(err) = self.scheduler.enqueue(ready).await {
+            tracing::warn!(cause = %err, "submitted jobs wait for the next start");
+        }
+        Ok(done)
+    }
+
+    /// Fills `blocked_on` of a queued job that is not simply waiting for dependencies.
+    async fn explain(&self, job: &mut Job) -> Result<()> {
+        explain(job, now_ms());
+        let ready_now = job
+            .blocked_on
+            .as_ref()
+            .is_some_and(|b| b.reason == BlockedReason::Ready as i32);
+        if ready_now
+            && let Some(blocked) = self
+                .scheduler
+                .explain(job.queue.clone(), job.kind.clone())
+                .await?
+        {
+            job.blocked_on = Some(blocked);
+        }
+        Ok(())
+    }
+
+    /// Blocks until the job is terminal, the call's deadline passes or the coordinator stops.
+    async fn wait_for(
+        &self,
+        job_id: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Job, Status> {
+        let woken = self.notifier.subscribe(job_id);
+        let job = self.store.get(job_id.to_owned()).await?;
+        if is_terminal(job.state) {
+            self.notifier.forget(job_id);
+            return Ok(job);
+        }
+        let expired = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            _ = woken => Ok(()),
+            _ = expired => Err(Status::deadline_exceeded(format!(
+                "job {job_id} did not finish within the call's deadline"
+            ))),
+            _ = self.shutdown.cancelled() => Err(Error::ShuttingDown.into()),
+        };
+        self.notifier.forget(job_id);
+        outcome?;
+        Ok(self.store.get(job_id.to_owned()).await?)
+    }
+}
+
+fn is_terminal(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded
+            | JobState::Failed
+            | JobState::Cancelled
+            | JobState::DeadlineExceeded)
+    )
 }
 
 fn new_job_id() -> String {
@@ -94,8 +184,8 @@ fn submit_response(s: Submitted) -> SubmitResponse {
     }
 }
 
-/// Says why a queued job is not running, unless the store already knows (dependencies).
-/// Until workers exist, nothing serves any queue.
+/// Says why a queued job is not running, as far as the job itself tells: the store already
+/// marked one that waits for dependencies; one with a future `run_at` waits for its time.
 fn explain(job: &mut Job, now: i64) {
     if job.state != JobState::Queued as i32 || job.blocked_on.is_some() {
         return;
@@ -111,11 +201,8 @@ fn explain(job: &mut Job, now: i64) {
             ..Default::default()
         },
         None => BlockedOn {
-            reason: BlockedReason::NoWorker as i32,
-            detail: format!(
-                "no connected worker serves queue {:?} and kind {:?}",
-                job.queue, job.kind
-            ),
+            reason: BlockedReason::Ready as i32,
+            detail: "ready; waiting for a free worker slot".into(),
             ..Default::default()
         },
     });
@@ -154,7 +241,7 @@ impl JobService for JobApi {
             return Err(Error::invalid("ref", "only names jobs inside a SubmitBatch").into());
         }
         let job = validate::job("", req, new_job_id(), &Default::default(), &ctx, now_ms())?;
-        let mut done = self.store.submit(Origin::Submit, vec![job], None).await?;
+        let mut done = self.store_jobs(Origin::Submit, vec![job], None).await?;
         let submitted = done
             .pop()
             .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
@@ -208,18 +295,38 @@ impl JobService for JobApi {
         }
         validate::acyclic(&jobs)?;
         let group_id = group.as_ref().map(|g| g.id.clone()).unwrap_or_default();
-        let done = self.store.submit(Origin::Batch, jobs, group).await?;
+        let done = self.store_jobs(Origin::Batch, jobs, group).await?;
         Ok(Response::new(SubmitBatchResponse {
             jobs: done.into_iter().map(submit_response).collect(),
             group_id,
         }))
     }
 
-    async fn run(&self, _: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
-        Err(
-            Error::Unimplemented("Run needs workers, which this coordinator does not serve yet")
-                .into(),
-        )
+    #[tracing::instrument(skip_all)]
+    async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        let timeout = deadline::timeout(request.metadata())?;
+        let ctx = context(request.metadata())?;
+        let req = request.into_inner();
+        let Some(job) = req.job else {
+            return Err(Error::invalid("job", "is required").into());
+        };
+        if !job.group_id.is_empty() || !job.r#ref.is_empty() {
+            return Err(Error::invalid("job", "group_id and ref belong to SubmitBatch").into());
+        }
+        let job = validate::job(
+            "job.",
+            job,
+            new_job_id(),
+            &Default::default(),
+            &ctx,
+            now_ms(),
+        )?;
+        let mut done = self.store_jobs(Origin::Submit, vec![job], None).await?;
+        let submitted = done
+            .pop()
+            .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
+        let job = self.wait_for(&submitted.id, timeout).await?;
+        Ok(Response::new(RunResponse { job: Some(job) }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Job>, Status> {
@@ -228,7 +335,7 @@ impl JobService for JobApi {
             return Err(Error::invalid("job_id", "is required").into());
         }
         let mut job = self.store.get(id).await?;
-        explain(&mut job, now_ms());
+        self.explain(&mut job).await?;
         Ok(Response::new(job))
     }
 
@@ -259,10 +366,28 @@ impl JobService for JobApi {
             page_size,
         };
         let page = self.store.list(filter).await?;
-        let now = now_ms();
         let mut jobs = page.jobs;
+        // One question to the scheduler per distinct queue and kind, not per job.
+        let mut answers = std::collections::HashMap::new();
         for job in &mut jobs {
-            explain(job, now);
+            explain(job, now_ms());
+            if job
+                .blocked_on
+                .as_ref()
+                .is_some_and(|b| b.reason == BlockedReason::Ready as i32)
+            {
+                let pair = (job.queue.clone(), job.kind.clone());
+                if !answers.contains_key(&pair) {
+                    let answer = self
+                        .scheduler
+                        .explain(pair.0.clone(), pair.1.clone())
+                        .await?;
+                    answers.insert(pair.clone(), answer);
+                }
+                if let Some(Some(blocked)) = answers.get(&pair) {
+                    job.blocked_on = Some(blocked.clone());
+                }
+            }
         }
         Ok(Response::new(ListResponse {
             jobs,
@@ -270,11 +395,14 @@ impl JobService for JobApi {
         }))
     }
 
-    async fn wait(&self, _: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
-        Err(
-            Error::Unimplemented("Wait needs workers, which this coordinator does not serve yet")
-                .into(),
-        )
+    async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        let timeout = deadline::timeout(request.metadata())?;
+        let id = request.into_inner().job_id;
+        if id.is_empty() {
+            return Err(Error::invalid("job_id", "is required").into());
+        }
+        let job = self.wait_for(&id, timeout).await?;
+        Ok(Response::new(WaitResponse { job: Some(job) }))
     }
 
     type WatchGroupStream = Stream_<v1::GroupEvent>;
@@ -284,6 +412,35 @@ impl JobService for JobApi {
         _: Request<WatchGroupRequest>,
     ) -> Result<Response<Self::WatchGroupStream>, Status> {
         Err(Error::Unimplemented("WatchGroup is not served yet").into())
+    }
+
+    #[tracing::instrument(skip_all, fields(job.id = %request.get_ref().job_id))]
+    async fn requeue(&self, request: Request<v1::RequeueRequest>) -> Result<Response<Job>, Status> {
+        let req = request.into_inner();
+        if req.job_id.is_empty() {
+            return Err(Error::invalid("job_id", "is required").into());
+        }
+        if let Some(n) = req.max_attempts
+            && !(1..=validate::MAX_ATTEMPTS).contains(&n)
+        {
+            return Err(Error::invalid(
+                "max_attempts",
+                format!("must be between 1 and {}", validate::MAX_ATTEMPTS),
+            )
+            .into());
+        }
+        let ready = self
+            .store
+            .requeue(req.job_id.clone(), req.max_attempts)
+            .await?;
+        if let Some(ready) = ready
+            && let Err(err) = self.scheduler.enqueue(vec![ready]).await
+        {
+            tracing::warn!(cause = %err, "requeued job waits for the next start");
+        }
+        let mut job = self.store.get(req.job_id).await?;
+        self.explain(&mut job).await?;
+        Ok(Response::new(job))
     }
 
     #[tracing::instrument(skip_all)]
@@ -308,6 +465,11 @@ impl JobService for JobApi {
         let done = self.store.cancel(target, reason).await?;
         let mut cancelled = done.ids;
         cancelled.extend(done.dependents);
+        self.notifier.notify(&cancelled);
+        if let Err(err) = self.scheduler.remove(cancelled.clone()).await {
+            // The store is the record: a stopping scheduler dispatches nothing more anyway.
+            tracing::warn!(cause = %err, "scheduler did not take the cancellation");
+        }
         Ok(Response::new(CancelResponse {
             cancelled,
             state: done.state as i32,
@@ -315,15 +477,16 @@ impl JobService for JobApi {
     }
 }
 
-/// `AdminService`: numbers now; quotas and queue control arrive with the scheduler.
+/// `AdminService`: numbers and workers; quotas and queue control arrive with their issue.
 #[derive(Clone)]
 pub struct AdminApi {
     store: Store,
+    scheduler: Scheduler,
 }
 
 impl AdminApi {
-    pub fn new(store: Store) -> Self {
-        AdminApi { store }
+    pub fn new(store: Store, scheduler: Scheduler) -> Self {
+        AdminApi { store, scheduler }
     }
 }
 
@@ -363,7 +526,8 @@ impl AdminService for AdminApi {
         &self,
         _: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        Ok(Response::new(v1::ListWorkersResponse { workers: vec![] }))
+        let workers = self.scheduler.workers().await?;
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
     }
 
     async fn stats(
@@ -371,27 +535,12 @@ impl AdminService for AdminApi {
         _: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
         let queues = self.store.queue_stats().await?;
+        let workers = self.scheduler.workers().await?.len() as u32;
         Ok(Response::new(v1::StatsResponse {
             queues,
             store: Some(self.store.writer_stats()),
-            workers: 0,
+            workers,
         }))
-    }
-}
-
-/// `WorkerService`: the dispatch stream is not served yet.
-#[derive(Clone, Default)]
-pub struct WorkerApi;
-
-#[tonic::async_trait]
-impl WorkerService for WorkerApi {
-    type ConnectStream = Stream_<v1::CoordinatorMessage>;
-
-    async fn connect(
-        &self,
-        _: Request<Streaming<v1::WorkerMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
-        Err(Error::Unimplemented(NOT_YET).into())
     }
 }
 

@@ -5,6 +5,7 @@
 //! transaction (group commit), so one fsync covers many jobs. Reads go to a small pool of
 //! read-only connections (WAL lets them run beside the writer).
 
+mod lifecycle;
 mod migrate;
 mod read;
 mod writer;
@@ -96,6 +97,101 @@ pub struct Submitted {
     /// The idempotency key matched an earlier job; `id` is that job's.
     pub duplicate: bool,
     pub state: v1::JobState,
+    /// Set when the job was stored ready to run (queued, with no unfinished dependencies).
+    pub ready: Option<ReadyJob>,
+}
+
+/// What the scheduler needs of a queued job: where it goes and in what order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyJob {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub priority: i32,
+    /// Not before this time (Unix ms); 0 for "now".
+    pub run_at_ms: i64,
+    /// Submission order.
+    pub seq: i64,
+}
+
+/// Give a queued job to a worker session.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub job_id: String,
+    pub session: u64,
+    pub worker_id: String,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded(Vec<u8>),
+    Failed {
+        message: String,
+        retryable: bool,
+        retry_after_ms: Option<i64>,
+        /// The handler stopped because it was told to.
+        cancelled: bool,
+    },
+    /// Its worker's stream died or its lease ran out: counts as a failed attempt.
+    Lost(String),
+    /// Handed back by a draining worker: does not count.
+    Released(String),
+}
+
+/// End one attempt (fenced by its number).
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub job_id: String,
+    pub attempt: u32,
+    pub outcome: Outcome,
+}
+
+/// Exponential backoff with full jitter between attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base_ms: i64,
+    pub cap_ms: i64,
+}
+
+impl RetryPolicy {
+    /// The delay before the attempt after `failures` failures: a random point in
+    /// `[d/2, d]` where `d = min(cap, base * 2^(failures-1))`.
+    pub fn backoff_ms(&self, failures: u32) -> i64 {
+        let exp = failures.saturating_sub(1).min(30);
+        let d = self
+            .base_ms
+            .saturating_mul(1i64 << exp)
+            .min(self.cap_ms)
+            .max(0);
+        let jitter = uuid::Uuid::new_v4().as_u128() as u64 % (d as u64 / 2 + 1);
+        d / 2 + jitter as i64
+    }
+}
+
+/// One batch of the scheduler's state changes, committed together.
+#[derive(Debug, Clone)]
+pub struct Transitions {
+    pub finishes: Vec<Finish>,
+    pub starts: Vec<Start>,
+    pub retry: RetryPolicy,
+}
+
+/// What a committed batch of transitions did.
+#[derive(Debug, Default)]
+pub struct TransitionOutcome {
+    /// Attempts now running, with the session they go to.
+    pub started: Vec<(u64, v1::Assignment)>,
+    /// Starts that found the job no longer queued (cancelled meanwhile).
+    pub not_started: Vec<(u64, String)>,
+    /// Jobs that became ready: retries (with their backoff) and dependents.
+    pub ready: Vec<ReadyJob>,
+    /// Jobs that reached a terminal state.
+    pub terminal: Vec<String>,
+    /// Queued dependents cancelled because a dependency ended badly.
+    pub cancelled_dependents: Vec<String>,
+    /// Results refused by the fence: (job, attempt).
+    pub stale: Vec<(String, u32)>,
 }
 
 /// What to cancel.
@@ -152,10 +248,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if missing) the database, applies migrations and starts the writer.
-    pub fn open(config: &StoreConfig) -> Result<Store> {
+    /// Opens (creating if missing) the database, applies migrations, re-queues what was
+    /// running when the coordinator last stopped, and starts the writer. Returns the jobs that
+    /// are ready to run, for the scheduler.
+    pub fn open(config: &StoreConfig) -> Result<(Store, Vec<ReadyJob>)> {
         let mut conn = open_connection(&config.path, config.sync, false)?;
         migrate::run(&mut conn)?;
+        let ready = {
+            let tx = conn.transaction()?;
+            let ready = lifecycle::recover(&tx)?;
+            tx.commit()?;
+            ready
+        };
         let readers = read::Readers::open(&config.path, config.sync, config.readers.max(1))?;
         let counters = Arc::new(WriterCounters::default());
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
@@ -163,12 +267,33 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("switchyard-writer".into())
             .spawn(move || writer::run(conn, rx, thread_counters))?;
-        Ok(Store {
+        let store = Store {
             commands: tx,
             readers: Arc::new(readers),
             counters,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        };
+        Ok((store, ready))
+    }
+
+    /// Commits a batch of the scheduler's transitions.
+    pub async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome> {
+        self.call(|reply| Command::Transition { ops, reply })
+            .await?
+    }
+
+    /// Puts a job that ended badly back in its queue; returns it if it is ready to run.
+    pub async fn requeue(
+        &self,
+        job_id: String,
+        max_attempts: Option<u32>,
+    ) -> Result<Option<ReadyJob>> {
+        self.call(|reply| Command::Requeue {
+            job_id,
+            max_attempts,
+            reply,
         })
+        .await?
     }
 
     /// Stores jobs (and their group) in one transaction: all of them or none.

@@ -14,7 +14,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use switchyard_proto::v1::JobState;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CancelTarget, Cancelled, NewGroup, NewJob, Submitted, WriterCounters, now_ms};
+use super::{
+    CancelTarget, Cancelled, NewGroup, NewJob, ReadyJob, Submitted, TransitionOutcome, Transitions,
+    WriterCounters, lifecycle, now_ms,
+};
 use crate::error::{Error, Result};
 
 /// The most commands one transaction carries.
@@ -32,6 +35,15 @@ pub(crate) enum Command {
         reason: String,
         reply: oneshot::Sender<Result<Cancelled>>,
     },
+    Transition {
+        ops: Transitions,
+        reply: oneshot::Sender<Result<TransitionOutcome>>,
+    },
+    Requeue {
+        job_id: String,
+        max_attempts: Option<u32>,
+        reply: oneshot::Sender<Result<Option<ReadyJob>>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -44,6 +56,14 @@ enum Pending {
         Result<Vec<Submitted>>,
     ),
     Cancel(oneshot::Sender<Result<Cancelled>>, Result<Cancelled>),
+    Transition(
+        oneshot::Sender<Result<TransitionOutcome>>,
+        Result<TransitionOutcome>,
+    ),
+    Requeue(
+        oneshot::Sender<Result<Option<ReadyJob>>>,
+        Result<Option<ReadyJob>>,
+    ),
     Close(oneshot::Sender<()>),
 }
 
@@ -57,6 +77,10 @@ impl Pending {
             (Pending::Submit(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
             (Pending::Cancel(tx, result), Ok(())) => drop(tx.send(result)),
             (Pending::Cancel(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Pending::Transition(tx, result), Ok(())) => drop(tx.send(result)),
+            (Pending::Transition(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Pending::Requeue(tx, result), Ok(())) => drop(tx.send(result)),
+            (Pending::Requeue(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
             (Pending::Close(tx), _) => drop(tx.send(())),
         }
     }
@@ -107,6 +131,10 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &Writ
                 Command::Cancel { reply, .. } => {
                     Pending::Cancel(reply, Ok(Cancelled::empty())).send(&err)
                 }
+                Command::Transition { reply, .. } => {
+                    Pending::Transition(reply, Ok(TransitionOutcome::default())).send(&err)
+                }
+                Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)).send(&err),
                 Command::Close { reply } => Pending::Close(reply).send(&err),
             }
             continue;
@@ -134,6 +162,24 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &Writ
                     rows += (done.ids.len() + done.dependents.len()) as u64;
                 }
                 Pending::Cancel(reply, result)
+            }
+            Command::Transition { ops, reply } => {
+                let result = savepoint(conn, |c| lifecycle::transition(c, &ops));
+                if let Ok(done) = &result {
+                    rows += (ops.finishes.len()
+                        + done.started.len()
+                        + done.cancelled_dependents.len()) as u64;
+                }
+                Pending::Transition(reply, result)
+            }
+            Command::Requeue {
+                job_id,
+                max_attempts,
+                reply,
+            } => {
+                let result = savepoint(conn, |c| lifecycle::requeue(c, &job_id, max_attempts));
+                rows += u64::from(result.is_ok());
+                Pending::Requeue(reply, result)
             }
             Command::Close { reply } => Pending::Close(reply),
         });
@@ -247,12 +293,14 @@ fn submit(
                         id,
                         duplicate: true,
                         state: JobState::try_from(state).unwrap_or(JobState::Unspecified),
+                        ready: None,
                     }
                 }
                 None => Submitted {
                     id: job.id.clone(),
                     duplicate: false,
                     state: JobState::Queued,
+                    ready: None,
                 },
             });
         }
@@ -269,6 +317,7 @@ fn submit(
         let mut depends_on = Vec::with_capacity(job.depends_on.len());
         // A dependency that already ended other than SUCCEEDED dooms this job at once.
         let mut doomed = None;
+        let mut waits = false;
         for (d, dep) in job.depends_on.iter().enumerate() {
             let dep = replaced.get(dep.as_str()).unwrap_or(dep);
             let state = if in_batch.contains(dep.as_str()) {
@@ -288,10 +337,12 @@ fn submit(
                     }
                 }
             };
-            if let Ok(end @ (JobState::Failed | JobState::Cancelled | JobState::DeadlineExceeded)) =
-                JobState::try_from(state)
-            {
-                doomed.get_or_insert_with(|| dependency_failed(dep, end));
+            match JobState::try_from(state) {
+                Ok(end @ (JobState::Failed | JobState::Cancelled | JobState::DeadlineExceeded)) => {
+                    doomed.get_or_insert_with(|| dependency_failed(dep, end));
+                }
+                Ok(JobState::Succeeded) => {}
+                _ => waits = true,
             }
             depends_on.push(dep.clone());
         }
@@ -328,10 +379,21 @@ fn submit(
             now,
             doomed.as_ref().map(|_| now),
         ])?;
+        let seq = conn.last_insert_rowid();
         for dep in &depends_on {
             insert_dependency.execute(params![dep, job.id])?;
         }
         result.state = state;
+        if state == JobState::Queued && !waits {
+            result.ready = Some(ReadyJob {
+                id: job.id.clone(),
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+                priority: job.priority,
+                run_at_ms: job.run_at_ms.unwrap_or(0),
+                seq,
+            });
+        }
     }
     Ok(results)
 }
@@ -404,7 +466,7 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
             (ids, JobState::Unspecified)
         }
     };
-    let dependents = cancel_dependents(conn, &ids, now)?;
+    let dependents = cancel_dependents(conn, &ids, JobState::Cancelled, now)?;
     Ok(Cancelled {
         ids,
         dependents,
@@ -412,14 +474,20 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
     })
 }
 
-/// Cancels every queued job that (transitively) depends on one of `ended`, which will never
-/// succeed now. Returns the ids it cancelled.
-fn cancel_dependents(conn: &Connection, ended: &[String], now: i64) -> Result<Vec<String>> {
+/// Cancels every queued job that (transitively) depends on one of `ended`, which ended in
+/// `state` and so will never succeed. Returns the ids it cancelled.
+pub(crate) fn cancel_dependents(
+    conn: &Connection,
+    ended: &[String],
+    state: JobState,
+    now: i64,
+) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(CANCEL_DEPENDENTS)?;
-    let mut frontier: Vec<String> = ended.to_vec();
+    let mut frontier: Vec<(String, JobState)> =
+        ended.iter().map(|id| (id.clone(), state)).collect();
     let mut cancelled = Vec::new();
-    while let Some(dep) = frontier.pop() {
-        let reason = dependency_failed(&dep, JobState::Cancelled);
+    while let Some((dep, dep_state)) = frontier.pop() {
+        let reason = dependency_failed(&dep, dep_state);
         let next = stmt
             .query_map(
                 params![
@@ -433,7 +501,7 @@ fn cancel_dependents(conn: &Connection, ended: &[String], now: i64) -> Result<Ve
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         cancelled.extend(next.iter().cloned());
-        frontier.extend(next);
+        frontier.extend(next.into_iter().map(|id| (id, JobState::Cancelled)));
     }
     Ok(cancelled)
 }

@@ -1,0 +1,242 @@
+//! `WorkerService.Connect`: one session task per worker stream. It checks the hello, registers
+//! the session with the scheduler, forwards what the worker sends, and keeps the stream honest:
+//! heartbeats both ways, and a stream that is silent, or whose worker no longer reads, is
+//! declared dead so that its jobs go back to the queue.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{Stream, StreamExt};
+use switchyard_proto::v1::{
+    self, CoordinatorMessage, WorkerMessage, coordinator_message, worker_message,
+    worker_service_server::WorkerService,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    api::validate,
+    error::{Error, Result},
+    scheduler::{Scheduler, SessionInfo},
+    store::{duration, now_ms, timestamp},
+};
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Intervals of silence (or of unacknowledged heartbeats) after which a stream is dead.
+const MISSED_HEARTBEATS: u32 = 3;
+/// Room in a session's outbound channel beyond its slots: heartbeats, cancels, drain.
+const CONTROL_ROOM: usize = 16;
+pub const MAX_SLOTS: u32 = 10_000;
+const MAX_QUEUES: usize = 256;
+
+/// `WorkerService`: the dispatch stream.
+#[derive(Clone)]
+pub struct WorkerApi {
+    scheduler: Scheduler,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+    next_session: Arc<AtomicU64>,
+}
+
+impl WorkerApi {
+    pub fn new(
+        scheduler: Scheduler,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+        sessions: TaskTracker,
+    ) -> Self {
+        WorkerApi {
+            scheduler,
+            heartbeat,
+            shutdown,
+            sessions,
+            next_session: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+fn check_hello(hello: &v1::Hello) -> Result<()> {
+    validate::name("hello.worker_id", &hello.worker_id)?;
+    if hello.queues.is_empty() || hello.queues.len() > MAX_QUEUES {
+        return Err(Error::invalid(
+            "hello.queues",
+            format!("must name 1 to {MAX_QUEUES} queues"),
+        ));
+    }
+    for (i, queue) in hello.queues.iter().enumerate() {
+        validate::name(&format!("hello.queues[{i}]"), queue)?;
+    }
+    for (i, kind) in hello.kinds.iter().enumerate() {
+        validate::name(&format!("hello.kinds[{i}]"), kind)?;
+    }
+    if hello.slots > MAX_SLOTS {
+        return Err(Error::invalid(
+            "hello.slots",
+            format!("must be at most {MAX_SLOTS}"),
+        ));
+    }
+    Ok(())
+}
+
+type OutboundStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+fn message(m: coordinator_message::Message) -> CoordinatorMessage {
+    CoordinatorMessage { message: Some(m) }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type ConnectStream = OutboundStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10s of opening the stream"))??
+            .and_then(|m| m.message);
+        let Some(worker_message::Message::Hello(hello)) = first else {
+            return Err(
+                Error::invalid("message", "the first message on Connect must be a hello").into(),
+            );
+        };
+        check_hello(&hello)?;
+
+        // The slower of the two sides' heartbeats sets the pace for judging silence.
+        let worker_interval = hello
+            .heartbeat_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(self.heartbeat)
+            .clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let interval = self.heartbeat.max(worker_interval);
+
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (outbound, rx) = mpsc::channel(hello.slots as usize + CONTROL_ROOM);
+        // The welcome goes first, before the scheduler can send an assignment.
+        outbound
+            .try_send(message(coordinator_message::Message::Welcome(
+                v1::Welcome {
+                    session_id: id.to_string(),
+                    heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
+                },
+            )))
+            .map_err(|_| Status::internal("new session channel refused the welcome"))?;
+        let kill = self.shutdown.child_token();
+        self.scheduler
+            .connect(SessionInfo {
+                id,
+                worker_id: hello.worker_id.clone(),
+                queues: hello.queues.iter().cloned().collect(),
+                kinds: hello.kinds.iter().cloned().collect(),
+                slots: hello.slots,
+                peer,
+                outbound: outbound.clone(),
+                kill: kill.clone(),
+            })
+            .await?;
+        self.sessions.spawn(session(
+            self.scheduler.clone(),
+            id,
+            inbound,
+            outbound,
+            interval,
+            kill,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// Forwards the worker's messages and watches the stream's liveness until it ends.
+async fn session(
+    scheduler: Scheduler,
+    id: u64,
+    mut inbound: Streaming<WorkerMessage>,
+    outbound: mpsc::Sender<CoordinatorMessage>,
+    interval: Duration,
+    kill: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut received = 0u64;
+    let reason: String = loop {
+        tokio::select! {
+            _ = kill.cancelled() => {
+                if shutdown.is_cancelled() {
+                    let _ = outbound.try_send(message(coordinator_message::Message::Drain(v1::Drain {
+                        reason: "the coordinator is shutting down".into(),
+                    })));
+                    break "the coordinator is shutting down".into();
+                }
+                break "ended by the coordinator".into();
+            }
+            next = inbound.message() => {
+                let m = match next {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break "the worker closed its stream".into(),
+                    Err(status) => break format!("stream failed: {}", status.message()),
+                };
+                last_heard = Instant::now();
+                let forwarded = match m.message {
+                    Some(worker_message::Message::Heartbeat(h)) => {
+                        received = h.sequence;
+                        acked = acked.max(h.ack);
+                        Ok(())
+                    }
+                    Some(worker_message::Message::Credit(c)) => scheduler.credit(id, c.slots).await,
+                    Some(worker_message::Message::Result(r)) => scheduler.result(id, r).await,
+                    Some(worker_message::Message::Release(r)) => {
+                        scheduler.release(id, r.job_id, r.attempt).await
+                    }
+                    Some(worker_message::Message::Drain(_)) => scheduler.drain(id).await,
+                    Some(worker_message::Message::Hello(_)) => break "a second hello".into(),
+                    None => Ok(()),
+                };
+                if forwarded.is_err() {
+                    break "the scheduler stopped".into();
+                }
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > interval * MISSED_HEARTBEATS {
+                    break format!("silent for {MISSED_HEARTBEATS} heartbeat intervals");
+                }
+                if sent.saturating_sub(acked) > u64::from(MISSED_HEARTBEATS) {
+                    break format!(
+                        "not reading: {} of our heartbeats unacknowledged",
+                        sent - acked
+                    );
+                }
+                sent += 1;
+                // A full channel drops the heartbeat; the missing ack then tells.
+                let _ = outbound.try_send(message(coordinator_message::Message::Heartbeat(
+                    v1::Heartbeat {
+                        sequence: sent,
+                        sent_at: Some(timestamp(now_ms())),
+                        ack: received,
+                    },
+                )));
+            }
+        }
+    };
+    let _ = scheduler.disconnect(id, reason).await;
+}

@@ -1,0 +1,700 @@
+//! The scheduler: one task that owns, in memory, the ready queues, the delayed jobs, the worker
+//! sessions with their credits, and which attempt of which job runs where.
+//!
+//! It wakes on a message (a submit, a result, a credit, a session coming or going) or on the
+//! timer of the next delayed job, applies every message that is waiting, decides which ready
+//! jobs go to which sessions, and commits all of that in one store transition. Only after the
+//! commit does it send assignments and wake waiters, so nothing a worker or a client sees is
+//! ahead of the database. Nothing here polls the database.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
+
+use switchyard_proto::v1::{
+    self, BlockedOn, BlockedReason, CoordinatorMessage, coordinator_message,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::{Error, Result},
+    fanin::Notifier,
+    store::{
+        Finish, Outcome, ReadyJob, RetryPolicy, Start, Store, TransitionOutcome, Transitions,
+        now_ms, timestamp,
+    },
+};
+
+/// Messages the scheduler may hold unread before senders wait.
+const INBOX: usize = 8192;
+/// Messages applied per round at most.
+const ROUND: usize = 4096;
+
+/// A worker session as the scheduler knows it.
+pub struct SessionInfo {
+    pub id: u64,
+    pub worker_id: String,
+    pub queues: HashSet<String>,
+    /// Kinds it handles; empty means every kind.
+    pub kinds: HashSet<String>,
+    pub slots: u32,
+    pub peer: String,
+    /// Where assignments go (the session's bounded outbound channel).
+    pub outbound: mpsc::Sender<CoordinatorMessage>,
+    /// Fired by the scheduler to end the session (a slow reader, or a newer session of the same
+    /// worker).
+    pub kill: CancellationToken,
+}
+
+pub(crate) enum Message {
+    Enqueue(Vec<ReadyJob>),
+    Remove(Vec<String>),
+    Connect(SessionInfo),
+    Credit {
+        session: u64,
+        slots: u32,
+    },
+    Result {
+        session: u64,
+        result: v1::AttemptResult,
+    },
+    Release {
+        session: u64,
+        job_id: String,
+        attempt: u32,
+    },
+    Drain {
+        session: u64,
+    },
+    Disconnect {
+        session: u64,
+        reason: String,
+    },
+    Workers {
+        reply: oneshot::Sender<Vec<v1::WorkerInfo>>,
+    },
+    Explain {
+        queue: String,
+        kind: String,
+        reply: oneshot::Sender<Option<BlockedOn>>,
+    },
+}
+
+/// A cheap handle to the scheduler task.
+#[derive(Clone)]
+pub struct Scheduler {
+    inbox: mpsc::Sender<Message>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler with the jobs the store found ready. It stops when `shutdown`
+    /// fires; the returned handle of the task is for joining it.
+    pub fn start(
+        store: Store,
+        notifier: Notifier,
+        retry: RetryPolicy,
+        ready: Vec<ReadyJob>,
+        shutdown: CancellationToken,
+    ) -> (Scheduler, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(INBOX);
+        let mut state = State::default();
+        for job in ready {
+            state.enqueue(job);
+        }
+        let task = tokio::spawn(
+            Runner {
+                state,
+                store,
+                notifier,
+                retry,
+                inbox: rx,
+                shutdown,
+            }
+            .run(),
+        );
+        (Scheduler { inbox: tx }, task)
+    }
+
+    async fn send(&self, message: Message) -> Result<()> {
+        self.inbox
+            .send(message)
+            .await
+            .map_err(|_| Error::ShuttingDown)
+    }
+
+    /// New ready jobs (after their submit committed).
+    pub async fn enqueue(&self, jobs: Vec<ReadyJob>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.send(Message::Enqueue(jobs)).await
+    }
+
+    /// Jobs that left the queue without running (cancelled while queued).
+    pub async fn remove(&self, ids: Vec<String>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.send(Message::Remove(ids)).await
+    }
+
+    pub async fn connect(&self, session: SessionInfo) -> Result<()> {
+        self.send(Message::Connect(session)).await
+    }
+
+    pub async fn credit(&self, session: u64, slots: u32) -> Result<()> {
+        self.send(Message::Credit { session, slots }).await
+    }
+
+    pub async fn result(&self, session: u64, result: v1::AttemptResult) -> Result<()> {
+        self.send(Message::Result { session, result }).await
+    }
+
+    pub async fn release(&self, session: u64, job_id: String, attempt: u32) -> Result<()> {
+        self.send(Message::Release {
+            session,
+            job_id,
+            attempt,
+        })
+        .await
+    }
+
+    pub async fn drain(&self, session: u64) -> Result<()> {
+        self.send(Message::Drain { session }).await
+    }
+
+    /// The session is gone: its jobs go back to the queue.
+    pub async fn disconnect(&self, session: u64, reason: String) -> Result<()> {
+        self.send(Message::Disconnect { session, reason }).await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Message::Workers { reply }).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Why a ready job of this queue and kind is not running, if it is not simply next in line.
+    pub async fn explain(&self, queue: String, kind: String) -> Result<Option<BlockedOn>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Message::Explain { queue, kind, reply }).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+}
+
+/// Order within a ready queue: higher priority, then earlier `run_at`, then submission order.
+type Key = (Reverse<i32>, i64, i64);
+
+struct Session {
+    info: SessionInfo,
+    credits: u32,
+    running: HashSet<String>,
+    draining: bool,
+    connected_at_ms: i64,
+}
+
+impl Session {
+    fn serves(&self, queue: &str, kind: &str) -> bool {
+        self.info.queues.contains(queue)
+            && (self.info.kinds.is_empty() || self.info.kinds.contains(kind))
+    }
+}
+
+struct RunningJob {
+    session: u64,
+    attempt: u32,
+}
+
+#[derive(Default)]
+struct State {
+    /// Ready jobs by (queue, kind), in dispatch order.
+    ready: HashMap<(String, String), BTreeMap<Key, String>>,
+    /// Jobs waiting for their time, by (run_at, seq).
+    delayed: BTreeMap<(i64, i64), ReadyJob>,
+    /// Where each queued job is: (queue, kind, key) in `ready`, or its `delayed` key.
+    index: HashMap<String, Place>,
+    sessions: BTreeMap<u64, Session>,
+    running: HashMap<String, RunningJob>,
+    /// Picked for a session, waiting for the start to commit.
+    starting: HashMap<String, (u64, ReadyJob)>,
+    /// Sessions to drop at the next round (their outbound channel was full or closed).
+    dead: Vec<(u64, String)>,
+    /// Round-robin offset over sessions.
+    turn: u64,
+}
+
+enum Place {
+    Ready(String, String, Key),
+    Delayed((i64, i64)),
+}
+
+impl State {
+    fn enqueue(&mut self, job: ReadyJob) {
+        if self.index.contains_key(&job.id) || self.running.contains_key(&job.id) {
+            return;
+        }
+        if job.run_at_ms > now_ms() {
+            let key = (job.run_at_ms, job.seq);
+            self.index.insert(job.id.clone(), Place::Delayed(key));
+            self.delayed.insert(key, job);
+        } else {
+            let key = (Reverse(job.priority), job.run_at_ms, job.seq);
+            self.index.insert(
+                job.id.clone(),
+                Place::Ready(job.queue.clone(), job.kind.clone(), key),
+            );
+            self.ready
+                .entry((job.queue, job.kind))
+                .or_default()
+                .insert(key, job.id);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        match self.index.remove(id) {
+            Some(Place::Ready(queue, kind, key)) => {
+                let pair = (queue, kind);
+                if let Some(ready) = self.ready.get_mut(&pair) {
+                    ready.remove(&key);
+                    if ready.is_empty() {
+                        self.ready.remove(&pair);
+                    }
+                }
+            }
+            Some(Place::Delayed(key)) => {
+                self.delayed.remove(&key);
+            }
+            None => {}
+        }
+    }
+
+    /// Moves delayed jobs whose time has come into the ready queues.
+    fn promote_due(&mut self, now: i64) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let job = entry.remove();
+            self.index.remove(&job.id);
+            self.enqueue(ReadyJob {
+                run_at_ms: 0,
+                ..job
+            });
+        }
+    }
+
+    fn next_due_ms(&self) -> Option<i64> {
+        self.delayed.keys().next().map(|(at, _)| *at)
+    }
+
+    /// The best ready job a session may take: the head with the highest order among the
+    /// (queue, kind) pairs it serves.
+    fn best_for(&self, session: &Session) -> Option<(String, String, Key)> {
+        self.ready
+            .iter()
+            .filter(|((queue, kind), jobs)| !jobs.is_empty() && session.serves(queue, kind))
+            .filter_map(|((queue, kind), jobs)| {
+                jobs.first_key_value()
+                    .map(|(key, _)| (queue.clone(), kind.clone(), *key))
+            })
+            .min_by_key(|(_, _, key)| *key)
+    }
+
+    fn can_dispatch(&self) -> bool {
+        self.sessions
+            .values()
+            .any(|s| s.credits > 0 && !s.draining && self.best_for(s).is_some())
+    }
+
+    /// Hands ready jobs to sessions with credit, one at a time round-robin, so that work
+    /// spreads over the workers.
+    fn pick(&mut self, starts: &mut Vec<Start>) {
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let offset = (self.turn % ids.len() as u64) as usize;
+        let order: Vec<u64> = ids[offset..]
+            .iter()
+            .chain(&ids[..offset])
+            .copied()
+            .collect();
+        loop {
+            let mut progress = false;
+            for id in &order {
+                let Some(session) = self.sessions.get(id) else {
+                    continue;
+                };
+                if session.credits == 0 || session.draining {
+                    continue;
+                }
+                let Some((queue, kind, key)) = self.best_for(session) else {
+                    continue;
+                };
+                let pair = (queue, kind);
+                let Some(job_id) = self.ready.get_mut(&pair).and_then(|r| r.remove(&key)) else {
+                    continue;
+                };
+                if self.ready.get(&pair).is_some_and(BTreeMap::is_empty) {
+                    self.ready.remove(&pair);
+                }
+                self.index.remove(&job_id);
+                let Some(session) = self.sessions.get_mut(id) else {
+                    continue;
+                };
+                session.credits -= 1;
+                let (queue, kind) = pair;
+                let job = ReadyJob {
+                    id: job_id.clone(),
+                    queue,
+                    kind,
+                    priority: key.0.0,
+                    run_at_ms: key.1,
+                    seq: key.2,
+                };
+                self.starting.insert(job_id.clone(), (*id, job));
+                starts.push(Start {
+                    job_id,
+                    session: *id,
+                    worker_id: session.info.worker_id.clone(),
+                });
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    /// Removes a session; its running jobs become lost attempts.
+    fn drop_session(&mut self, id: u64, reason: &str, finishes: &mut Vec<Finish>) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        session.info.kill.cancel();
+        tracing::info!(
+            worker = %session.info.worker_id,
+            session = id,
+            running = session.running.len(),
+            reason,
+            "worker session ended"
+        );
+        for job_id in session.running {
+            if let Some(running) = self.running.remove(&job_id) {
+                finishes.push(Finish {
+                    job_id,
+                    attempt: running.attempt,
+                    outcome: Outcome::Lost(format!(
+                        "worker {} was lost: {reason}",
+                        session.info.worker_id
+                    )),
+                });
+            }
+        }
+    }
+
+    /// Takes a result off the running set if it comes from the session that holds the job's
+    /// current attempt. Anything else is a stale result, refused here.
+    fn take_running(&mut self, session: u64, job_id: &str, attempt: u32) -> bool {
+        let current = self
+            .running
+            .get(job_id)
+            .is_some_and(|r| r.session == session && r.attempt == attempt);
+        if current {
+            self.running.remove(job_id);
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.running.remove(job_id);
+            }
+        } else {
+            tracing::warn!(job.id = %job_id, attempt, session, "refused a result from a stale attempt");
+        }
+        current
+    }
+
+    fn apply(&mut self, message: Message, finishes: &mut Vec<Finish>) {
+        match message {
+            Message::Enqueue(jobs) => {
+                for job in jobs {
+                    self.enqueue(job);
+                }
+            }
+            Message::Remove(ids) => {
+                for id in ids {
+                    self.remove(&id);
+                }
+            }
+            Message::Connect(info) => {
+                // A worker that reconnects replaces its old session at once.
+                let old: Vec<u64> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.info.worker_id == info.worker_id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in old {
+                    self.drop_session(id, "the worker connected again", finishes);
+                }
+                tracing::info!(worker = %info.worker_id, session = info.id, slots = info.slots, "worker session started");
+                self.sessions.insert(
+                    info.id,
+                    Session {
+                        credits: info.slots,
+                        info,
+                        running: HashSet::new(),
+                        draining: false,
+                        connected_at_ms: now_ms(),
+                    },
+                );
+            }
+            Message::Credit { session, slots } => {
+                let starting = self
+                    .starting
+                    .values()
+                    .filter(|(s, _)| *s == session)
+                    .count() as u32;
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    // Never more outstanding than the worker's slots, whatever it sends.
+                    let busy = s.running.len() as u32 + starting;
+                    s.credits =
+                        (s.credits.saturating_add(slots)).min(s.info.slots.saturating_sub(busy));
+                }
+            }
+            Message::Result { session, result } => {
+                if !self.take_running(session, &result.job_id, result.attempt) {
+                    return;
+                }
+                let outcome = match result.outcome {
+                    Some(v1::attempt_result::Outcome::Output(output)) => Outcome::Succeeded(output),
+                    Some(v1::attempt_result::Outcome::Failure(failure)) => Outcome::Failed {
+                        message: failure.message,
+                        retryable: failure.retryable,
+                        retry_after_ms: failure
+                            .retry_after
+                            .and_then(|d| Duration::try_from(d).ok().map(|d| d.as_millis() as i64)),
+                        cancelled: failure.cancelled,
+                    },
+                    None => Outcome::Failed {
+                        message: "the worker sent a result with no outcome".into(),
+                        retryable: true,
+                        retry_after_ms: None,
+                        cancelled: false,
+                    },
+                };
+                finishes.push(Finish {
+                    job_id: result.job_id,
+                    attempt: result.attempt,
+                    outcome,
+                });
+            }
+            Message::Release {
+                session,
+                job_id,
+                attempt,
+            } => {
+                if self.take_running(session, &job_id, attempt) {
+                    finishes.push(Finish {
+                        job_id,
+                        attempt,
+                        outcome: Outcome::Released("handed back by a draining worker".into()),
+                    });
+                }
+            }
+            Message::Drain { session } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.draining = true;
+                    s.credits = 0;
+                }
+            }
+            Message::Disconnect { session, reason } => {
+                self.drop_session(session, &reason, finishes);
+            }
+            Message::Workers { reply } => {
+                let workers = self
+                    .sessions
+                    .values()
+                    .map(|s| v1::WorkerInfo {
+                        worker_id: s.info.worker_id.clone(),
+                        queues: sorted(&s.info.queues),
+                        kinds: sorted(&s.info.kinds),
+                        slots: s.info.slots,
+                        running: s.running.len() as u32,
+                        connected_at: Some(timestamp(s.connected_at_ms)),
+                        peer: s.info.peer.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+            Message::Explain { queue, kind, reply } => {
+                let served = self.sessions.values().any(|s| s.serves(&queue, &kind));
+                let blocked = (!served).then(|| BlockedOn {
+                    reason: BlockedReason::NoWorker as i32,
+                    detail: format!("no connected worker serves queue {queue:?} and kind {kind:?}"),
+                    ..Default::default()
+                });
+                let _ = reply.send(blocked);
+            }
+        }
+    }
+
+    /// Applies a committed transition: assignments go out, credits of starts that did not
+    /// happen come back, new ready jobs are queued.
+    fn settle(&mut self, out: &TransitionOutcome, finishes: &mut Vec<Finish>) {
+        for (session_id, assignment) in &out.started {
+            self.starting.remove(&assignment.job_id);
+            let Some(session) = self.sessions.get_mut(session_id) else {
+                // The session died while its start was committing: not the worker's fault.
+                finishes.push(Finish {
+                    job_id: assignment.job_id.clone(),
+                    attempt: assignment.attempt,
+                    outcome: Outcome::Released("its worker left before it was sent".into()),
+                });
+                continue;
+            };
+            let message = CoordinatorMessage {
+                message: Some(coordinator_message::Message::Assignment(assignment.clone())),
+            };
+            self.running.insert(
+                assignment.job_id.clone(),
+                RunningJob {
+                    session: *session_id,
+                    attempt: assignment.attempt,
+                },
+            );
+            session.running.insert(assignment.job_id.clone());
+            // Credits bound what is outstanding, so a full channel means the worker stopped
+            // reading: the session is dropped rather than buffered for.
+            if let Err(err) = session.info.outbound.try_send(message) {
+                let reason = match err {
+                    mpsc::error::TrySendError::Full(_) => "the worker stopped reading its stream",
+                    mpsc::error::TrySendError::Closed(_) => "its stream closed",
+                };
+                self.dead.push((*session_id, reason.to_owned()));
+            }
+        }
+        for (session_id, job_id) in &out.not_started {
+            self.starting.remove(job_id);
+            if let Some(session) = self.sessions.get_mut(session_id) {
+                session.credits += 1;
+            }
+        }
+        for job in &out.ready {
+            self.enqueue(job.clone());
+        }
+        for id in &out.cancelled_dependents {
+            self.remove(id);
+        }
+        for (job_id, attempt) in &out.stale {
+            tracing::warn!(job.id = %job_id, attempt, "the store refused a stale result");
+        }
+    }
+
+    /// Puts back what a failed commit had picked, so nothing is lost.
+    fn unpick(&mut self, starts: Vec<Start>) {
+        for start in starts {
+            if let Some((_, job)) = self.starting.remove(&start.job_id) {
+                self.enqueue(job);
+            }
+            if let Some(session) = self.sessions.get_mut(&start.session) {
+                session.credits += 1;
+            }
+        }
+    }
+}
+
+fn sorted(set: &HashSet<String>) -> Vec<String> {
+    let mut v: Vec<String> = set.iter().cloned().collect();
+    v.sort();
+    v
+}
+
+struct Runner {
+    state: State,
+    store: Store,
+    notifier: Notifier,
+    retry: RetryPolicy,
+    inbox: mpsc::Receiver<Message>,
+    shutdown: CancellationToken,
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let mut messages = Vec::with_capacity(ROUND);
+        // Finishes whose commit failed, tried again next round.
+        let mut carried: Vec<Finish> = Vec::new();
+        loop {
+            let busy =
+                self.state.can_dispatch() || !carried.is_empty() || !self.state.dead.is_empty();
+            if !busy {
+                let due = self.state.next_due_ms();
+                let sleep = async {
+                    match due {
+                        Some(at) => {
+                            let wait = (at - now_ms()).max(0) as u64;
+                            tokio::time::sleep(Duration::from_millis(wait)).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    n = self.inbox.recv_many(&mut messages, ROUND) => {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    _ = sleep => {}
+                }
+            } else if self.shutdown.is_cancelled() {
+                break;
+            }
+            while messages.len() < ROUND {
+                match self.inbox.try_recv() {
+                    Ok(m) => messages.push(m),
+                    Err(_) => break,
+                }
+            }
+
+            let mut finishes = std::mem::take(&mut carried);
+            for (session, reason) in std::mem::take(&mut self.state.dead) {
+                self.state.drop_session(session, &reason, &mut finishes);
+            }
+            for message in messages.drain(..) {
+                self.state.apply(message, &mut finishes);
+            }
+            self.state.promote_due(now_ms());
+            let mut starts = Vec::new();
+            self.state.pick(&mut starts);
+            if finishes.is_empty() && starts.is_empty() {
+                continue;
+            }
+
+            let ops = Transitions {
+                finishes,
+                starts,
+                retry: self.retry,
+            };
+            match self.store.transition(ops.clone()).await {
+                Ok(out) => {
+                    let mut more = Vec::new();
+                    self.state.settle(&out, &mut more);
+                    carried.extend(more);
+                    self.notifier.notify(&out.terminal);
+                }
+                Err(err) => {
+                    tracing::error!(cause = %err, "committing scheduler transitions failed; retrying");
+                    self.state.unpick(ops.starts);
+                    carried = ops.finishes;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+        tracing::debug!("scheduler stopped");
+    }
+}

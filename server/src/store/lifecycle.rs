@@ -1,0 +1,447 @@
+//! The SQL of a job's life after submit: starting attempts, finishing them, putting jobs back,
+//! and finding what became ready. Runs on the writer thread, inside its transaction.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use switchyard_proto::v1::{self, AttemptOutcome, JobState};
+
+use super::{
+    Finish, Outcome, ReadyJob, RetryPolicy, Start, TransitionOutcome, Transitions, now_ms,
+    timestamp, writer::cancel_dependents,
+};
+use crate::error::{Error, Result};
+
+const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
+    priority FROM jobs WHERE id = ?1";
+const SUCCEED: &str = "UPDATE jobs SET state = ?1, output = ?2, error = NULL, finished_at_ms = ?3
+    WHERE seq = ?4";
+const FAIL: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, finished_at_ms = ?4
+    WHERE seq = ?5";
+const RETRY: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, run_at_ms = ?4,
+    worker_id = NULL WHERE seq = ?5";
+const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3
+    WHERE job_seq = ?4 AND number = ?5";
+/// Queued dependents of a job whose dependencies have now all succeeded.
+const NOW_READY_DEPENDENTS: &str = "SELECT j.id, j.queue, j.kind, j.priority,
+        coalesce(j.run_at_ms, 0), j.seq
+    FROM dependencies d JOIN jobs j ON j.id = d.job_id
+    WHERE d.depends_on = ?1 AND j.state = ?2
+      AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
+                      WHERE d2.job_id = j.id AND p.state != ?3)";
+const START: &str = "UPDATE jobs SET state = ?1, attempt = attempt + 1, worker_id = ?2,
+        started_at_ms = ?3
+    WHERE id = ?4 AND state = ?5
+    RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
+        group_id, tenant_id, max_attempts, depends_on";
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
+    outcome) VALUES (?1, ?2, ?3, ?4, ?5)";
+const DEPENDENCY_OUTPUTS: &str =
+    "SELECT id, output FROM jobs WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// Applies finishes first (they free things), then starts.
+pub(crate) fn transition(conn: &Connection, ops: &Transitions) -> Result<TransitionOutcome> {
+    let now = now_ms();
+    let mut out = TransitionOutcome::default();
+    for finish in &ops.finishes {
+        self::finish(conn, finish, &ops.retry, now, &mut out)?;
+    }
+    for start in &ops.starts {
+        match self::start(conn, start, now)? {
+            Some(assignment) => out.started.push((start.session, assignment)),
+            None => out.not_started.push((start.session, start.job_id.clone())),
+        }
+    }
+    Ok(out)
+}
+
+struct Current {
+    seq: i64,
+    state: i32,
+    attempt: u32,
+    failures: u32,
+    max_attempts: u32,
+    queue: String,
+    kind: String,
+    priority: i32,
+}
+
+fn finish(
+    conn: &Connection,
+    finish: &Finish,
+    retry: &RetryPolicy,
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<()> {
+    let current = conn
+        .prepare_cached(RUNNING_JOB)?
+        .query_row(params![finish.job_id], |row| {
+            Ok(Current {
+                seq: row.get(0)?,
+                state: row.get(1)?,
+                attempt: row.get(2)?,
+                failures: row.get(3)?,
+                max_attempts: row.get(4)?,
+                queue: row.get(5)?,
+                kind: row.get(6)?,
+                priority: row.get(7)?,
+            })
+        })
+        .optional()?;
+    // The fence: only the job's current, running attempt may finish it.
+    let Some(current) =
+        current.filter(|c| c.state == JobState::Running as i32 && c.attempt == finish.attempt)
+    else {
+        out.stale.push((finish.job_id.clone(), finish.attempt));
+        return Ok(());
+    };
+    let end_attempt = |outcome: AttemptOutcome, error: Option<&str>| -> Result<()> {
+        conn.prepare_cached(END_ATTEMPT)?.execute(params![
+            now,
+            outcome as i32,
+            error,
+            current.seq,
+            current.attempt
+        ])?;
+        Ok(())
+    };
+    let ready = |run_at_ms: i64| ReadyJob {
+        id: finish.job_id.clone(),
+        queue: current.queue.clone(),
+        kind: current.kind.clone(),
+        priority: current.priority,
+        run_at_ms,
+        seq: current.seq,
+    };
+
+    match &finish.outcome {
+        Outcome::Succeeded(output) => {
+            conn.prepare_cached(SUCCEED)?.execute(params![
+                JobState::Succeeded as i32,
+                output,
+                now,
+                current.seq
+            ])?;
+            end_attempt(AttemptOutcome::Succeeded, None)?;
+            out.terminal.push(finish.job_id.clone());
+            let ready_now = conn
+                .prepare_cached(NOW_READY_DEPENDENTS)?
+                .query_map(
+                    params![
+                        finish.job_id,
+                        JobState::Queued as i32,
+                        JobState::Succeeded as i32
+                    ],
+                    |row| {
+                        Ok(ReadyJob {
+                            id: row.get(0)?,
+                            queue: row.get(1)?,
+                            kind: row.get(2)?,
+                            priority: row.get(3)?,
+                            run_at_ms: row.get(4)?,
+                            seq: row.get(5)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            out.ready.extend(ready_now);
+        }
+        Outcome::Failed {
+            message,
+            retryable,
+            retry_after_ms,
+            cancelled,
+        } => {
+            let failures = current.failures + 1;
+            let (state, outcome) = if *cancelled {
+                (JobState::Cancelled, AttemptOutcome::Cancelled)
+            } else if *retryable && failures < current.max_attempts {
+                (JobState::Queued, AttemptOutcome::Failed)
+            } else {
+                (JobState::Failed, AttemptOutcome::Failed)
+            };
+            end_attempt(outcome, Some(message))?;
+            if state == JobState::Queued {
+                let delay = retry_after_ms.unwrap_or_else(|| retry.backoff_ms(failures));
+                let run_at = now + delay;
+                conn.prepare_cached(RETRY)?.execute(params![
+                    state as i32,
+                    message,
+                    failures,
+                    run_at,
+                    current.seq
+                ])?;
+                out.ready.push(ready(run_at));
+            } else {
+                let error = if state == JobState::Failed && *retryable {
+                    format!("{message} (after {failures} attempts)")
+                } else {
+                    message.clone()
+                };
+                end_job(
+                    conn,
+                    &finish.job_id,
+                    current.seq,
+                    state,
+                    &error,
+                    failures,
+                    now,
+                    out,
+                )?;
+            }
+        }
+        Outcome::Lost(reason) => {
+            let failures = current.failures + 1;
+            end_attempt(AttemptOutcome::Lost, Some(reason))?;
+            if failures < current.max_attempts {
+                conn.prepare_cached(RETRY)?.execute(params![
+                    JobState::Queued as i32,
+                    reason,
+                    failures,
+                    now,
+                    current.seq
+                ])?;
+                out.ready.push(ready(now));
+            } else {
+                let error = format!("{reason} (after {failures} attempts)");
+                end_job(
+                    conn,
+                    &finish.job_id,
+                    current.seq,
+                    JobState::Failed,
+                    &error,
+                    failures,
+                    now,
+                    out,
+                )?;
+            }
+        }
+        Outcome::Released(reason) => {
+            end_attempt(AttemptOutcome::Released, Some(reason))?;
+            conn.prepare_cached(RETRY)?.execute(params![
+                JobState::Queued as i32,
+                Option::<&str>::None,
+                current.failures,
+                now,
+                current.seq
+            ])?;
+            out.ready.push(ready(now));
+        }
+    }
+    Ok(())
+}
+
+/// A terminal end other than success: the job, and every queued job that waited for it.
+#[allow(clippy::too_many_arguments)]
+fn end_job(
+    conn: &Connection,
+    id: &str,
+    seq: i64,
+    state: JobState,
+    error: &str,
+    failures: u32,
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<()> {
+    conn.prepare_cached(FAIL)?
+        .execute(params![state as i32, error, failures, now, seq])?;
+    out.terminal.push(id.to_owned());
+    let dependents = cancel_dependents(conn, &[id.to_owned()], state, now)?;
+    out.terminal.extend(dependents.iter().cloned());
+    out.cancelled_dependents.extend(dependents);
+    Ok(())
+}
+
+fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<v1::Assignment>> {
+    let row = conn
+        .prepare_cached(START)?
+        .query_row(
+            params![
+                JobState::Running as i32,
+                start.worker_id,
+                now,
+                start.job_id,
+                JobState::Queued as i32
+            ],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    v1::Assignment {
+                        job_id: start.job_id.clone(),
+                        attempt: row.get(1)?,
+                        queue: row.get(2)?,
+                        kind: row.get(3)?,
+                        payload: row.get(4)?,
+                        deadline: row.get::<_, Option<i64>>(5)?.map(timestamp),
+                        traceparent: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                        tracestate: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                        labels: row
+                            .get::<_, Option<String>>(8)?
+                            .and_then(|t| serde_json::from_str(&t).ok())
+                            .unwrap_or_default(),
+                        group_id: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                        tenant_id: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                        max_attempts: row.get(11)?,
+                        dependency_outputs: Default::default(),
+                    },
+                    row.get::<_, Option<String>>(12)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((seq, mut assignment, depends_on)) = row else {
+        return Ok(None);
+    };
+    conn.prepare_cached(INSERT_ATTEMPT)?.execute(params![
+        seq,
+        assignment.attempt,
+        start.worker_id,
+        now,
+        AttemptOutcome::Running as i32
+    ])?;
+    if let Some(depends_on) = depends_on {
+        let outputs = conn
+            .prepare_cached(DEPENDENCY_OUTPUTS)?
+            .query_map(params![depends_on], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // A pipeline stage: an empty payload with exactly one dependency takes its output.
+        if assignment.payload.is_empty() && outputs.len() == 1 {
+            assignment.payload = outputs[0].1.clone();
+        }
+        assignment.dependency_outputs = outputs.into_iter().collect();
+    }
+    Ok(Some(assignment))
+}
+
+const REQUEUE: &str = "UPDATE jobs SET state = ?1, failures = 0, max_attempts = ?2, error = NULL,
+        output = NULL, finished_at_ms = NULL, run_at_ms = NULL, worker_id = NULL
+    WHERE seq = ?3
+    RETURNING id, queue, kind, priority, seq";
+const FAILED_DEPENDENCY: &str = "SELECT p.id, p.state FROM dependencies d
+    JOIN jobs p ON p.id = d.depends_on
+    WHERE d.job_id = ?1 AND p.state IN (?2, ?3, ?4) LIMIT 1";
+const UNFINISHED_DEPENDENCIES: &str = "SELECT count(*) FROM dependencies d
+    JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = ?1 AND p.state != ?2";
+
+/// Puts a job that ended badly back in its queue, with a fresh count of attempts. Returns it
+/// as ready when its dependencies have all succeeded.
+pub(crate) fn requeue(
+    conn: &Connection,
+    id: &str,
+    max_attempts: Option<u32>,
+) -> Result<Option<ReadyJob>> {
+    let (seq, state, current_max): (i64, i32, u32) = conn
+        .prepare_cached("SELECT seq, state, max_attempts FROM jobs WHERE id = ?1")?
+        .query_row(params![id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?
+        .ok_or_else(|| Error::JobNotFound(id.to_owned()))?;
+    let state = JobState::try_from(state).unwrap_or(JobState::Unspecified);
+    if !matches!(
+        state,
+        JobState::Failed | JobState::Cancelled | JobState::DeadlineExceeded
+    ) {
+        return Err(Error::FailedPrecondition {
+            id: id.to_owned(),
+            reason: format!(
+                "is {}; only FAILED, CANCELLED or DEADLINE_EXCEEDED jobs can be requeued",
+                state.as_str_name()
+            ),
+        });
+    }
+    let failed_dependency: Option<(String, i32)> = conn
+        .prepare_cached(FAILED_DEPENDENCY)?
+        .query_row(
+            params![
+                id,
+                JobState::Failed as i32,
+                JobState::Cancelled as i32,
+                JobState::DeadlineExceeded as i32
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    if let Some((dep, dep_state)) = failed_dependency {
+        let dep_state = JobState::try_from(dep_state).unwrap_or(JobState::Unspecified);
+        return Err(Error::FailedPrecondition {
+            id: id.to_owned(),
+            reason: format!(
+                "its dependency {dep} ended {}; requeue that first",
+                dep_state.as_str_name()
+            ),
+        });
+    }
+    let job = conn.prepare_cached(REQUEUE)?.query_row(
+        params![
+            JobState::Queued as i32,
+            max_attempts.unwrap_or(current_max),
+            seq
+        ],
+        |row| {
+            Ok(ReadyJob {
+                id: row.get(0)?,
+                queue: row.get(1)?,
+                kind: row.get(2)?,
+                priority: row.get(3)?,
+                run_at_ms: 0,
+                seq: row.get(4)?,
+            })
+        },
+    )?;
+    let unfinished: i64 = conn
+        .prepare_cached(UNFINISHED_DEPENDENCIES)?
+        .query_row(params![id, JobState::Succeeded as i32], |row| row.get(0))?;
+    Ok((unfinished == 0).then_some(job))
+}
+
+/// At start: attempts that were running when the coordinator stopped are interrupted and
+/// their jobs go back to the queue (not counted as failures). Returns every job that is ready
+/// to run (queued, and all its dependencies succeeded).
+pub(crate) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
+    let now = now_ms();
+    let interrupted = conn.execute(
+        "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3 WHERE outcome = ?4",
+        params![
+            now,
+            AttemptOutcome::Interrupted as i32,
+            "the coordinator restarted",
+            AttemptOutcome::Running as i32
+        ],
+    )?;
+    let requeued = conn.execute(
+        "UPDATE jobs SET state = ?1, worker_id = NULL WHERE state = ?2",
+        params![JobState::Queued as i32, JobState::Running as i32],
+    )?;
+    if requeued > 0 || interrupted > 0 {
+        tracing::info!(
+            requeued,
+            "re-queued jobs that were running when the coordinator stopped"
+        );
+    }
+    let ready = conn
+        .prepare(
+            "SELECT id, queue, kind, priority, coalesce(run_at_ms, 0), seq FROM jobs j
+             WHERE state = ?1 AND NOT EXISTS (
+                SELECT 1 FROM dependencies d JOIN jobs p ON p.id = d.depends_on
+                WHERE d.job_id = j.id AND p.state != ?2)",
+        )?
+        .query_map(
+            params![JobState::Queued as i32, JobState::Succeeded as i32],
+            |row| {
+                Ok(ReadyJob {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    kind: row.get(2)?,
+                    priority: row.get(3)?,
+                    run_at_ms: row.get(4)?,
+                    seq: row.get(5)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ready)
+}
