@@ -17,6 +17,15 @@ pub struct DevArgs {
     /// The database (`sqlite://PATH`).
     #[arg(long, default_value = "sqlite://switchyard-dev.db")]
     db: String,
+    /// Worker processes to start (each serves the built-in kinds).
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Slots of each worker.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u32,
+    /// Queues the workers serve (comma-separated).
+    #[arg(long, default_value = "default")]
+    queues: String,
 }
 
 /// A binary that ships next to this one (`switchyard-server`, `switchyard-worker`), else on
@@ -62,6 +71,35 @@ pub async fn start_coordinator(args: &[String]) -> anyhow::Result<(Child, String
     Ok((child, addr))
 }
 
+/// Starts a `switchyard-worker` and returns it once it says it is connected.
+pub async fn start_worker(args: &[String]) -> anyhow::Result<Child> {
+    let binary = sibling("switchyard-worker");
+    let mut child = Command::new(&binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release`)",
+                binary.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("worker stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("the worker did not connect within 60s")??;
+    if line.is_none() {
+        let status = child.wait().await?;
+        bail!("the worker exited at start ({status}); see its log above");
+    }
+    // Keep reading so that its later lines (reconnects) never block it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(child)
+}
+
 /// Sends SIGTERM and waits for the process to drain and exit.
 pub async fn stop(child: &mut Child) -> anyhow::Result<()> {
     if let Some(pid) = child.id() {
@@ -89,9 +127,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.db.clone(),
     ])
     .await?;
+    let mut workers = Vec::new();
+    for i in 0..args.workers {
+        let worker = start_worker(&[
+            "--coordinator".into(),
+            format!("http://{addr}"),
+            "--queues".into(),
+            args.queues.clone(),
+            "--concurrency".into(),
+            args.concurrency.to_string(),
+            "--worker-id".into(),
+            format!("dev-worker-{}", i + 1),
+        ])
+        .await?;
+        workers.push(worker);
+    }
     println!("Switchyard is running.");
     println!("  coordinator  http://{addr}   (gRPC; health and reflection on)");
     println!("  database     {}", args.db);
+    println!(
+        "  workers      {} x {} slots on queues {} (kinds: echo, sleep, fail, panic, sha256)",
+        args.workers, args.concurrency, args.queues
+    );
     println!();
     println!("Try:");
     println!(
@@ -109,5 +166,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         status = coordinator.wait() => bail!("the coordinator exited: {}", status?),
     }
     println!("stopping…");
+    for worker in &mut workers {
+        stop(worker).await?;
+    }
     stop(&mut coordinator).await
 }

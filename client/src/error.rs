@@ -68,6 +68,10 @@ impl Error {
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
         let message = status.message().to_owned();
+        // tonic reports its own end of a call's deadline as CANCELLED "Timeout expired".
+        if status.code() == Code::Cancelled && message == "Timeout expired" {
+            return Error::DeadlineExceeded(message);
+        }
         match status.code() {
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::NotFound => Error::NotFound(message),

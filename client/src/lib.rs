@@ -204,6 +204,24 @@ impl Client {
         Ok(self.jobs().cancel(request).await?.into_inner())
     }
 
+    /// Puts a job that ended badly back in its queue with a fresh count of attempts.
+    pub async fn requeue(&self, job_id: &str, max_attempts: Option<u32>) -> Result<Job, Error> {
+        let request = self.request(v1::RequeueRequest {
+            job_id: job_id.to_owned(),
+            max_attempts,
+        });
+        Ok(self.jobs().requeue(request).await?.into_inner())
+    }
+
+    /// The connected workers.
+    pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let response = admin
+            .list_workers(self.request(v1::ListWorkersRequest {}))
+            .await?;
+        Ok(response.into_inner().workers)
+    }
+
     /// Queue counts and the store's commit numbers.
     pub async fn stats(&self) -> Result<StatsResponse, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());

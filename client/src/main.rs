@@ -60,6 +60,15 @@ enum Command {
         #[arg(long)]
         group: bool,
     },
+    /// Put a job that ended FAILED, CANCELLED or DEADLINE_EXCEEDED back in its queue.
+    Requeue {
+        job_id: String,
+        /// Attempts it gets from now on (default: its max_attempts).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+    },
+    /// Connected workers: their queues, kinds, slots and running jobs.
+    Workers,
     /// Queue counts and the store's commit numbers.
     Stats,
     /// Measure the coordinator against a baseline in the same run.
@@ -171,6 +180,25 @@ async fn main() -> anyhow::Result<()> {
                 println!("cancelled {} jobs of group {id}", done.cancelled.len());
             } else {
                 println!("{id} {}", output::state_name(done.state));
+            }
+            Ok(())
+        }
+        Command::Requeue {
+            job_id,
+            max_attempts,
+        } => {
+            let job = client.requeue(&job_id, max_attempts).await?;
+            print_job(&job, cli.json);
+            Ok(())
+        }
+        Command::Workers => {
+            let workers = client.workers().await?;
+            if cli.json {
+                for w in &workers {
+                    println!("{}", output::worker_json(w));
+                }
+            } else {
+                print!("{}", output::workers_text(&workers));
             }
             Ok(())
         }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 use switchyard_client::{Job, JobState, StatsResponse};
-use switchyard_proto::v1::{AttemptOutcome, BlockedReason};
+use switchyard_proto::v1::{AttemptOutcome, BlockedReason, WorkerInfo};
 
 fn time(t: &Option<prost_types::Timestamp>) -> Value {
     match t {
@@ -145,6 +145,36 @@ pub fn job_row(job: &Job) -> String {
     )
 }
 
+pub fn worker_json(w: &WorkerInfo) -> Value {
+    json!({
+        "worker_id": w.worker_id, "queues": w.queues, "kinds": w.kinds, "slots": w.slots,
+        "running": w.running, "connected_at": time(&w.connected_at), "peer": w.peer,
+    })
+}
+
+pub fn workers_text(workers: &[WorkerInfo]) -> String {
+    let mut out = format!(
+        "{:<28} {:>6} {:>8}  {:<20} {:<24} KINDS\n",
+        "WORKER", "SLOTS", "RUNNING", "QUEUES", "PEER"
+    );
+    for w in workers {
+        out.push_str(&format!(
+            "{:<28} {:>6} {:>8}  {:<20} {:<24} {}\n",
+            w.worker_id,
+            w.slots,
+            w.running,
+            w.queues.join(","),
+            w.peer,
+            if w.kinds.is_empty() {
+                "*".to_owned()
+            } else {
+                w.kinds.join(",")
+            }
+        ));
+    }
+    out
+}
+
 pub fn stats_json(stats: &StatsResponse) -> Value {
     let store = stats.store.unwrap_or_default();
     json!({
@@ -158,6 +188,7 @@ pub fn stats_json(stats: &StatsResponse) -> Value {
             "rows_written": store.rows_written, "max_batch": store.max_batch,
         },
         "workers": stats.workers,
+        "refused_results": stats.refused_results,
     })
 }
 

@@ -156,10 +156,18 @@ impl WorkerService for WorkerApi {
             inbound,
             outbound,
             interval,
-            kill,
+            kill.clone(),
             self.shutdown.clone(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        // When the session ends, so does the response stream, at once: what is still buffered
+        // for a worker that stopped reading is dropped, not held for as long as its
+        // connection lives. A drain sent at shutdown gets a moment to go out first.
+        let ended = async move {
+            kill.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let stream = ReceiverStream::new(rx).map(Ok).take_until(ended);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

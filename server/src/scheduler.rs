@@ -10,6 +10,10 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -87,6 +91,7 @@ pub(crate) enum Message {
 #[derive(Clone)]
 pub struct Scheduler {
     inbox: mpsc::Sender<Message>,
+    refused: Arc<AtomicU64>,
 }
 
 impl Scheduler {
@@ -100,7 +105,11 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
-        let mut state = State::default();
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut state = State {
+            refused: refused.clone(),
+            ..State::default()
+        };
         for job in ready {
             state.enqueue(job);
         }
@@ -115,7 +124,12 @@ impl Scheduler {
             }
             .run(),
         );
-        (Scheduler { inbox: tx }, task)
+        (Scheduler { inbox: tx, refused }, task)
+    }
+
+    /// Results refused since start because their attempt was stale.
+    pub fn refused_results(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     async fn send(&self, message: Message) -> Result<()> {
@@ -224,6 +238,8 @@ struct State {
     dead: Vec<(u64, String)>,
     /// Round-robin offset over sessions.
     turn: u64,
+    /// Stale results refused (shared with the handle, for `Stats`).
+    refused: Arc<AtomicU64>,
 }
 
 enum Place {
@@ -410,6 +426,7 @@ impl State {
                 s.running.remove(job_id);
             }
         } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(job.id = %job_id, attempt, session, "refused a result from a stale attempt");
         }
         current
@@ -588,6 +605,7 @@ impl State {
             self.remove(id);
         }
         for (job_id, attempt) in &out.stale {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(job.id = %job_id, attempt, "the store refused a stale result");
         }
     }
@@ -696,5 +714,180 @@ impl Runner {
             }
         }
         tracing::debug!("scheduler stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, queue: &str, kind: &str, priority: i32, seq: i64) -> ReadyJob {
+        ReadyJob {
+            id: id.into(),
+            queue: queue.into(),
+            kind: kind.into(),
+            priority,
+            run_at_ms: 0,
+            seq,
+        }
+    }
+
+    /// Connects a session; the returned receiver is its worker's end of the stream.
+    fn session(
+        state: &mut State,
+        id: u64,
+        queues: &[&str],
+        kinds: &[&str],
+        slots: u32,
+    ) -> mpsc::Receiver<CoordinatorMessage> {
+        let (outbound, rx) = mpsc::channel(slots as usize + 4);
+        let mut finishes = Vec::new();
+        state.apply(
+            Message::Connect(SessionInfo {
+                id,
+                worker_id: format!("w{id}"),
+                queues: queues.iter().map(|s| s.to_string()).collect(),
+                kinds: kinds.iter().map(|s| s.to_string()).collect(),
+                slots,
+                peer: String::new(),
+                outbound,
+                kill: CancellationToken::new(),
+            }),
+            &mut finishes,
+        );
+        assert!(finishes.is_empty());
+        rx
+    }
+
+    fn picked(state: &mut State) -> Vec<(String, u64)> {
+        let mut starts = Vec::new();
+        state.pick(&mut starts);
+        starts.into_iter().map(|s| (s.job_id, s.session)).collect()
+    }
+
+    #[test]
+    fn priority_then_run_at_then_submission_order() {
+        let mut state = State::default();
+        state.enqueue(job("low", "q", "k", 0, 1));
+        state.enqueue(job("high", "q", "k", 5, 2));
+        state.enqueue(job("low-later", "q", "k", 0, 3));
+        state.enqueue(ReadyJob {
+            run_at_ms: 1,
+            ..job("low-early-run-at", "q", "k", 0, 4)
+        });
+        let _w1 = session(&mut state, 1, &["q"], &[], 10);
+        let order: Vec<String> = picked(&mut state).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(order, ["high", "low", "low-later", "low-early-run-at"]);
+    }
+
+    #[test]
+    fn never_more_than_the_credits_and_spread_over_sessions() {
+        let mut state = State::default();
+        for i in 0..10 {
+            state.enqueue(job(&format!("j{i}"), "q", "k", 0, i));
+        }
+        let _w1 = session(&mut state, 1, &["q"], &[], 2);
+        let _w2 = session(&mut state, 2, &["q"], &[], 3);
+        let starts = picked(&mut state);
+        assert_eq!(starts.len(), 5);
+        assert_eq!(starts.iter().filter(|(_, s)| *s == 1).count(), 2);
+        assert_eq!(starts.iter().filter(|(_, s)| *s == 2).count(), 3);
+        assert!(picked(&mut state).is_empty(), "no credit left");
+        assert!(!state.can_dispatch());
+    }
+
+    #[test]
+    fn jobs_go_only_to_sessions_that_serve_their_queue_and_kind() {
+        let mut state = State::default();
+        state.enqueue(job("a", "q", "sha256", 0, 1));
+        state.enqueue(job("b", "other", "echo", 0, 2));
+        let _w1 = session(&mut state, 1, &["q"], &["echo"], 5);
+        assert!(picked(&mut state).is_empty());
+        let _w2 = session(&mut state, 2, &["q"], &["sha256"], 5);
+        assert_eq!(picked(&mut state), [("a".to_string(), 2)]);
+    }
+
+    #[test]
+    fn results_from_a_stale_attempt_are_refused() {
+        let mut state = State::default();
+        state.enqueue(job("a", "q", "k", 0, 1));
+        let mut worker = session(&mut state, 1, &["q"], &[], 1);
+        let starts = picked(&mut state);
+        assert_eq!(starts.len(), 1);
+        let assignment = v1::Assignment {
+            job_id: "a".into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let mut finishes = Vec::new();
+        state.settle(
+            &TransitionOutcome {
+                started: vec![(1, assignment)],
+                ..Default::default()
+            },
+            &mut finishes,
+        );
+        assert!(
+            matches!(
+                worker.try_recv().ok().and_then(|m| m.message),
+                Some(coordinator_message::Message::Assignment(a)) if a.job_id == "a"
+            ),
+            "the assignment went out on the session's stream"
+        );
+        assert!(
+            state.take_running(1, "a", 1),
+            "the current attempt's result"
+        );
+        // A second result for attempt 1, or one for an attempt never given, is stale.
+        assert!(!state.take_running(1, "a", 1));
+        assert!(!state.take_running(1, "a", 2));
+    }
+
+    #[test]
+    fn a_lost_session_gives_its_jobs_back_as_lost_attempts() {
+        let mut state = State::default();
+        state.enqueue(job("a", "q", "k", 0, 1));
+        let _w1 = session(&mut state, 1, &["q"], &[], 1);
+        picked(&mut state);
+        let mut finishes = Vec::new();
+        state.settle(
+            &TransitionOutcome {
+                started: vec![(
+                    1,
+                    v1::Assignment {
+                        job_id: "a".into(),
+                        attempt: 1,
+                        ..Default::default()
+                    },
+                )],
+                ..Default::default()
+            },
+            &mut finishes,
+        );
+        state.apply(
+            Message::Disconnect {
+                session: 1,
+                reason: "test".into(),
+            },
+            &mut finishes,
+        );
+        assert_eq!(finishes.len(), 1);
+        assert!(matches!(finishes[0].outcome, Outcome::Lost(_)));
+        assert_eq!(finishes[0].attempt, 1);
+    }
+
+    #[test]
+    fn delayed_jobs_become_ready_on_time() {
+        let mut state = State::default();
+        let at = now_ms() + 60_000;
+        state.enqueue(ReadyJob {
+            run_at_ms: at,
+            ..job("later", "q", "k", 0, 1)
+        });
+        let _w1 = session(&mut state, 1, &["q"], &[], 1);
+        assert!(picked(&mut state).is_empty());
+        assert_eq!(state.next_due_ms(), Some(at));
+        state.promote_due(at);
+        assert_eq!(picked(&mut state), [("later".to_string(), 1)]);
     }
 }

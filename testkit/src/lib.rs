@@ -184,3 +184,163 @@ async fn spawn(dir: &Path, args: &[String], listen: &str) -> (Child, ChildStdout
         .unwrap_or_else(|| panic!("unexpected first line from the coordinator: {line:?}"));
     (child, lines.into_inner().into_inner(), addr)
 }
+
+/// How many workers this test process has started: part of each one's unique id.
+static WORKERS_STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A `switchyard-worker` process, its stdout (where it announces each connection) and a
+/// directory that holds its log. Killed when dropped.
+pub struct Worker {
+    child: Option<Child>,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    id: String,
+    dir: TempDir,
+}
+
+impl Worker {
+    /// Starts `switchyard-worker --coordinator URL --worker-id <unique> --heartbeat-interval
+    /// 200ms` plus `args` (which may override any of those), and returns once it has
+    /// connected.
+    pub async fn start(coordinator_url: &str, args: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let given = |flag: &str| {
+            args.iter()
+                .position(|arg| *arg == flag || arg.starts_with(&format!("{flag}=")))
+        };
+        let id = match given("--worker-id") {
+            Some(at) => match args[at].split_once('=') {
+                Some((_, id)) => id.to_owned(),
+                None => args
+                    .get(at + 1)
+                    .expect("--worker-id takes a value")
+                    .to_string(),
+            },
+            None => format!(
+                "test-worker-{}-{}",
+                std::process::id(),
+                WORKERS_STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        };
+        let mut defaults: Vec<String> = Vec::new();
+        for (flag, value) in [
+            ("--coordinator", coordinator_url),
+            ("--worker-id", id.as_str()),
+            ("--heartbeat-interval", "200ms"),
+        ] {
+            if given(flag).is_none() {
+                defaults.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("worker.log"))
+            .expect("open the worker's log");
+        let mut child = Command::new(bin("switchyard-worker"))
+            .args(&defaults)
+            .args(args)
+            .env("SWITCHYARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start switchyard-worker");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut worker = Worker {
+            child: Some(child),
+            stdout: BufReader::new(stdout).lines(),
+            id,
+            dir,
+        };
+        worker.next_connected().await;
+        worker
+    }
+
+    /// The worker id it was started with.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the worker is running")
+    }
+
+    /// Waits for the next `switchyard-worker <id> connected` line: the worker was welcomed
+    /// (again, after a coordinator restart).
+    pub async fn next_connected(&mut self) {
+        let line = tokio::time::timeout(START_TIMEOUT, self.stdout.next_line())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "worker {} did not connect within {START_TIMEOUT:?}; its log:\n{}",
+                    self.id,
+                    self.log()
+                )
+            })
+            .expect("read the worker's stdout")
+            .unwrap_or_else(|| {
+                panic!(
+                    "worker {} exited before connecting; its log:\n{}",
+                    self.id,
+                    self.log()
+                )
+            });
+        let expected = format!("switchyard-worker {} connected", self.id);
+        assert_eq!(
+            line,
+            expected,
+            "unexpected line from the worker; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: handlers die mid-job, nothing is given back.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("SIGKILL the worker");
+        }
+    }
+
+    /// SIGSTOP: the process stays, silent (its stream goes quiet).
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`Worker::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// SIGTERM (drain), then waits for the process to exit by itself.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        let mut child = self.child.take().expect("the worker is running");
+        tokio::time::timeout(START_TIMEOUT, child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "worker {} did not exit within {START_TIMEOUT:?} of SIGTERM; its log:\n{}",
+                    self.id,
+                    self.log()
+                )
+            })
+            .expect("wait for the worker")
+    }
+
+    /// Everything the worker has logged (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}

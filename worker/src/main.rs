@@ -1,10 +1,297 @@
-//! `switchyard-worker`: serves the built-in kinds. Not served yet: the coordinator does not
-//! dispatch work until the workers issue lands, so this binary says so and exits.
+//! `switchyard-worker`: serves the built-in kinds (`echo`, `sleep`, `fail`, `panic`,
+//! `sha256`) to a coordinator. Parses flags, installs logging, and runs the worker SDK until
+//! SIGINT or SIGTERM, which drain it.
+//!
+//! Stdout carries exactly one kind of line, `switchyard-worker <worker_id> connected`, printed
+//! each time a coordinator welcomes the worker (scripts and tests wait for it); logs go to
+//! stderr.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "switchyard-worker: the coordinator does not dispatch work yet (WorkerService.Connect \
-         answers UNIMPLEMENTED); nothing to run"
+use std::{io::Write, time::Duration};
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, error::ErrorKind};
+use switchyard_worker::{ConnectionState, Worker, WorkerConfig, builtins};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing_subscriber::EnvFilter;
+
+/// A Switchyard worker process serving the built-in kinds: echo (output = payload), sleep
+/// (payload = milliseconds; honours cancellation), fail (always a retryable error), panic, and
+/// sha256 (output = hex digest of the payload).
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-worker", version, args_override_self = true)]
+struct Args {
+    /// The coordinator to connect to.
+    #[arg(
+        long,
+        env = "SWITCHYARD_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    coordinator: String,
+
+    /// Queues to take jobs from, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHYARD_QUEUES",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    queues: Vec<String>,
+
+    /// How many jobs run at once (the worker's slots).
+    #[arg(long, env = "SWITCHYARD_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+
+    /// This worker's id, unique in the fleet [default: <hostname>-<pid>].
+    #[arg(long, env = "SWITCHYARD_WORKER_ID")]
+    worker_id: Option<String>,
+
+    /// How often to send a heartbeat (e.g. 200ms, 2s, 1m). The coordinator treats three
+    /// silent intervals as a dead worker.
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL", default_value = "2s",
+          value_parser = parse_interval)]
+    heartbeat_interval: Duration,
+
+    /// On SIGINT or SIGTERM, how long running jobs may take to finish (e.g. 30s, 2m); those
+    /// still running then are cancelled and given back to the coordinator.
+    #[arg(long, env = "SWITCHYARD_DRAIN_GRACE", default_value = "30s",
+          value_parser = parse_duration)]
+    drain_grace: Duration,
+
+    /// Serve only these built-in kinds, comma-separated [default: all of them].
+    #[arg(long, env = "SWITCHYARD_KINDS", value_delimiter = ',')]
+    kinds: Option<Vec<String>>,
+
+    /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_worker=debug`.
+    /// Logs go to stderr.
+    #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
+    log: String,
+}
+
+impl Args {
+    fn config(&self) -> WorkerConfig {
+        let mut queues: Vec<String> = Vec::new();
+        for queue in self.queues.iter().map(|q| q.trim().to_owned()) {
+            if !queues.contains(&queue) {
+                queues.push(queue);
+            }
+        }
+        WorkerConfig {
+            coordinator: self.coordinator.clone(),
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            queues,
+            slots: self.concurrency,
+            heartbeat_interval: self.heartbeat_interval,
+            drain_grace: self.drain_grace,
+            ..WorkerConfig::default()
+        }
+    }
+
+    fn kinds(&self) -> Option<Vec<String>> {
+        self.kinds.as_ref().map(|kinds| {
+            kinds
+                .iter()
+                .map(|kind| kind.trim().to_owned())
+                .filter(|kind| !kind.is_empty())
+                .collect()
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    // Refuse a configuration that cannot work before connecting, as clap refuses a bad flag.
+    let config = args.config();
+    let worker = config
+        .validate()
+        .and_then(|()| builtins::register(Worker::new(config), args.kinds().as_deref()))
+        .unwrap_or_else(|err| {
+            Args::command()
+                .error(ErrorKind::ValueValidation, err)
+                .exit()
+        });
+    let worker_id = worker.config().worker_id.clone();
+    tracing::info!(
+        worker = %worker_id,
+        coordinator = %worker.config().coordinator,
+        queues = ?worker.config().queues,
+        kinds = ?worker.kinds(),
+        slots = worker.config().slots,
+        "worker starting"
     );
-    std::process::ExitCode::from(2)
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(wait_for_signal(shutdown.clone()));
+    tasks.spawn(announce(worker.state(), worker_id));
+    let result = worker.run(shutdown.clone()).await;
+    // `run` has returned: the announcer sees its state channel close; the signal task stops.
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    result.context("worker failed")
+}
+
+/// Prints the one stdout line per welcome.
+async fn announce(mut state: watch::Receiver<ConnectionState>, worker_id: String) {
+    let mut announced = 0;
+    loop {
+        let connection = match &*state.borrow_and_update() {
+            ConnectionState::Connected { connection, .. } => *connection,
+            _ => 0,
+        };
+        if connection > announced {
+            announced = connection;
+            let mut stdout = std::io::stdout().lock();
+            // Nobody reading stdout is no reason to stop working.
+            let written = writeln!(stdout, "switchyard-worker {worker_id} connected")
+                .and_then(|()| stdout.flush());
+            if let Err(err) = written {
+                tracing::debug!(cause = %err, "cannot write to stdout");
+            }
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// SIGINT and SIGTERM both start a drain.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}
+
+/// `<hostname>-<pid>`: the hostname from `HOSTNAME`, else `/etc/hostname`, else `worker`.
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A duration like `250ms`, `30s`, `5m` or `1h` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration like 200ms, 2s, 1m or 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
+}
+
+/// A duration that is more than zero.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|interval| {
+        if interval.is_zero() {
+            Err(format!("{text:?}: must be more than zero"))
+        } else {
+            Ok(interval)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "fast", "5 parsecs", "-1s", "2d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(parse_interval("0ms").is_err());
+        assert_eq!(parse_interval("200ms"), Ok(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn flags() {
+        Args::command().debug_assert();
+        let args = Args::try_parse_from([
+            "switchyard-worker",
+            "--queues",
+            "a, b,a",
+            "--concurrency",
+            "3",
+            "--worker-id",
+            "first",
+            "--worker-id",
+            "w1",
+            "--heartbeat-interval",
+            "200ms",
+            "--kinds",
+            "echo,sleep",
+        ])
+        .expect("valid flags");
+        let config = args.config();
+        assert_eq!(config.queues, ["a", "b"]);
+        assert_eq!(config.slots, 3);
+        assert_eq!(
+            config.worker_id, "w1",
+            "a later flag overrides an earlier one"
+        );
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(config.drain_grace, Duration::from_secs(30));
+        assert_eq!(args.kinds(), Some(vec!["echo".into(), "sleep".into()]));
+
+        for bad in [
+            &["switchyard-worker", "--concurrency", "0"][..],
+            &["switchyard-worker", "--heartbeat-interval", "0s"],
+            &["switchyard-worker", "--drain-grace", "soon"],
+        ] {
+            assert!(
+                Args::try_parse_from(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn default_id_names_the_process() {
+        let id = default_worker_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        assert!(id.len() > 2);
+    }
 }

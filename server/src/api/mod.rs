@@ -96,7 +96,7 @@ impl JobApi {
         }
         let expired = async {
             match timeout {
-                Some(t) => tokio::time::sleep(t).await,
+                Some(t) => tokio::time::sleep(deadline::answer_before(t)).await,
                 None => std::future::pending().await,
             }
         };
@@ -540,6 +540,7 @@ impl AdminService for AdminApi {
             queues,
             store: Some(self.store.writer_stats()),
             workers,
+            refused_results: self.scheduler.refused_results(),
         }))
     }
 }

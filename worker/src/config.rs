@@ -1,0 +1,135 @@
+//! What a worker needs to know to connect and serve: the coordinator, its identity, its
+//! queues and slots, and the timings of liveness, drain and reconnect.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// The settings of one worker process. Kinds are not listed here: they are the kinds that
+/// have a handler ([`crate::Worker::handle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// The coordinator's address, `http://host:port`.
+    pub coordinator: String,
+    /// Stable id of this worker process, unique in the fleet.
+    pub worker_id: String,
+    /// The queues this worker takes jobs from.
+    pub queues: Vec<String>,
+    /// How many handlers run at once.
+    pub slots: u32,
+    /// How often this worker sends a heartbeat (announced in `Hello`).
+    pub heartbeat_interval: Duration,
+    /// On shutdown, how long running handlers may take to finish before they are cancelled
+    /// and their jobs given back.
+    pub drain_grace: Duration,
+    /// The first delay before reconnecting after a lost stream or a failed connect.
+    pub reconnect_min: Duration,
+    /// The longest delay between reconnect attempts.
+    pub reconnect_max: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            coordinator: "http://127.0.0.1:50051".to_owned(),
+            worker_id: "worker".to_owned(),
+            queues: vec!["default".to_owned()],
+            slots: 8,
+            heartbeat_interval: Duration::from_secs(2),
+            drain_grace: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Defaults (see [`Default`]) for a coordinator and a worker id.
+    pub fn new(coordinator: impl Into<String>, worker_id: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            coordinator: coordinator.into(),
+            worker_id: worker_id.into(),
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// Checks what the coordinator would refuse, and what would make no sense locally, before
+    /// anything connects.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |what: String| Err(Error::InvalidConfig(what));
+        if self.worker_id.trim().is_empty() {
+            return invalid("worker id is empty".into());
+        }
+        if self.queues.is_empty() {
+            return invalid("no queues to serve".into());
+        }
+        if let Some(queue) = self.queues.iter().find(|q| q.trim().is_empty()) {
+            return invalid(format!("queue name {queue:?} is empty"));
+        }
+        if self.slots == 0 {
+            return invalid("slots must be at least 1".into());
+        }
+        if self.heartbeat_interval.is_zero() {
+            return invalid("heartbeat interval must be more than zero".into());
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
+            return invalid(format!(
+                "reconnect delays must satisfy 0 < min ({:?}) <= max ({:?})",
+                self.reconnect_min, self.reconnect_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = WorkerConfig::default();
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(config.drain_grace, Duration::from_secs(30));
+        assert_eq!(config.reconnect_min, Duration::from_millis(100));
+        assert_eq!(config.reconnect_max, Duration::from_secs(5));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn refuses_what_cannot_work() {
+        let bad = [
+            WorkerConfig {
+                worker_id: " ".into(),
+                ..Default::default()
+            },
+            WorkerConfig {
+                queues: vec![],
+                ..Default::default()
+            },
+            WorkerConfig {
+                queues: vec!["a".into(), "".into()],
+                ..Default::default()
+            },
+            WorkerConfig {
+                slots: 0,
+                ..Default::default()
+            },
+            WorkerConfig {
+                heartbeat_interval: Duration::ZERO,
+                ..Default::default()
+            },
+            WorkerConfig {
+                reconnect_min: Duration::from_secs(2),
+                reconnect_max: Duration::from_secs(1),
+                ..Default::default()
+            },
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.validate(), Err(Error::InvalidConfig(_))),
+                "{config:?} should be refused"
+            );
+        }
+    }
+}

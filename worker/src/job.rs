@@ -1,0 +1,450 @@
+//! What a handler sees (`JobContext`), what it answers (`JobError`), and how an answer — or
+//! a panic — becomes the `AttemptResult` sent to the coordinator.
+
+use std::{
+    any::Any,
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use switchyard_proto::v1::{Assignment, AttemptResult, JobFailure, attempt_result::Outcome};
+use tokio::task::JoinError;
+use tokio_util::sync::CancellationToken;
+
+/// One attempt of one job, as its handler sees it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobContext {
+    pub job_id: String,
+    /// The fencing number of this attempt (1 for the first).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub queue: String,
+    pub kind: String,
+    /// The job's payload; for a job submitted with no payload and exactly one dependency, that
+    /// dependency's output.
+    pub payload: Vec<u8>,
+    /// When the job must be done by; the cancellation token fires then.
+    pub deadline: Option<SystemTime>,
+    pub labels: HashMap<String, String>,
+    /// Outputs of the jobs this one depended on, by job id.
+    pub dependency_outputs: HashMap<String, Vec<u8>>,
+    /// The group the job belongs to (empty: none).
+    pub group_id: String,
+    /// The tenant whose quotas apply (empty: none).
+    pub tenant_id: String,
+    /// W3C trace context of the submitter (empty: none).
+    pub traceparent: String,
+    pub tracestate: String,
+    /// Fires when the handler should stop: the job was cancelled, its deadline passed, the
+    /// stream to the coordinator was lost, or the worker's drain grace ran out.
+    pub cancellation: CancellationToken,
+}
+
+impl JobContext {
+    /// A context for calling a handler directly (tests, tools): attempt 1 of 1 on queue
+    /// `default`, no deadline, nothing else set.
+    pub fn new(
+        job_id: impl Into<String>,
+        kind: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+    ) -> JobContext {
+        JobContext {
+            job_id: job_id.into(),
+            attempt: 1,
+            max_attempts: 1,
+            queue: "default".to_owned(),
+            kind: kind.into(),
+            payload: payload.into(),
+            deadline: None,
+            labels: HashMap::new(),
+            dependency_outputs: HashMap::new(),
+            group_id: String::new(),
+            tenant_id: String::new(),
+            traceparent: String::new(),
+            tracestate: String::new(),
+            cancellation: CancellationToken::new(),
+        }
+    }
+
+    /// The context of an assignment, with its own cancellation token.
+    pub(crate) fn from_assignment(assignment: Assignment, cancellation: CancellationToken) -> Self {
+        let deadline = assignment
+            .deadline
+            .and_then(|ts| SystemTime::try_from(ts).ok());
+        let mut payload = assignment.payload;
+        // A pipeline stage with no payload of its own takes its single dependency's output
+        // (the coordinator may have done so already; doing it again changes nothing).
+        if payload.is_empty()
+            && assignment.dependency_outputs.len() == 1
+            && let Some(output) = assignment.dependency_outputs.values().next()
+        {
+            payload = output.clone();
+        }
+        JobContext {
+            job_id: assignment.job_id,
+            attempt: assignment.attempt,
+            max_attempts: assignment.max_attempts,
+            queue: assignment.queue,
+            kind: assignment.kind,
+            payload,
+            deadline,
+            labels: assignment.labels,
+            dependency_outputs: assignment.dependency_outputs,
+            group_id: assignment.group_id,
+            tenant_id: assignment.tenant_id,
+            traceparent: assignment.traceparent,
+            tracestate: assignment.tracestate,
+            cancellation,
+        }
+    }
+
+    /// Completes when the handler should stop (see [`JobContext::cancellation`]).
+    pub async fn cancelled(&self) {
+        self.cancellation.cancelled().await
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation.is_cancelled()
+    }
+
+    /// Time left before the deadline (zero once it has passed), if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|deadline| {
+            deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
+    }
+
+    /// A request for a call made from inside the handler (say, submitting a child job): it
+    /// carries this job as `x-switchyard-parent-job` (the child is cancelled with its parent),
+    /// the time left before the deadline as `grpc-timeout`, the submitter's trace context and
+    /// the tenant.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(remaining) = self.remaining() {
+            request.set_timeout(remaining);
+        }
+        let metadata = request.metadata_mut();
+        let pairs = [
+            ("x-switchyard-parent-job", &self.job_id),
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+            ("x-tenant-id", &self.tenant_id),
+        ];
+        for (key, value) in pairs {
+            // A value that is not valid ASCII metadata is left out rather than failing the call.
+            if let (false, Ok(value)) = (value.is_empty(), value.parse()) {
+                metadata.insert(key, value);
+            }
+        }
+        request
+    }
+}
+
+/// Why a handler did not produce an output, and what should happen next. The coordinator
+/// decides from it (and from the job's attempts left) whether the job runs again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Something that may work next time; `after` asks for at least that long before the next
+    /// attempt (otherwise the job's backoff applies).
+    #[error("{message}")]
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
+    /// It will never work: do not try again.
+    #[error("{message}")]
+    Fatal { message: String },
+    /// The handler stopped because it was told to (cancel, deadline, shutdown).
+    #[error("{message}")]
+    Cancelled { message: String },
+}
+
+impl JobError {
+    /// A retryable failure. Works with `map_err`: `.map_err(JobError::retry)`.
+    pub fn retry(message: impl fmt::Display) -> JobError {
+        JobError::Retry {
+            message: message.to_string(),
+            after: None,
+        }
+    }
+
+    /// A retryable failure that should not be retried sooner than `after`.
+    pub fn retry_after(message: impl fmt::Display, after: Duration) -> JobError {
+        JobError::Retry {
+            message: message.to_string(),
+            after: Some(after),
+        }
+    }
+
+    /// A failure not worth retrying.
+    pub fn fatal(message: impl fmt::Display) -> JobError {
+        JobError::Fatal {
+            message: message.to_string(),
+        }
+    }
+
+    /// The handler stopped because its cancellation token fired.
+    pub fn cancelled(message: impl fmt::Display) -> JobError {
+        JobError::Cancelled {
+            message: message.to_string(),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            JobError::Retry { message, .. }
+            | JobError::Fatal { message }
+            | JobError::Cancelled { message } => message,
+        }
+    }
+
+    fn into_failure(self) -> JobFailure {
+        match self {
+            JobError::Retry { message, after } => JobFailure {
+                message,
+                retryable: true,
+                // A delay too large for the wire is sent as no delay: the backoff applies.
+                retry_after: after.and_then(|after| after.try_into().ok()),
+                cancelled: false,
+            },
+            JobError::Fatal { message } => JobFailure {
+                message,
+                retryable: false,
+                retry_after: None,
+                cancelled: false,
+            },
+            JobError::Cancelled { message } => JobFailure {
+                message,
+                retryable: false,
+                retry_after: None,
+                cancelled: true,
+            },
+        }
+    }
+}
+
+/// What a handler returns.
+pub type JobResult = Result<Vec<u8>, JobError>;
+
+/// A handler's future, boxed.
+pub type BoxJobFuture = Pin<Box<dyn Future<Output = JobResult> + Send + 'static>>;
+
+/// A registered handler, type-erased.
+pub(crate) type Handler = Arc<dyn Fn(JobContext) -> BoxJobFuture + Send + Sync + 'static>;
+
+pub(crate) fn boxed<F, Fut>(handler: F) -> Handler
+where
+    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = JobResult> + Send + 'static,
+{
+    Arc::new(move |ctx| Box::pin(handler(ctx)))
+}
+
+/// The result message for an attempt: the handler's answer, or its panic as a retryable
+/// failure (the process lives on; the retry policy decides).
+pub(crate) fn attempt_result(
+    job_id: String,
+    attempt: u32,
+    outcome: Result<JobResult, JoinError>,
+) -> AttemptResult {
+    let outcome = match outcome {
+        Ok(Ok(output)) => Outcome::Output(output),
+        Ok(Err(error)) => Outcome::Failure(error.into_failure()),
+        Err(join) => Outcome::Failure(JobFailure {
+            message: if join.is_panic() {
+                format!("handler panicked: {}", panic_message(join.into_panic()))
+            } else {
+                "handler was aborted".to_owned()
+            },
+            retryable: true,
+            retry_after: None,
+            cancelled: false,
+        }),
+    };
+    AttemptResult {
+        job_id,
+        attempt,
+        outcome: Some(outcome),
+    }
+}
+
+/// The failure sent for an assignment of a kind this worker has no handler for.
+pub(crate) fn no_handler(job_id: String, attempt: u32, kind: &str) -> AttemptResult {
+    let error = JobError::fatal(format!("no handler for kind {kind}"));
+    attempt_result(job_id, attempt, Ok(Err(error)))
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "(a panic without a message)".to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(result: AttemptResult) -> JobFailure {
+        match result.outcome {
+            Some(Outcome::Failure(failure)) => failure,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn output_becomes_output() {
+        let result = attempt_result("j".into(), 3, Ok(Ok(b"out".to_vec())));
+        assert_eq!(result.job_id, "j");
+        assert_eq!(result.attempt, 3);
+        assert_eq!(result.outcome, Some(Outcome::Output(b"out".to_vec())));
+    }
+
+    #[test]
+    fn errors_say_what_happens_next() {
+        let retry = failure(attempt_result(
+            "j".into(),
+            1,
+            Ok(Err(JobError::retry_after("busy", Duration::from_secs(2)))),
+        ));
+        assert!(retry.retryable && !retry.cancelled);
+        assert_eq!(retry.message, "busy");
+        assert_eq!(
+            retry.retry_after,
+            Some(switchyard_proto::Duration {
+                seconds: 2,
+                nanos: 0
+            })
+        );
+
+        let plain = failure(attempt_result("j".into(), 1, Ok(Err(JobError::retry("x")))));
+        assert!(plain.retryable && plain.retry_after.is_none());
+
+        let fatal = failure(attempt_result(
+            "j".into(),
+            1,
+            Ok(Err(JobError::fatal("no"))),
+        ));
+        assert!(!fatal.retryable && !fatal.cancelled);
+
+        let cancelled = failure(attempt_result(
+            "j".into(),
+            1,
+            Ok(Err(JobError::cancelled("stop"))),
+        ));
+        assert!(!cancelled.retryable && cancelled.cancelled);
+        assert_eq!(cancelled.message, "stop");
+    }
+
+    #[test]
+    fn unknown_kind_is_not_retried() {
+        let failure = failure(no_handler("j".into(), 1, "nope"));
+        assert_eq!(failure.message, "no handler for kind nope");
+        assert!(!failure.retryable);
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_retryable_failure() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async { panic!("boom {}", 42) });
+        tasks.spawn(async { std::panic::panic_any(7_u8) });
+        let mut messages = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let failure = failure(attempt_result("j".into(), 1, joined.map(|()| Ok(vec![]))));
+            assert!(failure.retryable && !failure.cancelled);
+            messages.push(failure.message);
+        }
+        messages.sort();
+        assert_eq!(
+            messages,
+            [
+                "handler panicked: (a panic without a message)",
+                "handler panicked: boom 42"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn context_cancellation() {
+        let ctx = JobContext::new("j", "k", "p");
+        assert!(!ctx.is_cancelled());
+        let waiter = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { ctx.cancelled().await })
+        };
+        ctx.cancellation.cancel();
+        assert!(ctx.is_cancelled());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("cancelled() completes once the token fires")
+            .expect("the waiter does not panic");
+    }
+
+    #[test]
+    fn assignment_becomes_context() {
+        let deadline = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let assignment = Assignment {
+            job_id: "j".into(),
+            attempt: 2,
+            queue: "q".into(),
+            kind: "echo".into(),
+            payload: vec![],
+            deadline: Some(deadline.into()),
+            dependency_outputs: HashMap::from([("d".to_owned(), b"upstream".to_vec())]),
+            labels: HashMap::from([("a".to_owned(), "b".to_owned())]),
+            group_id: "g".into(),
+            tenant_id: "t".into(),
+            max_attempts: 5,
+            ..Default::default()
+        };
+        let ctx = JobContext::from_assignment(assignment, CancellationToken::new());
+        assert_eq!(
+            ctx.payload, b"upstream",
+            "single dependency feeds an empty payload"
+        );
+        assert_eq!(ctx.deadline, Some(deadline));
+        assert_eq!((ctx.attempt, ctx.max_attempts), (2, 5));
+        assert_eq!((ctx.queue.as_str(), ctx.kind.as_str()), ("q", "echo"));
+        assert_eq!(ctx.labels["a"], "b");
+        assert_eq!((ctx.group_id.as_str(), ctx.tenant_id.as_str()), ("g", "t"));
+
+        let own_payload = Assignment {
+            payload: b"mine".to_vec(),
+            dependency_outputs: HashMap::from([("d".to_owned(), b"upstream".to_vec())]),
+            ..Default::default()
+        };
+        let ctx = JobContext::from_assignment(own_payload, CancellationToken::new());
+        assert_eq!(ctx.payload, b"mine");
+    }
+
+    #[test]
+    fn child_requests_carry_the_parent() {
+        let mut ctx = JobContext::new("job-1", "k", "");
+        ctx.tenant_id = "acme".into();
+        ctx.deadline = Some(SystemTime::now() + Duration::from_secs(60));
+        let request = ctx.request(());
+        let metadata = request.metadata();
+        assert_eq!(
+            metadata
+                .get("x-switchyard-parent-job")
+                .and_then(|v| v.to_str().ok()),
+            Some("job-1")
+        );
+        assert_eq!(
+            metadata.get("x-tenant-id").and_then(|v| v.to_str().ok()),
+            Some("acme")
+        );
+        assert!(metadata.get("grpc-timeout").is_some());
+        assert!(metadata.get("traceparent").is_none());
+    }
+}

@@ -1,0 +1,700 @@
+//! The worker's side of `WorkerService.Connect` (see the header of `workers.proto`): one task
+//! owns the stream, the running handlers (a `JoinSet`) and their slots, and `select!`s over
+//! what the coordinator sends, handlers that return, the heartbeat ticker and shutdown.
+//! A lost stream is replaced with a new one after a backoff, until shutdown.
+
+use std::{collections::HashMap, error::Error as StdError, time::Duration};
+
+use switchyard_proto::v1::{
+    Assignment, AttemptResult, CoordinatorMessage, Credit, Drain, Heartbeat, Hello, Release,
+    Welcome, WorkerMessage, attempt_result::Outcome, coordinator_message, worker_message::Message,
+    worker_service_client::WorkerServiceClient,
+};
+use tokio::{
+    sync::mpsc,
+    task::{self, JoinError, JoinSet},
+    time::{Instant, MissedTickBehavior},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Streaming, transport::Endpoint};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::{
+    ConnectionState, Error, Worker, WorkerConfig,
+    backoff::Backoff,
+    job::{self, Handler, JobContext, JobResult},
+    slots::{Admission, ReleaseReason, RunningJob, Slots},
+};
+
+/// Connecting, opening the stream and getting `Welcome` must take no longer than this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the worker ends its half of a stream, how long it waits at most for the coordinator
+/// to end the other half (which tells that everything sent was read).
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(5);
+/// When `run` ends, how long handlers whose tokens fired get to return before being aborted.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+/// Largest message either way (a payload is at most 1 MiB, but an assignment also carries the
+/// outputs of its dependencies).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Silence for this many of the coordinator's heartbeat intervals means the stream is dead.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// Why a stream ended badly. Only logged: the worker reconnects.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("cannot connect")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("the coordinator refused the stream: {}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    #[error("the stream failed: {}: {}", .0.code(), .0.message())]
+    Failed(tonic::Status),
+    #[error("the coordinator ended the stream")]
+    Ended,
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("no welcome within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("nothing heard from the coordinator for {0:?}")]
+    Silent(Duration),
+    #[error("the stream took no message for {0:?}")]
+    Stuck(Duration),
+    #[error("the stream is closed")]
+    Closed,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// The worker is shut down (drained, or shutdown came while it was not connected).
+    Stopped,
+    /// The stream is gone or was never welcomed: reconnect after a backoff.
+    Lost { welcomed: bool },
+    /// The coordinator refused the hello as invalid: no use trying again.
+    Refused(String),
+}
+
+/// What the serving loop does after one event.
+enum Flow {
+    Continue,
+    /// End our half of the stream, wait for the coordinator to end its half, then `End`.
+    Close(End),
+}
+
+pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(), Error> {
+    let Worker {
+        config,
+        handlers,
+        state,
+    } = worker;
+    config.validate()?;
+    if handlers.is_empty() {
+        // An empty kinds list in `Hello` means "every kind": a worker without handlers would
+        // take every job and fail it.
+        return Err(Error::InvalidConfig("no handlers registered".into()));
+    }
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|source| Error::InvalidUrl {
+            url: config.coordinator.clone(),
+            source,
+        })?
+        .connect_timeout(HANDSHAKE_TIMEOUT)
+        .tcp_nodelay(true);
+    let mut kinds: Vec<String> = handlers.keys().cloned().collect();
+    kinds.sort();
+
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let mut runner = Runner {
+        slots: Slots::new(config.slots),
+        tasks: JoinSet::new(),
+        streams: 0,
+        welcomes: 0,
+        late: Vec::new(),
+        config,
+        kinds,
+        handlers,
+        state,
+        endpoint,
+    };
+    let mut refused = None;
+    loop {
+        match runner.stream(&shutdown).await {
+            End::Stopped => break,
+            End::Lost { welcomed } => {
+                if welcomed {
+                    backoff.reset();
+                }
+            }
+            End::Refused(message) => {
+                refused = Some(message);
+                break;
+            }
+        }
+        runner.state.send_replace(ConnectionState::Disconnected);
+        let delay = backoff.next_delay();
+        debug!(?delay, "reconnecting after a delay");
+        if !runner.pause(delay, &shutdown).await {
+            break;
+        }
+    }
+    runner.stop().await;
+    runner.state.send_replace(ConnectionState::Stopped);
+    if let Some(message) = refused {
+        return Err(Error::Refused {
+            coordinator: runner.config.coordinator,
+            message,
+        });
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+/// Everything one worker owns across its streams.
+struct Runner {
+    config: WorkerConfig,
+    kinds: Vec<String>,
+    handlers: HashMap<String, Handler>,
+    state: tokio::sync::watch::Sender<ConnectionState>,
+    endpoint: Endpoint,
+    slots: Slots<task::Id>,
+    tasks: JoinSet<JobResult>,
+    /// Streams opened so far; the current one's number.
+    streams: u64,
+    /// Streams welcomed so far.
+    welcomes: u64,
+    /// Results of handlers that returned between streams. They go out after the next hello:
+    /// the coordinator's fence refuses those whose attempt has moved on (bounded by the
+    /// slots, since each was a running handler).
+    late: Vec<switchyard_proto::v1::AttemptResult>,
+}
+
+/// The sending half of a stream: a bounded channel feeding the request body. A send that
+/// cannot get through for as long as the stream may be silent means the stream is stuck.
+struct Outbox {
+    tx: mpsc::Sender<WorkerMessage>,
+    patience: Duration,
+}
+
+impl Outbox {
+    async fn send(&self, message: Message) -> Result<(), StreamError> {
+        let message = WorkerMessage {
+            message: Some(message),
+        };
+        match tokio::time::timeout(self.patience, self.tx.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StreamError::Closed),
+            Err(_) => Err(StreamError::Stuck(self.patience)),
+        }
+    }
+}
+
+/// This side's heartbeat counter and the last sequence heard from the coordinator.
+#[derive(Debug, Default)]
+struct Heartbeats {
+    sent: u64,
+    ack: u64,
+    /// The last of our heartbeats the coordinator acknowledged: everything sent before it
+    /// has arrived.
+    acked_by_peer: u64,
+}
+
+impl Heartbeats {
+    fn next(&mut self) -> Message {
+        self.sent += 1;
+        Message::Heartbeat(Heartbeat {
+            sequence: self.sent,
+            sent_at: Some(std::time::SystemTime::now().into()),
+            ack: self.ack,
+        })
+    }
+}
+
+impl Runner {
+    /// Opens one stream, serves it until it ends, and says how it ended.
+    async fn stream(&mut self, shutdown: &CancellationToken) -> End {
+        if shutdown.is_cancelled() {
+            return End::Stopped;
+        }
+        self.streams += 1;
+        let stream = self.streams;
+        self.state.send_replace(ConnectionState::Connecting);
+
+        // Room for a result and a credit per slot, plus heartbeats and releases.
+        let capacity = (self.config.slots as usize).saturating_mul(2) + 64;
+        let (tx, rx) = mpsc::channel(capacity);
+        let hello = Hello {
+            worker_id: self.config.worker_id.clone(),
+            queues: self.config.queues.clone(),
+            kinds: self.kinds.clone(),
+            // Handlers of a lost stream still hold their slots: announce only the free ones,
+            // and give the others back with `Credit` as they return.
+            slots: self.slots.free(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            heartbeat_interval: self.config.heartbeat_interval.try_into().ok(),
+        };
+        let free = hello.slots;
+        // The channel is new and empty: this cannot fail for lack of room.
+        let _ = tx.try_send(WorkerMessage {
+            message: Some(Message::Hello(hello)),
+        });
+        for result in self.late.drain(..) {
+            let _ = tx.try_send(WorkerMessage {
+                message: Some(Message::Result(result)),
+            });
+        }
+
+        let handshake = tokio::select! {
+            result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&self.endpoint, rx)) => {
+                result.unwrap_or(Err(StreamError::HandshakeTimeout(HANDSHAKE_TIMEOUT)))
+            }
+            () = shutdown.cancelled() => return End::Stopped,
+        };
+        let (inbound, welcome) = match handshake {
+            Ok(welcomed) => welcomed,
+            // The hello is the same every time (but for its slots): a refusal is final.
+            Err(StreamError::Refused(status)) if status.code() == tonic::Code::InvalidArgument => {
+                error!(cause = %status.message(), "the coordinator refused this worker");
+                return End::Refused(status.message().to_owned());
+            }
+            Err(err) => {
+                warn!(
+                    coordinator = %self.config.coordinator,
+                    cause = %report(&err),
+                    "cannot open a stream to the coordinator"
+                );
+                return End::Lost { welcomed: false };
+            }
+        };
+
+        // The coordinator's pings set how long silence may last; ours go out at our own
+        // interval (promised in `Hello`), or faster if the coordinator pings faster.
+        let own = self.config.heartbeat_interval;
+        let peer = welcome
+            .heartbeat_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero());
+        let send_every = peer.map_or(own, |peer| peer.min(own));
+        let silence_limit = peer.unwrap_or(own).saturating_mul(MISSED_HEARTBEATS);
+
+        self.welcomes += 1;
+        self.state.send_replace(ConnectionState::Connected {
+            connection: self.welcomes,
+            session_id: welcome.session_id.clone(),
+        });
+        info!(
+            coordinator = %self.config.coordinator,
+            session = %welcome.session_id,
+            slots = free,
+            "connected"
+        );
+        let outbox = Outbox {
+            tx,
+            patience: silence_limit,
+        };
+        self.serve(stream, inbound, outbox, send_every, silence_limit, shutdown)
+            .instrument(info_span!("stream", session = %welcome.session_id))
+            .await
+    }
+
+    /// The welcomed stream's loop.
+    async fn serve(
+        &mut self,
+        stream: u64,
+        mut inbound: Streaming<CoordinatorMessage>,
+        outbox: Outbox,
+        send_every: Duration,
+        silence_limit: Duration,
+        shutdown: &CancellationToken,
+    ) -> End {
+        let mut draining = false;
+        let mut heartbeats = Heartbeats::default();
+        let mut ticker = tokio::time::interval(send_every);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
+        // Armed when draining starts.
+        let grace = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(grace);
+        // Results sent on this stream that the coordinator has not yet confirmed (by
+        // acknowledging a heartbeat sent after them), with that heartbeat's number. If the
+        // stream dies, they go out again on the next one: a result is never lost in a dying
+        // stream, and the coordinator's fence refuses any it no longer wants.
+        let mut unconfirmed: Vec<(u64, switchyard_proto::v1::AttemptResult)> = Vec::new();
+
+        loop {
+            unconfirmed.retain(|(after, _)| *after > heartbeats.acked_by_peer);
+            let step: Result<Flow, StreamError> = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        silence.as_mut().reset(Instant::now() + silence_limit);
+                        self.on_message(stream, message, &outbox, &mut heartbeats, draining).await
+                    }
+                    Ok(None) => Err(StreamError::Ended),
+                    Err(status) => Err(StreamError::Failed(status)),
+                },
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    match self.on_returned(stream, joined, &outbox, draining).await {
+                        Ok(sent) => {
+                            if let Some(result) = sent {
+                                unconfirmed.push((heartbeats.sent + 1, result));
+                            }
+                            if draining && self.slots.owed_to(stream) == 0 {
+                                info!("drained: every running handler has returned");
+                                Ok(Flow::Close(End::Stopped))
+                            } else {
+                                Ok(Flow::Continue)
+                            }
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+                _ = ticker.tick() => outbox.send(heartbeats.next()).await.map(|()| Flow::Continue),
+                () = &mut silence => Err(StreamError::Silent(silence_limit)),
+                () = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    self.state.send_replace(ConnectionState::Draining);
+                    let running = self.slots.owed_to(stream);
+                    info!(running, grace = ?self.config.drain_grace, "draining");
+                    grace.as_mut().reset(Instant::now() + self.config.drain_grace);
+                    let drain = Message::Drain(Drain { reason: "worker shutting down".into() });
+                    match outbox.send(drain).await {
+                        Ok(()) if running == 0 => Ok(Flow::Close(End::Stopped)),
+                        Ok(()) => Ok(Flow::Continue),
+                        Err(err) => Err(err),
+                    }
+                }
+                () = &mut grace, if draining => {
+                    let released = self.slots.detach(stream);
+                    info!(released = released.len(), "drain grace over: giving back unfinished jobs");
+                    release_all(&outbox, released).await.map(|()| Flow::Close(End::Stopped))
+                }
+            };
+            match step {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close(end)) => {
+                    close(inbound, outbox, silence_limit.min(CLOSE_WAIT_MAX)).await;
+                    return end;
+                }
+                Err(err) => {
+                    // The coordinator re-queues what this stream held, and would refuse the
+                    // results as stale: stop the handlers and never send their results.
+                    let detached = self.slots.detach(stream);
+                    warn!(
+                        cause = %report(&err),
+                        cancelled = detached.len(),
+                        resend = unconfirmed.len(),
+                        "stream lost"
+                    );
+                    let keep = 2 * self.config.slots as usize;
+                    for (_, result) in unconfirmed {
+                        if self.late.len() < keep {
+                            self.late.push(result);
+                        }
+                    }
+                    return if draining {
+                        End::Stopped
+                    } else {
+                        End::Lost { welcomed: true }
+                    };
+                }
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        stream: u64,
+        message: CoordinatorMessage,
+        outbox: &Outbox,
+        heartbeats: &mut Heartbeats,
+        draining: bool,
+    ) -> Result<Flow, StreamError> {
+        use coordinator_message::Message as In;
+        match message.message {
+            Some(In::Assignment(assignment)) => {
+                self.on_assignment(stream, assignment, outbox, draining)
+                    .await?;
+            }
+            Some(In::Cancel(cancel)) => {
+                let found = self.slots.cancel(stream, &cancel.job_id, cancel.attempt);
+                debug!(
+                    job.id = %cancel.job_id,
+                    job.attempt = cancel.attempt,
+                    reason = %cancel.reason,
+                    found,
+                    "cancel"
+                );
+            }
+            Some(In::Heartbeat(heartbeat)) => {
+                heartbeats.ack = heartbeat.sequence;
+                heartbeats.acked_by_peer = heartbeats.acked_by_peer.max(heartbeat.ack);
+            }
+            Some(In::Drain(drain)) => {
+                // The coordinator is going away: stop the handlers, give their jobs back, and
+                // reconnect (to it or its successor) after a backoff.
+                let released = self.slots.detach(stream);
+                info!(reason = %drain.reason, released = released.len(), "the coordinator drains");
+                release_all(outbox, released).await?;
+                let end = if draining {
+                    End::Stopped
+                } else {
+                    End::Lost { welcomed: true }
+                };
+                return Ok(Flow::Close(end));
+            }
+            Some(In::Welcome(_)) => warn!("ignoring a second welcome on the stream"),
+            // A message from a newer coordinator that this worker does not know.
+            None => debug!("ignoring an empty coordinator message"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_assignment(
+        &mut self,
+        stream: u64,
+        assignment: Assignment,
+        outbox: &Outbox,
+        draining: bool,
+    ) -> Result<(), StreamError> {
+        let handler = self.handlers.get(&assignment.kind).cloned();
+        match self.slots.admit(draining, handler.is_some()) {
+            Admission::Release(reason) => {
+                match reason {
+                    ReleaseReason::Draining => debug!(
+                        job.id = %assignment.job_id,
+                        "releasing an assignment that came while draining"
+                    ),
+                    ReleaseReason::NoFreeSlot => warn!(
+                        job.id = %assignment.job_id,
+                        slots = self.config.slots,
+                        "releasing an assignment beyond this worker's slots"
+                    ),
+                }
+                let release = Release {
+                    job_id: assignment.job_id,
+                    attempt: assignment.attempt,
+                };
+                outbox.send(Message::Release(release)).await
+            }
+            Admission::NoHandler => {
+                warn!(job.id = %assignment.job_id, kind = %assignment.kind, "no handler for kind");
+                let result =
+                    job::no_handler(assignment.job_id, assignment.attempt, &assignment.kind);
+                outbox.send(Message::Result(result)).await?;
+                outbox.send(Message::Credit(Credit { slots: 1 })).await
+            }
+            Admission::Run => {
+                if let Some(handler) = handler {
+                    self.start(stream, assignment, handler);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a handler in the `JoinSet`, holding one slot until it returns.
+    fn start(&mut self, stream: u64, assignment: Assignment, handler: Handler) {
+        let token = CancellationToken::new();
+        let ctx = JobContext::from_assignment(assignment, token.clone());
+        let span = info_span!(
+            "job",
+            job.id = %ctx.job_id,
+            job.kind = %ctx.kind,
+            job.attempt = ctx.attempt,
+            queue = %ctx.queue,
+            traceparent = %ctx.traceparent,
+        );
+        let job = RunningJob {
+            job_id: ctx.job_id.clone(),
+            attempt: ctx.attempt,
+            stream,
+            token: token.clone(),
+        };
+        debug!(parent: &span, "starting");
+        let handle = self
+            .tasks
+            .spawn(run_handler(handler, ctx, token).instrument(span));
+        // The task's completion is only observed by this loop, so it is registered in time.
+        self.slots.insert(handle.id(), job);
+    }
+
+    /// A handler returned (or panicked): send its result if its stream is this one, and give
+    /// its slot back.
+    async fn on_returned(
+        &mut self,
+        stream: u64,
+        joined: Result<(task::Id, JobResult), JoinError>,
+        outbox: &Outbox,
+        draining: bool,
+    ) -> Result<Option<switchyard_proto::v1::AttemptResult>, StreamError> {
+        let (id, outcome) = match joined {
+            Ok((id, result)) => (id, Ok(result)),
+            Err(err) => (err.id(), Err(err)),
+        };
+        let Some(job) = self.slots.remove(id) else {
+            return Ok(None);
+        };
+        if job.stream != stream {
+            // Its stream is gone and the coordinator has likely given the job to someone
+            // else; the fence there decides, so the result goes out all the same.
+            debug!(
+                job.id = %job.job_id,
+                job.attempt = job.attempt,
+                "a handler of an earlier stream returned; reporting it for the coordinator to judge"
+            );
+        }
+        let panicked = matches!(&outcome, Err(err) if err.is_panic());
+        let result = job::attempt_result(job.job_id, job.attempt, outcome);
+        log_outcome(&result, panicked);
+        outbox.send(Message::Result(result.clone())).await?;
+        // A draining worker takes no more work: its freed slots are not offered.
+        if !draining {
+            outbox.send(Message::Credit(Credit { slots: 1 })).await?;
+        }
+        Ok(Some(result))
+    }
+
+    /// Between streams: waits `delay`, freeing the slots of handlers that return meanwhile.
+    /// False if shutdown came first.
+    async fn pause(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                () = shutdown.cancelled() => return false,
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    let (id, outcome) = match joined {
+                        Ok((id, result)) => (id, Ok(result)),
+                        Err(err) => (err.id(), Err(err)),
+                    };
+                    if let Some(job) = self.slots.remove(id)
+                        && self.late.len() < self.config.slots as usize
+                    {
+                        self.late.push(job::attempt_result(job.job_id, job.attempt, outcome));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The end of `run`: fires every handler's token, gives them a moment to return, and
+    /// aborts the rest.
+    async fn stop(&mut self) {
+        self.state.send_replace(ConnectionState::Draining);
+        self.slots.cancel_all();
+        let wait = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_WAIT, wait).await.is_err() {
+            warn!(
+                running = self.tasks.len(),
+                "aborting handlers that did not return after being cancelled"
+            );
+        }
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Connects, opens the stream (whose first message, `Hello`, is already in `rx`) and waits
+/// for `Welcome`.
+async fn handshake(
+    endpoint: &Endpoint,
+    rx: mpsc::Receiver<WorkerMessage>,
+) -> Result<(Streaming<CoordinatorMessage>, Welcome), StreamError> {
+    let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
+    let mut client = WorkerServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut inbound = client
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(StreamError::Refused)?
+        .into_inner();
+    match inbound.message().await.map_err(StreamError::Refused)? {
+        Some(CoordinatorMessage {
+            message: Some(coordinator_message::Message::Welcome(welcome)),
+        }) => Ok((inbound, welcome)),
+        Some(other) => Err(StreamError::Protocol(format!(
+            "expected Welcome first, got {other:?}"
+        ))),
+        None => Err(StreamError::Ended),
+    }
+}
+
+/// Runs one handler; fires its token when the job's deadline passes (and lets it return).
+async fn run_handler(handler: Handler, ctx: JobContext, token: CancellationToken) -> JobResult {
+    let remaining = ctx.remaining();
+    // Called inside the task, so that a panic while building the future is caught as well.
+    let job = handler(ctx);
+    let Some(remaining) = remaining else {
+        return job.await;
+    };
+    tokio::pin!(job);
+    tokio::select! {
+        biased;
+        result = &mut job => return result,
+        () = tokio::time::sleep(remaining) => {
+            debug!("deadline passed: cancelling");
+            token.cancel();
+        }
+    }
+    job.await
+}
+
+async fn release_all(outbox: &Outbox, jobs: Vec<(String, u32)>) -> Result<(), StreamError> {
+    for (job_id, attempt) in jobs {
+        outbox
+            .send(Message::Release(Release { job_id, attempt }))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends our half of the stream (flushing what is queued) and waits, at most `limit`, for the
+/// coordinator to end its half: then it has read everything sent.
+async fn close(mut inbound: Streaming<CoordinatorMessage>, outbox: Outbox, limit: Duration) {
+    drop(outbox);
+    let rest = async {
+        while let Ok(Some(message)) = inbound.message().await {
+            debug!(?message, "ignoring a message after closing");
+        }
+    };
+    if tokio::time::timeout(limit, rest).await.is_err() {
+        debug!(
+            ?limit,
+            "the coordinator did not end the stream; dropping it"
+        );
+    }
+}
+
+fn log_outcome(result: &AttemptResult, panicked: bool) {
+    let (id, attempt) = (&result.job_id, result.attempt);
+    match &result.outcome {
+        Some(Outcome::Failure(failure)) if panicked => {
+            error!(job.id = %id, job.attempt = attempt, error = %failure.message, "handler panicked")
+        }
+        Some(Outcome::Failure(failure)) => info!(
+            job.id = %id,
+            job.attempt = attempt,
+            error = %failure.message,
+            retryable = failure.retryable,
+            cancelled = failure.cancelled,
+            "failed"
+        ),
+        Some(Outcome::Output(output)) => {
+            debug!(job.id = %id, job.attempt = attempt, bytes = output.len(), "succeeded")
+        }
+        None => {}
+    }
+}
+
+/// An error and its causes, one after another.
+fn report(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

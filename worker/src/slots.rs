@@ -1,0 +1,223 @@
+//! The worker's slots: which handlers run, on which stream they were assigned, and whether a
+//! new assignment may start. Pure bookkeeping, so that the rules are testable without a
+//! coordinator.
+//!
+//! A handler holds its slot until it actually returns, even after the stream it came on is
+//! gone: the next `Hello` announces only the free slots, and the slot is given back with a
+//! `Credit` on whatever stream is current when the handler returns.
+
+use std::{collections::HashMap, hash::Hash};
+
+use tokio_util::sync::CancellationToken;
+
+/// Streams are numbered from 1 per worker; `DETACHED` is no stream at all.
+pub(crate) const DETACHED: u64 = 0;
+
+/// One running handler.
+#[derive(Debug)]
+pub(crate) struct RunningJob {
+    pub job_id: String,
+    pub attempt: u32,
+    /// The stream the job was assigned on: its result may go only there. `DETACHED` once that
+    /// stream is gone or the job was released.
+    pub stream: u64,
+    pub token: CancellationToken,
+}
+
+/// What to do with an assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Run,
+    /// Give it back unstarted with `Release`.
+    Release(ReleaseReason),
+    /// Fail it at once, not retryable: no handler for its kind.
+    NoHandler,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReleaseReason {
+    Draining,
+    /// The coordinator sent more than the credits it had (a protocol violation).
+    NoFreeSlot,
+}
+
+/// The running handlers, keyed by their task (`K` is `tokio::task::Id` in the worker).
+#[derive(Debug)]
+pub(crate) struct Slots<K> {
+    slots: u32,
+    jobs: HashMap<K, RunningJob>,
+}
+
+impl<K: Eq + Hash + Copy> Slots<K> {
+    pub fn new(slots: u32) -> Self {
+        Slots {
+            slots,
+            jobs: HashMap::new(),
+        }
+    }
+
+    /// Slots not held by a handler, whatever stream it came on.
+    pub fn free(&self) -> u32 {
+        let busy = u32::try_from(self.jobs.len()).unwrap_or(u32::MAX);
+        self.slots.saturating_sub(busy)
+    }
+
+    /// Whether an assignment may start. Draining wins over everything: the job goes back
+    /// untouched. Without a free slot it goes back too (the coordinator overspent its credit).
+    /// Only then is the kind looked at.
+    pub fn admit(&self, draining: bool, has_handler: bool) -> Admission {
+        if draining {
+            Admission::Release(ReleaseReason::Draining)
+        } else if self.free() == 0 {
+            Admission::Release(ReleaseReason::NoFreeSlot)
+        } else if !has_handler {
+            Admission::NoHandler
+        } else {
+            Admission::Run
+        }
+    }
+
+    pub fn insert(&mut self, key: K, job: RunningJob) {
+        self.jobs.insert(key, job);
+    }
+
+    /// The handler of `key` has returned: its slot is free.
+    pub fn remove(&mut self, key: K) -> Option<RunningJob> {
+        self.jobs.remove(&key)
+    }
+
+    /// Fires the token of `job_id`'s handler if it runs `attempt`, on `stream`. A cancel for an
+    /// older or newer attempt is not for this handler.
+    pub fn cancel(&self, stream: u64, job_id: &str, attempt: u32) -> bool {
+        let mut found = false;
+        for job in self.jobs.values() {
+            if job.stream == stream && job.attempt == attempt && job.job_id == job_id {
+                job.token.cancel();
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// How many handlers still owe `stream` a result.
+    pub fn owed_to(&self, stream: u64) -> usize {
+        self.jobs
+            .values()
+            .filter(|job| job.stream == stream)
+            .count()
+    }
+
+    /// `stream` is gone, or its jobs are given back: fires their tokens and detaches them, so
+    /// that their results are never sent. Returns `(job_id, attempt)` of each.
+    pub fn detach(&mut self, stream: u64) -> Vec<(String, u32)> {
+        let mut detached = Vec::new();
+        for job in self.jobs.values_mut() {
+            if job.stream == stream && stream != DETACHED {
+                job.token.cancel();
+                job.stream = DETACHED;
+                detached.push((job.job_id.clone(), job.attempt));
+            }
+        }
+        detached
+    }
+
+    /// Fires every handler's token (the worker is stopping).
+    pub fn cancel_all(&self) {
+        for job in self.jobs.values() {
+            job.token.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(job_id: &str, attempt: u32, stream: u64) -> RunningJob {
+        RunningJob {
+            job_id: job_id.into(),
+            attempt,
+            stream,
+            token: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn admission_order() {
+        let mut slots = Slots::new(1);
+        assert_eq!(slots.admit(false, true), Admission::Run);
+        assert_eq!(slots.admit(false, false), Admission::NoHandler);
+        assert_eq!(
+            slots.admit(true, true),
+            Admission::Release(ReleaseReason::Draining)
+        );
+        slots.insert(1, job("a", 1, 1));
+        assert_eq!(
+            slots.admit(false, true),
+            Admission::Release(ReleaseReason::NoFreeSlot)
+        );
+        assert_eq!(
+            slots.admit(false, false),
+            Admission::Release(ReleaseReason::NoFreeSlot),
+            "a job we have no room for goes back, whatever its kind"
+        );
+        assert_eq!(
+            slots.admit(true, true),
+            Admission::Release(ReleaseReason::Draining)
+        );
+        slots.remove(1);
+        assert_eq!(slots.admit(false, true), Admission::Run);
+    }
+
+    #[test]
+    fn detached_handlers_hold_their_slots() {
+        let mut slots = Slots::new(3);
+        slots.insert(1, job("a", 1, 1));
+        slots.insert(2, job("b", 4, 1));
+        assert_eq!(slots.free(), 1);
+        assert_eq!(slots.owed_to(1), 2);
+
+        let tokens: Vec<_> = [1, 2].map(|k| slots.jobs[&k].token.clone()).into();
+        let mut detached = slots.detach(1);
+        detached.sort();
+        assert_eq!(detached, [("a".to_owned(), 1), ("b".to_owned(), 4)]);
+        assert!(tokens.iter().all(CancellationToken::is_cancelled));
+        assert_eq!(slots.owed_to(1), 0, "nothing is sent on a lost stream");
+        assert_eq!(
+            slots.free(),
+            1,
+            "the slots stay held until the handlers return"
+        );
+        assert!(slots.detach(DETACHED).is_empty());
+
+        // The next stream gets a job; then a detached handler returns.
+        slots.insert(3, job("c", 1, 2));
+        assert_eq!(slots.free(), 0);
+        let returned = slots.remove(1).expect("running");
+        assert_eq!(returned.stream, DETACHED);
+        assert_eq!(slots.free(), 1);
+        assert_eq!(slots.owed_to(2), 1);
+    }
+
+    #[test]
+    fn cancel_matches_stream_job_and_attempt() {
+        let mut slots = Slots::new(4);
+        slots.insert(1, job("a", 2, 7));
+        let token = slots.jobs[&1].token.clone();
+        assert!(!slots.cancel(7, "a", 1), "an older attempt");
+        assert!(!slots.cancel(7, "b", 2), "another job");
+        assert!(!slots.cancel(6, "a", 2), "another stream");
+        assert!(!token.is_cancelled());
+        assert!(slots.cancel(7, "a", 2));
+        assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn cancel_all_fires_every_token() {
+        let mut slots = Slots::new(2);
+        slots.insert(1, job("a", 1, 1));
+        slots.insert(2, job("b", 1, DETACHED));
+        slots.cancel_all();
+        assert!(slots.jobs.values().all(|job| job.token.is_cancelled()));
+    }
+}

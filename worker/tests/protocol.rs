@@ -1,0 +1,496 @@
+//! The worker against a scripted coordinator, in-process: each test plays the coordinator's
+//! side of `WorkerService.Connect` message by message and checks what the worker answers.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+mod support;
+
+use switchyard_proto::v1::{
+    Assignment, CancelAssignment, Drain, attempt_result::Outcome, coordinator_message,
+    worker_message::Message,
+};
+use switchyard_worker::{ConnectionState, Error, JobContext, JobError, Worker, WorkerConfig};
+use tokio::{
+    sync::{Semaphore, mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use support::{Coordinator, STEP, credit, release};
+
+/// Handlers the tests steer: `hold` waits until the test lets it go (`gate`), and reports
+/// when its cancellation token fires, but returns only through the gate.
+struct Steering {
+    gate: Arc<Semaphore>,
+    fired: mpsc::Receiver<String>,
+}
+
+fn config(url: &str, slots: u32) -> WorkerConfig {
+    WorkerConfig {
+        coordinator: url.into(),
+        worker_id: "w1".into(),
+        queues: vec!["default".into(), "other".into()],
+        slots,
+        heartbeat_interval: Duration::from_millis(100),
+        drain_grace: Duration::from_secs(30),
+        reconnect_min: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+    }
+}
+
+fn worker(url: &str, slots: u32) -> (Worker, Steering) {
+    worker_with(config(url, slots))
+}
+
+fn worker_with(config: WorkerConfig) -> (Worker, Steering) {
+    let gate = Arc::new(Semaphore::new(0));
+    let (fired_tx, fired) = mpsc::channel(16);
+    let hold_gate = gate.clone();
+    let worker = Worker::new(config)
+        .handle("echo", |ctx: JobContext| async move { Ok(ctx.payload) })
+        .handle("panic", |_ctx: JobContext| async move {
+            if true {
+                panic!("kaboom");
+            }
+            Ok(vec![])
+        })
+        .handle("wait", |ctx: JobContext| async move {
+            ctx.cancelled().await;
+            Err(JobError::cancelled("stopped as told"))
+        })
+        .handle("sleep", |ctx: JobContext| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(ctx.payload)
+        })
+        .handle("hold", move |ctx: JobContext| {
+            let gate = hold_gate.clone();
+            let fired = fired_tx.clone();
+            async move {
+                let job_id = ctx.job_id.clone();
+                let watcher = async {
+                    ctx.cancelled().await;
+                    let _ = fired.send(job_id).await;
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    permit = gate.acquire() => permit.map_err(JobError::fatal)?.forget(),
+                    () = watcher => {}
+                }
+                Ok(b"held".to_vec())
+            }
+        });
+    (worker, Steering { gate, fired })
+}
+
+struct Started {
+    shutdown: CancellationToken,
+    state: watch::Receiver<ConnectionState>,
+    run: JoinHandle<Result<(), Error>>,
+}
+
+fn start(worker: Worker) -> Started {
+    let shutdown = CancellationToken::new();
+    let state = worker.state();
+    let run = tokio::spawn(worker.run(shutdown.clone()));
+    Started {
+        shutdown,
+        state,
+        run,
+    }
+}
+
+impl Started {
+    async fn stopped(self) {
+        let result = tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .expect("the worker stops in time")
+            .expect("the worker does not panic");
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(*self.state.borrow(), ConnectionState::Stopped);
+    }
+
+    async fn wait_for(&mut self, what: impl Fn(&ConnectionState) -> bool) {
+        tokio::time::timeout(STEP, self.state.wait_for(what))
+            .await
+            .expect("the state comes in time")
+            .expect("the worker runs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_welcome_results_and_credits() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, _steering) = worker(&coordinator.url, 2);
+    let mut started = start(worker);
+
+    let mut session = coordinator.session().await;
+    assert_eq!(session.hello.worker_id, "w1");
+    assert_eq!(session.hello.queues, ["default", "other"]);
+    assert_eq!(
+        session.hello.kinds,
+        ["echo", "hold", "panic", "sleep", "wait"]
+    );
+    assert_eq!(session.hello.slots, 2);
+    assert_eq!(
+        session.hello.heartbeat_interval,
+        Some(switchyard_proto::Duration {
+            seconds: 0,
+            nanos: 100_000_000
+        })
+    );
+    assert!(!session.hello.version.is_empty());
+    session.welcome(Duration::from_millis(100), true).await;
+    started
+        .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 1, .. }))
+        .await;
+
+    session.assign("j1", 1, "echo", "hello").await;
+    let result = session.expect_result().await;
+    assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1));
+    assert_eq!(result.outcome, Some(Outcome::Output(b"hello".to_vec())));
+    session.expect(credit()).await;
+
+    session.assign("j2", 4, "panic", "").await;
+    let failure = session.expect_failure("j2").await;
+    assert!(failure.retryable && !failure.cancelled);
+    assert!(
+        failure.message.starts_with("handler panicked: kaboom"),
+        "{}",
+        failure.message
+    );
+    session.expect(credit()).await;
+
+    session.assign("j3", 1, "teleport", "").await;
+    let failure = session.expect_failure("j3").await;
+    assert_eq!(failure.message, "no handler for kind teleport");
+    assert!(!failure.retryable);
+    session.expect(credit()).await;
+
+    // Still alive after the panic, and heartbeating with the coordinator's sequence as ack.
+    session.assign("j4", 1, "echo", "again").await;
+    assert_eq!(
+        session.expect_result().await.outcome,
+        Some(Outcome::Output(b"again".to_vec()))
+    );
+    session.expect(credit()).await;
+    session.expect_quiet(Duration::from_millis(350)).await;
+    let heartbeat = session.last_heartbeat.expect("the worker heartbeats");
+    assert!(
+        heartbeat.sequence >= 2 && heartbeat.ack >= 1,
+        "{heartbeat:?}"
+    );
+    assert!(heartbeat.sent_at.is_some());
+
+    started.shutdown.cancel();
+    session
+        .expect(Message::Drain(Drain {
+            reason: "worker shutting down".into(),
+        }))
+        .await;
+    assert_eq!(session.next().await, None, "nothing ran: the worker closes");
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_fires_the_token_of_that_attempt_only() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, _steering) = worker(&coordinator.url, 2);
+    let started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+
+    session.assign("j1", 2, "wait", "").await;
+    let cancel = |attempt| {
+        coordinator_message::Message::Cancel(CancelAssignment {
+            job_id: "j1".into(),
+            attempt,
+            reason: "test".into(),
+        })
+    };
+    session.send(cancel(1)).await;
+    session.expect_quiet(Duration::from_millis(200)).await;
+    session.send(cancel(2)).await;
+    let failure = session.expect_failure("j1").await;
+    assert!(failure.cancelled && !failure.retryable);
+    assert_eq!(failure.message, "stopped as told");
+    session.expect(credit()).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_assignments_than_slots_are_released() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, steering) = worker(&coordinator.url, 1);
+    let started = start(worker);
+    let mut session = coordinator.session().await;
+    assert_eq!(session.hello.slots, 1);
+    session.welcome(Duration::from_millis(100), true).await;
+
+    session.assign("j1", 1, "hold", "").await;
+    session.assign("j2", 1, "echo", "x").await;
+    session.expect(release("j2", 1)).await;
+
+    steering.gate.add_permits(1);
+    let result = session.expect_result().await;
+    assert_eq!(result.outcome, Some(Outcome::Output(b"held".to_vec())));
+    session.expect(credit()).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_cancels_handlers_that_keep_their_slots() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, mut steering) = worker(&coordinator.url, 2);
+    let mut started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+    session.assign("j1", 1, "hold", "").await;
+    // Let the handler start before the stream goes.
+    session.expect_quiet(Duration::from_millis(100)).await;
+
+    // The coordinator goes away without a word.
+    drop(session);
+    let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
+    assert_eq!(fired.ok().flatten().as_deref(), Some("j1"));
+    started
+        .wait_for(|s| *s == ConnectionState::Disconnected)
+        .await;
+
+    // The held slot is not offered again until the handler returns.
+    let mut session = coordinator.session().await;
+    assert_eq!(session.hello.slots, 1);
+    session.welcome(Duration::from_millis(100), true).await;
+    started
+        .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
+        .await;
+    steering.gate.add_permits(1);
+    // Its result goes out on the new stream for the coordinator's fence to judge (it refuses
+    // a stale one), and then its slot comes back.
+    match session.next().await {
+        Some(Message::Result(result)) => {
+            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1))
+        }
+        other => panic!("expected j1's late result, got {other:?}"),
+    }
+    session.expect(credit()).await;
+    session.expect_quiet(Duration::from_millis(200)).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_coordinator_is_left() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, _steering) = worker(&coordinator.url, 2);
+    let started = start(worker);
+    let mut first = coordinator.session().await;
+    let welcomed = Instant::now();
+    // Welcomed, but never a heartbeat: after three intervals the worker gives up on it.
+    first.welcome(Duration::from_millis(100), false).await;
+    let mut second = coordinator.session().await;
+    let waited = welcomed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "reconnected after only {waited:?}"
+    );
+    assert_eq!(second.hello.slots, 2);
+    second.welcome(Duration::from_millis(100), true).await;
+    second.assign("j1", 1, "echo", "still here").await;
+    assert_eq!(
+        second.expect_result().await.outcome,
+        Some(Outcome::Output(b"still here".to_vec()))
+    );
+    drop(first);
+
+    started.shutdown.cancel();
+    drop(second);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_coordinator_gets_its_jobs_back_and_the_worker_returns() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, mut steering) = worker(&coordinator.url, 2);
+    let mut started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+    session.assign("j1", 3, "hold", "").await;
+    session.expect_quiet(Duration::from_millis(100)).await;
+
+    session
+        .send(coordinator_message::Message::Drain(Drain {
+            reason: "restarting".into(),
+        }))
+        .await;
+    session.expect(release("j1", 3)).await;
+    assert_eq!(session.next().await, None, "the worker ends its half");
+    let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
+    assert_eq!(fired.ok().flatten().as_deref(), Some("j1"));
+    drop(session);
+
+    let mut session = coordinator.session().await;
+    assert_eq!(session.hello.slots, 1, "the handler has not returned yet");
+    session.welcome(Duration::from_millis(100), true).await;
+    started
+        .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
+        .await;
+    steering.gate.add_permits(1);
+    match session.next().await {
+        Some(Message::Result(result)) => {
+            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 3))
+        }
+        other => panic!("expected j1's late result, got {other:?}"),
+    }
+    session.expect(credit()).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_handlers_finish_and_releases_late_assignments() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, _steering) = worker(&coordinator.url, 2);
+    let mut started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+    session.assign("j1", 1, "sleep", "slept").await;
+    session.expect_quiet(Duration::from_millis(50)).await;
+
+    started.shutdown.cancel();
+    session
+        .expect(Message::Drain(Drain {
+            reason: "worker shutting down".into(),
+        }))
+        .await;
+    started.wait_for(|s| *s == ConnectionState::Draining).await;
+    // Sent before the coordinator read the drain.
+    session.assign("j2", 1, "echo", "late").await;
+    session.expect(release("j2", 1)).await;
+
+    let result = session.expect_result().await;
+    assert_eq!(result.job_id, "j1");
+    assert_eq!(result.outcome, Some(Outcome::Output(b"slept".to_vec())));
+    // No credit while draining; the worker ends the stream.
+    assert_eq!(session.next().await, None);
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_grace_over_gives_back_what_still_runs() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, mut steering) = worker_with(WorkerConfig {
+        drain_grace: Duration::from_millis(300),
+        ..config(&coordinator.url, 2)
+    });
+    let started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+    session.assign("j1", 2, "hold", "").await;
+    session.expect_quiet(Duration::from_millis(50)).await;
+
+    let draining = Instant::now();
+    started.shutdown.cancel();
+    session
+        .expect(Message::Drain(Drain {
+            reason: "worker shutting down".into(),
+        }))
+        .await;
+    session.expect(release("j1", 2)).await;
+    assert!(draining.elapsed() >= Duration::from_millis(300));
+    assert_eq!(session.next().await, None, "no result after the release");
+    let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
+    assert_eq!(fired.ok().flatten().as_deref(), Some("j1"));
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_disconnected_returns() {
+    let (worker, _steering) = worker("http://127.0.0.1:9", 2);
+    let mut started = start(worker);
+    started
+        .wait_for(|s| *s == ConnectionState::Disconnected)
+        .await;
+    started.shutdown.cancel();
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_setups_fail_fast() {
+    let no_handlers = Worker::new(WorkerConfig::default());
+    let result = no_handlers.run(CancellationToken::new()).await;
+    assert!(matches!(result, Err(Error::InvalidConfig(_))), "{result:?}");
+
+    let (worker, _) = worker("not a url", 1);
+    let result = worker.run(CancellationToken::new()).await;
+    assert!(
+        matches!(result, Err(Error::InvalidUrl { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hello_is_final() {
+    let coordinator = Coordinator::start().await;
+    let (worker, _) = worker_with(WorkerConfig {
+        worker_id: "refused".into(),
+        ..config(&coordinator.url, 1)
+    });
+    let result = tokio::time::timeout(STEP, worker.run(CancellationToken::new()))
+        .await
+        .expect("gives up at once");
+    match result {
+        Err(Error::Refused { message, .. }) => {
+            assert_eq!(message, "hello.worker_id: not welcome here")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_fires_the_token() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, _steering) = worker(&coordinator.url, 2);
+    let started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+
+    let assigned = Instant::now();
+    let deadline = std::time::SystemTime::now() + Duration::from_millis(300);
+    session
+        .send_assignment(Assignment {
+            job_id: "j1".into(),
+            attempt: 1,
+            kind: "wait".into(),
+            deadline: Some(deadline.into()),
+            ..Default::default()
+        })
+        .await;
+    let failure = session.expect_failure("j1").await;
+    assert!(failure.cancelled, "{failure:?}");
+    let waited = assigned.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    session.expect(credit()).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
