@@ -45,6 +45,8 @@ CREATE UNIQUE INDEX jobs_idempotency ON jobs (queue, coalesce(tenant_id, ''), id
 CREATE INDEX jobs_queue_state ON jobs (queue, state, seq);
 CREATE INDEX jobs_state ON jobs (state, seq);
 CREATE INDEX jobs_group ON jobs (group_id, seq) WHERE group_id IS NOT NULL;
+-- A parent's children, for cancelling them with it.
+CREATE INDEX jobs_parent ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;
 
 -- Who waits for whom: `job_id` runs after `depends_on` succeeds. Keyed by the dependency, so
 -- that a dependency's end finds its dependents.

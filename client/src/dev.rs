@@ -146,7 +146,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  coordinator  http://{addr}   (gRPC; health and reflection on)");
     println!("  database     {}", args.db);
     println!(
-        "  workers      {} x {} slots on queues {} (kinds: echo, sleep, fail, panic, sha256)",
+        "  workers      {} x {} slots on queues {} (built-in kinds: echo, sleep, fail, panic, sha256, hang, fanout)",
         args.workers, args.concurrency, args.queues
     );
     println!();

@@ -37,6 +37,18 @@ pub use switchyard_proto::v1::{
 pub struct Client {
     channel: Channel,
     tenant: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    parent: Option<Parent>,
+}
+
+/// The job on whose behalf calls are made, from inside its handler: its id, deadline and
+/// trace context travel with every call, so children end with it and join its trace.
+#[derive(Debug, Clone, Default)]
+pub struct Parent {
+    pub job_id: String,
+    pub deadline: Option<std::time::SystemTime>,
+    pub traceparent: String,
+    pub tracestate: String,
+    pub tenant_id: String,
 }
 
 /// Which jobs [`Client::list`] yields.
@@ -46,6 +58,8 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub group_id: Option<String>,
+    /// Only the children of this job.
+    pub parent_job_id: Option<String>,
     /// Jobs fetched per round trip (the server's default when unset).
     pub page_size: Option<u32>,
 }
@@ -75,6 +89,18 @@ impl Client {
         Client {
             channel,
             tenant: None,
+            parent: None,
+        }
+    }
+
+    /// Calls of the returned client are made on behalf of `parent` (a running job): they
+    /// carry `x-switchyard-parent-job`, the time left to its deadline as `grpc-timeout`, its
+    /// trace context and tenant. Jobs submitted this way are its children: they cannot outlive
+    /// its deadline, and cancelling it cancels them.
+    pub fn child_of(&self, parent: Parent) -> Client {
+        Client {
+            parent: Some(parent),
+            ..self.clone()
         }
     }
 
@@ -99,10 +125,47 @@ impl Client {
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        if let Some(parent) = &self.parent {
+            if let Some(left) = parent.deadline.map(|d| {
+                d.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            }) {
+                // Already past: the smallest timeout, which the coordinator refuses.
+                request.set_timeout(left.max(Duration::from_millis(1)));
+            }
+            let metadata = request.metadata_mut();
+            let pairs = [
+                ("x-switchyard-parent-job", &parent.job_id),
+                ("traceparent", &parent.traceparent),
+                ("tracestate", &parent.tracestate),
+                ("x-tenant-id", &parent.tenant_id),
+            ];
+            for (key, value) in pairs {
+                // A value that is not valid metadata is left out rather than failing the call.
+                if let (false, Ok(value)) = (value.is_empty(), value.parse()) {
+                    metadata.insert(key, value);
+                }
+            }
+        }
         if let Some(tenant) = &self.tenant {
             request.metadata_mut().insert("x-tenant-id", tenant.clone());
         }
         request
+    }
+
+    /// Sets the call's timeout, never past the parent's deadline.
+    fn bound<T>(&self, request: &mut tonic::Request<T>, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return;
+        };
+        let left = self.parent.as_ref().and_then(|p| p.deadline).map(|d| {
+            d.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
+        request.set_timeout(
+            left.map_or(timeout, |left| left.min(timeout))
+                .max(Duration::from_millis(1)),
+        );
     }
 
     /// Submits one job; returns once it is durable.
@@ -132,9 +195,7 @@ impl Client {
             job: Some(job.into_request()),
             detach: false,
         });
-        if let Some(timeout) = timeout {
-            request.set_timeout(timeout);
-        }
+        self.bound(&mut request, timeout);
         let response = self.jobs().run(request).await?.into_inner();
         response
             .job
@@ -146,9 +207,7 @@ impl Client {
         let mut request = self.request(v1::WaitRequest {
             job_id: job_id.to_owned(),
         });
-        if let Some(timeout) = timeout {
-            request.set_timeout(timeout);
-        }
+        self.bound(&mut request, timeout);
         let response = self.jobs().wait(request).await?.into_inner();
         response
             .job
@@ -176,6 +235,7 @@ impl Client {
                     group_id: filter.group_id.unwrap_or_default(),
                     page_size: filter.page_size.unwrap_or(0),
                     page_token,
+                    parent_job_id: filter.parent_job_id.unwrap_or_default(),
                 });
                 let page = client.jobs().list(request).await?.into_inner();
                 let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);

@@ -284,6 +284,7 @@ async fn list(client: &Client, args: ListArgs, json: bool) -> anyhow::Result<()>
         state: args.state,
         kind: args.kind,
         group_id: args.group,
+        parent_job_id: None,
         page_size: Some(args.limit.clamp(1, 1000) as u32),
     };
     let mut jobs = Box::pin(client.list(filter).take(args.limit));

@@ -55,6 +55,16 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_RETRY_CAP", default_value = "5m", value_parser = parse_duration)]
     pub retry_cap: Duration,
 
+    /// The furthest deadline a job may get from a caller's `grpc-timeout` or `deadline`;
+    /// later ones are brought in to it.
+    #[arg(long, env = "SWITCHYARD_MAX_DEADLINE", default_value = "366d", value_parser = parse_duration)]
+    pub max_deadline: Duration,
+
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off when unset; port 0 picks a free
+    /// port, and the chosen address is printed on a second line).
+    #[arg(long, env = "SWITCHYARD_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
     /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_server=debug`.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
@@ -68,6 +78,9 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     pub heartbeat_interval: Duration,
     pub retry: RetryPolicy,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    pub max_deadline: Duration,
 }
 
 impl ServerArgs {
@@ -82,6 +95,8 @@ impl ServerArgs {
             max_message_bytes: self.max_message_bytes as usize,
             max_concurrent_streams: self.max_concurrent_streams,
             heartbeat_interval: self.heartbeat_interval,
+            metrics: self.metrics,
+            max_deadline: self.max_deadline,
             retry: RetryPolicy {
                 base_ms: self.retry_base.as_millis() as i64,
                 cap_ms: self.retry_cap.max(self.retry_base).as_millis() as i64,
@@ -112,7 +127,8 @@ pub fn parse_db_url(url: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
-/// `250ms`, `30s`, `5m`, `2h` (a bare number is seconds); at least 1 ms, at most 30 days.
+/// `250ms`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds); at least 1 ms, at most 366
+/// days.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -127,15 +143,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => {
             return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
             ));
         }
     };
     let d = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
-    if d < Duration::from_millis(1) || d > Duration::from_secs(30 * 24 * 3600) {
-        return Err(format!("{text:?}: must be between 1ms and 30 days"));
+    if d < Duration::from_millis(1) || d > Duration::from_secs(366 * 86_400) {
+        return Err(format!("{text:?}: must be between 1ms and 366 days"));
     }
     Ok(d)
 }

@@ -18,6 +18,9 @@ pub enum Error {
     FailedPrecondition { id: String, reason: String },
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// The caller's deadline (or its parent job's) has already passed.
+    #[error("the deadline this call carries has already passed")]
+    DeadlinePassed,
     /// A bounded queue is full: the caller should back off and retry.
     #[error("{0} is full; retry later")]
     Overloaded(&'static str),
@@ -66,6 +69,7 @@ impl From<Error> for Status {
             Error::GroupExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::DeadlinePassed => Code::DeadlineExceeded,
             Error::Overloaded(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Database(_)
             | Error::Migration { .. }

@@ -1,5 +1,6 @@
 //! The Switchyard coordinator, as a library: [`run`] serves it on a listener until a
-//! cancellation token fires. The `switchyard-server` binary parses flags and calls it.
+//! cancellation token fires. The `switchyard-server` binary parses flags, binds, and calls
+//! [`run_with`].
 
 pub mod api;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod error;
 pub mod fanin;
 pub mod scheduler;
 pub mod store;
+pub mod telemetry;
 
 use std::time::Duration;
 
@@ -28,11 +30,40 @@ pub use error::{Error, Result};
 use fanin::Notifier;
 use scheduler::Scheduler;
 use store::Store;
+use telemetry::Metrics;
 
 /// Serves the coordinator on `listener` until `shutdown` fires, then drains: health turns
 /// `NOT_SERVING`, in-flight calls finish, and the store commits what it holds and closes.
+/// With `config.metrics` set, it binds that address for the metrics endpoint too.
 pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
-    let (store, ready) = Store::open(&config.store)?;
+    let metrics = match config.metrics {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    run_with(listener, metrics, config, shutdown).await
+}
+
+/// [`run`], with the metrics endpoint on a listener the caller has bound (so that it can tell
+/// the chosen port); `config.metrics` is not looked at. `None` serves no metrics (they are
+/// still recorded).
+pub async fn run_with(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let metrics = Metrics::new();
+    let (store, ready) = Store::open(&config.store, metrics.clone())?;
+    // The endpoint stops when the drain starts, or when `run` ends for any other reason.
+    let telemetry_stop = shutdown.child_token();
+    let telemetry = TaskTracker::new();
+    if let Some(listener) = metrics_listener {
+        telemetry::serve(listener, metrics, telemetry_stop.clone(), &telemetry);
+    }
     tracing::info!(ready = ready.len(), "store open");
     let notifier = Notifier::default();
     // The scheduler and the worker sessions stop with their own token, after the gRPC server
@@ -47,7 +78,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     );
     let sessions = TaskTracker::new();
     let services = Services {
-        jobs: api::JobApi::new(store.clone(), scheduler.clone(), notifier, inner.clone()),
+        jobs: api::JobApi::new(
+            store.clone(),
+            scheduler.clone(),
+            notifier,
+            inner.clone(),
+            sessions.clone(),
+            config.max_deadline,
+        ),
         admin: api::AdminApi::new(store.clone(), scheduler.clone()),
         workers: dispatch::WorkerApi::new(
             scheduler,
@@ -69,7 +107,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     if let Err(err) = scheduler_task.await {
         tracing::error!(cause = %err, "scheduler task failed");
     }
-    store.close().await?;
+    let closed = store.close().await;
+    telemetry_stop.cancel();
+    telemetry.close();
+    telemetry.wait().await;
+    closed?;
     result
 }
 

@@ -19,13 +19,26 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    // The one line on stdout: scripts and tests read the chosen address from it.
+    let metrics = match args.metrics {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding --metrics {at}"))?,
+        ),
+        None => None,
+    };
+    // The only lines on stdout: scripts and tests read the chosen addresses from them. Both
+    // listeners are bound first, so a second line never follows a failed start.
     println!("switchyard-server listening on {addr}");
+    if let Some(metrics) = &metrics {
+        println!("switchyard-server metrics on {}", metrics.local_addr()?);
+    }
     tracing::info!(%addr, db = %args.db.display(), sync = ?args.sync, "coordinator starting");
 
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
-    let result = switchyard_server::run(listener, args.config(), shutdown.clone()).await;
+    let result =
+        switchyard_server::run_with(listener, metrics, args.config(), shutdown.clone()).await;
     shutdown.cancel();
     signals.abort();
     result.context("coordinator failed")?;

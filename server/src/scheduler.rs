@@ -9,7 +9,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -72,6 +72,11 @@ pub(crate) enum Message {
     },
     Drain {
         session: u64,
+    },
+    /// Attempts the store has already ended (cancelled): their workers are told to stop.
+    Stop {
+        attempts: Vec<(String, u32)>,
+        reason: String,
     },
     Disconnect {
         session: u64,
@@ -180,6 +185,14 @@ impl Scheduler {
         self.send(Message::Drain { session }).await
     }
 
+    /// Tells the workers of these attempts (already ended in the store) to stop them.
+    pub async fn stop(&self, attempts: Vec<(String, u32)>, reason: String) -> Result<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        self.send(Message::Stop { attempts, reason }).await
+    }
+
     /// The session is gone: its jobs go back to the queue.
     pub async fn disconnect(&self, session: u64, reason: String) -> Result<()> {
         self.send(Message::Disconnect { session, reason }).await
@@ -220,6 +233,10 @@ impl Session {
 struct RunningJob {
     session: u64,
     attempt: u32,
+    /// When the attempt must end: the sooner of the job's deadline and its timeout.
+    ends: Option<i64>,
+    /// The job's own deadline: an attempt that ends at it ends the job.
+    deadline_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -230,6 +247,10 @@ struct State {
     delayed: BTreeMap<(i64, i64), ReadyJob>,
     /// Where each queued job is: (queue, kind, key) in `ready`, or its `delayed` key.
     index: HashMap<String, Place>,
+    /// Queued jobs by deadline, to end them when it passes without their running.
+    deadlines: BTreeSet<(i64, String)>,
+    /// Running attempts by when they must end.
+    attempt_ends: BTreeSet<(i64, String)>,
     sessions: BTreeMap<u64, Session>,
     running: HashMap<String, RunningJob>,
     /// Picked for a session, waiting for the start to commit.
@@ -243,8 +264,8 @@ struct State {
 }
 
 enum Place {
-    Ready(String, String, Key),
-    Delayed((i64, i64)),
+    Ready(String, String, Key, Option<i64>),
+    Delayed((i64, i64), Option<i64>),
 }
 
 impl State {
@@ -252,15 +273,19 @@ impl State {
         if self.index.contains_key(&job.id) || self.running.contains_key(&job.id) {
             return;
         }
+        if let Some(deadline) = job.deadline_ms {
+            self.deadlines.insert((deadline, job.id.clone()));
+        }
         if job.run_at_ms > now_ms() {
             let key = (job.run_at_ms, job.seq);
-            self.index.insert(job.id.clone(), Place::Delayed(key));
+            self.index
+                .insert(job.id.clone(), Place::Delayed(key, job.deadline_ms));
             self.delayed.insert(key, job);
         } else {
             let key = (Reverse(job.priority), job.run_at_ms, job.seq);
             self.index.insert(
                 job.id.clone(),
-                Place::Ready(job.queue.clone(), job.kind.clone(), key),
+                Place::Ready(job.queue.clone(), job.kind.clone(), key, job.deadline_ms),
             );
             self.ready
                 .entry((job.queue, job.kind))
@@ -270,8 +295,12 @@ impl State {
     }
 
     fn remove(&mut self, id: &str) {
-        match self.index.remove(id) {
-            Some(Place::Ready(queue, kind, key)) => {
+        let place = self.index.remove(id);
+        if let Some(Place::Ready(.., Some(deadline)) | Place::Delayed(_, Some(deadline))) = &place {
+            self.deadlines.remove(&(*deadline, id.to_owned()));
+        }
+        match place {
+            Some(Place::Ready(queue, kind, key, _)) => {
                 let pair = (queue, kind);
                 if let Some(ready) = self.ready.get_mut(&pair) {
                     ready.remove(&key);
@@ -280,10 +309,69 @@ impl State {
                     }
                 }
             }
-            Some(Place::Delayed(key)) => {
+            Some(Place::Delayed(key, _)) => {
                 self.delayed.remove(&key);
             }
             None => {}
+        }
+    }
+
+    /// Ends what ran out of time: queued jobs past their deadline (never dispatched), and
+    /// running attempts past their end (their workers are told to stop).
+    fn expire_due(&mut self, now: i64, expire: &mut Vec<String>, finishes: &mut Vec<Finish>) {
+        while let Some((at, id)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            if self.index.contains_key(&id) {
+                self.remove(&id);
+                expire.push(id);
+            } else {
+                self.deadlines.pop_first();
+            }
+        }
+        while let Some((at, id)) = self.attempt_ends.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.attempt_ends.pop_first();
+            let Some(running) = self.running.get(&id) else {
+                continue;
+            };
+            let (session, attempt) = (running.session, running.attempt);
+            let whole_job = running.deadline_ms.is_some_and(|d| d <= now);
+            if !self.take_running(session, &id, attempt) {
+                continue;
+            }
+            let (outcome, reason) = if whole_job {
+                (Outcome::Expired, "the job's deadline passed")
+            } else {
+                (Outcome::TimedOut, "the attempt's timeout passed")
+            };
+            self.tell_stop(session, &id, attempt, reason);
+            finishes.push(Finish {
+                job_id: id,
+                attempt,
+                outcome,
+            });
+        }
+    }
+
+    /// Sends a cancel for one attempt on its session's stream.
+    fn tell_stop(&mut self, session: u64, job_id: &str, attempt: u32, reason: &str) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let message = CoordinatorMessage {
+            message: Some(coordinator_message::Message::Cancel(v1::CancelAssignment {
+                job_id: job_id.to_owned(),
+                attempt,
+                reason: reason.to_owned(),
+            })),
+        };
+        if s.info.outbound.try_send(message).is_err() {
+            self.dead
+                .push((session, "the worker stopped reading its stream".to_owned()));
         }
     }
 
@@ -302,8 +390,16 @@ impl State {
         }
     }
 
+    /// The next time something is due: a delayed job, a deadline, an attempt's end.
     fn next_due_ms(&self) -> Option<i64> {
-        self.delayed.keys().next().map(|(at, _)| *at)
+        [
+            self.delayed.keys().next().map(|(at, _)| *at),
+            self.deadlines.first().map(|(at, _)| *at),
+            self.attempt_ends.first().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The best ready job a session may take: the head with the highest order among the
@@ -358,7 +454,13 @@ impl State {
                 if self.ready.get(&pair).is_some_and(BTreeMap::is_empty) {
                     self.ready.remove(&pair);
                 }
-                self.index.remove(&job_id);
+                let deadline_ms = match self.index.remove(&job_id) {
+                    Some(Place::Ready(.., deadline)) => deadline,
+                    _ => None,
+                };
+                if let Some(deadline) = deadline_ms {
+                    self.deadlines.remove(&(deadline, job_id.clone()));
+                }
                 let Some(session) = self.sessions.get_mut(id) else {
                     continue;
                 };
@@ -371,6 +473,7 @@ impl State {
                     priority: key.0.0,
                     run_at_ms: key.1,
                     seq: key.2,
+                    deadline_ms,
                 };
                 self.starting.insert(job_id.clone(), (*id, job));
                 starts.push(Start {
@@ -401,6 +504,9 @@ impl State {
         );
         for job_id in session.running {
             if let Some(running) = self.running.remove(&job_id) {
+                if let Some(ends) = running.ends {
+                    self.attempt_ends.remove(&(ends, job_id.clone()));
+                }
                 finishes.push(Finish {
                     job_id,
                     attempt: running.attempt,
@@ -413,6 +519,21 @@ impl State {
         }
     }
 
+    /// An attempt the store already ended: off the running set, and its worker told to stop.
+    fn stop_ended(&mut self, job_id: &str, attempt: u32, reason: &str) {
+        let Some(session) = self
+            .running
+            .get(job_id)
+            .filter(|r| r.attempt == attempt)
+            .map(|r| r.session)
+        else {
+            return;
+        };
+        if self.take_running(session, job_id, attempt) {
+            self.tell_stop(session, job_id, attempt, reason);
+        }
+    }
+
     /// Takes a result off the running set if it comes from the session that holds the job's
     /// current attempt. Anything else is a stale result, refused here.
     fn take_running(&mut self, session: u64, job_id: &str, attempt: u32) -> bool {
@@ -421,7 +542,11 @@ impl State {
             .get(job_id)
             .is_some_and(|r| r.session == session && r.attempt == attempt);
         if current {
-            self.running.remove(job_id);
+            if let Some(running) = self.running.remove(job_id)
+                && let Some(ends) = running.ends
+            {
+                self.attempt_ends.remove(&(ends, job_id.to_owned()));
+            }
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.running.remove(job_id);
             }
@@ -526,6 +651,11 @@ impl State {
                     s.credits = 0;
                 }
             }
+            Message::Stop { attempts, reason } => {
+                for (job_id, attempt) in attempts {
+                    self.stop_ended(&job_id, attempt, &reason);
+                }
+            }
             Message::Disconnect { session, reason } => {
                 self.drop_session(session, &reason, finishes);
             }
@@ -538,7 +668,9 @@ impl State {
                         queues: sorted(&s.info.queues),
                         kinds: sorted(&s.info.kinds),
                         slots: s.info.slots,
-                        running: s.running.len() as u32,
+                        // Slots the worker has not given back: running handlers, including
+                        // ones told to stop that have not returned yet.
+                        running: s.info.slots.saturating_sub(s.credits),
                         connected_at: Some(timestamp(s.connected_at_ms)),
                         peer: s.info.peer.clone(),
                     })
@@ -560,8 +692,11 @@ impl State {
     /// Applies a committed transition: assignments go out, credits of starts that did not
     /// happen come back, new ready jobs are queued.
     fn settle(&mut self, out: &TransitionOutcome, finishes: &mut Vec<Finish>) {
-        for (session_id, assignment) in &out.started {
-            self.starting.remove(&assignment.job_id);
+        for (session_id, assignment, ends) in &out.started {
+            let deadline_ms = self
+                .starting
+                .remove(&assignment.job_id)
+                .and_then(|(_, job)| job.deadline_ms);
             let Some(session) = self.sessions.get_mut(session_id) else {
                 // The session died while its start was committing: not the worker's fault.
                 finishes.push(Finish {
@@ -579,8 +714,13 @@ impl State {
                 RunningJob {
                     session: *session_id,
                     attempt: assignment.attempt,
+                    ends: *ends,
+                    deadline_ms,
                 },
             );
+            if let Some(ends) = ends {
+                self.attempt_ends.insert((*ends, assignment.job_id.clone()));
+            }
             session.running.insert(assignment.job_id.clone());
             // Credits bound what is outstanding, so a full channel means the worker stopped
             // reading: the session is dropped rather than buffered for.
@@ -603,6 +743,9 @@ impl State {
         }
         for id in &out.cancelled_dependents {
             self.remove(id);
+        }
+        for (id, attempt) in &out.stopped {
+            self.stop_ended(id, *attempt, "a job it belongs to ended");
         }
         for (job_id, attempt) in &out.stale {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -683,15 +826,20 @@ impl Runner {
             for message in messages.drain(..) {
                 self.state.apply(message, &mut finishes);
             }
-            self.state.promote_due(now_ms());
+            let now = now_ms();
+            let mut expire = Vec::new();
+            // Expiry first: nothing is dispatched after its deadline.
+            self.state.expire_due(now, &mut expire, &mut finishes);
+            self.state.promote_due(now);
             let mut starts = Vec::new();
             self.state.pick(&mut starts);
-            if finishes.is_empty() && starts.is_empty() {
+            if finishes.is_empty() && starts.is_empty() && expire.is_empty() {
                 continue;
             }
 
             let ops = Transitions {
                 finishes,
+                expire,
                 starts,
                 retry: self.retry,
             };
@@ -721,6 +869,72 @@ impl Runner {
 mod tests {
     use super::*;
 
+    #[test]
+    fn queued_jobs_past_their_deadline_expire_and_are_never_picked() {
+        let mut state = State::default();
+        let now = now_ms();
+        state.enqueue(ReadyJob {
+            deadline_ms: Some(now - 1),
+            ..job("late", "q", "k", 0, 1)
+        });
+        state.enqueue(ReadyJob {
+            deadline_ms: Some(now + 60_000),
+            ..job("fine", "q", "k", 0, 2)
+        });
+        let _w = session(&mut state, 1, &["q"], &[], 5);
+        let (mut expire, mut finishes) = (Vec::new(), Vec::new());
+        state.expire_due(now, &mut expire, &mut finishes);
+        assert_eq!(expire, ["late"]);
+        assert_eq!(picked(&mut state), [("fine".to_string(), 1)]);
+        assert!(
+            state.deadlines.is_empty(),
+            "a picked job leaves the deadline index"
+        );
+    }
+
+    #[test]
+    fn a_running_attempt_past_its_end_is_stopped_on_its_worker() {
+        let mut state = State::default();
+        let now = now_ms();
+        state.enqueue(ReadyJob {
+            deadline_ms: Some(now + 1000),
+            ..job("a", "q", "k", 0, 1)
+        });
+        let mut worker = session(&mut state, 1, &["q"], &[], 1);
+        picked(&mut state);
+        let assignment = v1::Assignment {
+            job_id: "a".into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let mut finishes = Vec::new();
+        state.settle(
+            &TransitionOutcome {
+                started: vec![(1, assignment, Some(now + 1000))],
+                ..Default::default()
+            },
+            &mut finishes,
+        );
+        let mut expire = Vec::new();
+        state.expire_due(now + 999, &mut expire, &mut finishes);
+        assert!(finishes.is_empty());
+        state.expire_due(now + 1000, &mut expire, &mut finishes);
+        assert!(matches!(
+            finishes.as_slice(),
+            [Finish {
+                outcome: Outcome::Expired,
+                attempt: 1,
+                ..
+            }]
+        ));
+        let _assignment = worker.try_recv();
+        assert!(matches!(
+            worker.try_recv().ok().and_then(|m| m.message),
+            Some(coordinator_message::Message::Cancel(c)) if c.job_id == "a" && c.attempt == 1
+        ));
+        assert!(!state.take_running(1, "a", 1), "its late result is stale");
+    }
+
     fn job(id: &str, queue: &str, kind: &str, priority: i32, seq: i64) -> ReadyJob {
         ReadyJob {
             id: id.into(),
@@ -729,6 +943,7 @@ mod tests {
             priority,
             run_at_ms: 0,
             seq,
+            deadline_ms: None,
         }
     }
 
@@ -822,7 +1037,7 @@ mod tests {
         let mut finishes = Vec::new();
         state.settle(
             &TransitionOutcome {
-                started: vec![(1, assignment)],
+                started: vec![(1, assignment, None)],
                 ..Default::default()
             },
             &mut finishes,
@@ -859,6 +1074,7 @@ mod tests {
                         attempt: 1,
                         ..Default::default()
                     },
+                    None,
                 )],
                 ..Default::default()
             },

@@ -6,90 +6,22 @@ mod support;
 
 use std::{
     collections::{HashMap, HashSet},
-    future::Future,
     time::{Duration, SystemTime},
 };
 
 use futures::{StreamExt, stream};
-use switchyard_client::{Batch, Client, JobSpec};
+use switchyard_client::{Batch, JobSpec};
 use switchyard_proto::v1::{
     AttemptOutcome, Heartbeat, Hello, Job, JobState, WorkerMessage,
     worker_message::Message as ToCoordinator, worker_service_client::WorkerServiceClient,
 };
-use switchyard_testkit::{Coordinator, Worker};
+use switchyard_testkit::Worker;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use support::{connect, ms_of, stats};
-
-/// Fast liveness and retries, so that faults resolve in well under a second.
-const COORDINATOR_FLAGS: &[&str] = &[
-    "--heartbeat-interval",
-    "200ms",
-    "--retry-base",
-    "20ms",
-    "--retry-cap",
-    "100ms",
-];
-const PATIENCE: Duration = Duration::from_secs(60);
-
-async fn coordinator() -> (Coordinator, Client) {
-    let coordinator = Coordinator::start_with(COORDINATOR_FLAGS).await;
-    let client = connect(&coordinator).await;
-    (coordinator, client)
-}
-
-/// Waits (bounded by the call's deadline) until the job is terminal.
-async fn finished(client: &Client, id: &str) -> Job {
-    let job = client
-        .wait(id, Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("wait for {id}: {e}"));
-    assert!(terminal(&job), "Wait returned a live job: {job:?}");
-    job
-}
-
-fn terminal(job: &Job) -> bool {
-    !matches!(job.state(), JobState::Queued | JobState::Running)
-}
-
-/// Polls an observable condition (a state change that has no stream to await) until it holds.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Waits until `worker` holds `n` running jobs.
-async fn running_on(client: &Client, worker: &str, n: u32) {
-    eventually(&format!("{n} jobs running on {worker}"), || async {
-        let workers = client.workers().await.ok()?;
-        workers
-            .iter()
-            .any(|w| w.worker_id == worker && w.running == n)
-            .then_some(())
-    })
-    .await
-}
-
-fn outcomes(job: &Job) -> Vec<(AttemptOutcome, String)> {
-    job.attempts
-        .iter()
-        .map(|a| (a.outcome(), a.worker_id.clone()))
-        .collect()
-}
+use support::{
+    PATIENCE, connect, coordinator, eventually, finished, ms_of, outcomes, running_on, stats,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_jobs_across_workers_each_run_exactly_once() {

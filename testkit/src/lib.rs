@@ -44,6 +44,7 @@ pub struct Coordinator {
     child: Option<Child>,
     _stdout: Option<ChildStdout>,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     dir: Arc<TempDir>,
     args: Vec<String>,
 }
@@ -58,11 +59,12 @@ impl Coordinator {
     pub async fn start_with(args: &[&str]) -> Coordinator {
         let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, stdout, addr) = spawn(dir.path(), &args, "127.0.0.1:0").await;
+        let (child, stdout, addr, metrics_addr) = spawn(dir.path(), &args, "127.0.0.1:0").await;
         Coordinator {
             child: Some(child),
             _stdout: Some(stdout),
             addr,
+            metrics_addr,
             dir,
             args,
         }
@@ -70,6 +72,11 @@ impl Coordinator {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the metrics endpoint listens, when the coordinator was started with `--metrics`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://127.0.0.1:PORT`, for clients.
@@ -120,9 +127,11 @@ impl Coordinator {
             self.child.is_none(),
             "stop the coordinator before restarting it"
         );
-        let (child, stdout, addr) =
+        let (child, stdout, addr, metrics_addr) =
             spawn(self.dir.path(), &self.args, &self.addr.to_string()).await;
         assert_eq!(addr, self.addr);
+        // With `--metrics 127.0.0.1:0` the metrics port may change.
+        self.metrics_addr = metrics_addr;
         self.child = Some(child);
         self._stdout = Some(stdout);
     }
@@ -146,7 +155,13 @@ pub fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
-async fn spawn(dir: &Path, args: &[String], listen: &str) -> (Child, ChildStdout, SocketAddr) {
+/// Starts the coordinator and reads where it listens from its stdout: the first line, and the
+/// second when `--metrics` is among `args`.
+async fn spawn(
+    dir: &Path,
+    args: &[String],
+    listen: &str,
+) -> (Child, ChildStdout, SocketAddr, Option<SocketAddr>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -167,6 +182,24 @@ async fn spawn(dir: &Path, args: &[String], listen: &str) -> (Child, ChildStdout
         .expect("start switchyard-server");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let addr = read_addr(&mut lines, dir, "switchyard-server listening on ").await;
+    let metrics = args
+        .iter()
+        .any(|arg| arg == "--metrics" || arg.starts_with("--metrics="));
+    let metrics_addr = if metrics {
+        Some(read_addr(&mut lines, dir, "switchyard-server metrics on ").await)
+    } else {
+        None
+    };
+    (child, lines.into_inner().into_inner(), addr, metrics_addr)
+}
+
+/// Reads the next line of the coordinator's stdout, `<prefix>ADDR`, and returns the address.
+async fn read_addr(
+    lines: &mut tokio::io::Lines<BufReader<ChildStdout>>,
+    dir: &Path,
+    prefix: &str,
+) -> SocketAddr {
     let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
         .await
         .expect("the coordinator prints its address in time")
@@ -177,12 +210,11 @@ async fn spawn(dir: &Path, args: &[String], listen: &str) -> (Child, ChildStdout
                 std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
             )
         });
-    let addr = line
-        .rsplit(' ')
-        .next()
+    line.strip_prefix(prefix)
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from the coordinator: {line:?}"));
-    (child, lines.into_inner().into_inner(), addr)
+        .unwrap_or_else(|| {
+            panic!("expected {prefix:?} and an address from the coordinator: {line:?}")
+        })
 }
 
 /// How many workers this test process has started: part of each one's unique id.

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::{Error, JobContext, JobError, JobResult, Worker};
 
 /// Every built-in kind, in the order `--help` lists them.
-pub const KINDS: &[&str] = &["echo", "sleep", "fail", "panic", "sha256"];
+pub const KINDS: &[&str] = &["echo", "sleep", "fail", "panic", "sha256", "hang", "fanout"];
 
 /// Registers the built-in kinds on `worker`: all of them, or only those named in `only`.
 /// Names that are not built-in kinds are an error.
@@ -37,7 +37,68 @@ pub fn register(mut worker: Worker, only: Option<&[String]>) -> Result<Worker, E
     if wanted("sha256") {
         worker = worker.handle("sha256", sha256);
     }
+    if wanted("hang") {
+        worker = worker.handle("hang", hang);
+    }
+    if wanted("fanout") {
+        worker = worker.handle("fanout", fanout);
+    }
     Ok(worker)
+}
+
+/// Payload = milliseconds. Waits that long and ignores cancellation: a handler that does not
+/// listen, for seeing the worker abandon it.
+pub async fn hang(ctx: JobContext) -> JobResult {
+    let millis = parse_millis(&ctx.payload)?;
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    Ok(Vec::new())
+}
+
+/// Payload = `N KIND [CHILD_PAYLOAD]`. Submits N child jobs of KIND on this job's queue (they
+/// inherit its deadline and are cancelled with it), waits for all of them, and outputs their
+/// outputs, one per line. A child that does not succeed fails this job.
+pub async fn fanout(ctx: JobContext) -> JobResult {
+    let text = std::str::from_utf8(&ctx.payload)
+        .map_err(|_| JobError::fatal("fanout: the payload is not text"))?;
+    let mut parts = text.splitn(3, ' ');
+    let count: usize = parts
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| {
+            JobError::fatal("fanout: payload must be `N KIND [PAYLOAD]`, N in 1..=10000")
+        })?;
+    let kind = parts
+        .next()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| JobError::fatal("fanout: payload must be `N KIND [PAYLOAD]`"))?;
+    let payload = parts.next().unwrap_or("").to_owned();
+    let client = ctx.client()?;
+    let batch = switchyard_client::Batch::new().jobs(
+        (0..count)
+            .map(|_| switchyard_client::JobSpec::new(&ctx.queue, kind).payload(payload.clone())),
+    );
+    let children = tokio::select! {
+        done = client.submit_batch(batch) => done.map_err(JobError::retry)?,
+        () = ctx.cancelled() => return Err(JobError::cancelled("fanout: cancelled")),
+    };
+    let mut outputs = Vec::with_capacity(count);
+    for child in children.jobs {
+        let job = tokio::select! {
+            job = client.wait(&child.job_id, None) => job.map_err(JobError::retry)?,
+            () = ctx.cancelled() => return Err(JobError::cancelled("fanout: cancelled")),
+        };
+        if job.state() != switchyard_client::JobState::Succeeded {
+            return Err(JobError::fatal(format!(
+                "fanout: child {} ended {}: {}",
+                job.job_id,
+                job.state().as_str_name(),
+                job.error
+            )));
+        }
+        outputs.push(job.output);
+    }
+    Ok(outputs.join(&b'\n'))
 }
 
 /// Output = payload.
@@ -176,7 +237,10 @@ mod tests {
     #[test]
     fn register_all_or_some() {
         let all = register(Worker::new(WorkerConfig::default()), None).expect("all");
-        assert_eq!(all.kinds(), ["echo", "fail", "panic", "sha256", "sleep"]);
+        assert_eq!(
+            all.kinds(),
+            ["echo", "fail", "fanout", "hang", "panic", "sha256", "sleep"]
+        );
 
         let only = ["sleep".to_owned(), "echo".to_owned()];
         let some = register(Worker::new(WorkerConfig::default()), Some(&only)).expect("some");

@@ -22,6 +22,9 @@ pub struct WorkerConfig {
     /// On shutdown, how long running handlers may take to finish before they are cancelled
     /// and their jobs given back.
     pub drain_grace: Duration,
+    /// How long a handler that was cancelled (or ran past its deadline) may take to return
+    /// before it is abandoned.
+    pub cancel_grace: Duration,
     /// The first delay before reconnecting after a lost stream or a failed connect.
     pub reconnect_min: Duration,
     /// The longest delay between reconnect attempts.
@@ -37,6 +40,7 @@ impl Default for WorkerConfig {
             slots: 8,
             heartbeat_interval: Duration::from_secs(2),
             drain_grace: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         }

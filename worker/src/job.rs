@@ -43,6 +43,8 @@ pub struct JobContext {
     /// Fires when the handler should stop: the job was cancelled, its deadline passed, the
     /// stream to the coordinator was lost, or the worker's drain grace ran out.
     pub cancellation: CancellationToken,
+    /// The worker's connection to the coordinator, for calls made on this job's behalf.
+    coordinator: Option<switchyard_client::Client>,
 }
 
 impl JobContext {
@@ -68,11 +70,16 @@ impl JobContext {
             traceparent: String::new(),
             tracestate: String::new(),
             cancellation: CancellationToken::new(),
+            coordinator: None,
         }
     }
 
     /// The context of an assignment, with its own cancellation token.
-    pub(crate) fn from_assignment(assignment: Assignment, cancellation: CancellationToken) -> Self {
+    pub(crate) fn from_assignment(
+        assignment: Assignment,
+        cancellation: CancellationToken,
+        coordinator: Option<switchyard_client::Client>,
+    ) -> Self {
         let deadline = assignment
             .deadline
             .and_then(|ts| SystemTime::try_from(ts).ok());
@@ -100,7 +107,24 @@ impl JobContext {
             traceparent: assignment.traceparent,
             tracestate: assignment.tracestate,
             cancellation,
+            coordinator,
         }
+    }
+
+    /// A client whose calls are made on this job's behalf: jobs it submits are this job's
+    /// children (they get at most its deadline, join its trace, and are cancelled with it).
+    pub fn client(&self) -> Result<switchyard_client::Client, JobError> {
+        let coordinator = self
+            .coordinator
+            .as_ref()
+            .ok_or_else(|| JobError::fatal("this context has no connection to a coordinator"))?;
+        Ok(coordinator.child_of(switchyard_client::Parent {
+            job_id: self.job_id.clone(),
+            deadline: self.deadline,
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+            tenant_id: self.tenant_id.clone(),
+        }))
     }
 
     /// Completes when the handler should stop (see [`JobContext::cancellation`]).
@@ -407,7 +431,7 @@ mod tests {
             max_attempts: 5,
             ..Default::default()
         };
-        let ctx = JobContext::from_assignment(assignment, CancellationToken::new());
+        let ctx = JobContext::from_assignment(assignment, CancellationToken::new(), None);
         assert_eq!(
             ctx.payload, b"upstream",
             "single dependency feeds an empty payload"
@@ -423,7 +447,7 @@ mod tests {
             dependency_outputs: HashMap::from([("d".to_owned(), b"upstream".to_vec())]),
             ..Default::default()
         };
-        let ctx = JobContext::from_assignment(own_payload, CancellationToken::new());
+        let ctx = JobContext::from_assignment(own_payload, CancellationToken::new(), None);
         assert_eq!(ctx.payload, b"mine");
     }
 

@@ -59,6 +59,12 @@ struct Args {
           value_parser = parse_duration)]
     drain_grace: Duration,
 
+    /// How long a cancelled handler (or one past its deadline) may take to return before it
+    /// is abandoned; its slot stays taken until it does return.
+    #[arg(long, env = "SWITCHYARD_CANCEL_GRACE", default_value = "10s",
+          value_parser = parse_duration)]
+    cancel_grace: Duration,
+
     /// Serve only these built-in kinds, comma-separated [default: all of them].
     #[arg(long, env = "SWITCHYARD_KINDS", value_delimiter = ',')]
     kinds: Option<Vec<String>>,
@@ -84,6 +90,7 @@ impl Args {
             slots: self.concurrency,
             heartbeat_interval: self.heartbeat_interval,
             drain_grace: self.drain_grace,
+            cancel_grace: self.cancel_grace,
             ..WorkerConfig::default()
         }
     }

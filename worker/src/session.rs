@@ -114,6 +114,8 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         kinds,
         handlers,
         state,
+        // Handlers' own calls (child jobs) share one lazily opened connection.
+        coordinator: switchyard_client::Client::from_channel(endpoint.connect_lazy()),
         endpoint,
     };
     let mut refused = None;
@@ -156,6 +158,7 @@ struct Runner {
     handlers: HashMap<String, Handler>,
     state: tokio::sync::watch::Sender<ConnectionState>,
     endpoint: Endpoint,
+    coordinator: switchyard_client::Client,
     slots: Slots<task::Id>,
     tasks: JoinSet<JobResult>,
     /// Streams opened so far; the current one's number.
@@ -495,7 +498,8 @@ impl Runner {
     /// Starts a handler in the `JoinSet`, holding one slot until it returns.
     fn start(&mut self, stream: u64, assignment: Assignment, handler: Handler) {
         let token = CancellationToken::new();
-        let ctx = JobContext::from_assignment(assignment, token.clone());
+        let ctx =
+            JobContext::from_assignment(assignment, token.clone(), Some(self.coordinator.clone()));
         let span = info_span!(
             "job",
             job.id = %ctx.job_id,
@@ -513,7 +517,7 @@ impl Runner {
         debug!(parent: &span, "starting");
         let handle = self
             .tasks
-            .spawn(run_handler(handler, ctx, token).instrument(span));
+            .spawn(run_handler(handler, ctx, token, self.config.cancel_grace).instrument(span));
         // The task's completion is only observed by this loop, so it is registered in time.
         self.slots.insert(handle.id(), job);
     }
@@ -621,23 +625,44 @@ async fn handshake(
 }
 
 /// Runs one handler; fires its token when the job's deadline passes (and lets it return).
-async fn run_handler(handler: Handler, ctx: JobContext, token: CancellationToken) -> JobResult {
+/// Runs a handler until it returns. Its token fires when its deadline passes or the
+/// coordinator cancels it; from then on it has `grace` to return by itself, and is abandoned
+/// (its future dropped, which stops it at its next await) after that.
+async fn run_handler(
+    handler: Handler,
+    ctx: JobContext,
+    token: CancellationToken,
+    grace: Duration,
+) -> JobResult {
     let remaining = ctx.remaining();
     // Called inside the task, so that a panic while building the future is caught as well.
     let job = handler(ctx);
-    let Some(remaining) = remaining else {
-        return job.await;
-    };
     tokio::pin!(job);
+    let deadline = async {
+        match remaining {
+            Some(remaining) => tokio::time::sleep(remaining).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         biased;
         result = &mut job => return result,
-        () = tokio::time::sleep(remaining) => {
+        () = token.cancelled() => debug!("cancelled"),
+        () = deadline => {
             debug!("deadline passed: cancelling");
             token.cancel();
         }
     }
-    job.await
+    tokio::select! {
+        biased;
+        result = &mut job => result,
+        () = tokio::time::sleep(grace) => {
+            warn!(?grace, "abandoning a handler that ignored its cancellation");
+            Err(crate::JobError::cancelled(format!(
+                "abandoned: it did not stop within {grace:?} of being cancelled"
+            )))
+        }
+    }
 }
 
 async fn release_all(outbox: &Outbox, jobs: Vec<(String, u32)>) -> Result<(), StreamError> {

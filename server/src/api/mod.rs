@@ -12,7 +12,7 @@ use switchyard_proto::v1::{
     SubmitRequest, SubmitResponse, WaitRequest, WaitResponse, WatchGroupRequest,
     admin_service_server::AdminService, cancel_request::Target, job_service_server::JobService,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
@@ -31,6 +31,9 @@ pub struct JobApi {
     scheduler: Scheduler,
     notifier: Notifier,
     shutdown: CancellationToken,
+    /// Work that outlives a call (cancelling the job of a `Run` whose caller hung up).
+    tasks: TaskTracker,
+    max_deadline: std::time::Duration,
 }
 
 impl JobApi {
@@ -39,13 +42,72 @@ impl JobApi {
         scheduler: Scheduler,
         notifier: Notifier,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
+        max_deadline: std::time::Duration,
     ) -> Self {
         JobApi {
             store,
             scheduler,
             notifier,
             shutdown,
+            tasks,
+            max_deadline,
         }
+    }
+
+    /// The request's context, with what travels from the caller: its deadline (for `Run`,
+    /// and for any call from inside a handler) and its parent job.
+    async fn call_context(
+        &self,
+        metadata: &MetadataMap,
+        deadline_binds: bool,
+    ) -> Result<validate::Context> {
+        let mut ctx = context(metadata)?;
+        let now = now_ms();
+        let parent = match metadata.get("x-switchyard-parent-job") {
+            None => None,
+            Some(value) => {
+                let id = value
+                    .to_str()
+                    .ok()
+                    .filter(|id| !id.is_empty() && id.len() <= validate::MAX_NAME_LEN)
+                    .ok_or_else(|| Error::invalid("x-switchyard-parent-job", "must be a job id"))?;
+                let parent = self
+                    .store
+                    .get(id.to_owned())
+                    .await
+                    .map_err(|err| match err {
+                        Error::JobNotFound(_) => {
+                            Error::invalid("x-switchyard-parent-job", format!("no job {id}"))
+                        }
+                        other => other,
+                    })?;
+                if is_terminal(parent.state) {
+                    return Err(Error::FailedPrecondition {
+                        id: parent.job_id,
+                        reason: "(the parent) has already ended; its children cannot start".into(),
+                    });
+                }
+                Some(parent)
+            }
+        };
+        let mut bound = now.saturating_add(self.max_deadline.as_millis() as i64);
+        if (deadline_binds || parent.is_some())
+            && let Some(timeout) = deadline::timeout(metadata)?
+        {
+            bound = bound.min(now.saturating_add(timeout.as_millis() as i64));
+        }
+        if let Some(d) = parent.as_ref().and_then(|p| p.deadline.as_ref()) {
+            bound = bound.min(d.seconds * 1000 + i64::from(d.nanos / 1_000_000));
+        }
+        if bound <= now {
+            return Err(Error::DeadlinePassed);
+        }
+        // The server's maximum alone does not give a job a deadline; a caller's does.
+        let capped_only = bound == now.saturating_add(self.max_deadline.as_millis() as i64);
+        ctx.deadline_ms = (!capped_only).then_some(bound);
+        ctx.parent_job_id = parent.map(|p| p.job_id);
+        Ok(ctx)
     }
 
     /// Stores jobs and hands the ready ones to the scheduler.
@@ -113,6 +175,52 @@ impl JobApi {
     }
 }
 
+impl JobApi {
+    /// Cancels in the store (which fences out running attempts), then tells the scheduler to
+    /// drop the queued ones and stop the running ones on their workers, and wakes waiters.
+    async fn cancel_jobs(
+        &self,
+        target: CancelTarget,
+        reason: String,
+    ) -> Result<(Vec<String>, JobState)> {
+        let done = self.store.cancel(target, reason.clone()).await?;
+        let mut cancelled = done.ids;
+        cancelled.extend(done.dependents);
+        self.notifier.notify(&cancelled);
+        // The store is the record: a stopping scheduler dispatches nothing more anyway.
+        if let Err(err) = self.scheduler.remove(cancelled.clone()).await {
+            tracing::warn!(cause = %err, "scheduler did not take the cancellation");
+        }
+        if let Err(err) = self.scheduler.stop(done.running, reason).await {
+            tracing::warn!(cause = %err, "scheduler did not stop the cancelled attempts");
+        }
+        Ok((cancelled, done.state))
+    }
+}
+
+/// Cancels a `Run`'s job if the call is dropped (the caller hung up) while still armed.
+struct CancelOnDrop {
+    api: Option<JobApi>,
+    job_id: String,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(api) = self.api.take() else {
+            return;
+        };
+        let job_id = std::mem::take(&mut self.job_id);
+        let tasks = api.tasks.clone();
+        tasks.spawn(async move {
+            let reason = "the caller of Run hung up".to_owned();
+            match api.cancel_jobs(CancelTarget::Job(job_id.clone()), reason).await {
+                Ok(_) | Err(Error::FailedPrecondition { .. }) => {}
+                Err(err) => tracing::warn!(job.id = %job_id, cause = %err, "cancelling an abandoned Run failed"),
+            }
+        });
+    }
+}
+
 fn is_terminal(state: i32) -> bool {
     matches!(
         JobState::try_from(state),
@@ -156,6 +264,8 @@ fn context(metadata: &MetadataMap) -> Result<validate::Context> {
         traceparent,
         tracestate,
         trace_id,
+        parent_job_id: None,
+        deadline_ms: None,
     })
 }
 
@@ -232,7 +342,7 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
-        let ctx = context(request.metadata())?;
+        let ctx = self.call_context(request.metadata(), false).await?;
         let req = request.into_inner();
         if !req.group_id.is_empty() {
             return Err(Error::invalid("group_id", "is set by SubmitBatch, not Submit").into());
@@ -253,7 +363,7 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchResponse>, Status> {
-        let ctx = context(request.metadata())?;
+        let ctx = self.call_context(request.metadata(), false).await?;
         let req = request.into_inner();
         if req.jobs.is_empty() {
             return Err(Error::invalid("jobs", "must hold at least one job").into());
@@ -305,7 +415,7 @@ impl JobService for JobApi {
     #[tracing::instrument(skip_all)]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let timeout = deadline::timeout(request.metadata())?;
-        let ctx = context(request.metadata())?;
+        let ctx = self.call_context(request.metadata(), true).await?;
         let req = request.into_inner();
         let Some(job) = req.job else {
             return Err(Error::invalid("job", "is required").into());
@@ -325,8 +435,16 @@ impl JobService for JobApi {
         let submitted = done
             .pop()
             .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
-        let job = self.wait_for(&submitted.id, timeout).await?;
-        Ok(Response::new(RunResponse { job: Some(job) }))
+        // A caller that hangs up cancels its job (the done channel), unless it detached.
+        let mut guard = CancelOnDrop {
+            api: (!req.detach).then(|| self.clone()),
+            job_id: submitted.id.clone(),
+        };
+        let outcome = self.wait_for(&submitted.id, timeout).await;
+        guard.api = None;
+        Ok(Response::new(RunResponse {
+            job: Some(outcome?),
+        }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Job>, Status> {
@@ -362,6 +480,7 @@ impl JobService for JobApi {
             state,
             kind: validate::optional_name("kind", &req.kind)?,
             group_id: validate::optional_name("group_id", &req.group_id)?,
+            parent_job_id: (!req.parent_job_id.is_empty()).then_some(req.parent_job_id),
             after_seq: parse_page_token(&req.page_token)?,
             page_size,
         };
@@ -462,17 +581,10 @@ impl JobService for JobApi {
         } else {
             req.reason
         };
-        let done = self.store.cancel(target, reason).await?;
-        let mut cancelled = done.ids;
-        cancelled.extend(done.dependents);
-        self.notifier.notify(&cancelled);
-        if let Err(err) = self.scheduler.remove(cancelled.clone()).await {
-            // The store is the record: a stopping scheduler dispatches nothing more anyway.
-            tracing::warn!(cause = %err, "scheduler did not take the cancellation");
-        }
+        let (cancelled, state) = self.cancel_jobs(target, reason).await?;
         Ok(Response::new(CancelResponse {
             cancelled,
-            state: done.state as i32,
+            state: state as i32,
         }))
     }
 }

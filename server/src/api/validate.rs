@@ -64,6 +64,12 @@ pub struct Context {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub trace_id: Option<String>,
+    /// The job whose handler made this call (`x-switchyard-parent-job`).
+    pub parent_job_id: Option<String>,
+    /// The latest the submitted jobs may end (Unix ms): the caller's `grpc-timeout` for `Run`
+    /// and for calls from inside a handler, the parent's deadline, capped by the server's
+    /// maximum. A job's own `deadline` may only bring it closer.
+    pub deadline_ms: Option<i64>,
 }
 
 /// Turns one `SubmitRequest` into a job to store. `prefix` names it inside a batch
@@ -189,7 +195,10 @@ pub fn job(
         priority: req.priority,
         max_attempts,
         timeout_ms,
-        deadline_ms,
+        deadline_ms: match (deadline_ms, ctx.deadline_ms) {
+            (Some(own), Some(bound)) => Some(own.min(bound)),
+            (own, bound) => own.or(bound),
+        },
         run_at_ms,
         idempotency_key,
         concurrency_key,
@@ -197,7 +206,7 @@ pub fn job(
         depends_on,
         labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
         tenant_id: ctx.tenant_id.clone(),
-        parent_job_id: None,
+        parent_job_id: ctx.parent_job_id.clone(),
         traceparent: ctx.traceparent.clone(),
         tracestate: ctx.tracestate.clone(),
         trace_id: ctx.trace_id.clone(),

@@ -6,12 +6,12 @@ use switchyard_proto::v1::{self, AttemptOutcome, JobState};
 
 use super::{
     Finish, Outcome, ReadyJob, RetryPolicy, Start, TransitionOutcome, Transitions, now_ms,
-    timestamp, writer::cancel_dependents,
+    timestamp,
 };
 use crate::error::{Error, Result};
 
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
-    priority FROM jobs WHERE id = ?1";
+    priority, deadline_ms, timeout_ms, started_at_ms FROM jobs WHERE id = ?1";
 const SUCCEED: &str = "UPDATE jobs SET state = ?1, output = ?2, error = NULL, finished_at_ms = ?3
     WHERE seq = ?4";
 const FAIL: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, finished_at_ms = ?4
@@ -22,7 +22,7 @@ const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2
     WHERE job_seq = ?4 AND number = ?5";
 /// Queued dependents of a job whose dependencies have now all succeeded.
 const NOW_READY_DEPENDENTS: &str = "SELECT j.id, j.queue, j.kind, j.priority,
-        coalesce(j.run_at_ms, 0), j.seq
+        coalesce(j.run_at_ms, 0), j.seq, j.deadline_ms
     FROM dependencies d JOIN jobs j ON j.id = d.job_id
     WHERE d.depends_on = ?1 AND j.state = ?2
       AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
@@ -31,7 +31,7 @@ const START: &str = "UPDATE jobs SET state = ?1, attempt = attempt + 1, worker_i
         started_at_ms = ?3
     WHERE id = ?4 AND state = ?5
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
-        group_id, tenant_id, max_attempts, depends_on";
+        group_id, tenant_id, max_attempts, depends_on, timeout_ms";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES (?1, ?2, ?3, ?4, ?5)";
 const DEPENDENCY_OUTPUTS: &str =
@@ -44,13 +44,51 @@ pub(crate) fn transition(conn: &Connection, ops: &Transitions) -> Result<Transit
     for finish in &ops.finishes {
         self::finish(conn, finish, &ops.retry, now, &mut out)?;
     }
+    for id in &ops.expire {
+        expire(conn, id, now, &mut out)?;
+    }
     for start in &ops.starts {
         match self::start(conn, start, now)? {
-            Some(assignment) => out.started.push((start.session, assignment)),
+            Some((assignment, ends)) => out.started.push((start.session, assignment, ends)),
             None => out.not_started.push((start.session, start.job_id.clone())),
         }
     }
     Ok(out)
+}
+
+const EXPIRE: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
+    WHERE id = ?4 AND state = ?5";
+
+/// A queued job whose deadline passed: it ends without ever running.
+fn expire(conn: &Connection, id: &str, now: i64, out: &mut TransitionOutcome) -> Result<()> {
+    let changed = conn.prepare_cached(EXPIRE)?.execute(params![
+        JobState::DeadlineExceeded as i32,
+        "its deadline passed before it could run",
+        now,
+        id,
+        JobState::Queued as i32
+    ])?;
+    if changed == 1 {
+        out.terminal.push(id.to_owned());
+        end_descendants(conn, id, JobState::DeadlineExceeded, now, out)?;
+    }
+    Ok(())
+}
+
+/// Ends what can no longer happen after `id` ended in `state`: its queued dependents, and
+/// (when it was cancelled or ran out of time) its children, running or not, all the way down.
+pub(crate) fn end_descendants(
+    conn: &Connection,
+    id: &str,
+    state: JobState,
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<()> {
+    let (ended, running) = super::writer::end_descendants(conn, id, state, now)?;
+    out.terminal.extend(ended.iter().cloned());
+    out.cancelled_dependents.extend(ended);
+    out.stopped.extend(running);
+    Ok(())
 }
 
 struct Current {
@@ -62,7 +100,14 @@ struct Current {
     queue: String,
     kind: String,
     priority: i32,
+    deadline_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+    started_at_ms: Option<i64>,
 }
+
+/// How close to a deadline a handler's own "I was cancelled" counts as that deadline (the
+/// worker's timer may fire a little before ours).
+const DEADLINE_SLACK_MS: i64 = 1000;
 
 fn finish(
     conn: &Connection,
@@ -83,6 +128,9 @@ fn finish(
                 queue: row.get(5)?,
                 kind: row.get(6)?,
                 priority: row.get(7)?,
+                deadline_ms: row.get(8)?,
+                timeout_ms: row.get(9)?,
+                started_at_ms: row.get(10)?,
             })
         })
         .optional()?;
@@ -110,9 +158,79 @@ fn finish(
         priority: current.priority,
         run_at_ms,
         seq: current.seq,
+        deadline_ms: current.deadline_ms,
     };
 
-    match &finish.outcome {
+    // A handler that stopped because its own timer fired is the job's deadline or the
+    // attempt's timeout, whichever it was; any other stop it chose is a cancellation.
+    let near = |at: Option<i64>| at.is_some_and(|at| now >= at - DEADLINE_SLACK_MS);
+    let outcome = match &finish.outcome {
+        Outcome::Failed {
+            cancelled: true, ..
+        } if near(current.deadline_ms) => Outcome::Expired,
+        Outcome::Failed {
+            cancelled: true, ..
+        } if near(
+            current
+                .timeout_ms
+                .zip(current.started_at_ms)
+                .map(|(t, s)| s + t),
+        ) =>
+        {
+            Outcome::TimedOut
+        }
+        other => other.clone(),
+    };
+    match &outcome {
+        Outcome::Expired => {
+            end_attempt(
+                AttemptOutcome::DeadlineExceeded,
+                Some("the job's deadline passed"),
+            )?;
+            let error = "its deadline passed while it ran";
+            end_job(
+                conn,
+                &finish.job_id,
+                current.seq,
+                JobState::DeadlineExceeded,
+                error,
+                current.failures,
+                now,
+                out,
+            )?;
+        }
+        Outcome::TimedOut => {
+            let message = format!(
+                "attempt {} ran past its timeout of {} ms",
+                current.attempt,
+                current.timeout_ms.unwrap_or_default()
+            );
+            let failures = current.failures + 1;
+            end_attempt(AttemptOutcome::DeadlineExceeded, Some(&message))?;
+            if failures < current.max_attempts {
+                let run_at = now + retry.backoff_ms(failures);
+                conn.prepare_cached(RETRY)?.execute(params![
+                    JobState::Queued as i32,
+                    message,
+                    failures,
+                    run_at,
+                    current.seq
+                ])?;
+                out.ready.push(ready(run_at));
+            } else {
+                let error = format!("{message} (after {failures} attempts)");
+                end_job(
+                    conn,
+                    &finish.job_id,
+                    current.seq,
+                    JobState::Failed,
+                    &error,
+                    failures,
+                    now,
+                    out,
+                )?;
+            }
+        }
         Outcome::Succeeded(output) => {
             conn.prepare_cached(SUCCEED)?.execute(params![
                 JobState::Succeeded as i32,
@@ -138,6 +256,7 @@ fn finish(
                             priority: row.get(3)?,
                             run_at_ms: row.get(4)?,
                             seq: row.get(5)?,
+                            deadline_ms: row.get(6)?,
                         })
                     },
                 )?
@@ -244,13 +363,16 @@ fn end_job(
     conn.prepare_cached(FAIL)?
         .execute(params![state as i32, error, failures, now, seq])?;
     out.terminal.push(id.to_owned());
-    let dependents = cancel_dependents(conn, &[id.to_owned()], state, now)?;
-    out.terminal.extend(dependents.iter().cloned());
-    out.cancelled_dependents.extend(dependents);
-    Ok(())
+    end_descendants(conn, id, state, now, out)
 }
 
-fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<v1::Assignment>> {
+/// Starts an attempt; returns its assignment and when it must end (the sooner of the job's
+/// deadline and the attempt's timeout).
+fn start(
+    conn: &Connection,
+    start: &Start,
+    now: i64,
+) -> Result<Option<(v1::Assignment, Option<i64>)>> {
     let row = conn
         .prepare_cached(START)?
         .query_row(
@@ -283,13 +405,21 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<v1::Assign
                         dependency_outputs: Default::default(),
                     },
                     row.get::<_, Option<String>>(12)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<i64>>(13)?,
                 ))
             },
         )
         .optional()?;
-    let Some((seq, mut assignment, depends_on)) = row else {
+    let Some((seq, mut assignment, depends_on, deadline_ms, timeout_ms)) = row else {
         return Ok(None);
     };
+    let ends = match (deadline_ms, timeout_ms.map(|t| now + t)) {
+        (Some(d), Some(t)) => Some(d.min(t)),
+        (d, t) => d.or(t),
+    };
+    // The worker's handler is told the sooner of the two, as its deadline.
+    assignment.deadline = ends.map(timestamp);
     conn.prepare_cached(INSERT_ATTEMPT)?.execute(params![
         seq,
         assignment.attempt,
@@ -313,13 +443,13 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<v1::Assign
         }
         assignment.dependency_outputs = outputs.into_iter().collect();
     }
-    Ok(Some(assignment))
+    Ok(Some((assignment, ends)))
 }
 
 const REQUEUE: &str = "UPDATE jobs SET state = ?1, failures = 0, max_attempts = ?2, error = NULL,
         output = NULL, finished_at_ms = NULL, run_at_ms = NULL, worker_id = NULL
     WHERE seq = ?3
-    RETURNING id, queue, kind, priority, seq";
+    RETURNING id, queue, kind, priority, seq, deadline_ms";
 const FAILED_DEPENDENCY: &str = "SELECT p.id, p.state FROM dependencies d
     JOIN jobs p ON p.id = d.depends_on
     WHERE d.job_id = ?1 AND p.state IN (?2, ?3, ?4) LIMIT 1";
@@ -389,6 +519,7 @@ pub(crate) fn requeue(
                 priority: row.get(3)?,
                 run_at_ms: 0,
                 seq: row.get(4)?,
+                deadline_ms: row.get(5)?,
             })
         },
     )?;
@@ -424,7 +555,7 @@ pub(crate) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
     }
     let ready = conn
         .prepare(
-            "SELECT id, queue, kind, priority, coalesce(run_at_ms, 0), seq FROM jobs j
+            "SELECT id, queue, kind, priority, coalesce(run_at_ms, 0), seq, deadline_ms FROM jobs j
              WHERE state = ?1 AND NOT EXISTS (
                 SELECT 1 FROM dependencies d JOIN jobs p ON p.id = d.depends_on
                 WHERE d.job_id = j.id AND p.state != ?2)",
@@ -439,6 +570,7 @@ pub(crate) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
                     priority: row.get(3)?,
                     run_at_ms: row.get(4)?,
                     seq: row.get(5)?,
+                    deadline_ms: row.get(6)?,
                 })
             },
         )?

@@ -24,7 +24,10 @@ use rusqlite::{Connection, OpenFlags};
 use switchyard_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    telemetry::Metrics,
+};
 pub use read::{ListFilter, ListPage};
 use writer::Command;
 pub use writer::Origin;
@@ -112,6 +115,8 @@ pub struct ReadyJob {
     pub run_at_ms: i64,
     /// Submission order.
     pub seq: i64,
+    /// When the whole job must be done (Unix ms).
+    pub deadline_ms: Option<i64>,
 }
 
 /// Give a queued job to a worker session.
@@ -137,6 +142,10 @@ pub enum Outcome {
     Lost(String),
     /// Handed back by a draining worker: does not count.
     Released(String),
+    /// The job's deadline passed while it ran: the job ends `DEADLINE_EXCEEDED`.
+    Expired,
+    /// The attempt ran past its `timeout`: a retryable failure.
+    TimedOut,
 }
 
 /// End one attempt (fenced by its number).
@@ -173,6 +182,8 @@ impl RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct Transitions {
     pub finishes: Vec<Finish>,
+    /// Queued jobs whose deadline passed before they could run.
+    pub expire: Vec<String>,
     pub starts: Vec<Start>,
     pub retry: RetryPolicy,
 }
@@ -180,16 +191,19 @@ pub struct Transitions {
 /// What a committed batch of transitions did.
 #[derive(Debug, Default)]
 pub struct TransitionOutcome {
-    /// Attempts now running, with the session they go to.
-    pub started: Vec<(u64, v1::Assignment)>,
+    /// Attempts now running, with the session they go to, and when each must end (the
+    /// sooner of the job's deadline and the attempt's timeout).
+    pub started: Vec<(u64, v1::Assignment, Option<i64>)>,
     /// Starts that found the job no longer queued (cancelled meanwhile).
     pub not_started: Vec<(u64, String)>,
     /// Jobs that became ready: retries (with their backoff) and dependents.
     pub ready: Vec<ReadyJob>,
     /// Jobs that reached a terminal state.
     pub terminal: Vec<String>,
-    /// Queued dependents cancelled because a dependency ended badly.
+    /// Dependents and children cancelled because a job they needed ended badly.
     pub cancelled_dependents: Vec<String>,
+    /// Of those, the ones that were running: (job, attempt), for their workers to stop.
+    pub stopped: Vec<(String, u32)>,
     /// Results refused by the fence: (job, attempt).
     pub stale: Vec<(String, u32)>,
 }
@@ -205,8 +219,10 @@ pub enum CancelTarget {
 pub struct Cancelled {
     /// Jobs this call moved to `CANCELLED`.
     pub ids: Vec<String>,
-    /// Queued jobs that depended on them (at any depth), cancelled with them.
+    /// Jobs that depended on them or were their children (at any depth), cancelled with them.
     pub dependents: Vec<String>,
+    /// Of all those, the ones that were running: (job, attempt), for their workers to stop.
+    pub running: Vec<(String, u32)>,
     /// For a single job, its state afterwards.
     pub state: v1::JobState,
 }
@@ -244,14 +260,15 @@ pub struct Store {
     commands: mpsc::Sender<Command>,
     readers: Arc<read::Readers>,
     counters: Arc<WriterCounters>,
+    metrics: Metrics,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
     /// Opens (creating if missing) the database, applies migrations, re-queues what was
     /// running when the coordinator last stopped, and starts the writer. Returns the jobs that
-    /// are ready to run, for the scheduler.
-    pub fn open(config: &StoreConfig) -> Result<(Store, Vec<ReadyJob>)> {
+    /// are ready to run, for the scheduler. The writer records each commit in `metrics`.
+    pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<(Store, Vec<ReadyJob>)> {
         let mut conn = open_connection(&config.path, config.sync, false)?;
         migrate::run(&mut conn)?;
         let ready = {
@@ -264,13 +281,15 @@ impl Store {
         let counters = Arc::new(WriterCounters::default());
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
         let thread_counters = counters.clone();
+        let thread_metrics = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("switchyard-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_counters))?;
+            .spawn(move || writer::run(conn, rx, thread_counters, thread_metrics))?;
         let store = Store {
             commands: tx,
             readers: Arc::new(readers),
             counters,
+            metrics,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
         };
         Ok((store, ready))
@@ -340,6 +359,11 @@ impl Store {
 
     pub fn writer_stats(&self) -> v1::StoreStats {
         self.counters.snapshot()
+    }
+
+    /// The coordinator's metrics, for whoever holds the store (the scheduler, the API).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Lets the writer finish what was sent before, checkpoints the WAL and closes the file.

@@ -75,6 +75,7 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub group_id: Option<String>,
+    pub parent_job_id: Option<String>,
     /// Only jobs submitted after this sequence number (from the page token).
     pub after_seq: i64,
     pub page_size: u32,
@@ -171,6 +172,9 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
     }
     if let Some(group) = &filter.group_id {
         add(" AND group_id = ?", Value::Text(group.clone()));
+    }
+    if let Some(parent) = &filter.parent_job_id {
+        add(" AND parent_job_id = ?", Value::Text(parent.clone()));
     }
     // One row more than the page tells whether another page follows.
     add(

@@ -8,17 +8,21 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
+    time::Instant,
 };
 
 use rusqlite::{Connection, OptionalExtension, params};
-use switchyard_proto::v1::JobState;
+use switchyard_proto::v1::{self, JobState};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     CancelTarget, Cancelled, NewGroup, NewJob, ReadyJob, Submitted, TransitionOutcome, Transitions,
     WriterCounters, lifecycle, now_ms,
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    telemetry::Metrics,
+};
 
 /// The most commands one transaction carries.
 const MAX_BATCH: usize = 2048;
@@ -91,6 +95,7 @@ pub(crate) fn run(
     mut conn: Connection,
     mut commands: mpsc::Receiver<Command>,
     counters: Arc<WriterCounters>,
+    metrics: Metrics,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
@@ -106,7 +111,7 @@ pub(crate) fn run(
             }
         }
         closing = matches!(batch.last(), Some(Command::Close { .. }));
-        commit_batch(&mut conn, &mut batch, &counters);
+        commit_batch(&mut conn, &mut batch, &counters, &metrics);
     }
     // Fold the WAL back into the main file so the database is whole on its own.
     if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
@@ -118,10 +123,41 @@ pub(crate) fn run(
     tracing::info!("store closed");
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &WriterCounters) {
+/// What a batch did that metrics count, held until its commit: a command whose savepoint
+/// rolled back, or a batch whose commit failed, counts nothing.
+#[derive(Default)]
+struct Tally {
+    /// Each new job's queue and state (`CANCELLED` if a dependency had already ended badly).
+    submitted: Vec<(String, JobState)>,
+}
+
+impl Tally {
+    fn submitted(&mut self, jobs: &[NewJob], done: &[Submitted]) {
+        // `submit` answers each job in order, a repeated idempotency key included.
+        let new = jobs.iter().zip(done).filter(|(_, s)| !s.duplicate);
+        self.submitted
+            .extend(new.map(|(job, s)| (job.queue.clone(), s.state)));
+    }
+
+    fn record(self, metrics: &Metrics) {
+        for (queue, state) in &self.submitted {
+            metrics.job_submitted(queue);
+            metrics.job_finished(queue, *state);
+        }
+    }
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Command>,
+    counters: &WriterCounters,
+    metrics: &Metrics,
+) {
     let commands = batch.len() as u64;
     let mut rows = 0u64;
+    let mut tally = Tally::default();
     let mut pending = Vec::with_capacity(batch.len());
+    let began = Instant::now();
     let begin = conn.execute_batch("BEGIN IMMEDIATE");
     for command in batch.drain(..) {
         if let Err(err) = &begin {
@@ -149,6 +185,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &Writ
                 let result = savepoint(conn, |c| submit(c, origin, &jobs, group.as_ref()));
                 if let Ok(done) = &result {
                     rows += done.iter().filter(|s| !s.duplicate).count() as u64;
+                    tally.submitted(&jobs, done);
                 }
                 Pending::Submit(reply, result)
             }
@@ -195,6 +232,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, counters: &Writ
     });
     if commit.is_ok() {
         counters.record(commands, rows);
+        // Before the replies: whoever hears of a write can already see it counted.
+        metrics.store_committed(began.elapsed(), commands);
+        tally.record(metrics);
     }
     for reply in pending {
         reply.send(&commit);
@@ -392,6 +432,7 @@ fn submit(
                 priority: job.priority,
                 run_at_ms: job.run_at_ms.unwrap_or(0),
                 seq,
+                deadline_ms: job.deadline_ms,
             });
         }
     }
@@ -411,8 +452,14 @@ const CANCEL_DEPENDENTS: &str = "UPDATE jobs SET state = ?1, error = ?2, finishe
     WHERE state = ?4 AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?5)
     RETURNING id";
 
+const CANCEL_RUNNING: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
+    WHERE seq = ?4";
+const RUNNING_OF_GROUP: &str =
+    "SELECT id, seq, attempt FROM jobs WHERE group_id = ?1 AND state = ?2";
+
 fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Cancelled> {
     let now = now_ms();
+    let mut running_now: Vec<(String, u32)> = Vec::new();
     let cancelled = JobState::Cancelled as i32;
     let queued = JobState::Queued as i32;
     let (ids, state) = match target {
@@ -439,11 +486,22 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                 // Cancelling twice is not an error: the caller's wish already holds.
                 JobState::Cancelled => (vec![], state),
                 JobState::Running => {
-                    return Err(Error::FailedPrecondition {
-                        id: id.clone(),
-                        reason: "is running, and this coordinator cannot stop running jobs yet"
-                            .into(),
-                    });
+                    // The attempt is fenced out here: whatever its worker reports later is
+                    // refused. The scheduler tells the worker to stop.
+                    let (seq, attempt): (i64, u32) = conn
+                        .prepare_cached("SELECT seq, attempt FROM jobs WHERE id = ?1")?
+                        .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                    conn.prepare_cached(CANCEL_RUNNING)?
+                        .execute(params![cancelled, reason, now, seq])?;
+                    conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
+                        now,
+                        v1::AttemptOutcome::Cancelled as i32,
+                        reason,
+                        seq,
+                        attempt
+                    ])?;
+                    running_now.push((id.clone(), attempt));
+                    (vec![id.clone()], JobState::Cancelled)
                 }
                 other => {
                     return Err(Error::FailedPrecondition {
@@ -457,53 +515,128 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
             if !conn.prepare_cached(GROUP_EXISTS)?.exists(params![group])? {
                 return Err(Error::GroupNotFound(group.clone()));
             }
-            let ids = conn
+            let mut ids = conn
                 .prepare_cached(CANCEL_GROUP)?
                 .query_map(params![cancelled, reason, now, group, queued], |row| {
                     row.get(0)
                 })?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
+            let running = conn
+                .prepare_cached(RUNNING_OF_GROUP)?
+                .query_map(params![group, JobState::Running as i32], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, u32>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (id, seq, attempt) in running {
+                conn.prepare_cached(CANCEL_RUNNING)?
+                    .execute(params![cancelled, reason, now, seq])?;
+                conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
+                    now,
+                    v1::AttemptOutcome::Cancelled as i32,
+                    reason,
+                    seq,
+                    attempt
+                ])?;
+                running_now.push((id.clone(), attempt));
+                ids.push(id);
+            }
             (ids, JobState::Unspecified)
         }
     };
-    let dependents = cancel_dependents(conn, &ids, JobState::Cancelled, now)?;
+    let mut dependents = Vec::new();
+    for id in &ids {
+        let (ended, running) = end_descendants(conn, id, JobState::Cancelled, now)?;
+        dependents.extend(ended);
+        running_now.extend(running);
+    }
     Ok(Cancelled {
         ids,
         dependents,
+        running: running_now,
         state,
     })
 }
 
-/// Cancels every queued job that (transitively) depends on one of `ended`, which ended in
-/// `state` and so will never succeed. Returns the ids it cancelled.
-pub(crate) fn cancel_dependents(
+/// The jobs `end_descendants` ended, and of those the running ones with their attempt.
+pub(crate) type Descendants = (Vec<String>, Vec<(String, u32)>);
+
+const CHILDREN: &str = "SELECT id, seq, state, attempt FROM jobs
+    WHERE parent_job_id = ?1 AND state IN (?2, ?3)";
+const END_CHILD: &str =
+    "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3 WHERE seq = ?4";
+const END_CHILD_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3
+    WHERE job_seq = ?4 AND number = ?5";
+
+/// Ends what can no longer happen after `root` ended in `state`: its queued dependents (they
+/// needed it to succeed) and, when it was cancelled or ran out of time, its children, running
+/// or not (the done channel). All the way down. Returns the jobs it ended and, of those, the
+/// running ones with their attempt, for their workers to stop.
+pub(crate) fn end_descendants(
     conn: &Connection,
-    ended: &[String],
+    root: &str,
     state: JobState,
     now: i64,
-) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(CANCEL_DEPENDENTS)?;
-    let mut frontier: Vec<(String, JobState)> =
-        ended.iter().map(|id| (id.clone(), state)).collect();
-    let mut cancelled = Vec::new();
-    while let Some((dep, dep_state)) = frontier.pop() {
-        let reason = dependency_failed(&dep, dep_state);
-        let next = stmt
+) -> Result<Descendants> {
+    let mut dependents = conn.prepare_cached(CANCEL_DEPENDENTS)?;
+    let mut children = conn.prepare_cached(CHILDREN)?;
+    let mut end_child = conn.prepare_cached(END_CHILD)?;
+    let mut end_attempt = conn.prepare_cached(END_CHILD_ATTEMPT)?;
+    let mut frontier: Vec<(String, JobState)> = vec![(root.to_owned(), state)];
+    let mut ended = Vec::new();
+    let mut running = Vec::new();
+    while let Some((job, job_state)) = frontier.pop() {
+        let reason = dependency_failed(&job, job_state);
+        let next = dependents
             .query_map(
                 params![
                     JobState::Cancelled as i32,
                     reason,
                     now,
                     JobState::Queued as i32,
-                    dep
+                    job
                 ],
                 |row| row.get::<_, String>(0),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        cancelled.extend(next.iter().cloned());
+        if matches!(job_state, JobState::Cancelled | JobState::DeadlineExceeded) {
+            let reason = format!("its parent {job} ended {}", job_state.as_str_name());
+            let kids = children
+                .query_map(
+                    params![job, JobState::Queued as i32, JobState::Running as i32],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i32>(2)?,
+                            row.get::<_, u32>(3)?,
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (id, seq, kid_state, attempt) in kids {
+                end_child.execute(params![JobState::Cancelled as i32, reason, now, seq])?;
+                if kid_state == JobState::Running as i32 {
+                    end_attempt.execute(params![
+                        now,
+                        v1::AttemptOutcome::Cancelled as i32,
+                        reason,
+                        seq,
+                        attempt
+                    ])?;
+                    running.push((id.clone(), attempt));
+                }
+                ended.push(id.clone());
+                frontier.push((id, JobState::Cancelled));
+            }
+        }
+        ended.extend(next.iter().cloned());
         frontier.extend(next.into_iter().map(|id| (id, JobState::Cancelled)));
     }
-    Ok(cancelled)
+    Ok((ended, running))
 }
 
 impl Cancelled {
@@ -511,6 +644,7 @@ impl Cancelled {
         Cancelled {
             ids: vec![],
             dependents: vec![],
+            running: vec![],
             state: JobState::Unspecified,
         }
     }

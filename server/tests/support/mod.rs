@@ -5,14 +5,17 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    future::Future,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use futures::TryStreamExt;
 use switchyard_client::{Client, ListFilter};
 use switchyard_proto::{
     Timestamp,
     v1::{
-        Job, ListRequest, StatsRequest, StatsResponse, SubmitRequest,
+        AttemptOutcome, Job, JobState, ListRequest, StatsRequest, StatsResponse, SubmitRequest,
         admin_service_client::AdminServiceClient, job_service_client::JobServiceClient,
     },
 };
@@ -142,3 +145,74 @@ pub fn ms_of(t: &Timestamp) -> i64 {
 
 pub const DAY_MS: i64 = 24 * 3600 * 1000;
 pub const MIB: usize = 1024 * 1024;
+
+// --- the fleet: a coordinator with fast liveness, and waiting on what it does ------------
+
+/// Fast liveness and retries, so that faults resolve in well under a second.
+pub const COORDINATOR_FLAGS: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--retry-base",
+    "20ms",
+    "--retry-cap",
+    "100ms",
+];
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub async fn coordinator() -> (Coordinator, Client) {
+    let coordinator = Coordinator::start_with(COORDINATOR_FLAGS).await;
+    let client = connect(&coordinator).await;
+    (coordinator, client)
+}
+
+/// Waits (bounded by the call's deadline) until the job is terminal.
+pub async fn finished(client: &Client, id: &str) -> Job {
+    let job = client
+        .wait(id, Some(PATIENCE))
+        .await
+        .unwrap_or_else(|e| panic!("wait for {id}: {e}"));
+    assert!(terminal(&job), "Wait returned a live job: {job:?}");
+    job
+}
+
+pub fn terminal(job: &Job) -> bool {
+    !matches!(job.state(), JobState::Queued | JobState::Running)
+}
+
+/// Polls an observable condition (a state change that has no stream to await) until it holds.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `worker` holds `n` running jobs.
+pub async fn running_on(client: &Client, worker: &str, n: u32) {
+    eventually(&format!("{n} jobs running on {worker}"), || async {
+        let workers = client.workers().await.ok()?;
+        workers
+            .iter()
+            .any(|w| w.worker_id == worker && w.running == n)
+            .then_some(())
+    })
+    .await
+}
+
+pub fn outcomes(job: &Job) -> Vec<(AttemptOutcome, String)> {
+    job.attempts
+        .iter()
+        .map(|a| (a.outcome(), a.worker_id.clone()))
+        .collect()
+}
