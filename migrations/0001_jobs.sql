@@ -72,5 +72,31 @@ CREATE TABLE groups (
     id                TEXT    PRIMARY KEY,
     size              INTEGER NOT NULL,
     cancel_on_failure INTEGER NOT NULL,
-    created_at_ms     INTEGER NOT NULL
+    created_at_ms     INTEGER NOT NULL,
+    -- errgroup: the first job that ended badly, and its error.
+    failed_job_id     TEXT,
+    error             TEXT
 );
+
+-- Fan-in: one row each time a job of a group reaches a terminal state, in commit order.
+-- `WatchGroup` streams them; a row's seq is the cursor to resume after it.
+CREATE TABLE group_events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT    NOT NULL,
+    job_id   TEXT    NOT NULL
+);
+CREATE INDEX group_events_group ON group_events (group_id, seq);
+
+-- Terminal states are 3 (SUCCEEDED) to 6 (DEADLINE_EXCEEDED), as switchyard.v1.JobState.
+CREATE TRIGGER group_job_ended AFTER UPDATE OF state ON jobs
+    WHEN NEW.group_id IS NOT NULL AND NEW.state BETWEEN 3 AND 6
+         AND OLD.state NOT BETWEEN 3 AND 6
+BEGIN
+    INSERT INTO group_events (group_id, job_id) VALUES (NEW.group_id, NEW.id);
+END;
+
+CREATE TRIGGER group_job_born_ended AFTER INSERT ON jobs
+    WHEN NEW.group_id IS NOT NULL AND NEW.state BETWEEN 3 AND 6
+BEGIN
+    INSERT INTO group_events (group_id, job_id) VALUES (NEW.group_id, NEW.id);
+END;

@@ -6,12 +6,23 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-/// Waiters by job id. Cheap to clone.
-#[derive(Clone, Default)]
+/// Waiters by job id, and a counter of commits that ended jobs (for group watchers). Cheap
+/// to clone.
+#[derive(Clone)]
 pub struct Notifier {
     waiters: Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>>,
+    ended: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Notifier {
+            waiters: Arc::default(),
+            ended: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 impl Notifier {
@@ -28,16 +39,26 @@ impl Notifier {
         rx
     }
 
-    /// Wakes everyone waiting for these jobs.
+    /// Wakes everyone waiting for these jobs, and every group watcher.
     pub fn notify<'a>(&self, job_ids: impl IntoIterator<Item = &'a String>) {
-        let Ok(mut waiters) = self.waiters.lock() else {
-            return;
-        };
-        for id in job_ids {
-            for waiter in waiters.remove(id).unwrap_or_default() {
-                let _ = waiter.send(());
+        let mut any = false;
+        if let Ok(mut waiters) = self.waiters.lock() {
+            for id in job_ids {
+                any = true;
+                for waiter in waiters.remove(id).unwrap_or_default() {
+                    let _ = waiter.send(());
+                }
             }
         }
+        if any {
+            self.ended.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Changes whenever a commit ended some jobs. A group watcher marks it seen, reads what
+    /// ended, and waits for the next change: nothing ends unnoticed in between.
+    pub fn ended(&self) -> watch::Receiver<u64> {
+        self.ended.subscribe()
     }
 
     /// Drops the registrations of waiters that gave up on `job_id`.

@@ -804,7 +804,7 @@ async fn a_malformed_grpc_timeout_is_refused() {
 }
 
 #[tokio::test]
-async fn waiting_on_an_unknown_job_is_not_found_and_watch_group_is_unimplemented() {
+async fn waiting_on_an_unknown_job_or_watching_an_unknown_group_is_not_found() {
     let (_coordinator, client) = start().await;
     let status = jobs(&client)
         .wait(WaitRequest {
@@ -829,8 +829,8 @@ async fn waiting_on_an_unknown_job_is_not_found_and_watch_group_is_unimplemented
             cursor: String::new(),
         })
         .await
-        .expect_err("WatchGroup is not served yet");
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        .expect_err("no such group");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_nothing_stored(&client).await;
 }
 

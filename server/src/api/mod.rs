@@ -318,6 +318,118 @@ fn explain(job: &mut Job, now: i64) {
     });
 }
 
+/// Group results read per query: memory per watcher stays bounded however large the group.
+const GROUP_PAGE: u32 = 256;
+
+/// One `WatchGroup` call: yields the group's results after a cursor, page by page, waits for
+/// more as jobs end, and ends with the outcome once every job has ended. It produces only
+/// as fast as the caller reads.
+struct GroupWatch {
+    store: Store,
+    ended: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    group: String,
+    after: i64,
+    page: std::collections::VecDeque<(i64, v1::JobResult)>,
+    done: bool,
+}
+
+impl GroupWatch {
+    async fn next(mut self) -> Option<(Result<v1::GroupEvent, Status>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some((seq, result)) = self.page.pop_front() {
+                self.after = seq;
+                let event = v1::GroupEvent {
+                    event: Some(v1::group_event::Event::Result(result)),
+                    cursor: cursor(seq),
+                };
+                return Some((Ok(event), self));
+            }
+            // Seen before reading: a job that ends after this read changes it again.
+            self.ended.borrow_and_update();
+            let page = self
+                .store
+                .group_events(self.group.clone(), self.after, GROUP_PAGE)
+                .await;
+            match page {
+                Ok(page) if !page.is_empty() => {
+                    self.page.extend(page);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    self.done = true;
+                    return Some((Err(err.into()), self));
+                }
+            }
+            // Everything that ended is delivered: if nothing is left running, that's all.
+            let group = match self.store.group(self.group.clone()).await {
+                Ok(group) => group,
+                Err(err) => {
+                    self.done = true;
+                    return Some((Err(err.into()), self));
+                }
+            };
+            if group.queued + group.running == 0 {
+                // A job may have ended between the two reads: deliver it first.
+                match self
+                    .store
+                    .group_events(self.group.clone(), self.after, 1)
+                    .await
+                {
+                    Ok(more) if !more.is_empty() => continue,
+                    _ => {}
+                }
+                self.done = true;
+                let outcome = v1::GroupOutcome {
+                    group_id: group.group_id,
+                    state: group.state,
+                    size: group.size,
+                    succeeded: group.succeeded,
+                    failed: group.failed,
+                    cancelled: group.cancelled,
+                    deadline_exceeded: group.deadline_exceeded,
+                    error: group.error,
+                };
+                let event = v1::GroupEvent {
+                    event: Some(v1::group_event::Event::Outcome(outcome)),
+                    cursor: cursor(self.after),
+                };
+                return Some((Ok(event), self));
+            }
+            tokio::select! {
+                changed = self.ended.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                _ = self.shutdown.cancelled() => {
+                    self.done = true;
+                    return Some((Err(Error::ShuttingDown.into()), self));
+                }
+            }
+        }
+    }
+}
+
+fn cursor(seq: i64) -> String {
+    format!("e{seq}")
+}
+
+fn parse_cursor(cursor: &str) -> Result<i64> {
+    if cursor.is_empty() {
+        return Ok(0);
+    }
+    cursor
+        .strip_prefix('e')
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Error::invalid("cursor", "is not a cursor this server issued"))
+}
+
 fn page_token(seq: i64) -> String {
     format!("s{seq}")
 }
@@ -528,9 +640,37 @@ impl JobService for JobApi {
 
     async fn watch_group(
         &self,
-        _: Request<WatchGroupRequest>,
+        request: Request<WatchGroupRequest>,
     ) -> Result<Response<Self::WatchGroupStream>, Status> {
-        Err(Error::Unimplemented("WatchGroup is not served yet").into())
+        let req = request.into_inner();
+        let group = validate::optional_name("group_id", &req.group_id)?
+            .ok_or_else(|| Error::invalid("group_id", "is required"))?;
+        let after = parse_cursor(&req.cursor)?;
+        // Refuse an unknown group before the stream starts.
+        self.store.group(group.clone()).await?;
+        let watch = GroupWatch {
+            store: self.store.clone(),
+            ended: self.notifier.ended(),
+            shutdown: self.shutdown.clone(),
+            group,
+            after,
+            page: std::collections::VecDeque::new(),
+            done: false,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            watch,
+            GroupWatch::next,
+        ))))
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<v1::GetGroupRequest>,
+    ) -> Result<Response<v1::Group>, Status> {
+        let id = request.into_inner().group_id;
+        let id = validate::optional_name("group_id", &id)?
+            .ok_or_else(|| Error::invalid("group_id", "is required"))?;
+        Ok(Response::new(self.store.group(id).await?))
     }
 
     #[tracing::instrument(skip_all, fields(job.id = %request.get_ref().job_id))]

@@ -71,7 +71,47 @@ fn expire(conn: &Connection, id: &str, now: i64, out: &mut TransitionOutcome) ->
     if changed == 1 {
         out.terminal.push(id.to_owned());
         end_descendants(conn, id, JobState::DeadlineExceeded, now, out)?;
+        fail_group(
+            conn,
+            id,
+            "its deadline passed before it could run",
+            now,
+            out,
+        )?;
     }
+    Ok(())
+}
+
+const ERRGROUP_OF: &str = "SELECT g.id FROM jobs j JOIN groups g ON g.id = j.group_id
+    WHERE j.id = ?1 AND g.cancel_on_failure = 1 AND g.failed_job_id IS NULL";
+const FAIL_GROUP: &str = "UPDATE groups SET failed_job_id = ?1, error = ?2 WHERE id = ?3";
+
+/// errgroup: the first job of a `cancel_on_failure` group to end badly cancels every other
+/// unfinished job of the group, and its error becomes the group's.
+fn fail_group(
+    conn: &Connection,
+    id: &str,
+    error: &str,
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<()> {
+    let Some(group) = conn
+        .prepare_cached(ERRGROUP_OF)?
+        .query_row(params![id], |row| row.get::<_, String>(0))
+        .optional()?
+    else {
+        return Ok(());
+    };
+    conn.prepare_cached(FAIL_GROUP)?
+        .execute(params![id, error, group])?;
+    let reason = format!("job {id} of its group failed: {error}");
+    let (ids, running) = super::writer::cancel_group_jobs(conn, &group, &reason, now)?;
+    for cancelled in &ids {
+        end_descendants(conn, cancelled, JobState::Cancelled, now, out)?;
+    }
+    out.terminal.extend(ids.iter().cloned());
+    out.cancelled_dependents.extend(ids);
+    out.stopped.extend(running);
     Ok(())
 }
 
@@ -363,7 +403,11 @@ fn end_job(
     conn.prepare_cached(FAIL)?
         .execute(params![state as i32, error, failures, now, seq])?;
     out.terminal.push(id.to_owned());
-    end_descendants(conn, id, state, now, out)
+    end_descendants(conn, id, state, now, out)?;
+    if matches!(state, JobState::Failed | JobState::DeadlineExceeded) {
+        fail_group(conn, id, error, now, out)?;
+    }
+    Ok(())
 }
 
 /// Starts an attempt; returns its assignment and when it must end (the sooner of the job's

@@ -353,6 +353,24 @@ impl Store {
             .await
     }
 
+    pub async fn group(&self, id: String) -> Result<v1::Group> {
+        self.readers
+            .run(move |conn| read::group(conn, &id)?.ok_or(Error::GroupNotFound(id)))
+            .await
+    }
+
+    /// Up to `limit` results of the group's jobs that ended after cursor `after`.
+    pub async fn group_events(
+        &self,
+        group: String,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, v1::JobResult)>> {
+        self.readers
+            .run(move |conn| read::group_events(conn, &group, after, limit))
+            .await
+    }
+
     pub async fn queue_stats(&self) -> Result<Vec<v1::QueueStats>> {
         self.readers.run(read::queue_stats).await
     }

@@ -270,3 +270,89 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, Job)> {
     };
     Ok((seq, job))
 }
+
+const GROUP: &str = "SELECT id, size, cancel_on_failure, created_at_ms, failed_job_id, error
+    FROM groups WHERE id = ?1";
+const GROUP_COUNTS: &str = "SELECT state, count(*) FROM jobs WHERE group_id = ?1 GROUP BY state";
+
+/// A group with its counts by state, if it exists.
+pub(crate) fn group(conn: &Connection, id: &str) -> Result<Option<v1::Group>> {
+    let Some(mut group) = conn
+        .prepare_cached(GROUP)?
+        .query_row([id], |row| {
+            Ok(v1::Group {
+                group_id: row.get(0)?,
+                size: row.get(1)?,
+                cancel_on_failure: row.get(2)?,
+                created_at: Some(timestamp(row.get(3)?)),
+                failed_job_id: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                error: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                ..Default::default()
+            })
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(GROUP_COUNTS)?;
+    let mut rows = stmt.query([id])?;
+    while let Some(row) = rows.next()? {
+        let count: u32 = row.get(1)?;
+        match JobState::try_from(row.get::<_, i32>(0)?) {
+            Ok(JobState::Queued) => group.queued = count,
+            Ok(JobState::Running) => group.running = count,
+            Ok(JobState::Succeeded) => group.succeeded = count,
+            Ok(JobState::Failed) => group.failed = count,
+            Ok(JobState::Cancelled) => group.cancelled = count,
+            Ok(JobState::DeadlineExceeded) => group.deadline_exceeded = count,
+            _ => {
+                return Err(Error::Corrupt(format!(
+                    "group {id}: a job in an unknown state"
+                )));
+            }
+        }
+    }
+    group.state = group_state(&group) as i32;
+    Ok(Some(group))
+}
+
+/// RUNNING until every job has ended; then FAILED if one failed or ran out of time,
+/// CANCELLED if any was cancelled, SUCCEEDED if all succeeded.
+fn group_state(g: &v1::Group) -> JobState {
+    if g.queued + g.running > 0 {
+        JobState::Running
+    } else if g.failed + g.deadline_exceeded > 0 || !g.error.is_empty() {
+        JobState::Failed
+    } else if g.cancelled > 0 {
+        JobState::Cancelled
+    } else {
+        JobState::Succeeded
+    }
+}
+
+const GROUP_EVENTS: &str = "SELECT e.seq, j.id, j.state, j.output, j.error
+    FROM group_events e JOIN jobs j ON j.id = e.job_id
+    WHERE e.group_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3";
+
+/// Up to `limit` results of a group's jobs that ended after cursor `after`, in order.
+pub(crate) fn group_events(
+    conn: &Connection,
+    group: &str,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, v1::JobResult)>> {
+    Ok(conn
+        .prepare_cached(GROUP_EVENTS)?
+        .query_map(params![group, after, limit], |row| {
+            Ok((
+                row.get(0)?,
+                v1::JobResult {
+                    job_id: row.get(1)?,
+                    state: row.get(2)?,
+                    output: row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+                    error: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}

@@ -457,6 +457,49 @@ const CANCEL_RUNNING: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_a
 const RUNNING_OF_GROUP: &str =
     "SELECT id, seq, attempt FROM jobs WHERE group_id = ?1 AND state = ?2";
 
+/// Cancels every unfinished job of a group: queued ones, and running ones (their attempts are
+/// fenced out here). Returns the ids, and the running ones with their attempt.
+pub(crate) fn cancel_group_jobs(
+    conn: &Connection,
+    group: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Descendants> {
+    let cancelled = JobState::Cancelled as i32;
+    let mut ids = conn
+        .prepare_cached(CANCEL_GROUP)?
+        .query_map(
+            params![cancelled, reason, now, group, JobState::Queued as i32],
+            |row| row.get(0),
+        )?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    let running = conn
+        .prepare_cached(RUNNING_OF_GROUP)?
+        .query_map(params![group, JobState::Running as i32], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, u32>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut running_now = Vec::with_capacity(running.len());
+    for (id, seq, attempt) in running {
+        conn.prepare_cached(CANCEL_RUNNING)?
+            .execute(params![cancelled, reason, now, seq])?;
+        conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
+            now,
+            v1::AttemptOutcome::Cancelled as i32,
+            reason,
+            seq,
+            attempt
+        ])?;
+        running_now.push((id.clone(), attempt));
+        ids.push(id);
+    }
+    Ok((ids, running_now))
+}
+
 fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Cancelled> {
     let now = now_ms();
     let mut running_now: Vec<(String, u32)> = Vec::new();
@@ -515,35 +558,8 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
             if !conn.prepare_cached(GROUP_EXISTS)?.exists(params![group])? {
                 return Err(Error::GroupNotFound(group.clone()));
             }
-            let mut ids = conn
-                .prepare_cached(CANCEL_GROUP)?
-                .query_map(params![cancelled, reason, now, group, queued], |row| {
-                    row.get(0)
-                })?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            let running = conn
-                .prepare_cached(RUNNING_OF_GROUP)?
-                .query_map(params![group, JobState::Running as i32], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, u32>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            for (id, seq, attempt) in running {
-                conn.prepare_cached(CANCEL_RUNNING)?
-                    .execute(params![cancelled, reason, now, seq])?;
-                conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
-                    now,
-                    v1::AttemptOutcome::Cancelled as i32,
-                    reason,
-                    seq,
-                    attempt
-                ])?;
-                running_now.push((id.clone(), attempt));
-                ids.push(id);
-            }
+            let (ids, running) = cancel_group_jobs(conn, group, reason, now)?;
+            running_now.extend(running);
             (ids, JobState::Unspecified)
         }
     };
