@@ -14,6 +14,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when main returns.
+    let _traces = switchyard_telemetry::init_from_env("switchyard-coordinator");
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

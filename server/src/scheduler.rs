@@ -14,12 +14,13 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, UNIX_EPOCH},
 };
 
 use switchyard_proto::v1::{
     self, BlockedOn, BlockedReason, CoordinatorMessage, coordinator_message,
 };
+use switchyard_telemetry::{Attribute, Kind, Span, Status};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -239,7 +240,6 @@ struct RunningJob {
     deadline_ms: Option<i64>,
 }
 
-#[derive(Default)]
 struct State {
     /// Ready jobs by (queue, kind), in dispatch order.
     ready: HashMap<(String, String), BTreeMap<Key, String>>,
@@ -261,7 +261,29 @@ struct State {
     turn: u64,
     /// Stale results refused (shared with the handle, for `Stats`).
     refused: Arc<AtomicU64>,
+    tracer: Tracer,
 }
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            ready: HashMap::new(),
+            delayed: BTreeMap::new(),
+            index: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            attempt_ends: BTreeSet::new(),
+            sessions: BTreeMap::new(),
+            running: HashMap::new(),
+            starting: HashMap::new(),
+            dead: Vec::new(),
+            turn: 0,
+            refused: Arc::default(),
+            tracer: switchyard_telemetry::tracer("switchyard-coordinator"),
+        }
+    }
+}
+
+type Tracer = switchyard_telemetry::BoxedTracer;
 
 enum Place {
     Ready(String, String, Key, Option<i64>),
@@ -692,7 +714,9 @@ impl State {
     /// Applies a committed transition: assignments go out, credits of starts that did not
     /// happen come back, new ready jobs are queued.
     fn settle(&mut self, out: &TransitionOutcome, finishes: &mut Vec<Finish>) {
-        for (session_id, assignment, ends) in &out.started {
+        for started in &out.started {
+            let (session_id, ends) = (&started.session, &started.ends);
+            let mut assignment = started.assignment.clone();
             let deadline_ms = self
                 .starting
                 .remove(&assignment.job_id)
@@ -706,6 +730,39 @@ impl State {
                 });
                 continue;
             };
+            // The job's trace: how long it waited, and its dispatch, whose context the worker's
+            // span for the attempt joins.
+            let parent =
+                switchyard_telemetry::context_from(&assignment.traceparent, &assignment.tracestate);
+            let attributes = || {
+                vec![
+                    Attribute::new("switchyard.job.id", assignment.job_id.clone()),
+                    Attribute::new("switchyard.attempt", i64::from(assignment.attempt)),
+                    Attribute::new("switchyard.worker.id", session.info.worker_id.clone()),
+                ]
+            };
+            let queued_since =
+                UNIX_EPOCH + Duration::from_millis(started.queued_since_ms.max(0) as u64);
+            switchyard_telemetry::start_at(
+                &self.tracer,
+                "switchyard.queue_wait",
+                &parent,
+                queued_since,
+                attributes(),
+            )
+            .end();
+            let mut dispatch = switchyard_telemetry::start(
+                &self.tracer,
+                "switchyard.dispatch",
+                Kind::Producer,
+                &parent,
+                attributes(),
+            );
+            let (traceparent, tracestate) = switchyard_telemetry::traceparent_of(&dispatch);
+            if !traceparent.is_empty() {
+                assignment.traceparent = traceparent;
+                assignment.tracestate = tracestate;
+            }
             let message = CoordinatorMessage {
                 message: Some(coordinator_message::Message::Assignment(assignment.clone())),
             };
@@ -729,8 +786,10 @@ impl State {
                     mpsc::error::TrySendError::Full(_) => "the worker stopped reading its stream",
                     mpsc::error::TrySendError::Closed(_) => "its stream closed",
                 };
+                dispatch.set_status(Status::error(reason));
                 self.dead.push((*session_id, reason.to_owned()));
             }
+            dispatch.end();
         }
         for (session_id, job_id) in &out.not_started {
             self.starting.remove(job_id);
@@ -869,6 +928,16 @@ impl Runner {
 mod tests {
     use super::*;
 
+    /// An attempt started on session 1.
+    fn started(assignment: v1::Assignment, ends: Option<i64>) -> crate::store::Started {
+        crate::store::Started {
+            session: 1,
+            assignment,
+            ends,
+            queued_since_ms: now_ms(),
+        }
+    }
+
     #[test]
     fn queued_jobs_past_their_deadline_expire_and_are_never_picked() {
         let mut state = State::default();
@@ -910,7 +979,7 @@ mod tests {
         let mut finishes = Vec::new();
         state.settle(
             &TransitionOutcome {
-                started: vec![(1, assignment, Some(now + 1000))],
+                started: vec![started(assignment, Some(now + 1000))],
                 ..Default::default()
             },
             &mut finishes,
@@ -1037,7 +1106,7 @@ mod tests {
         let mut finishes = Vec::new();
         state.settle(
             &TransitionOutcome {
-                started: vec![(1, assignment, None)],
+                started: vec![started(assignment, None)],
                 ..Default::default()
             },
             &mut finishes,
@@ -1067,8 +1136,7 @@ mod tests {
         let mut finishes = Vec::new();
         state.settle(
             &TransitionOutcome {
-                started: vec![(
-                    1,
+                started: vec![started(
                     v1::Assignment {
                         job_id: "a".into(),
                         attempt: 1,

@@ -356,6 +356,19 @@ impl Checks {
     }
 }
 
+/// Scrapes until `ready` holds, for at most a few seconds; returns the last scrape either way,
+/// so that the checks on it report what did not hold.
+async fn settled(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let scrape = scrape(addr).await;
+        if ready(&scrape) || tokio::time::Instant::now() > give_up {
+            return scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A coordinator and a real worker run jobs; two scrapes show the numbers move.
 ///
 /// The store's series (submits, commits) are recorded by the store itself. The others are
@@ -373,7 +386,8 @@ async fn metrics_move_as_jobs_run() {
     ])
     .await;
     let _worker = Worker::start(&coordinator.url(), &["--concurrency", "4"]).await;
-    let first = scrape(metrics).await;
+    // Gauges follow the scheduler's rounds, a moment behind what clients see: poll them.
+    let first = settled(metrics, |s| s.value("switchyard_workers") == 1.0).await;
 
     // 20 jobs that succeed, one that fails both its attempts.
     let mut ids = Vec::new();
@@ -410,12 +424,20 @@ async fn metrics_move_as_jobs_run() {
         assert!(tokio::time::Instant::now() < give_up, "4 sleepers running");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let busy = scrape(metrics).await;
+    let busy = settled(metrics, |s| {
+        s.value("switchyard_jobs_running{queue=\"default\"}") == 4.0
+            && s.value("switchyard_queue_depth{queue=\"default\"}") == 2.0
+    })
+    .await;
     for id in &sleepers {
         let job = client.wait(id, Some(PATIENCE)).await.expect("wait");
         assert_eq!(job.state(), JobState::Succeeded, "{job:?}");
     }
-    let last = scrape(metrics).await;
+    let last = settled(metrics, |s| {
+        s.value("switchyard_jobs_running{queue=\"default\"}") == 0.0
+            && s.value("switchyard_queue_depth{queue=\"default\"}") == 0.0
+    })
+    .await;
 
     // Recorded by the store: these hold now.
     let mut store = Checks::default();

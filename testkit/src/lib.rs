@@ -47,6 +47,7 @@ pub struct Coordinator {
     metrics_addr: Option<SocketAddr>,
     dir: Arc<TempDir>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Coordinator {
@@ -57,9 +58,20 @@ impl Coordinator {
 
     /// Starts a coordinator with extra flags on a fresh temporary database.
     pub async fn start_with(args: &[&str]) -> Coordinator {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Starts a coordinator with extra flags and environment variables (say,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`) on a fresh temporary database.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Coordinator {
         let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, stdout, addr, metrics_addr) = spawn(dir.path(), &args, "127.0.0.1:0").await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, stdout, addr, metrics_addr) =
+            spawn(dir.path(), &args, &env, "127.0.0.1:0").await;
         Coordinator {
             child: Some(child),
             _stdout: Some(stdout),
@@ -67,6 +79,7 @@ impl Coordinator {
             metrics_addr,
             dir,
             args,
+            env,
         }
     }
 
@@ -127,8 +140,13 @@ impl Coordinator {
             self.child.is_none(),
             "stop the coordinator before restarting it"
         );
-        let (child, stdout, addr, metrics_addr) =
-            spawn(self.dir.path(), &self.args, &self.addr.to_string()).await;
+        let (child, stdout, addr, metrics_addr) = spawn(
+            self.dir.path(),
+            &self.args,
+            &self.env,
+            &self.addr.to_string(),
+        )
+        .await;
         assert_eq!(addr, self.addr);
         // With `--metrics 127.0.0.1:0` the metrics port may change.
         self.metrics_addr = metrics_addr;
@@ -160,6 +178,7 @@ pub fn signal(pid: u32, name: &str) {
 async fn spawn(
     dir: &Path,
     args: &[String],
+    env: &[(String, String)],
     listen: &str,
 ) -> (Child, ChildStdout, SocketAddr, Option<SocketAddr>) {
     let log = std::fs::OpenOptions::new()
@@ -174,6 +193,7 @@ async fn spawn(
         .arg(format!("sqlite://{}", dir.join("switchyard.db").display()))
         .args(args)
         .env("SWITCHYARD_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -234,6 +254,15 @@ impl Worker {
     /// 200ms` plus `args` (which may override any of those), and returns once it has
     /// connected.
     pub async fn start(coordinator_url: &str, args: &[&str]) -> Worker {
+        Self::start_with_env(coordinator_url, args, &[]).await
+    }
+
+    /// As [`Worker::start`], with extra environment variables.
+    pub async fn start_with_env(
+        coordinator_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let dir = tempfile::tempdir().expect("temporary directory");
         let given = |flag: &str| {
             args.iter()
@@ -272,6 +301,7 @@ impl Worker {
             .args(&defaults)
             .args(args)
             .env("SWITCHYARD_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -496,8 +496,30 @@ impl Runner {
     }
 
     /// Starts a handler in the `JoinSet`, holding one slot until it returns.
-    fn start(&mut self, stream: u64, assignment: Assignment, handler: Handler) {
+    fn start(&mut self, stream: u64, mut assignment: Assignment, handler: Handler) {
+        use switchyard_telemetry::{Attribute, Kind};
         let token = CancellationToken::new();
+        // The attempt's span joins the job's trace under the coordinator's dispatch; calls
+        // the handler makes (child jobs) carry this span on.
+        let parent =
+            switchyard_telemetry::context_from(&assignment.traceparent, &assignment.tracestate);
+        let mut attempt_span = switchyard_telemetry::start(
+            &switchyard_telemetry::tracer("switchyard-worker"),
+            "switchyard.attempt",
+            Kind::Consumer,
+            &parent,
+            vec![
+                Attribute::new("switchyard.job.id", assignment.job_id.clone()),
+                Attribute::new("switchyard.job.kind", assignment.kind.clone()),
+                Attribute::new("switchyard.attempt", i64::from(assignment.attempt)),
+                Attribute::new("switchyard.worker.id", self.config.worker_id.clone()),
+            ],
+        );
+        let (traceparent, tracestate) = switchyard_telemetry::traceparent_of(&attempt_span);
+        if !traceparent.is_empty() {
+            assignment.traceparent = traceparent;
+            assignment.tracestate = tracestate;
+        }
         let ctx =
             JobContext::from_assignment(assignment, token.clone(), Some(self.coordinator.clone()));
         let span = info_span!(
@@ -515,9 +537,19 @@ impl Runner {
             token: token.clone(),
         };
         debug!(parent: &span, "starting");
-        let handle = self
-            .tasks
-            .spawn(run_handler(handler, ctx, token, self.config.cancel_grace).instrument(span));
+        let grace = self.config.cancel_grace;
+        let handle = self.tasks.spawn(
+            async move {
+                use switchyard_telemetry::Span as _;
+                let result = run_handler(handler, ctx, token, grace).await;
+                if let Err(err) = &result {
+                    attempt_span.set_status(switchyard_telemetry::Status::error(err.to_string()));
+                }
+                attempt_span.end();
+                result
+            }
+            .instrument(span),
+        );
         // The task's completion is only observed by this loop, so it is registered in time.
         self.slots.insert(handle.id(), job);
     }

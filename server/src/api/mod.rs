@@ -12,6 +12,7 @@ use switchyard_proto::v1::{
     SubmitRequest, SubmitResponse, WaitRequest, WaitResponse, WatchGroupRequest,
     admin_service_server::AdminService, cancel_request::Target, job_service_server::JobService,
 };
+use switchyard_telemetry::{Attribute, Kind, Span, Status as SpanStatus};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
@@ -110,14 +111,51 @@ impl JobApi {
         Ok(ctx)
     }
 
-    /// Stores jobs and hands the ready ones to the scheduler.
+    /// Stores jobs and hands the ready ones to the scheduler, in a `switchyard.submit` span
+    /// under the caller's trace: the jobs carry that span's context from then on, so that
+    /// their dispatch and the worker's attempt join the same trace.
     async fn store_jobs(
         &self,
         origin: Origin,
-        jobs: Vec<crate::store::NewJob>,
+        mut jobs: Vec<crate::store::NewJob>,
         group: Option<NewGroup>,
     ) -> Result<Vec<Submitted>> {
-        let done = self.store.submit(origin, jobs, group).await?;
+        let first = jobs.first();
+        let parent = switchyard_telemetry::context_from(
+            first.and_then(|j| j.traceparent.as_deref()).unwrap_or(""),
+            first.and_then(|j| j.tracestate.as_deref()).unwrap_or(""),
+        );
+        let mut span = switchyard_telemetry::start(
+            &switchyard_telemetry::tracer("switchyard-coordinator"),
+            "switchyard.submit",
+            Kind::Server,
+            &parent,
+            vec![
+                Attribute::new("switchyard.jobs", jobs.len() as i64),
+                Attribute::new(
+                    "switchyard.queue",
+                    first.map(|j| j.queue.clone()).unwrap_or_default(),
+                ),
+            ],
+        );
+        let (traceparent, tracestate) = switchyard_telemetry::traceparent_of(&span);
+        if !traceparent.is_empty() {
+            let trace = trace_id(&traceparent);
+            for job in &mut jobs {
+                job.traceparent = Some(traceparent.clone());
+                job.tracestate = (!tracestate.is_empty()).then(|| tracestate.clone());
+                job.trace_id = trace.clone();
+            }
+        }
+        let done = match self.store.submit(origin, jobs, group).await {
+            Ok(done) => done,
+            Err(err) => {
+                span.set_status(SpanStatus::error(err.to_string()));
+                span.end();
+                return Err(err);
+            }
+        };
+        span.end();
         let ready = done.iter().filter_map(|s| s.ready.clone()).collect();
         // The jobs are durable now; if the scheduler is stopping, the next start finds them.
         if let Err(err) = self.scheduler.enqueue(ready).await {

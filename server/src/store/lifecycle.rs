@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use switchyard_proto::v1::{self, AttemptOutcome, JobState};
 
 use super::{
-    Finish, Outcome, ReadyJob, RetryPolicy, Start, TransitionOutcome, Transitions, now_ms,
+    Finish, Outcome, ReadyJob, RetryPolicy, Start, Started, TransitionOutcome, Transitions, now_ms,
     timestamp,
 };
 use crate::error::{Error, Result};
@@ -31,7 +31,8 @@ const START: &str = "UPDATE jobs SET state = ?1, attempt = attempt + 1, worker_i
         started_at_ms = ?3
     WHERE id = ?4 AND state = ?5
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
-        group_id, tenant_id, max_attempts, depends_on, timeout_ms";
+        group_id, tenant_id, max_attempts, depends_on, timeout_ms,
+        max(created_at_ms, coalesce(run_at_ms, 0))";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES (?1, ?2, ?3, ?4, ?5)";
 const DEPENDENCY_OUTPUTS: &str =
@@ -49,7 +50,12 @@ pub(crate) fn transition(conn: &Connection, ops: &Transitions) -> Result<Transit
     }
     for start in &ops.starts {
         match self::start(conn, start, now)? {
-            Some((assignment, ends)) => out.started.push((start.session, assignment, ends)),
+            Some((assignment, ends, queued_since_ms)) => out.started.push(Started {
+                session: start.session,
+                assignment,
+                ends,
+                queued_since_ms,
+            }),
             None => out.not_started.push((start.session, start.job_id.clone())),
         }
     }
@@ -416,7 +422,7 @@ fn start(
     conn: &Connection,
     start: &Start,
     now: i64,
-) -> Result<Option<(v1::Assignment, Option<i64>)>> {
+) -> Result<Option<(v1::Assignment, Option<i64>, i64)>> {
     let row = conn
         .prepare_cached(START)?
         .query_row(
@@ -451,11 +457,12 @@ fn start(
                     row.get::<_, Option<String>>(12)?,
                     row.get::<_, Option<i64>>(5)?,
                     row.get::<_, Option<i64>>(13)?,
+                    row.get::<_, i64>(14)?,
                 ))
             },
         )
         .optional()?;
-    let Some((seq, mut assignment, depends_on, deadline_ms, timeout_ms)) = row else {
+    let Some((seq, mut assignment, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
         return Ok(None);
     };
     let ends = match (deadline_ms, timeout_ms.map(|t| now + t)) {
@@ -487,7 +494,7 @@ fn start(
         }
         assignment.dependency_outputs = outputs.into_iter().collect();
     }
-    Ok(Some((assignment, ends)))
+    Ok(Some((assignment, ends, queued_since)))
 }
 
 const REQUEUE: &str = "UPDATE jobs SET state = ?1, failures = 0, max_attempts = ?2, error = NULL,

@@ -188,12 +188,23 @@ pub struct Transitions {
     pub retry: RetryPolicy,
 }
 
+/// An attempt that started: where it goes, and its times.
+#[derive(Debug)]
+pub struct Started {
+    pub session: u64,
+    pub assignment: v1::Assignment,
+    /// When it must end: the sooner of the job's deadline and the attempt's timeout.
+    pub ends: Option<i64>,
+    /// Since when it waited in its queue (submitted, or its `run_at` or backoff passed).
+    pub queued_since_ms: i64,
+}
+
 /// What a committed batch of transitions did.
 #[derive(Debug, Default)]
 pub struct TransitionOutcome {
     /// Attempts now running, with the session they go to, and when each must end (the
     /// sooner of the job's deadline and the attempt's timeout).
-    pub started: Vec<(u64, v1::Assignment, Option<i64>)>,
+    pub started: Vec<Started>,
     /// Starts that found the job no longer queued (cancelled meanwhile).
     pub not_started: Vec<(u64, String)>,
     /// Jobs that became ready: retries (with their backoff) and dependents.
