@@ -100,3 +100,54 @@ CREATE TRIGGER group_job_born_ended AFTER INSERT ON jobs
 BEGIN
     INSERT INTO group_events (group_id, job_id) VALUES (NEW.group_id, NEW.id);
 END;
+
+-- Quotas by scope: `queue:<name>`, `key:<concurrency_key>`, `tenant:<id>`.
+CREATE TABLE quotas (
+    scope           TEXT PRIMARY KEY,
+    max_in_flight   INTEGER,
+    max_queued      INTEGER,
+    rate_per_second REAL,
+    burst           INTEGER
+);
+
+CREATE TABLE paused_queues (
+    queue TEXT PRIMARY KEY
+);
+
+-- Queued jobs per scope, kept by the triggers below, for admission (`max_queued`) inside the
+-- submitting transaction.
+CREATE TABLE queued_counts (
+    scope  TEXT PRIMARY KEY,
+    queued INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TRIGGER queued_in AFTER INSERT ON jobs WHEN NEW.state = 1
+BEGIN
+    INSERT INTO queued_counts (scope, queued) VALUES ('queue:' || NEW.queue, 1)
+        ON CONFLICT (scope) DO UPDATE SET queued = queued + 1;
+    INSERT INTO queued_counts (scope, queued)
+        SELECT 'tenant:' || NEW.tenant_id, 1 WHERE NEW.tenant_id IS NOT NULL
+        ON CONFLICT (scope) DO UPDATE SET queued = queued + 1;
+    INSERT INTO queued_counts (scope, queued)
+        SELECT 'key:' || NEW.concurrency_key, 1 WHERE NEW.concurrency_key IS NOT NULL
+        ON CONFLICT (scope) DO UPDATE SET queued = queued + 1;
+END;
+
+CREATE TRIGGER queued_out AFTER UPDATE OF state ON jobs WHEN OLD.state = 1 AND NEW.state != 1
+BEGIN
+    UPDATE queued_counts SET queued = queued - 1
+        WHERE scope IN ('queue:' || NEW.queue, 'tenant:' || NEW.tenant_id,
+                        'key:' || NEW.concurrency_key);
+END;
+
+CREATE TRIGGER queued_again AFTER UPDATE OF state ON jobs WHEN OLD.state != 1 AND NEW.state = 1
+BEGIN
+    INSERT INTO queued_counts (scope, queued) VALUES ('queue:' || NEW.queue, 1)
+        ON CONFLICT (scope) DO UPDATE SET queued = queued + 1;
+    INSERT INTO queued_counts (scope, queued)
+        SELECT 'tenant:' || NEW.tenant_id, 1 WHERE NEW.tenant_id IS NOT NULL
+        ON CONFLICT (scope) DO UPDATE SET queued = queued + 1;
+    INSERT INTO queued_counts (scope, queued)
+        SELECT 'key:' || NEW.concurrency_key, 1 WHERE NEW.concurrency_key IS NOT NULL
+        ON CONFLICT (scope) DO UPDATE SET queued = queued + 1;
+END;

@@ -153,6 +153,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Try:");
     println!("  switchyard --coordinator http://{addr} submit --kind echo --payload hello --wait");
     println!("  switchyard --coordinator http://{addr} submit --kind sleep --payload 2000");
+    println!(
+        "  switchyard --coordinator http://{addr} demo     # fan-out/fan-in, errgroup, pipeline"
+    );
     println!("  switchyard --coordinator http://{addr} workers");
     println!("  switchyard --coordinator http://{addr} list");
     println!("  grpcurl -plaintext {addr} list");

@@ -12,8 +12,31 @@
 //! println!("{} is {:?}", job.job_id, job.state());
 //! # Ok(()) }
 //! ```
+//!
+//! Fan-out and fan-in: submit a group, then gather its results as they finish.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchyard_client::Error> {
+//! use futures::StreamExt;
+//! use switchyard_client::{Batch, Client, GroupUpdate, JobSpec};
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let batch = Batch::new()
+//!     .jobs((0..100).map(|i| JobSpec::new("default", "sha256").payload(format!("part {i}"))))
+//!     .cancel_on_failure(true);
+//! let group = client.submit_group(batch).await?;
+//! let mut events = std::pin::pin!(client.watch_group(&group.group_id, None));
+//! while let Some(event) = events.next().await {
+//!     match event?.update {
+//!         GroupUpdate::Result(result) => println!("{} {:?}", result.job_id, result.state()),
+//!         GroupUpdate::Outcome(outcome) => println!("group {:?}", outcome.state()),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 mod error;
+mod group;
 mod spec;
 
 use std::time::Duration;
@@ -27,9 +50,11 @@ use switchyard_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 
 pub use error::Error;
+pub use group::{GroupEvent, GroupUpdate, Resume};
 pub use spec::{Batch, JobSpec};
 pub use switchyard_proto::v1::{
-    Attempt, BlockedOn, Job, JobState, StatsResponse, SubmitBatchResponse, SubmitResponse,
+    Attempt, BlockedOn, Group, GroupOutcome, Job, JobResult, JobState, StatsResponse,
+    SubmitBatchResponse, SubmitResponse,
 };
 
 /// A connection to a coordinator. Cheap to clone: clones share one HTTP/2 connection.
@@ -181,11 +206,30 @@ impl Client {
         Ok(response.into_inner())
     }
 
+    /// Submits the batch as a group, in one transaction: under the batch's group id, or a
+    /// fresh one when it has none. The response's `group_id` names the group, for
+    /// [`Client::watch_group`] and [`Client::cancel_group`].
+    pub async fn submit_group(&self, batch: Batch) -> Result<SubmitBatchResponse, Error> {
+        let batch = match batch.group_id() {
+            Some(_) => batch,
+            None => batch.group(new_group_id()),
+        };
+        self.submit_batch(batch).await
+    }
+
     pub async fn get(&self, job_id: &str) -> Result<Job, Error> {
         let request = self.request(GetRequest {
             job_id: job_id.to_owned(),
         });
         Ok(self.jobs().get(request).await?.into_inner())
+    }
+
+    /// A group as it stands: its size, policy and how many of its jobs are in each state.
+    pub async fn group(&self, group_id: &str) -> Result<Group, Error> {
+        let request = self.request(v1::GetGroupRequest {
+            group_id: group_id.to_owned(),
+        });
+        Ok(self.jobs().get_group(request).await?.into_inner())
     }
 
     /// Submits a job and waits for its result. `timeout` bounds the call (sent as
@@ -290,4 +334,9 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// A group id no one else has chosen: `grp-` and a random (v4) UUID.
+pub fn new_group_id() -> String {
+    format!("grp-{}", uuid::Uuid::new_v4())
 }

@@ -1,10 +1,13 @@
 //! `switchyard`: the command line for a Switchyard coordinator.
 
+mod batch;
 mod bench;
+mod demo;
 mod dev;
 mod output;
+mod watch;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -73,6 +76,36 @@ enum Command {
     Stats,
     /// Measure the coordinator against a baseline in the same run.
     Bench(bench::BenchArgs),
+    /// Submit jobs from JSON lines (a file, or stdin), in one transaction, optionally as a
+    /// group.
+    ///
+    /// Each line is one job: {"kind": "echo", "payload": "hello"}. Fields: kind (required),
+    /// queue (default: --queue), payload (text; a number or object is sent as its JSON text)
+    /// or payload_base64, priority, max_attempts, timeout_ms (per attempt), idempotency_key,
+    /// concurrency_key, weight, labels (an object of strings), ref (a name for depends_on) and
+    /// depends_on (refs of other lines, or ids of existing jobs). Blank lines are skipped.
+    ///
+    /// Every line is checked before anything is sent: one bad line (reported with its number)
+    /// and nothing is submitted. Up to 10,000 jobs go in one SubmitBatch, stored all or none.
+    /// More are sent as consecutive batches of 10,000, each stored all or none (atomicity is
+    /// per 10,000 jobs, not per file), and a ref then names a job of its own or an earlier
+    /// batch only. A group (--group, --cancel-on-failure, --watch) is one batch: at most
+    /// 10,000 jobs.
+    ///
+    /// Prints the group id, if any, and each job id in input order (with --json: one object).
+    Batch(batch::BatchArgs),
+    /// Follow a group as its jobs finish: a progress bar on stderr (done, failed, pending =
+    /// queued or running, jobs/s, ETA), each failed job as it arrives, then the outcome.
+    ///
+    /// With --json: one JSON line per event on stdout instead ({"event":"result",...} per
+    /// job, then {"event":"outcome",...}), each with the cursor to resume after it. A dropped
+    /// connection or a coordinator restart is resumed from the last cursor by itself. Exit
+    /// code 0 when the group succeeded, 1 otherwise, 130 on Ctrl-C (which prints how to
+    /// resume).
+    Watch(watch::WatchArgs),
+    /// Show fan-out/fan-in, an errgroup, a collect-all group and a pipeline on a running
+    /// coordinator with workers (start one with `switchyard dev`).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -134,7 +167,7 @@ struct ListArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -144,15 +177,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Dev(args) => return dev::run(args).await,
-        Command::Bench(args) => return bench::run(args, cli.json).await,
+        Command::Dev(args) => return dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => {
+            return bench::run(args, cli.json).await.map(|()| ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let mut client = Client::connect(cli.coordinator.clone()).await?;
     if let Some(tenant) = &cli.tenant {
         client = client.with_tenant(tenant)?;
     }
-    match cli.command {
+    let done = match cli.command {
+        Command::Batch(args) => return batch::run(&client, args, cli.json).await,
+        Command::Watch(args) => return watch::run(&client, args, cli.json).await,
+        Command::Demo(args) => return demo::run(&client, args, &cli.coordinator).await,
         Command::Submit(args) => submit(&client, args, cli.json).await,
         Command::Get { job_id } => {
             let job = client.get(&job_id).await?;
@@ -212,7 +250,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev(_) | Command::Bench(_) => unreachable!("handled before connecting"),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn print_job(job: &switchyard_client::Job, json: bool) {

@@ -52,7 +52,7 @@ pub fn state_name(state: i32) -> String {
 }
 
 /// The payload or output as text when it is UTF-8, else as base-16.
-fn bytes(b: &[u8]) -> Value {
+pub fn bytes(b: &[u8]) -> Value {
     match std::str::from_utf8(b) {
         Ok(text) => json!(text),
         Err(_) => json!({ "hex": b.iter().map(|x| format!("{x:02x}")).collect::<String>() }),

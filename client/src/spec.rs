@@ -131,6 +131,11 @@ impl Batch {
         self
     }
 
+    /// The group id, when the batch is a group.
+    pub fn group_id(&self) -> Option<&str> {
+        Some(self.request.group_id.as_str()).filter(|id| !id.is_empty())
+    }
+
     /// errgroup: the first job that ends badly cancels the rest of the group.
     pub fn cancel_on_failure(mut self, yes: bool) -> Self {
         self.request.cancel_on_failure = yes;

@@ -21,6 +21,13 @@ pub enum Error {
     /// The caller's deadline (or its parent job's) has already passed.
     #[error("the deadline this call carries has already passed")]
     DeadlinePassed,
+    /// Admission: a scope's `max_queued` would be passed.
+    #[error("{scope} has {queued} jobs queued of its max_queued {max}; nothing was stored")]
+    QueueFull {
+        scope: String,
+        queued: u64,
+        max: u64,
+    },
     /// A bounded queue is full: the caller should back off and retry.
     #[error("{0} is full; retry later")]
     Overloaded(&'static str),
@@ -71,6 +78,7 @@ impl From<Error> for Status {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::DeadlinePassed => Code::DeadlineExceeded,
             Error::Overloaded(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::Database(_)
             | Error::Migration { .. }
             | Error::Open { .. }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod fanin;
+pub mod quota;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
@@ -69,11 +70,16 @@ pub async fn run_with(
     // The scheduler and the worker sessions stop with their own token, after the gRPC server
     // has stopped taking calls, so that nothing they commit is cut off.
     let inner = CancellationToken::new();
+    let recovered = scheduler::Recovered {
+        ready,
+        quotas: store.quotas().await?,
+        paused: store.paused().await?,
+    };
     let (scheduler, scheduler_task) = Scheduler::start(
         store.clone(),
         notifier.clone(),
         config.retry,
-        ready,
+        recovered,
         inner.clone(),
     );
     let sessions = TaskTracker::new();

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     error::{Error, Result},
     fanin::Notifier,
+    quota::{Quotas, Refusal},
     store::{
         Finish, Outcome, ReadyJob, RetryPolicy, Start, Store, TransitionOutcome, Transitions,
         now_ms, timestamp,
@@ -37,6 +38,14 @@ use crate::{
 const INBOX: usize = 8192;
 /// Messages applied per round at most.
 const ROUND: usize = 4096;
+
+/// What the scheduler starts from: the store's ready jobs, quotas and paused queues.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub ready: Vec<ReadyJob>,
+    pub quotas: Vec<v1::Quota>,
+    pub paused: Vec<String>,
+}
 
 /// A worker session as the scheduler knows it.
 pub struct SessionInfo {
@@ -87,9 +96,17 @@ pub(crate) enum Message {
         reply: oneshot::Sender<Vec<v1::WorkerInfo>>,
     },
     Explain {
-        queue: String,
-        kind: String,
+        job: ReadyJob,
         reply: oneshot::Sender<Option<BlockedOn>>,
+    },
+    SetQuota(v1::Quota),
+    Pause {
+        queue: String,
+        paused: bool,
+    },
+    Held {
+        scopes: Vec<String>,
+        reply: oneshot::Sender<Vec<u32>>,
     },
 }
 
@@ -107,7 +124,7 @@ impl Scheduler {
         store: Store,
         notifier: Notifier,
         retry: RetryPolicy,
-        ready: Vec<ReadyJob>,
+        recovered: Recovered,
         shutdown: CancellationToken,
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
@@ -116,9 +133,13 @@ impl Scheduler {
             refused: refused.clone(),
             ..State::default()
         };
-        for job in ready {
+        for job in recovered.ready {
             state.enqueue(job);
         }
+        for quota in &recovered.quotas {
+            state.quotas.set(quota, now_ms());
+        }
+        state.paused = recovered.paused.into_iter().collect();
         let task = tokio::spawn(
             Runner {
                 state,
@@ -205,10 +226,28 @@ impl Scheduler {
         rx.await.map_err(|_| Error::ShuttingDown)
     }
 
-    /// Why a ready job of this queue and kind is not running, if it is not simply next in line.
-    pub async fn explain(&self, queue: String, kind: String) -> Result<Option<BlockedOn>> {
+    /// Why a ready job is not running, if it is not simply waiting for a free slot: its
+    /// queue is paused, no worker serves it, or a quota holds it back.
+    pub async fn explain(&self, job: ReadyJob) -> Result<Option<BlockedOn>> {
         let (reply, rx) = oneshot::channel();
-        self.send(Message::Explain { queue, kind, reply }).await?;
+        self.send(Message::Explain { job, reply }).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// A scope's limits changed (after the store committed them).
+    pub async fn set_quota(&self, quota: v1::Quota) -> Result<()> {
+        self.send(Message::SetQuota(quota)).await
+    }
+
+    /// A queue was paused or resumed (after the store committed it).
+    pub async fn pause(&self, queue: String, paused: bool) -> Result<()> {
+        self.send(Message::Pause { queue, paused }).await
+    }
+
+    /// Permits held now in each scope.
+    pub async fn held(&self, scopes: Vec<String>) -> Result<Vec<u32>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Message::Held { scopes, reply }).await?;
         rx.await.map_err(|_| Error::ShuttingDown)
     }
 }
@@ -238,11 +277,54 @@ struct RunningJob {
     ends: Option<i64>,
     /// The job's own deadline: an attempt that ends at it ends the job.
     deadline_ms: Option<i64>,
+    /// The permits it holds, given back when the attempt ends however it ends.
+    scopes: Vec<String>,
+    weight: u32,
+}
+
+/// The fairness bucket of a job within its queue: its tenant and concurrency key.
+type Bucket = (String, String);
+
+/// The ready jobs of one (queue, kind): a sub-queue per bucket, served round-robin so that
+/// one tenant's (or key's) backlog does not delay another's; in priority order within each.
+#[derive(Default)]
+struct Lane {
+    buckets: BTreeMap<Bucket, BTreeMap<Key, ReadyJob>>,
+    /// The bucket served last: the next pick looks at the ones after it first.
+    last: Option<Bucket>,
+}
+
+impl Lane {
+    /// Buckets in round-robin order, starting after the last one served.
+    fn rotation(&self) -> Vec<Bucket> {
+        let keys: Vec<&Bucket> = self.buckets.keys().collect();
+        let start = match &self.last {
+            Some(last) => keys.partition_point(|k| *k <= last),
+            None => 0,
+        };
+        keys[start..]
+            .iter()
+            .chain(&keys[..start])
+            .map(|k| (*k).clone())
+            .collect()
+    }
+}
+
+fn bucket_of(job: &ReadyJob) -> Bucket {
+    (
+        job.tenant_id.clone().unwrap_or_default(),
+        job.concurrency_key.clone().unwrap_or_default(),
+    )
 }
 
 struct State {
-    /// Ready jobs by (queue, kind), in dispatch order.
-    ready: HashMap<(String, String), BTreeMap<Key, String>>,
+    /// Ready jobs by (queue, kind).
+    ready: HashMap<(String, String), Lane>,
+    /// Limits by scope, and the permits running jobs hold.
+    quotas: Quotas,
+    paused: HashSet<String>,
+    /// The soonest a rate limit that held a job back has a token again (Unix ms).
+    rate_wake: Option<i64>,
     /// Jobs waiting for their time, by (run_at, seq).
     delayed: BTreeMap<(i64, i64), ReadyJob>,
     /// Where each queued job is: (queue, kind, key) in `ready`, or its `delayed` key.
@@ -268,6 +350,9 @@ impl Default for State {
     fn default() -> Self {
         State {
             ready: HashMap::new(),
+            quotas: Quotas::default(),
+            paused: HashSet::new(),
+            rate_wake: None,
             delayed: BTreeMap::new(),
             index: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -286,7 +371,7 @@ impl Default for State {
 type Tracer = switchyard_telemetry::BoxedTracer;
 
 enum Place {
-    Ready(String, String, Key, Option<i64>),
+    Ready(String, String, Bucket, Key),
     Delayed((i64, i64), Option<i64>),
 }
 
@@ -305,34 +390,60 @@ impl State {
             self.delayed.insert(key, job);
         } else {
             let key = (Reverse(job.priority), job.run_at_ms, job.seq);
+            let bucket = bucket_of(&job);
             self.index.insert(
                 job.id.clone(),
-                Place::Ready(job.queue.clone(), job.kind.clone(), key, job.deadline_ms),
+                Place::Ready(job.queue.clone(), job.kind.clone(), bucket.clone(), key),
             );
             self.ready
-                .entry((job.queue, job.kind))
+                .entry((job.queue.clone(), job.kind.clone()))
                 .or_default()
-                .insert(key, job.id);
+                .buckets
+                .entry(bucket)
+                .or_default()
+                .insert(key, job);
         }
     }
 
-    fn remove(&mut self, id: &str) {
-        let place = self.index.remove(id);
-        if let Some(Place::Ready(.., Some(deadline)) | Place::Delayed(_, Some(deadline))) = &place {
-            self.deadlines.remove(&(*deadline, id.to_owned()));
+    /// Takes a ready job out of its lane (it is dispatched or leaves the queue).
+    fn take_ready(
+        &mut self,
+        queue: &str,
+        kind: &str,
+        bucket: &Bucket,
+        key: &Key,
+    ) -> Option<ReadyJob> {
+        let pair = (queue.to_owned(), kind.to_owned());
+        let lane = self.ready.get_mut(&pair)?;
+        let jobs = lane.buckets.get_mut(bucket)?;
+        let job = jobs.remove(key)?;
+        if jobs.is_empty() {
+            lane.buckets.remove(bucket);
         }
-        match place {
-            Some(Place::Ready(queue, kind, key, _)) => {
-                let pair = (queue, kind);
-                if let Some(ready) = self.ready.get_mut(&pair) {
-                    ready.remove(&key);
-                    if ready.is_empty() {
-                        self.ready.remove(&pair);
-                    }
-                }
+        if lane.buckets.is_empty() {
+            self.ready.remove(&pair);
+        }
+        self.index.remove(&job.id);
+        if let Some(deadline) = job.deadline_ms {
+            self.deadlines.remove(&(deadline, job.id.clone()));
+        }
+        Some(job)
+    }
+
+    fn remove(&mut self, id: &str) {
+        match self.index.get(id) {
+            Some(Place::Ready(queue, kind, bucket, key)) => {
+                let (queue, kind, bucket, key) =
+                    (queue.clone(), kind.clone(), bucket.clone(), *key);
+                self.take_ready(&queue, &kind, &bucket, &key);
             }
-            Some(Place::Delayed(key, _)) => {
+            Some(Place::Delayed(key, deadline)) => {
+                let (key, deadline) = (*key, *deadline);
                 self.delayed.remove(&key);
+                self.index.remove(id);
+                if let Some(deadline) = deadline {
+                    self.deadlines.remove(&(deadline, id.to_owned()));
+                }
             }
             None => {}
         }
@@ -418,38 +529,66 @@ impl State {
             self.delayed.keys().next().map(|(at, _)| *at),
             self.deadlines.first().map(|(at, _)| *at),
             self.attempt_ends.first().map(|(at, _)| *at),
+            self.rate_wake,
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// The best ready job a session may take: the head with the highest order among the
-    /// (queue, kind) pairs it serves.
-    fn best_for(&self, session: &Session) -> Option<(String, String, Key)> {
-        self.ready
-            .iter()
-            .filter(|((queue, kind), jobs)| !jobs.is_empty() && session.serves(queue, kind))
-            .filter_map(|((queue, kind), jobs)| {
-                jobs.first_key_value()
-                    .map(|(key, _)| (queue.clone(), kind.clone(), *key))
-            })
-            .min_by_key(|(_, _, key)| *key)
+    /// The best ready job a session may take now: in each lane it serves (of a queue that is
+    /// not paused), the first bucket in round-robin order whose head can take its permits;
+    /// across lanes, the one with the highest priority. A bucket whose head cannot start does
+    /// not hold up the others.
+    fn best_for(&mut self, session: u64, now: i64) -> Option<(String, String, Bucket, Key)> {
+        let session = self.sessions.get(&session)?;
+        let mut best: Option<(String, String, Bucket, Key)> = None;
+        for ((queue, kind), lane) in &self.ready {
+            if self.paused.contains(queue) || !session.serves(queue, kind) {
+                continue;
+            }
+            for bucket in lane.rotation() {
+                let Some((key, job)) = lane.buckets.get(&bucket).and_then(|b| b.first_key_value())
+                else {
+                    continue;
+                };
+                match self.quotas.check(&job.scopes(), job.weight, now) {
+                    Ok(()) => {
+                        if best.as_ref().is_none_or(|b| *key < b.3) {
+                            best = Some((queue.clone(), kind.clone(), bucket, *key));
+                        }
+                        break;
+                    }
+                    Err(Refusal::Rate { until_ms, .. }) => {
+                        self.rate_wake = Some(self.rate_wake.map_or(until_ms, |w| w.min(until_ms)));
+                    }
+                    Err(Refusal::Permits { .. }) => {}
+                }
+            }
+        }
+        best
     }
 
-    fn can_dispatch(&self) -> bool {
-        self.sessions
-            .values()
-            .any(|s| s.credits > 0 && !s.draining && self.best_for(s).is_some())
+    fn can_dispatch(&mut self) -> bool {
+        let now = now_ms();
+        let ids: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.credits > 0 && !s.draining)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter().any(|id| self.best_for(id, now).is_some())
     }
 
     /// Hands ready jobs to sessions with credit, one at a time round-robin, so that work
-    /// spreads over the workers.
+    /// spreads over the workers; each job takes its permits as it is picked.
     fn pick(&mut self, starts: &mut Vec<Start>) {
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         if ids.is_empty() {
             return;
         }
+        let now = now_ms();
+        self.rate_wake = None;
         self.turn = self.turn.wrapping_add(1);
         let offset = (self.turn % ids.len() as u64) as usize;
         let order: Vec<u64> = ids[offset..]
@@ -466,43 +605,26 @@ impl State {
                 if session.credits == 0 || session.draining {
                     continue;
                 }
-                let Some((queue, kind, key)) = self.best_for(session) else {
+                let Some((queue, kind, bucket, key)) = self.best_for(*id, now) else {
                     continue;
                 };
-                let pair = (queue, kind);
-                let Some(job_id) = self.ready.get_mut(&pair).and_then(|r| r.remove(&key)) else {
+                let Some(job) = self.take_ready(&queue, &kind, &bucket, &key) else {
                     continue;
                 };
-                if self.ready.get(&pair).is_some_and(BTreeMap::is_empty) {
-                    self.ready.remove(&pair);
+                if let Some(lane) = self.ready.get_mut(&(queue, kind)) {
+                    lane.last = Some(bucket);
                 }
-                let deadline_ms = match self.index.remove(&job_id) {
-                    Some(Place::Ready(.., deadline)) => deadline,
-                    _ => None,
-                };
-                if let Some(deadline) = deadline_ms {
-                    self.deadlines.remove(&(deadline, job_id.clone()));
-                }
+                self.quotas.acquire(&job.scopes(), job.weight, now);
                 let Some(session) = self.sessions.get_mut(id) else {
                     continue;
                 };
                 session.credits -= 1;
-                let (queue, kind) = pair;
-                let job = ReadyJob {
-                    id: job_id.clone(),
-                    queue,
-                    kind,
-                    priority: key.0.0,
-                    run_at_ms: key.1,
-                    seq: key.2,
-                    deadline_ms,
-                };
-                self.starting.insert(job_id.clone(), (*id, job));
                 starts.push(Start {
-                    job_id,
+                    job_id: job.id.clone(),
                     session: *id,
                     worker_id: session.info.worker_id.clone(),
                 });
+                self.starting.insert(job.id.clone(), (*id, job));
                 progress = true;
             }
             if !progress {
@@ -529,6 +651,7 @@ impl State {
                 if let Some(ends) = running.ends {
                     self.attempt_ends.remove(&(ends, job_id.clone()));
                 }
+                self.quotas.release(&running.scopes, running.weight);
                 finishes.push(Finish {
                     job_id,
                     attempt: running.attempt,
@@ -539,6 +662,34 @@ impl State {
                 });
             }
         }
+    }
+
+    fn explain(&mut self, job: &ReadyJob) -> Option<BlockedOn> {
+        if self.paused.contains(&job.queue) {
+            return Some(BlockedOn {
+                reason: BlockedReason::QueuePaused as i32,
+                detail: format!("queue {:?} is paused", job.queue),
+                ..Default::default()
+            });
+        }
+        if !self
+            .sessions
+            .values()
+            .any(|s| s.serves(&job.queue, &job.kind))
+        {
+            return Some(BlockedOn {
+                reason: BlockedReason::NoWorker as i32,
+                detail: format!(
+                    "no connected worker serves queue {:?} and kind {:?}",
+                    job.queue, job.kind
+                ),
+                ..Default::default()
+            });
+        }
+        self.quotas
+            .check(&job.scopes(), job.weight, now_ms())
+            .err()
+            .map(|refusal| refusal.blocked_on())
     }
 
     /// An attempt the store already ended: off the running set, and its worker told to stop.
@@ -564,10 +715,11 @@ impl State {
             .get(job_id)
             .is_some_and(|r| r.session == session && r.attempt == attempt);
         if current {
-            if let Some(running) = self.running.remove(job_id)
-                && let Some(ends) = running.ends
-            {
-                self.attempt_ends.remove(&(ends, job_id.to_owned()));
+            if let Some(running) = self.running.remove(job_id) {
+                if let Some(ends) = running.ends {
+                    self.attempt_ends.remove(&(ends, job_id.to_owned()));
+                }
+                self.quotas.release(&running.scopes, running.weight);
             }
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.running.remove(job_id);
@@ -699,14 +851,19 @@ impl State {
                     .collect();
                 let _ = reply.send(workers);
             }
-            Message::Explain { queue, kind, reply } => {
-                let served = self.sessions.values().any(|s| s.serves(&queue, &kind));
-                let blocked = (!served).then(|| BlockedOn {
-                    reason: BlockedReason::NoWorker as i32,
-                    detail: format!("no connected worker serves queue {queue:?} and kind {kind:?}"),
-                    ..Default::default()
-                });
-                let _ = reply.send(blocked);
+            Message::Explain { job, reply } => {
+                let _ = reply.send(self.explain(&job));
+            }
+            Message::SetQuota(quota) => self.quotas.set(&quota, now_ms()),
+            Message::Pause { queue, paused } => {
+                if paused {
+                    self.paused.insert(queue);
+                } else {
+                    self.paused.remove(&queue);
+                }
+            }
+            Message::Held { scopes, reply } => {
+                let _ = reply.send(scopes.iter().map(|s| self.quotas.held(s)).collect());
             }
         }
     }
@@ -717,12 +874,12 @@ impl State {
         for started in &out.started {
             let (session_id, ends) = (&started.session, &started.ends);
             let mut assignment = started.assignment.clone();
-            let deadline_ms = self
-                .starting
-                .remove(&assignment.job_id)
-                .and_then(|(_, job)| job.deadline_ms);
+            let Some((_, job)) = self.starting.remove(&assignment.job_id) else {
+                continue;
+            };
             let Some(session) = self.sessions.get_mut(session_id) else {
                 // The session died while its start was committing: not the worker's fault.
+                self.quotas.release(&job.scopes(), job.weight);
                 finishes.push(Finish {
                     job_id: assignment.job_id.clone(),
                     attempt: assignment.attempt,
@@ -772,7 +929,9 @@ impl State {
                     session: *session_id,
                     attempt: assignment.attempt,
                     ends: *ends,
-                    deadline_ms,
+                    deadline_ms: job.deadline_ms,
+                    scopes: job.scopes(),
+                    weight: job.weight,
                 },
             );
             if let Some(ends) = ends {
@@ -792,7 +951,9 @@ impl State {
             dispatch.end();
         }
         for (session_id, job_id) in &out.not_started {
-            self.starting.remove(job_id);
+            if let Some((_, job)) = self.starting.remove(job_id) {
+                self.quotas.release(&job.scopes(), job.weight);
+            }
             if let Some(session) = self.sessions.get_mut(session_id) {
                 session.credits += 1;
             }
@@ -816,6 +977,7 @@ impl State {
     fn unpick(&mut self, starts: Vec<Start>) {
         for start in starts {
             if let Some((_, job)) = self.starting.remove(&start.job_id) {
+                self.quotas.release(&job.scopes(), job.weight);
                 self.enqueue(job);
             }
             if let Some(session) = self.sessions.get_mut(&start.session) {
@@ -939,6 +1101,66 @@ mod tests {
     }
 
     #[test]
+    fn a_saturated_key_waits_without_holding_up_other_keys() {
+        let mut state = State::default();
+        state.quotas.set(
+            &v1::Quota {
+                scope: "key:busy".into(),
+                max_in_flight: Some(1),
+                ..Default::default()
+            },
+            0,
+        );
+        for (i, key) in ["busy", "busy", "free"].iter().enumerate() {
+            state.enqueue(ReadyJob {
+                concurrency_key: Some(key.to_string()),
+                ..job(&format!("{key}{i}"), "q", "k", 0, i as i64)
+            });
+        }
+        let _w = session(&mut state, 1, &["q"], &[], 10);
+        let mut ids: Vec<String> = picked(&mut state).into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["busy0", "free2"],
+            "one permit of key:busy, and the free key goes"
+        );
+        assert_eq!(state.quotas.held("key:busy"), 1);
+    }
+
+    #[test]
+    fn tenants_are_served_round_robin_within_a_queue() {
+        let mut state = State::default();
+        for i in 0..100 {
+            state.enqueue(ReadyJob {
+                tenant_id: Some("a".into()),
+                ..job(&format!("a{i}"), "q", "k", 0, i)
+            });
+        }
+        for i in 0..3 {
+            state.enqueue(ReadyJob {
+                tenant_id: Some("b".into()),
+                ..job(&format!("b{i}"), "q", "k", 0, 100 + i)
+            });
+        }
+        let _w = session(&mut state, 1, &["q"], &[], 6);
+        let ids: Vec<String> = picked(&mut state).into_iter().map(|(id, _)| id).collect();
+        let b = ids.iter().filter(|id| id.starts_with('b')).count();
+        assert_eq!(b, 3, "tenant b's three jobs go in the first six: {ids:?}");
+    }
+
+    #[test]
+    fn a_paused_queue_dispatches_nothing() {
+        let mut state = State::default();
+        state.enqueue(job("a", "q", "k", 0, 1));
+        state.paused.insert("q".into());
+        let _w = session(&mut state, 1, &["q"], &[], 1);
+        assert!(picked(&mut state).is_empty());
+        state.paused.clear();
+        assert_eq!(picked(&mut state).len(), 1);
+    }
+
+    #[test]
     fn queued_jobs_past_their_deadline_expire_and_are_never_picked() {
         let mut state = State::default();
         let now = now_ms();
@@ -1013,6 +1235,9 @@ mod tests {
             run_at_ms: 0,
             seq,
             deadline_ms: None,
+            weight: 1,
+            tenant_id: None,
+            concurrency_key: None,
         }
     }
 

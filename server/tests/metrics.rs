@@ -273,7 +273,7 @@ async fn without_the_flag_there_is_no_endpoint() {
 }
 
 #[tokio::test]
-async fn store_commits_are_counted_as_the_store_counts_them() {
+async fn the_store_counts_commits_submits_and_cancels_as_they_commit() {
     let (_coordinator, client, metrics) = coordinator(&[]).await;
     let before = scrape(metrics).await;
     assert_eq!(before.value("switchyard_store_commits_total"), 0.0);
@@ -294,6 +294,14 @@ async fn store_commits_are_counted_as_the_store_counts_them() {
             .await
             .expect("submit");
     }
+
+    // A queued job cancelled (no worker serves "c") is finished, CANCELLED.
+    let id = client
+        .submit(JobSpec::new("c", "echo"))
+        .await
+        .expect("submit")
+        .job_id;
+    client.cancel(&id).await.expect("cancel");
 
     let after = scrape(metrics).await;
     let store = stats(&client)
@@ -326,6 +334,10 @@ async fn store_commits_are_counted_as_the_store_counts_them() {
     );
     assert_eq!(
         after.value("switchyard_jobs_submitted_total{queue=\"other\"}"),
+        1.0
+    );
+    assert_eq!(
+        after.value("switchyard_jobs_finished_total{queue=\"c\",state=\"cancelled\"}"),
         1.0
     );
 }
@@ -371,9 +383,10 @@ async fn settled(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
 
 /// A coordinator and a real worker run jobs; two scrapes show the numbers move.
 ///
-/// The store's series (submits, commits) are recorded by the store itself. The others are
-/// recorded by the scheduler's call sites (see `telemetry::Metrics`); until those are wired,
-/// the `scheduler` checks below fail and say which series did not move.
+/// Jobs, attempts, run time, running attempts and commits are recorded by the store as its
+/// transactions commit. Workers, slots, queue depth and dispatch latency are recorded by the
+/// scheduler's call sites (see `telemetry::Metrics`); until those are wired, the `scheduler`
+/// checks below fail and say which series did not move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_jobs_run() {
     let (coordinator, client, metrics) = coordinator(&[
@@ -424,9 +437,13 @@ async fn metrics_move_as_jobs_run() {
         assert!(tokio::time::Instant::now() < give_up, "4 sleepers running");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Settled apart: should one never come, waiting for it must not outlast the other.
     let busy = settled(metrics, |s| {
         s.value("switchyard_jobs_running{queue=\"default\"}") == 4.0
-            && s.value("switchyard_queue_depth{queue=\"default\"}") == 2.0
+    })
+    .await;
+    let queued = settled(metrics, |s| {
+        s.value("switchyard_queue_depth{queue=\"default\"}") == 2.0
     })
     .await;
     for id in &sleepers {
@@ -439,16 +456,54 @@ async fn metrics_move_as_jobs_run() {
     })
     .await;
 
-    // Recorded by the store: these hold now.
+    let moved = |series: &str| last.value(series) - first.value(series);
+
+    // Recorded by the store as its transactions commit.
     let mut store = Checks::default();
+    let default = |name: &str, labels: &str| format!("{name}{{queue=\"default\"{labels}}}");
     store.moved(
         &first,
         &last,
-        "switchyard_jobs_submitted_total{queue=\"default\"}",
+        &default("switchyard_jobs_submitted_total", ""),
         27.0,
     );
-    let commits = last.value("switchyard_store_commits_total")
-        - first.value("switchyard_store_commits_total");
+    let finished = "switchyard_jobs_finished_total";
+    store.moved(
+        &first,
+        &last,
+        &default(finished, ",state=\"succeeded\""),
+        26.0,
+    );
+    store.moved(&first, &last, &default(finished, ",state=\"failed\""), 1.0);
+    let attempts = "switchyard_attempts_total";
+    store.moved(
+        &first,
+        &last,
+        &default(attempts, ",outcome=\"succeeded\""),
+        26.0,
+    );
+    store.moved(
+        &first,
+        &last,
+        &default(attempts, ",outcome=\"failed\""),
+        2.0,
+    );
+    store.moved(
+        &first,
+        &last,
+        &default("switchyard_run_time_seconds_count", ""),
+        28.0,
+    );
+    // The sleepers ran 1.5 s each: at least 6 × 1.5 s of run time.
+    let ran = moved(&default("switchyard_run_time_seconds_sum", ""));
+    if ran < 9.0 {
+        store
+            .0
+            .push(format!("run time sum moved by {ran}, expected at least 9"));
+    }
+    store.is(&busy, &default("switchyard_jobs_running", ""), 4.0);
+    store.is(&last, &default("switchyard_jobs_running", ""), 0.0);
+    let commits = moved("switchyard_store_commits_total");
     if commits < 3.0 {
         store.0.push(format!("only {commits} store commits"));
     }
@@ -458,54 +513,14 @@ async fn metrics_move_as_jobs_run() {
     let mut scheduler = Checks::default();
     scheduler.is(&first, "switchyard_workers", 1.0);
     scheduler.is(&first, "switchyard_worker_slots", 4.0);
-    scheduler.is(&busy, "switchyard_jobs_running{queue=\"default\"}", 4.0);
-    scheduler.is(&busy, "switchyard_queue_depth{queue=\"default\"}", 2.0);
-    scheduler.is(&last, "switchyard_jobs_running{queue=\"default\"}", 0.0);
-    scheduler.is(&last, "switchyard_queue_depth{queue=\"default\"}", 0.0);
-    scheduler.moved(
-        &first,
-        &last,
-        "switchyard_jobs_finished_total{queue=\"default\",state=\"succeeded\"}",
-        26.0,
-    );
-    scheduler.moved(
-        &first,
-        &last,
-        "switchyard_jobs_finished_total{queue=\"default\",state=\"failed\"}",
-        1.0,
-    );
-    scheduler.moved(
-        &first,
-        &last,
-        "switchyard_attempts_total{queue=\"default\",outcome=\"succeeded\"}",
-        26.0,
-    );
-    scheduler.moved(
-        &first,
-        &last,
-        "switchyard_attempts_total{queue=\"default\",outcome=\"failed\"}",
-        2.0,
-    );
-    scheduler.moved(
-        &first,
-        &last,
-        "switchyard_run_time_seconds_count{queue=\"default\"}",
-        28.0,
-    );
+    scheduler.is(&queued, &default("switchyard_queue_depth", ""), 2.0);
+    scheduler.is(&last, &default("switchyard_queue_depth", ""), 0.0);
     scheduler.moved(
         &first,
         &last,
         "switchyard_dispatch_latency_seconds_count",
         28.0,
     );
-    // The sleepers ran 1.5 s each: at least 6 × 1.5 s of run time.
-    let ran = last.value("switchyard_run_time_seconds_sum{queue=\"default\"}")
-        - first.value("switchyard_run_time_seconds_sum{queue=\"default\"}");
-    if ran < 9.0 {
-        scheduler
-            .0
-            .push(format!("run time sum moved by {ran}, expected at least 9"));
-    }
     scheduler.assert_none("scheduler metrics that did not move (call sites not wired yet?)");
 }
 

@@ -582,7 +582,13 @@ impl Runner {
         let panicked = matches!(&outcome, Err(err) if err.is_panic());
         let result = job::attempt_result(job.job_id, job.attempt, outcome);
         log_outcome(&result, panicked);
-        outbox.send(Message::Result(result.clone())).await?;
+        if let Err(err) = outbox.send(Message::Result(result.clone())).await {
+            // The stream died under it: the result goes out on the next one.
+            if self.late.len() < 2 * self.config.slots as usize {
+                self.late.push(result);
+            }
+            return Err(err);
+        }
         // A draining worker takes no more work: its freed slots are not offered.
         if !draining {
             outbox.send(Message::Credit(Credit { slots: 1 })).await?;

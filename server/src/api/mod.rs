@@ -171,12 +171,7 @@ impl JobApi {
             .blocked_on
             .as_ref()
             .is_some_and(|b| b.reason == BlockedReason::Ready as i32);
-        if ready_now
-            && let Some(blocked) = self
-                .scheduler
-                .explain(job.queue.clone(), job.kind.clone())
-                .await?
-        {
+        if ready_now && let Some(blocked) = self.scheduler.explain(ready_job(job)).await? {
             job.blocked_on = Some(blocked);
         }
         Ok(())
@@ -468,6 +463,23 @@ fn parse_cursor(cursor: &str) -> Result<i64> {
         .ok_or_else(|| Error::invalid("cursor", "is not a cursor this server issued"))
 }
 
+/// What the scheduler needs of a job to say why it waits.
+fn ready_job(job: &Job) -> crate::store::ReadyJob {
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    crate::store::ReadyJob {
+        id: job.job_id.clone(),
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        priority: job.priority,
+        run_at_ms: 0,
+        seq: 0,
+        deadline_ms: None,
+        weight: job.weight.max(1),
+        tenant_id: some(&job.tenant_id),
+        concurrency_key: some(&job.concurrency_key),
+    }
+}
+
 fn page_token(seq: i64) -> String {
     format!("s{seq}")
 }
@@ -636,7 +648,7 @@ impl JobService for JobApi {
         };
         let page = self.store.list(filter).await?;
         let mut jobs = page.jobs;
-        // One question to the scheduler per distinct queue and kind, not per job.
+        // One question to the scheduler per distinct queue, kind, scopes and weight.
         let mut answers = std::collections::HashMap::new();
         for job in &mut jobs {
             explain(job, now_ms());
@@ -645,15 +657,18 @@ impl JobService for JobApi {
                 .as_ref()
                 .is_some_and(|b| b.reason == BlockedReason::Ready as i32)
             {
-                let pair = (job.queue.clone(), job.kind.clone());
-                if !answers.contains_key(&pair) {
-                    let answer = self
-                        .scheduler
-                        .explain(pair.0.clone(), pair.1.clone())
-                        .await?;
-                    answers.insert(pair.clone(), answer);
+                let ready = ready_job(job);
+                let key = (
+                    ready.queue.clone(),
+                    ready.kind.clone(),
+                    ready.scopes(),
+                    ready.weight,
+                );
+                if !answers.contains_key(&key) {
+                    let answer = self.scheduler.explain(ready).await?;
+                    answers.insert(key.clone(), answer);
                 }
-                if let Some(Some(blocked)) = answers.get(&pair) {
+                if let Some(Some(blocked)) = answers.get(&key) {
                     job.blocked_on = Some(blocked.clone());
                 }
             }
@@ -778,38 +793,67 @@ impl AdminApi {
     pub fn new(store: Store, scheduler: Scheduler) -> Self {
         AdminApi { store, scheduler }
     }
-}
 
-const NOT_YET: &str = "not served yet by this coordinator";
+    /// Pauses or resumes a queue; returns every paused queue afterwards.
+    async fn pause(&self, queue: String, paused: bool) -> Result<Vec<String>> {
+        validate::name("queue", &queue)?;
+        self.store.pause(queue.clone(), paused).await?;
+        if let Err(err) = self.scheduler.pause(queue, paused).await {
+            tracing::warn!(cause = %err, "the scheduler takes the pause at its next start");
+        }
+        self.store.paused().await
+    }
+}
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn set_quota(
         &self,
-        _: Request<v1::SetQuotaRequest>,
+        request: Request<v1::SetQuotaRequest>,
     ) -> Result<Response<v1::Quota>, Status> {
-        Err(Error::Unimplemented(NOT_YET).into())
+        let quota = request
+            .into_inner()
+            .quota
+            .ok_or_else(|| Error::invalid("quota", "is required"))?;
+        let quota = validate::quota(quota)?;
+        self.store.set_quota(quota.clone()).await?;
+        if let Err(err) = self.scheduler.set_quota(quota.clone()).await {
+            tracing::warn!(cause = %err, "the scheduler takes the quota at its next start");
+        }
+        Ok(Response::new(quota))
     }
 
     async fn list_quotas(
         &self,
         _: Request<v1::ListQuotasRequest>,
     ) -> Result<Response<v1::ListQuotasResponse>, Status> {
-        Err(Error::Unimplemented(NOT_YET).into())
+        let mut quotas = self.store.quotas().await?;
+        let held = self
+            .scheduler
+            .held(quotas.iter().map(|q| q.scope.clone()).collect())
+            .await?;
+        for (quota, held) in quotas.iter_mut().zip(held) {
+            quota.held = held;
+        }
+        Ok(Response::new(v1::ListQuotasResponse { quotas }))
     }
 
     async fn pause_queue(
         &self,
-        _: Request<v1::PauseQueueRequest>,
+        request: Request<v1::PauseQueueRequest>,
     ) -> Result<Response<v1::PauseQueueResponse>, Status> {
-        Err(Error::Unimplemented(NOT_YET).into())
+        let queue = request.into_inner().queue;
+        let paused = self.pause(queue, true).await?;
+        Ok(Response::new(v1::PauseQueueResponse { paused }))
     }
 
     async fn resume_queue(
         &self,
-        _: Request<v1::ResumeQueueRequest>,
+        request: Request<v1::ResumeQueueRequest>,
     ) -> Result<Response<v1::ResumeQueueResponse>, Status> {
-        Err(Error::Unimplemented(NOT_YET).into())
+        let queue = request.into_inner().queue;
+        let paused = self.pause(queue, false).await?;
+        Ok(Response::new(v1::ResumeQueueResponse { paused }))
     }
 
     async fn list_workers(

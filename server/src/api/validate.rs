@@ -265,6 +265,49 @@ pub fn timestamp_ms(field: &str, t: &prost_types::Timestamp) -> Result<i64> {
     Ok(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
 }
 
+/// A quota's scope is `queue:`, `key:` or `tenant:` and a name; its limits are sane.
+pub fn quota(mut q: switchyard_proto::v1::Quota) -> Result<switchyard_proto::v1::Quota> {
+    let (kind, name_part) = q.scope.split_once(':').ok_or_else(|| {
+        Error::invalid(
+            "quota.scope",
+            "must be queue:<name>, key:<key> or tenant:<id>",
+        )
+    })?;
+    if !matches!(kind, "queue" | "key" | "tenant") {
+        return Err(Error::invalid(
+            "quota.scope",
+            "must be queue:<name>, key:<key> or tenant:<id>",
+        ));
+    }
+    name("quota.scope", name_part)?;
+    if q.max_in_flight == Some(0) {
+        return Err(Error::invalid(
+            "quota.max_in_flight",
+            "must be at least 1 (unset for no limit)",
+        ));
+    }
+    if let Some(rate) = q.rate_per_second
+        && !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0)
+    {
+        return Err(Error::invalid(
+            "quota.rate_per_second",
+            "must be above 0 and at most 1000000",
+        ));
+    }
+    if q.burst.is_some() && q.rate_per_second.is_none() {
+        return Err(Error::invalid("quota.burst", "needs rate_per_second"));
+    }
+    if q.burst == Some(0) {
+        return Err(Error::invalid("quota.burst", "must be at least 1"));
+    }
+    if q.rate_per_second.is_some() && q.burst.is_none() {
+        q.burst = Some(1);
+    }
+    q.held = 0;
+    q.queued = 0;
+    Ok(q)
+}
+
 /// The batch's `ref`s must be unique names; returns them mapped to the ids chosen for the jobs.
 pub fn refs(jobs: &[SubmitRequest], ids: &[String]) -> Result<HashMap<String, String>> {
     let mut refs = HashMap::new();

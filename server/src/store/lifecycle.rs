@@ -5,13 +5,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use switchyard_proto::v1::{self, AttemptOutcome, JobState};
 
 use super::{
-    Finish, Outcome, ReadyJob, RetryPolicy, Start, Started, TransitionOutcome, Transitions, now_ms,
-    timestamp,
+    Finish, Outcome, READY_COLUMNS, READY_COLUMNS_J, ReadyJob, RetryPolicy, Start, Started,
+    TransitionOutcome, Transitions, now_ms, timestamp,
 };
 use crate::error::{Error, Result};
 
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
-    priority, deadline_ms, timeout_ms, started_at_ms FROM jobs WHERE id = ?1";
+    priority, deadline_ms, timeout_ms, started_at_ms, weight, tenant_id, concurrency_key
+    FROM jobs WHERE id = ?1";
 const SUCCEED: &str = "UPDATE jobs SET state = ?1, output = ?2, error = NULL, finished_at_ms = ?3
     WHERE seq = ?4";
 const FAIL: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, finished_at_ms = ?4
@@ -21,8 +22,9 @@ const RETRY: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, run_
 const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3
     WHERE job_seq = ?4 AND number = ?5";
 /// Queued dependents of a job whose dependencies have now all succeeded.
-const NOW_READY_DEPENDENTS: &str = "SELECT j.id, j.queue, j.kind, j.priority,
-        coalesce(j.run_at_ms, 0), j.seq, j.deadline_ms
+/// Queued dependents of a job whose dependencies have now all succeeded (`READY_COLUMNS_J`
+/// go first).
+const NOW_READY_DEPENDENTS: &str = "
     FROM dependencies d JOIN jobs j ON j.id = d.job_id
     WHERE d.depends_on = ?1 AND j.state = ?2
       AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
@@ -50,12 +52,15 @@ pub(crate) fn transition(conn: &Connection, ops: &Transitions) -> Result<Transit
     }
     for start in &ops.starts {
         match self::start(conn, start, now)? {
-            Some((assignment, ends, queued_since_ms)) => out.started.push(Started {
-                session: start.session,
-                assignment,
-                ends,
-                queued_since_ms,
-            }),
+            Some((assignment, ends, queued_since_ms)) => {
+                out.metrics.started(&assignment.queue);
+                out.started.push(Started {
+                    session: start.session,
+                    assignment,
+                    ends,
+                    queued_since_ms,
+                })
+            }
             None => out.not_started.push((start.session, start.job_id.clone())),
         }
     }
@@ -63,18 +68,25 @@ pub(crate) fn transition(conn: &Connection, ops: &Transitions) -> Result<Transit
 }
 
 const EXPIRE: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
-    WHERE id = ?4 AND state = ?5";
+    WHERE id = ?4 AND state = ?5 RETURNING queue";
 
 /// A queued job whose deadline passed: it ends without ever running.
 fn expire(conn: &Connection, id: &str, now: i64, out: &mut TransitionOutcome) -> Result<()> {
-    let changed = conn.prepare_cached(EXPIRE)?.execute(params![
-        JobState::DeadlineExceeded as i32,
-        "its deadline passed before it could run",
-        now,
-        id,
-        JobState::Queued as i32
-    ])?;
-    if changed == 1 {
+    let expired = conn
+        .prepare_cached(EXPIRE)?
+        .query_row(
+            params![
+                JobState::DeadlineExceeded as i32,
+                "its deadline passed before it could run",
+                now,
+                id,
+                JobState::Queued as i32
+            ],
+            |row| row.get::<_, String>(0),
+        )
+        .optional()?;
+    if let Some(queue) = expired {
+        out.metrics.finished(&queue, JobState::DeadlineExceeded);
         out.terminal.push(id.to_owned());
         end_descendants(conn, id, JobState::DeadlineExceeded, now, out)?;
         fail_group(
@@ -111,7 +123,8 @@ fn fail_group(
     conn.prepare_cached(FAIL_GROUP)?
         .execute(params![id, error, group])?;
     let reason = format!("job {id} of its group failed: {error}");
-    let (ids, running) = super::writer::cancel_group_jobs(conn, &group, &reason, now)?;
+    let (ids, running) =
+        super::writer::cancel_group_jobs(conn, &group, &reason, now, &mut out.metrics)?;
     for cancelled in &ids {
         end_descendants(conn, cancelled, JobState::Cancelled, now, out)?;
     }
@@ -130,7 +143,7 @@ pub(crate) fn end_descendants(
     now: i64,
     out: &mut TransitionOutcome,
 ) -> Result<()> {
-    let (ended, running) = super::writer::end_descendants(conn, id, state, now)?;
+    let (ended, running) = super::writer::end_descendants(conn, id, state, now, &mut out.metrics)?;
     out.terminal.extend(ended.iter().cloned());
     out.cancelled_dependents.extend(ended);
     out.stopped.extend(running);
@@ -149,6 +162,9 @@ struct Current {
     deadline_ms: Option<i64>,
     timeout_ms: Option<i64>,
     started_at_ms: Option<i64>,
+    weight: u32,
+    tenant_id: Option<String>,
+    concurrency_key: Option<String>,
 }
 
 /// How close to a deadline a handler's own "I was cancelled" counts as that deadline (the
@@ -177,6 +193,9 @@ fn finish(
                 deadline_ms: row.get(8)?,
                 timeout_ms: row.get(9)?,
                 started_at_ms: row.get(10)?,
+                weight: row.get(11)?,
+                tenant_id: row.get(12)?,
+                concurrency_key: row.get(13)?,
             })
         })
         .optional()?;
@@ -187,7 +206,9 @@ fn finish(
         out.stale.push((finish.job_id.clone(), finish.attempt));
         return Ok(());
     };
-    let end_attempt = |outcome: AttemptOutcome, error: Option<&str>| -> Result<()> {
+    let end_attempt = |out: &mut TransitionOutcome, outcome, error: Option<&str>| -> Result<()> {
+        out.metrics
+            .ended(&current.queue, outcome, current.started_at_ms, now);
         conn.prepare_cached(END_ATTEMPT)?.execute(params![
             now,
             outcome as i32,
@@ -205,6 +226,9 @@ fn finish(
         run_at_ms,
         seq: current.seq,
         deadline_ms: current.deadline_ms,
+        weight: current.weight,
+        tenant_id: current.tenant_id.clone(),
+        concurrency_key: current.concurrency_key.clone(),
     };
 
     // A handler that stopped because its own timer fired is the job's deadline or the
@@ -230,6 +254,7 @@ fn finish(
     match &outcome {
         Outcome::Expired => {
             end_attempt(
+                out,
                 AttemptOutcome::DeadlineExceeded,
                 Some("the job's deadline passed"),
             )?;
@@ -237,6 +262,7 @@ fn finish(
             end_job(
                 conn,
                 &finish.job_id,
+                &current.queue,
                 current.seq,
                 JobState::DeadlineExceeded,
                 error,
@@ -252,7 +278,7 @@ fn finish(
                 current.timeout_ms.unwrap_or_default()
             );
             let failures = current.failures + 1;
-            end_attempt(AttemptOutcome::DeadlineExceeded, Some(&message))?;
+            end_attempt(out, AttemptOutcome::DeadlineExceeded, Some(&message))?;
             if failures < current.max_attempts {
                 let run_at = now + retry.backoff_ms(failures);
                 conn.prepare_cached(RETRY)?.execute(params![
@@ -268,6 +294,7 @@ fn finish(
                 end_job(
                     conn,
                     &finish.job_id,
+                    &current.queue,
                     current.seq,
                     JobState::Failed,
                     &error,
@@ -284,27 +311,18 @@ fn finish(
                 now,
                 current.seq
             ])?;
-            end_attempt(AttemptOutcome::Succeeded, None)?;
+            end_attempt(out, AttemptOutcome::Succeeded, None)?;
             out.terminal.push(finish.job_id.clone());
+            out.metrics.finished(&current.queue, JobState::Succeeded);
             let ready_now = conn
-                .prepare_cached(NOW_READY_DEPENDENTS)?
+                .prepare_cached(&format!("SELECT {READY_COLUMNS_J} {NOW_READY_DEPENDENTS}"))?
                 .query_map(
                     params![
                         finish.job_id,
                         JobState::Queued as i32,
                         JobState::Succeeded as i32
                     ],
-                    |row| {
-                        Ok(ReadyJob {
-                            id: row.get(0)?,
-                            queue: row.get(1)?,
-                            kind: row.get(2)?,
-                            priority: row.get(3)?,
-                            run_at_ms: row.get(4)?,
-                            seq: row.get(5)?,
-                            deadline_ms: row.get(6)?,
-                        })
-                    },
+                    ReadyJob::from_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             out.ready.extend(ready_now);
@@ -323,7 +341,7 @@ fn finish(
             } else {
                 (JobState::Failed, AttemptOutcome::Failed)
             };
-            end_attempt(outcome, Some(message))?;
+            end_attempt(out, outcome, Some(message))?;
             if state == JobState::Queued {
                 let delay = retry_after_ms.unwrap_or_else(|| retry.backoff_ms(failures));
                 let run_at = now + delay;
@@ -344,6 +362,7 @@ fn finish(
                 end_job(
                     conn,
                     &finish.job_id,
+                    &current.queue,
                     current.seq,
                     state,
                     &error,
@@ -355,7 +374,7 @@ fn finish(
         }
         Outcome::Lost(reason) => {
             let failures = current.failures + 1;
-            end_attempt(AttemptOutcome::Lost, Some(reason))?;
+            end_attempt(out, AttemptOutcome::Lost, Some(reason))?;
             if failures < current.max_attempts {
                 conn.prepare_cached(RETRY)?.execute(params![
                     JobState::Queued as i32,
@@ -370,6 +389,7 @@ fn finish(
                 end_job(
                     conn,
                     &finish.job_id,
+                    &current.queue,
                     current.seq,
                     JobState::Failed,
                     &error,
@@ -380,7 +400,7 @@ fn finish(
             }
         }
         Outcome::Released(reason) => {
-            end_attempt(AttemptOutcome::Released, Some(reason))?;
+            end_attempt(out, AttemptOutcome::Released, Some(reason))?;
             conn.prepare_cached(RETRY)?.execute(params![
                 JobState::Queued as i32,
                 Option::<&str>::None,
@@ -399,6 +419,7 @@ fn finish(
 fn end_job(
     conn: &Connection,
     id: &str,
+    queue: &str,
     seq: i64,
     state: JobState,
     error: &str,
@@ -409,6 +430,7 @@ fn end_job(
     conn.prepare_cached(FAIL)?
         .execute(params![state as i32, error, failures, now, seq])?;
     out.terminal.push(id.to_owned());
+    out.metrics.finished(queue, state);
     end_descendants(conn, id, state, now, out)?;
     if matches!(state, JobState::Failed | JobState::DeadlineExceeded) {
         fail_group(conn, id, error, now, out)?;
@@ -500,7 +522,8 @@ fn start(
 const REQUEUE: &str = "UPDATE jobs SET state = ?1, failures = 0, max_attempts = ?2, error = NULL,
         output = NULL, finished_at_ms = NULL, run_at_ms = NULL, worker_id = NULL
     WHERE seq = ?3
-    RETURNING id, queue, kind, priority, seq, deadline_ms";
+    RETURNING id, queue, kind, priority, 0, seq, deadline_ms, weight, tenant_id,
+        concurrency_key";
 const FAILED_DEPENDENCY: &str = "SELECT p.id, p.state FROM dependencies d
     JOIN jobs p ON p.id = d.depends_on
     WHERE d.job_id = ?1 AND p.state IN (?2, ?3, ?4) LIMIT 1";
@@ -562,17 +585,7 @@ pub(crate) fn requeue(
             max_attempts.unwrap_or(current_max),
             seq
         ],
-        |row| {
-            Ok(ReadyJob {
-                id: row.get(0)?,
-                queue: row.get(1)?,
-                kind: row.get(2)?,
-                priority: row.get(3)?,
-                run_at_ms: 0,
-                seq: row.get(4)?,
-                deadline_ms: row.get(5)?,
-            })
-        },
+        ReadyJob::from_row,
     )?;
     let unfinished: i64 = conn
         .prepare_cached(UNFINISHED_DEPENDENCIES)?
@@ -605,25 +618,15 @@ pub(crate) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
         );
     }
     let ready = conn
-        .prepare(
-            "SELECT id, queue, kind, priority, coalesce(run_at_ms, 0), seq, deadline_ms FROM jobs j
+        .prepare(&format!(
+            "SELECT {READY_COLUMNS} FROM jobs j
              WHERE state = ?1 AND NOT EXISTS (
                 SELECT 1 FROM dependencies d JOIN jobs p ON p.id = d.depends_on
-                WHERE d.job_id = j.id AND p.state != ?2)",
-        )?
+                WHERE d.job_id = j.id AND p.state != ?2)"
+        ))?
         .query_map(
             params![JobState::Queued as i32, JobState::Succeeded as i32],
-            |row| {
-                Ok(ReadyJob {
-                    id: row.get(0)?,
-                    queue: row.get(1)?,
-                    kind: row.get(2)?,
-                    priority: row.get(3)?,
-                    run_at_ms: row.get(4)?,
-                    seq: row.get(5)?,
-                    deadline_ms: row.get(6)?,
-                })
-            },
+            ReadyJob::from_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ready)

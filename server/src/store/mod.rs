@@ -26,11 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     error::{Error, Result},
-    telemetry::Metrics,
+    telemetry::{Metrics, Tally},
 };
 pub use read::{ListFilter, ListPage};
 use writer::Command;
-pub use writer::Origin;
+pub use writer::{AdminOp, Origin};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,6 +117,42 @@ pub struct ReadyJob {
     pub seq: i64,
     /// When the whole job must be done (Unix ms).
     pub deadline_ms: Option<i64>,
+    /// Permits it takes of each quota scope that applies to it.
+    pub weight: u32,
+    pub tenant_id: Option<String>,
+    pub concurrency_key: Option<String>,
+}
+
+/// The columns `ReadyJob::from_row` reads, in order (prefix `j.` where joined).
+pub(crate) const READY_COLUMNS: &str = "id, queue, kind, priority, coalesce(run_at_ms, 0), seq,
+    deadline_ms, weight, tenant_id, concurrency_key";
+pub(crate) const READY_COLUMNS_J: &str = "j.id, j.queue, j.kind, j.priority,
+    coalesce(j.run_at_ms, 0), j.seq, j.deadline_ms, j.weight, j.tenant_id, j.concurrency_key";
+
+impl ReadyJob {
+    pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReadyJob> {
+        Ok(ReadyJob {
+            id: row.get(0)?,
+            queue: row.get(1)?,
+            kind: row.get(2)?,
+            priority: row.get(3)?,
+            run_at_ms: row.get(4)?,
+            seq: row.get(5)?,
+            deadline_ms: row.get(6)?,
+            weight: row.get(7)?,
+            tenant_id: row.get(8)?,
+            concurrency_key: row.get(9)?,
+        })
+    }
+
+    /// The quota scopes that apply to it.
+    pub fn scopes(&self) -> Vec<String> {
+        crate::quota::scopes(
+            &self.queue,
+            self.concurrency_key.as_deref(),
+            self.tenant_id.as_deref(),
+        )
+    }
 }
 
 /// Give a queued job to a worker session.
@@ -217,6 +253,8 @@ pub struct TransitionOutcome {
     pub stopped: Vec<(String, u32)>,
     /// Results refused by the fence: (job, attempt).
     pub stale: Vec<(String, u32)>,
+    /// What metrics count of it; the writer takes it once the transaction commits.
+    pub metrics: Tally,
 }
 
 /// What to cancel.
@@ -236,6 +274,8 @@ pub struct Cancelled {
     pub running: Vec<(String, u32)>,
     /// For a single job, its state afterwards.
     pub state: v1::JobState,
+    /// What metrics count of it; the writer takes it once the transaction commits.
+    pub metrics: Tally,
 }
 
 /// Counters of the writer, for `Stats` and tests of group commit.
@@ -380,6 +420,32 @@ impl Store {
         self.readers
             .run(move |conn| read::group_events(conn, &group, after, limit))
             .await
+    }
+
+    pub async fn quotas(&self) -> Result<Vec<v1::Quota>> {
+        self.readers.run(read::quotas).await
+    }
+
+    pub async fn paused(&self) -> Result<Vec<String>> {
+        self.readers.run(read::paused).await
+    }
+
+    /// Sets a scope's limits; a quota with none set removes it.
+    pub async fn set_quota(&self, quota: v1::Quota) -> Result<()> {
+        self.call(|reply| Command::Admin {
+            op: AdminOp::SetQuota(quota),
+            reply,
+        })
+        .await?
+    }
+
+    /// Pauses or resumes a queue; returns the queues paused afterwards.
+    pub async fn pause(&self, queue: String, paused: bool) -> Result<()> {
+        self.call(|reply| Command::Admin {
+            op: AdminOp::Pause { queue, paused },
+            reply,
+        })
+        .await?
     }
 
     pub async fn queue_stats(&self) -> Result<Vec<v1::QueueStats>> {

@@ -356,3 +356,32 @@ pub(crate) fn group_events(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+const QUOTAS: &str = "SELECT q.scope, q.max_in_flight, q.max_queued, q.rate_per_second, q.burst,
+        coalesce(c.queued, 0)
+    FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope ORDER BY q.scope";
+
+/// Every quota, with the jobs queued in its scope now.
+pub(crate) fn quotas(conn: &Connection) -> Result<Vec<v1::Quota>> {
+    Ok(conn
+        .prepare_cached(QUOTAS)?
+        .query_map([], |row| {
+            Ok(v1::Quota {
+                scope: row.get(0)?,
+                max_in_flight: row.get(1)?,
+                max_queued: row.get(2)?,
+                rate_per_second: row.get(3)?,
+                burst: row.get(4)?,
+                held: 0,
+                queued: row.get::<_, i64>(5)?.max(0) as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub(crate) fn paused(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached("SELECT queue FROM paused_queues ORDER BY queue")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}

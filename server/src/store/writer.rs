@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    telemetry::Metrics,
+    telemetry::{Metrics, Tally},
 };
 
 /// The most commands one transaction carries.
@@ -48,9 +48,20 @@ pub(crate) enum Command {
         max_attempts: Option<u32>,
         reply: oneshot::Sender<Result<Option<ReadyJob>>>,
     },
+    Admin {
+        op: AdminOp,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// Run-time control, persisted.
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    SetQuota(v1::Quota),
+    Pause { queue: String, paused: bool },
 }
 
 /// A command's result, held until its transaction commits.
@@ -68,6 +79,7 @@ enum Pending {
         oneshot::Sender<Result<Option<ReadyJob>>>,
         Result<Option<ReadyJob>>,
     ),
+    Admin(oneshot::Sender<Result<()>>, Result<()>),
     Close(oneshot::Sender<()>),
 }
 
@@ -85,6 +97,8 @@ impl Pending {
             (Pending::Transition(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
             (Pending::Requeue(tx, result), Ok(())) => drop(tx.send(result)),
             (Pending::Requeue(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Pending::Admin(tx, result), Ok(())) => drop(tx.send(result)),
+            (Pending::Admin(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
             (Pending::Close(tx), _) => drop(tx.send(())),
         }
     }
@@ -123,27 +137,13 @@ pub(crate) fn run(
     tracing::info!("store closed");
 }
 
-/// What a batch did that metrics count, held until its commit: a command whose savepoint
-/// rolled back, or a batch whose commit failed, counts nothing.
-#[derive(Default)]
-struct Tally {
-    /// Each new job's queue and state (`CANCELLED` if a dependency had already ended badly).
-    submitted: Vec<(String, JobState)>,
-}
-
-impl Tally {
-    fn submitted(&mut self, jobs: &[NewJob], done: &[Submitted]) {
-        // `submit` answers each job in order, a repeated idempotency key included.
-        let new = jobs.iter().zip(done).filter(|(_, s)| !s.duplicate);
-        self.submitted
-            .extend(new.map(|(job, s)| (job.queue.clone(), s.state)));
-    }
-
-    fn record(self, metrics: &Metrics) {
-        for (queue, state) in &self.submitted {
-            metrics.job_submitted(queue);
-            metrics.job_finished(queue, *state);
-        }
+/// Counts the jobs a submit stored: each new one, and those that ended at once (`CANCELLED`,
+/// a dependency having already ended badly).
+fn tally_submitted(tally: &mut Tally, jobs: &[NewJob], done: &[Submitted]) {
+    // `submit` answers each job in order, a repeated idempotency key included.
+    for (job, submitted) in jobs.iter().zip(done).filter(|(_, s)| !s.duplicate) {
+        tally.submitted(&job.queue);
+        tally.finished(&job.queue, submitted.state);
     }
 }
 
@@ -155,6 +155,7 @@ fn commit_batch(
 ) {
     let commands = batch.len() as u64;
     let mut rows = 0u64;
+    // Held until the commit: a command that rolls back, or a failed commit, counts nothing.
     let mut tally = Tally::default();
     let mut pending = Vec::with_capacity(batch.len());
     let began = Instant::now();
@@ -171,6 +172,7 @@ fn commit_batch(
                     Pending::Transition(reply, Ok(TransitionOutcome::default())).send(&err)
                 }
                 Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)).send(&err),
+                Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())).send(&err),
                 Command::Close { reply } => Pending::Close(reply).send(&err),
             }
             continue;
@@ -185,7 +187,7 @@ fn commit_batch(
                 let result = savepoint(conn, |c| submit(c, origin, &jobs, group.as_ref()));
                 if let Ok(done) = &result {
                     rows += done.iter().filter(|s| !s.duplicate).count() as u64;
-                    tally.submitted(&jobs, done);
+                    tally_submitted(&mut tally, &jobs, done);
                 }
                 Pending::Submit(reply, result)
             }
@@ -194,18 +196,20 @@ fn commit_batch(
                 reason,
                 reply,
             } => {
-                let result = savepoint(conn, |c| cancel(c, &target, &reason));
-                if let Ok(done) = &result {
+                let mut result = savepoint(conn, |c| cancel(c, &target, &reason));
+                if let Ok(done) = &mut result {
                     rows += (done.ids.len() + done.dependents.len()) as u64;
+                    tally.append(&mut done.metrics);
                 }
                 Pending::Cancel(reply, result)
             }
             Command::Transition { ops, reply } => {
-                let result = savepoint(conn, |c| lifecycle::transition(c, &ops));
-                if let Ok(done) = &result {
+                let mut result = savepoint(conn, |c| lifecycle::transition(c, &ops));
+                if let Ok(done) = &mut result {
                     rows += (ops.finishes.len()
                         + done.started.len()
                         + done.cancelled_dependents.len()) as u64;
+                    tally.append(&mut done.metrics);
                 }
                 Pending::Transition(reply, result)
             }
@@ -217,6 +221,11 @@ fn commit_batch(
                 let result = savepoint(conn, |c| lifecycle::requeue(c, &job_id, max_attempts));
                 rows += u64::from(result.is_ok());
                 Pending::Requeue(reply, result)
+            }
+            Command::Admin { op, reply } => {
+                let result = savepoint(conn, |c| admin(c, &op));
+                rows += u64::from(result.is_ok());
+                Pending::Admin(reply, result)
             }
             Command::Close { reply } => Pending::Close(reply),
         });
@@ -234,7 +243,7 @@ fn commit_batch(
         counters.record(commands, rows);
         // Before the replies: whoever hears of a write can already see it counted.
         metrics.store_committed(began.elapsed(), commands);
-        tally.record(metrics);
+        metrics.record(tally);
     }
     for reply in pending {
         reply.send(&commit);
@@ -255,6 +264,87 @@ fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> 
             Err(err)
         }
     }
+}
+
+fn admin(conn: &Connection, op: &AdminOp) -> Result<()> {
+    match op {
+        AdminOp::SetQuota(q) => {
+            if q.max_in_flight.is_none() && q.max_queued.is_none() && q.rate_per_second.is_none() {
+                conn.prepare_cached("DELETE FROM quotas WHERE scope = ?1")?
+                    .execute(params![q.scope])?;
+            } else {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO quotas (scope, max_in_flight, max_queued,
+                        rate_per_second, burst) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    q.scope,
+                    q.max_in_flight,
+                    q.max_queued,
+                    q.rate_per_second,
+                    q.burst
+                ])?;
+            }
+        }
+        AdminOp::Pause {
+            queue,
+            paused: true,
+        } => {
+            conn.prepare_cached("INSERT OR IGNORE INTO paused_queues (queue) VALUES (?1)")?
+                .execute(params![queue])?;
+        }
+        AdminOp::Pause {
+            queue,
+            paused: false,
+        } => {
+            conn.prepare_cached("DELETE FROM paused_queues WHERE queue = ?1")?
+                .execute(params![queue])?;
+        }
+    }
+    Ok(())
+}
+
+/// The `max_queued` limits that apply to these jobs, with how many are queued now: refuses
+/// the whole submit if any scope would go past its limit.
+const QUEUED_LIMITS: &str = "SELECT q.scope, q.max_queued, coalesce(c.queued, 0)
+    FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope
+    WHERE q.max_queued IS NOT NULL AND q.scope IN (SELECT value FROM json_each(?1))";
+
+fn admit(conn: &Connection, jobs: &[NewJob]) -> Result<()> {
+    let mut adding: HashMap<String, u64> = HashMap::new();
+    for job in jobs {
+        let scopes = crate::quota::scopes(
+            &job.queue,
+            job.concurrency_key.as_deref(),
+            job.tenant_id.as_deref(),
+        );
+        for scope in scopes {
+            *adding.entry(scope).or_default() += 1;
+        }
+    }
+    let scopes: Vec<&String> = adding.keys().collect();
+    let scopes = serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into());
+    let limits = conn
+        .prepare_cached(QUEUED_LIMITS)?
+        .query_map(params![scopes], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (scope, max, queued) in limits {
+        let more = adding.get(&scope).copied().unwrap_or(0) as i64;
+        if queued + more > max {
+            return Err(Error::QueueFull {
+                scope,
+                queued: queued.max(0) as u64,
+                max: max.max(0) as u64,
+            });
+        }
+    }
+    Ok(())
 }
 
 const FIND_IDEMPOTENT: &str = "SELECT id, state FROM jobs
@@ -287,6 +377,7 @@ fn submit(
     group: Option<&NewGroup>,
 ) -> Result<Vec<Submitted>> {
     let now = now_ms();
+    admit(conn, jobs)?;
     if let Some(group) = group {
         if conn
             .prepare_cached(GROUP_EXISTS)?
@@ -433,6 +524,9 @@ fn submit(
                 run_at_ms: job.run_at_ms.unwrap_or(0),
                 seq,
                 deadline_ms: job.deadline_ms,
+                weight: job.weight,
+                tenant_id: job.tenant_id.clone(),
+                concurrency_key: job.concurrency_key.clone(),
             });
         }
     }
@@ -446,16 +540,19 @@ fn dependency_failed(dep: &str, end: JobState) -> String {
 const CANCEL_JOB: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
     WHERE id = ?4 AND state = ?5";
 const CANCEL_GROUP: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
-    WHERE group_id = ?4 AND state = ?5 RETURNING id";
+    WHERE group_id = ?4 AND state = ?5 RETURNING id, queue";
 /// Queued dependents of one job: they can no longer run.
 const CANCEL_DEPENDENTS: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
     WHERE state = ?4 AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?5)
-    RETURNING id";
+    RETURNING id, queue";
 
 const CANCEL_RUNNING: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
     WHERE seq = ?4";
-const RUNNING_OF_GROUP: &str =
-    "SELECT id, seq, attempt FROM jobs WHERE group_id = ?1 AND state = ?2";
+const RUNNING_OF_GROUP: &str = "SELECT id, seq, attempt, queue, started_at_ms FROM jobs
+    WHERE group_id = ?1 AND state = ?2";
+/// What cancelling one job needs to know of it.
+const JOB_TO_CANCEL: &str = "SELECT state, seq, attempt, queue, started_at_ms FROM jobs
+    WHERE id = ?1";
 
 /// Cancels every unfinished job of a group: queued ones, and running ones (their attempts are
 /// fenced out here). Returns the ids, and the running ones with their attempt.
@@ -464,15 +561,21 @@ pub(crate) fn cancel_group_jobs(
     group: &str,
     reason: &str,
     now: i64,
+    tally: &mut Tally,
 ) -> Result<Descendants> {
     let cancelled = JobState::Cancelled as i32;
-    let mut ids = conn
+    let queued = conn
         .prepare_cached(CANCEL_GROUP)?
         .query_map(
             params![cancelled, reason, now, group, JobState::Queued as i32],
-            |row| row.get(0),
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
         )?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut ids = Vec::with_capacity(queued.len());
+    for (id, queue) in queued {
+        tally.finished(&queue, JobState::Cancelled);
+        ids.push(id);
+    }
     let running = conn
         .prepare_cached(RUNNING_OF_GROUP)?
         .query_map(params![group, JobState::Running as i32], |row| {
@@ -480,11 +583,15 @@ pub(crate) fn cancel_group_jobs(
                 row.get::<_, String>(0)?,
                 row.get::<_, i64>(1)?,
                 row.get::<_, u32>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, Option<i64>>(4)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut running_now = Vec::with_capacity(running.len());
-    for (id, seq, attempt) in running {
+    for (id, seq, attempt, queue, started_at_ms) in running {
+        tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
+        tally.finished(&queue, JobState::Cancelled);
         conn.prepare_cached(CANCEL_RUNNING)?
             .execute(params![cancelled, reason, now, seq])?;
         conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
@@ -502,16 +609,25 @@ pub(crate) fn cancel_group_jobs(
 
 fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Cancelled> {
     let now = now_ms();
+    let mut tally = Tally::default();
     let mut running_now: Vec<(String, u32)> = Vec::new();
     let cancelled = JobState::Cancelled as i32;
     let queued = JobState::Queued as i32;
     let (ids, state) = match target {
         CancelTarget::Job(id) => {
-            let state: i32 = conn
-                .prepare_cached(JOB_STATE)?
-                .query_row(params![id], |row| row.get(0))
-                .optional()?
-                .ok_or_else(|| Error::JobNotFound(id.clone()))?;
+            let (state, seq, attempt, queue, started_at_ms): (i32, i64, u32, String, Option<i64>) =
+                conn.prepare_cached(JOB_TO_CANCEL)?
+                    .query_row(params![id], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    })
+                    .optional()?
+                    .ok_or_else(|| Error::JobNotFound(id.clone()))?;
             let state = JobState::try_from(state)
                 .map_err(|_| Error::Corrupt(format!("job {id}: state {state}")))?;
             match state {
@@ -524,6 +640,7 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                             "job {id}: vanished while cancelled"
                         )));
                     }
+                    tally.finished(&queue, JobState::Cancelled);
                     (vec![id.clone()], JobState::Cancelled)
                 }
                 // Cancelling twice is not an error: the caller's wish already holds.
@@ -531,9 +648,6 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                 JobState::Running => {
                     // The attempt is fenced out here: whatever its worker reports later is
                     // refused. The scheduler tells the worker to stop.
-                    let (seq, attempt): (i64, u32) = conn
-                        .prepare_cached("SELECT seq, attempt FROM jobs WHERE id = ?1")?
-                        .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
                     conn.prepare_cached(CANCEL_RUNNING)?
                         .execute(params![cancelled, reason, now, seq])?;
                     conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
@@ -544,6 +658,8 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                         attempt
                     ])?;
                     running_now.push((id.clone(), attempt));
+                    tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
+                    tally.finished(&queue, JobState::Cancelled);
                     (vec![id.clone()], JobState::Cancelled)
                 }
                 other => {
@@ -558,14 +674,14 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
             if !conn.prepare_cached(GROUP_EXISTS)?.exists(params![group])? {
                 return Err(Error::GroupNotFound(group.clone()));
             }
-            let (ids, running) = cancel_group_jobs(conn, group, reason, now)?;
+            let (ids, running) = cancel_group_jobs(conn, group, reason, now, &mut tally)?;
             running_now.extend(running);
             (ids, JobState::Unspecified)
         }
     };
     let mut dependents = Vec::new();
     for id in &ids {
-        let (ended, running) = end_descendants(conn, id, JobState::Cancelled, now)?;
+        let (ended, running) = end_descendants(conn, id, JobState::Cancelled, now, &mut tally)?;
         dependents.extend(ended);
         running_now.extend(running);
     }
@@ -574,13 +690,14 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
         dependents,
         running: running_now,
         state,
+        metrics: tally,
     })
 }
 
 /// The jobs `end_descendants` ended, and of those the running ones with their attempt.
 pub(crate) type Descendants = (Vec<String>, Vec<(String, u32)>);
 
-const CHILDREN: &str = "SELECT id, seq, state, attempt FROM jobs
+const CHILDREN: &str = "SELECT id, seq, state, attempt, queue, started_at_ms FROM jobs
     WHERE parent_job_id = ?1 AND state IN (?2, ?3)";
 const END_CHILD: &str =
     "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3 WHERE seq = ?4";
@@ -596,6 +713,7 @@ pub(crate) fn end_descendants(
     root: &str,
     state: JobState,
     now: i64,
+    tally: &mut Tally,
 ) -> Result<Descendants> {
     let mut dependents = conn.prepare_cached(CANCEL_DEPENDENTS)?;
     let mut children = conn.prepare_cached(CHILDREN)?;
@@ -615,9 +733,16 @@ pub(crate) fn end_descendants(
                     JobState::Queued as i32,
                     job
                 ],
-                |row| row.get::<_, String>(0),
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let next: Vec<String> = next
+            .into_iter()
+            .map(|(id, queue)| {
+                tally.finished(&queue, JobState::Cancelled);
+                id
+            })
+            .collect();
         if matches!(job_state, JobState::Cancelled | JobState::DeadlineExceeded) {
             let reason = format!("its parent {job} ended {}", job_state.as_str_name());
             let kids = children
@@ -629,13 +754,17 @@ pub(crate) fn end_descendants(
                             row.get::<_, i64>(1)?,
                             row.get::<_, i32>(2)?,
                             row.get::<_, u32>(3)?,
+                            row.get::<_, String>(4)?,
+                            row.get::<_, Option<i64>>(5)?,
                         ))
                     },
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            for (id, seq, kid_state, attempt) in kids {
+            for (id, seq, kid_state, attempt, queue, started_at_ms) in kids {
                 end_child.execute(params![JobState::Cancelled as i32, reason, now, seq])?;
+                tally.finished(&queue, JobState::Cancelled);
                 if kid_state == JobState::Running as i32 {
+                    tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
                     end_attempt.execute(params![
                         now,
                         v1::AttemptOutcome::Cancelled as i32,
@@ -662,6 +791,7 @@ impl Cancelled {
             dependents: vec![],
             running: vec![],
             state: JobState::Unspecified,
+            metrics: Tally::default(),
         }
     }
 }

@@ -204,6 +204,22 @@ impl Metrics {
         families.store_batch.observe(&[], commands as f64);
     }
 
+    /// Counts what a committed transaction did.
+    pub fn record(&self, tally: Tally) {
+        for queue in &tally.submitted {
+            self.job_submitted(queue);
+        }
+        for queue in &tally.started {
+            self.attempt_started(queue);
+        }
+        for (queue, outcome, ran) in &tally.ended {
+            self.attempt_ended(queue, *outcome, *ran);
+        }
+        for (queue, state) in &tally.finished {
+            self.job_finished(queue, *state);
+        }
+    }
+
     /// Every metric in the Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
         let f = &self.families;
@@ -221,6 +237,54 @@ impl Metrics {
         f.store_batch.render(&mut out);
         f.store_commits.render(&mut out);
         out
+    }
+}
+
+/// What a store transaction did that metrics count, held until it commits: a command that
+/// rolls back, or a commit that fails, counts nothing. [`Metrics::record`] counts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    submitted: Vec<String>,
+    started: Vec<String>,
+    ended: Vec<(String, AttemptOutcome, Duration)>,
+    finished: Vec<(String, JobState)>,
+}
+
+impl Tally {
+    /// See [`Metrics::job_submitted`].
+    pub fn submitted(&mut self, queue: &str) {
+        self.submitted.push(queue.to_owned());
+    }
+
+    /// See [`Metrics::attempt_started`].
+    pub fn started(&mut self, queue: &str) {
+        self.started.push(queue.to_owned());
+    }
+
+    /// See [`Metrics::attempt_ended`]. `started_at_ms` and `now_ms` are Unix milliseconds;
+    /// an unknown start counts as a run time of zero.
+    pub fn ended(
+        &mut self,
+        queue: &str,
+        outcome: AttemptOutcome,
+        started_at_ms: Option<i64>,
+        now_ms: i64,
+    ) {
+        let ran = started_at_ms.map_or(0, |start| now_ms.saturating_sub(start).max(0));
+        let ran = Duration::from_millis(u64::try_from(ran).unwrap_or(0));
+        self.ended.push((queue.to_owned(), outcome, ran));
+    }
+
+    /// See [`Metrics::job_finished`].
+    pub fn finished(&mut self, queue: &str, state: JobState) {
+        self.finished.push((queue.to_owned(), state));
+    }
+
+    pub fn append(&mut self, other: &mut Tally) {
+        self.submitted.append(&mut other.submitted);
+        self.started.append(&mut other.started);
+        self.ended.append(&mut other.ended);
+        self.finished.append(&mut other.finished);
     }
 }
 

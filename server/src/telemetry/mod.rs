@@ -6,4 +6,4 @@ mod http;
 mod metrics;
 
 pub use http::serve;
-pub use metrics::{Metrics, OVERFLOW};
+pub use metrics::{Metrics, OVERFLOW, Tally};
