@@ -73,6 +73,7 @@ CREATE TABLE groups (
     size              INTEGER NOT NULL,
     cancel_on_failure INTEGER NOT NULL,
     created_at_ms     INTEGER NOT NULL,
+    tenant_id         TEXT,
     -- errgroup: the first job that ended badly, and its error.
     failed_job_id     TEXT,
     error             TEXT

@@ -62,6 +62,7 @@ pub use switchyard_proto::v1::{
 pub struct Client {
     channel: Channel,
     tenant: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     parent: Option<Parent>,
 }
 
@@ -114,6 +115,7 @@ impl Client {
         Client {
             channel,
             tenant: None,
+            token: None,
             parent: None,
         }
     }
@@ -135,6 +137,16 @@ impl Client {
             .parse()
             .map_err(|_| Error::InvalidArgument(format!("tenant {tenant:?} is not ASCII")))?;
         self.tenant = Some(value);
+        Ok(self)
+    }
+
+    /// Sends `authorization: Bearer <token>` on every call of the returned client (for a
+    /// coordinator started with `--tokens`).
+    pub fn with_token(mut self, token: &str) -> Result<Client, Error> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::InvalidArgument("the token is not printable ASCII".into()))?;
+        self.token = Some(value);
         Ok(self)
     }
 
@@ -174,6 +186,11 @@ impl Client {
         }
         if let Some(tenant) = &self.tenant {
             request.metadata_mut().insert("x-tenant-id", tenant.clone());
+        }
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         request
     }
@@ -315,6 +332,39 @@ impl Client {
             max_attempts,
         });
         Ok(self.jobs().requeue(request).await?.into_inner())
+    }
+
+    /// Sets a scope's limits (`queue:<q>`, `key:<k>`, `tenant:<t>`); none set removes it.
+    pub async fn set_quota(&self, quota: v1::Quota) -> Result<v1::Quota, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let request = self.request(v1::SetQuotaRequest { quota: Some(quota) });
+        Ok(admin.set_quota(request).await?.into_inner())
+    }
+
+    /// Every quota, with the permits held and jobs queued in its scope now.
+    pub async fn quotas(&self) -> Result<Vec<v1::Quota>, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let request = self.request(v1::ListQuotasRequest {});
+        Ok(admin.list_quotas(request).await?.into_inner().quotas)
+    }
+
+    /// Pauses (or resumes) dispatch from a queue; returns the paused queues.
+    pub async fn pause_queue(&self, queue: &str, paused: bool) -> Result<Vec<String>, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let queue = queue.to_owned();
+        Ok(if paused {
+            admin
+                .pause_queue(self.request(v1::PauseQueueRequest { queue }))
+                .await?
+                .into_inner()
+                .paused
+        } else {
+            admin
+                .resume_queue(self.request(v1::ResumeQueueRequest { queue }))
+                .await?
+                .into_inner()
+                .paused
+        })
     }
 
     /// The connected workers.

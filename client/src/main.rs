@@ -35,6 +35,10 @@ struct Cli {
     #[arg(long, global = true, env = "SWITCHYARD_TENANT")]
     tenant: Option<String>,
 
+    /// Sent as `authorization: Bearer <token>` (for a coordinator started with --tokens).
+    #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +76,13 @@ enum Command {
     },
     /// Connected workers: their queues, kinds, slots and running jobs.
     Workers,
+    /// Quotas: fleet-wide semaphores, rate limits and admission limits by scope.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Stop dispatching from a queue (submits still land; running jobs go on).
+    Pause { queue: String },
+    /// Dispatch from a paused queue again.
+    Resume { queue: String },
     /// Queue counts and the store's commit numbers.
     Stats,
     /// Measure the coordinator against a baseline in the same run.
@@ -150,6 +161,28 @@ struct SubmitArgs {
     timeout: Option<Duration>,
 }
 
+#[derive(Debug, Subcommand)]
+enum QuotaCommand {
+    /// Set a scope's limits (`queue:<q>`, `key:<k>`, `tenant:<t>`); with none, remove them.
+    Set {
+        scope: String,
+        /// Permits held by running jobs at most (a job holds its weight).
+        #[arg(long)]
+        max_in_flight: Option<u32>,
+        /// Jobs queued at most; past it a submit gets RESOURCE_EXHAUSTED.
+        #[arg(long)]
+        max_queued: Option<u32>,
+        /// Dispatches per second (token bucket).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Tokens the bucket holds (default 1).
+        #[arg(long, requires = "rate")]
+        burst: Option<u32>,
+    },
+    /// Every quota, with permits held and jobs queued now.
+    List,
+}
+
 #[derive(Debug, Args)]
 struct ListArgs {
     #[arg(long)]
@@ -186,6 +219,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(cli.coordinator.clone()).await?;
     if let Some(tenant) = &cli.tenant {
         client = client.with_tenant(tenant)?;
+    }
+    if let Some(token) = &cli.token {
+        client = client.with_token(token)?;
     }
     let done = match cli.command {
         Command::Batch(args) => return batch::run(&client, args, cli.json).await,
@@ -238,6 +274,42 @@ async fn main() -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", output::workers_text(&workers));
             }
+            Ok(())
+        }
+        Command::Quota(QuotaCommand::Set {
+            scope,
+            max_in_flight,
+            max_queued,
+            rate,
+            burst,
+        }) => {
+            let quota = client
+                .set_quota(switchyard_proto::v1::Quota {
+                    scope,
+                    max_in_flight,
+                    max_queued,
+                    rate_per_second: rate,
+                    burst,
+                    ..Default::default()
+                })
+                .await?;
+            println!("{}", output::quota_line(&quota, cli.json));
+            Ok(())
+        }
+        Command::Quota(QuotaCommand::List) => {
+            for quota in client.quotas().await? {
+                println!("{}", output::quota_line(&quota, cli.json));
+            }
+            Ok(())
+        }
+        Command::Pause { queue } => {
+            let paused = client.pause_queue(&queue, true).await?;
+            println!("paused: {}", paused.join(", "));
+            Ok(())
+        }
+        Command::Resume { queue } => {
+            let paused = client.pause_queue(&queue, false).await?;
+            println!("paused: {}", paused.join(", "));
             Ok(())
         }
         Command::Stats => {

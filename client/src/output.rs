@@ -175,6 +175,31 @@ pub fn workers_text(workers: &[WorkerInfo]) -> String {
     out
 }
 
+/// One quota as a line: text for people, JSON with `--json`.
+pub fn quota_line(q: &switchyard_proto::v1::Quota, json_out: bool) -> String {
+    if json_out {
+        return json!({
+            "scope": q.scope, "max_in_flight": q.max_in_flight, "max_queued": q.max_queued,
+            "rate_per_second": q.rate_per_second, "burst": q.burst,
+            "held": q.held, "queued": q.queued,
+        })
+        .to_string();
+    }
+    let limit = |v: Option<u32>| v.map_or("-".to_owned(), |n| n.to_string());
+    format!(
+        "{:<32} in-flight {:>5}/{:<5} queued {:>7}/{:<7} rate {}",
+        q.scope,
+        q.held,
+        limit(q.max_in_flight),
+        q.queued,
+        limit(q.max_queued),
+        q.rate_per_second.map_or("-".to_owned(), |r| format!(
+            "{r}/s burst {}",
+            q.burst.unwrap_or(1)
+        ))
+    )
+}
+
 pub fn stats_json(stats: &StatsResponse) -> Value {
     let store = stats.store.unwrap_or_default();
     json!({

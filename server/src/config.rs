@@ -35,6 +35,12 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
 
+    /// Calls in flight at once across all connections; past it a call is refused with
+    /// UNAVAILABLE at once (load shedding) instead of waiting.
+    #[arg(long, env = "SWITCHYARD_MAX_IN_FLIGHT", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_in_flight: u64,
+
     /// Writes that may wait for the store's writer before submitters get UNAVAILABLE.
     #[arg(long, env = "SWITCHYARD_WRITE_QUEUE", default_value_t = 16_384,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -65,6 +71,11 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Tokens file: one `TOKEN TENANT [client|worker|admin]` per line. With it, every call
+    /// needs `authorization: Bearer <token>`, and a tenant sees only its own jobs.
+    #[arg(long, env = "SWITCHYARD_TOKENS")]
+    pub tokens: Option<PathBuf>,
+
     /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_server=debug`.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
@@ -81,6 +92,8 @@ pub struct Config {
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
     pub max_deadline: Duration,
+    pub tokens: Option<PathBuf>,
+    pub max_in_flight: usize,
 }
 
 impl ServerArgs {
@@ -97,6 +110,8 @@ impl ServerArgs {
             heartbeat_interval: self.heartbeat_interval,
             metrics: self.metrics,
             max_deadline: self.max_deadline,
+            tokens: self.tokens.clone(),
+            max_in_flight: self.max_in_flight as usize,
             retry: RetryPolicy {
                 base_ms: self.retry_base.as_millis() as i64,
                 cap_ms: self.retry_cap.max(self.retry_base).as_millis() as i64,

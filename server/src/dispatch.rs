@@ -102,6 +102,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        crate::auth::Identity::of(&request).require(crate::auth::Role::Worker)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())

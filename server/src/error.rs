@@ -55,6 +55,8 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Config(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -86,6 +88,7 @@ impl From<Error> for Status {
             | Error::Corrupt(_)
             | Error::Transport(_)
             | Error::Reflection(_)
+            | Error::Config(_)
             | Error::Io(_) => Code::Internal,
         };
         if code == Code::Internal {

@@ -2,7 +2,9 @@
 //! cancellation token fires. The `switchyard-server` binary parses flags, binds, and calls
 //! [`run_with`].
 
+pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod error;
@@ -23,7 +25,10 @@ use switchyard_proto::{
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 pub use config::{Config, ServerArgs};
@@ -155,15 +160,29 @@ async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let limit = config.max_message_bytes;
-    let jobs = JobServiceServer::new(services.jobs)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let admin = AdminServiceServer::new(services.admin)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let workers = WorkerServiceServer::new(services.workers)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    // Every service but health and reflection needs a token when the server has tokens.
+    let auth = auth::Auth::new(match &config.tokens {
+        Some(path) => Some(auth::Tokens::load(path).map_err(Error::Config)?),
+        None => None,
+    });
+    let jobs = InterceptedService::new(
+        JobServiceServer::new(services.jobs)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        auth.clone(),
+    );
+    let admin = InterceptedService::new(
+        AdminServiceServer::new(services.admin)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        auth.clone(),
+    );
+    let workers = InterceptedService::new(
+        WorkerServiceServer::new(services.workers)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        auth,
+    );
 
     // Small responses must not wait on Nagle's algorithm for the peer's delayed ACK.
     let incoming = TcpIncoming::from(listener)
@@ -180,9 +199,16 @@ async fn serve(
         }
     };
 
+    // HTTP/2 limits are set here rather than left to defaults: calls per connection, frame
+    // and header sizes, flow-control windows (messages are bounded per service above).
     Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
         .max_frame_size(Some(1 << 20))
+        .http2_max_header_list_size(Some(64 * 1024))
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(4 << 20))
+        // Outermost: a call past the ceiling is refused before it costs anything.
+        .layer(admission::AdmissionLayer::new(config.max_in_flight))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)

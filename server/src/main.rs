@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
     // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when main returns.
     let _traces = switchyard_telemetry::init_from_env("switchyard-coordinator");
 
+    // A bad tokens file stops the start before anything is bound.
+    if let Some(path) = &args.tokens {
+        switchyard_server::auth::Tokens::load(path).map_err(anyhow::Error::msg)?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

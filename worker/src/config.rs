@@ -25,6 +25,8 @@ pub struct WorkerConfig {
     /// How long a handler that was cancelled (or ran past its deadline) may take to return
     /// before it is abandoned.
     pub cancel_grace: Duration,
+    /// Sent as `authorization: Bearer <token>` when the coordinator has tokens.
+    pub token: Option<String>,
     /// The first delay before reconnecting after a lost stream or a failed connect.
     pub reconnect_min: Duration,
     /// The longest delay between reconnect attempts.
@@ -41,6 +43,7 @@ impl Default for WorkerConfig {
             heartbeat_interval: Duration::from_secs(2),
             drain_grace: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(10),
+            token: None,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         }

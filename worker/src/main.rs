@@ -65,6 +65,10 @@ struct Args {
           value_parser = parse_duration)]
     cancel_grace: Duration,
 
+    /// Sent as `authorization: Bearer <token>` (for a coordinator started with --tokens).
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     /// Serve only these built-in kinds, comma-separated [default: all of them].
     #[arg(long, env = "SWITCHYARD_KINDS", value_delimiter = ',')]
     kinds: Option<Vec<String>>,
@@ -91,6 +95,7 @@ impl Args {
             heartbeat_interval: self.heartbeat_interval,
             drain_grace: self.drain_grace,
             cancel_grace: self.cancel_grace,
+            token: self.token.clone(),
             ..WorkerConfig::default()
         }
     }

@@ -104,6 +104,16 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
     kinds.sort();
 
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    // Handlers' own calls (child jobs) share one lazily opened connection.
+    let coordinator = {
+        let client = switchyard_client::Client::from_channel(endpoint.connect_lazy());
+        match config.token.as_deref() {
+            Some(token) => client
+                .with_token(token)
+                .map_err(|e| Error::InvalidConfig(e.to_string()))?,
+            None => client,
+        }
+    };
     let mut runner = Runner {
         slots: Slots::new(config.slots),
         tasks: JoinSet::new(),
@@ -114,8 +124,7 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         kinds,
         handlers,
         state,
-        // Handlers' own calls (child jobs) share one lazily opened connection.
-        coordinator: switchyard_client::Client::from_channel(endpoint.connect_lazy()),
+        coordinator,
         endpoint,
     };
     let mut refused = None;
@@ -247,7 +256,7 @@ impl Runner {
         }
 
         let handshake = tokio::select! {
-            result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&self.endpoint, rx)) => {
+            result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&self.endpoint, rx, self.config.token.as_deref())) => {
                 result.unwrap_or(Err(StreamError::HandshakeTimeout(HANDSHAKE_TIMEOUT)))
             }
             () = shutdown.cancelled() => return End::Stopped,
@@ -641,13 +650,18 @@ impl Runner {
 async fn handshake(
     endpoint: &Endpoint,
     rx: mpsc::Receiver<WorkerMessage>,
+    token: Option<&str>,
 ) -> Result<(Streaming<CoordinatorMessage>, Welcome), StreamError> {
     let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
     let mut client = WorkerServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(Ok(value)) = token.map(|t| format!("Bearer {t}").parse()) {
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut inbound = client
-        .connect(ReceiverStream::new(rx))
+        .connect(request)
         .await
         .map_err(StreamError::Refused)?
         .into_inner();

@@ -37,6 +37,7 @@ fn config(url: &str, slots: u32) -> WorkerConfig {
         heartbeat_interval: Duration::from_millis(100),
         drain_grace: Duration::from_secs(30),
         cancel_grace: Duration::from_secs(10),
+        token: None,
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
     }

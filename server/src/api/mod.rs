@@ -14,6 +14,8 @@ use switchyard_proto::v1::{
 };
 use switchyard_telemetry::{Attribute, Kind, Span, Status as SpanStatus};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::auth::{Identity, Role};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
@@ -60,10 +62,15 @@ impl JobApi {
     /// and for any call from inside a handler) and its parent job.
     async fn call_context(
         &self,
+        identity: &Identity,
         metadata: &MetadataMap,
         deadline_binds: bool,
     ) -> Result<validate::Context> {
         let mut ctx = context(metadata)?;
+        // A token vouches for its tenant; only an admin token acting for all may name one.
+        if identity.authenticated && identity.tenant.is_some() {
+            ctx.tenant_id = identity.tenant.clone();
+        }
         let now = now_ms();
         let parent = match metadata.get("x-switchyard-parent-job") {
             None => None,
@@ -209,6 +216,25 @@ impl JobApi {
 }
 
 impl JobApi {
+    /// A job this caller may see; another tenant's is NOT_FOUND, as if it did not exist.
+    async fn visible_job(&self, identity: &Identity, id: String) -> Result<Job> {
+        let job = self.store.get(id.clone()).await?;
+        if identity.may_see(&job.tenant_id) {
+            Ok(job)
+        } else {
+            Err(Error::JobNotFound(id))
+        }
+    }
+
+    async fn visible_group(&self, identity: &Identity, id: String) -> Result<v1::Group> {
+        let group = self.store.group(id.clone()).await?;
+        if identity.may_see(&group.tenant_id) {
+            Ok(group)
+        } else {
+            Err(Error::GroupNotFound(id))
+        }
+    }
+
     /// Cancels in the store (which fences out running attempts), then tells the scheduler to
     /// drop the queued ones and stop the running ones on their workers, and wakes waiters.
     async fn cancel_jobs(
@@ -504,7 +530,9 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
-        let ctx = self.call_context(request.metadata(), false).await?;
+        let ctx = self
+            .call_context(&Identity::of(&request), request.metadata(), false)
+            .await?;
         let req = request.into_inner();
         if !req.group_id.is_empty() {
             return Err(Error::invalid("group_id", "is set by SubmitBatch, not Submit").into());
@@ -525,7 +553,9 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchResponse>, Status> {
-        let ctx = self.call_context(request.metadata(), false).await?;
+        let ctx = self
+            .call_context(&Identity::of(&request), request.metadata(), false)
+            .await?;
         let req = request.into_inner();
         if req.jobs.is_empty() {
             return Err(Error::invalid("jobs", "must hold at least one job").into());
@@ -577,7 +607,9 @@ impl JobService for JobApi {
     #[tracing::instrument(skip_all)]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let timeout = deadline::timeout(request.metadata())?;
-        let ctx = self.call_context(request.metadata(), true).await?;
+        let ctx = self
+            .call_context(&Identity::of(&request), request.metadata(), true)
+            .await?;
         let req = request.into_inner();
         let Some(job) = req.job else {
             return Err(Error::invalid("job", "is required").into());
@@ -610,16 +642,18 @@ impl JobService for JobApi {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Job>, Status> {
+        let identity = Identity::of(&request);
         let id = request.into_inner().job_id;
         if id.is_empty() {
             return Err(Error::invalid("job_id", "is required").into());
         }
-        let mut job = self.store.get(id).await?;
+        let mut job = self.visible_job(&identity, id).await?;
         self.explain(&mut job).await?;
         Ok(Response::new(job))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let identity = Identity::of(&request);
         let req = request.into_inner();
         let page_size = match req.page_size {
             0 => validate::DEFAULT_PAGE_SIZE,
@@ -643,6 +677,12 @@ impl JobService for JobApi {
             kind: validate::optional_name("kind", &req.kind)?,
             group_id: validate::optional_name("group_id", &req.group_id)?,
             parent_job_id: (!req.parent_job_id.is_empty()).then_some(req.parent_job_id),
+            // A tenant lists only its own jobs.
+            tenant_id: if identity.authenticated && identity.role != Role::Admin {
+                identity.tenant.clone()
+            } else {
+                None
+            },
             after_seq: parse_page_token(&req.page_token)?,
             page_size,
         };
@@ -680,11 +720,13 @@ impl JobService for JobApi {
     }
 
     async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        let identity = Identity::of(&request);
         let timeout = deadline::timeout(request.metadata())?;
         let id = request.into_inner().job_id;
         if id.is_empty() {
             return Err(Error::invalid("job_id", "is required").into());
         }
+        self.visible_job(&identity, id.clone()).await?;
         let job = self.wait_for(&id, timeout).await?;
         Ok(Response::new(WaitResponse { job: Some(job) }))
     }
@@ -695,12 +737,13 @@ impl JobService for JobApi {
         &self,
         request: Request<WatchGroupRequest>,
     ) -> Result<Response<Self::WatchGroupStream>, Status> {
+        let identity = Identity::of(&request);
         let req = request.into_inner();
         let group = validate::optional_name("group_id", &req.group_id)?
             .ok_or_else(|| Error::invalid("group_id", "is required"))?;
         let after = parse_cursor(&req.cursor)?;
-        // Refuse an unknown group before the stream starts.
-        self.store.group(group.clone()).await?;
+        // Refuse an unknown (or another tenant's) group before the stream starts.
+        self.visible_group(&identity, group.clone()).await?;
         let watch = GroupWatch {
             store: self.store.clone(),
             ended: self.notifier.ended(),
@@ -720,18 +763,21 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::GetGroupRequest>,
     ) -> Result<Response<v1::Group>, Status> {
+        let identity = Identity::of(&request);
         let id = request.into_inner().group_id;
         let id = validate::optional_name("group_id", &id)?
             .ok_or_else(|| Error::invalid("group_id", "is required"))?;
-        Ok(Response::new(self.store.group(id).await?))
+        Ok(Response::new(self.visible_group(&identity, id).await?))
     }
 
     #[tracing::instrument(skip_all, fields(job.id = %request.get_ref().job_id))]
     async fn requeue(&self, request: Request<v1::RequeueRequest>) -> Result<Response<Job>, Status> {
+        let identity = Identity::of(&request);
         let req = request.into_inner();
         if req.job_id.is_empty() {
             return Err(Error::invalid("job_id", "is required").into());
         }
+        self.visible_job(&identity, req.job_id.clone()).await?;
         if let Some(n) = req.max_attempts
             && !(1..=validate::MAX_ATTEMPTS).contains(&n)
         {
@@ -760,6 +806,7 @@ impl JobService for JobApi {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
+        let identity = Identity::of(&request);
         let req = request.into_inner();
         let target = match req.target {
             Some(Target::JobId(id)) if !id.is_empty() => CancelTarget::Job(id),
@@ -774,6 +821,10 @@ impl JobService for JobApi {
         } else {
             req.reason
         };
+        match &target {
+            CancelTarget::Job(id) => drop(self.visible_job(&identity, id.clone()).await?),
+            CancelTarget::Group(id) => drop(self.visible_group(&identity, id.clone()).await?),
+        }
         let (cancelled, state) = self.cancel_jobs(target, reason).await?;
         Ok(Response::new(CancelResponse {
             cancelled,
@@ -811,6 +862,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::SetQuotaRequest>,
     ) -> Result<Response<v1::Quota>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
         let quota = request
             .into_inner()
             .quota
@@ -825,8 +877,9 @@ impl AdminService for AdminApi {
 
     async fn list_quotas(
         &self,
-        _: Request<v1::ListQuotasRequest>,
+        request: Request<v1::ListQuotasRequest>,
     ) -> Result<Response<v1::ListQuotasResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
         let mut quotas = self.store.quotas().await?;
         let held = self
             .scheduler
@@ -842,6 +895,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::PauseQueueRequest>,
     ) -> Result<Response<v1::PauseQueueResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
         let queue = request.into_inner().queue;
         let paused = self.pause(queue, true).await?;
         Ok(Response::new(v1::PauseQueueResponse { paused }))
@@ -851,6 +905,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::ResumeQueueRequest>,
     ) -> Result<Response<v1::ResumeQueueResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
         let queue = request.into_inner().queue;
         let paused = self.pause(queue, false).await?;
         Ok(Response::new(v1::ResumeQueueResponse { paused }))
@@ -858,16 +913,18 @@ impl AdminService for AdminApi {
 
     async fn list_workers(
         &self,
-        _: Request<v1::ListWorkersRequest>,
+        request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
         let workers = self.scheduler.workers().await?;
         Ok(Response::new(v1::ListWorkersResponse { workers }))
     }
 
     async fn stats(
         &self,
-        _: Request<v1::StatsRequest>,
+        request: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
         let queues = self.store.queue_stats().await?;
         let workers = self.scheduler.workers().await?.len() as u32;
         Ok(Response::new(v1::StatsResponse {

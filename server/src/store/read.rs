@@ -76,6 +76,8 @@ pub struct ListFilter {
     pub kind: Option<String>,
     pub group_id: Option<String>,
     pub parent_job_id: Option<String>,
+    /// Only this tenant's jobs.
+    pub tenant_id: Option<String>,
     /// Only jobs submitted after this sequence number (from the page token).
     pub after_seq: i64,
     pub page_size: u32,
@@ -176,6 +178,9 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
     if let Some(parent) = &filter.parent_job_id {
         add(" AND parent_job_id = ?", Value::Text(parent.clone()));
     }
+    if let Some(tenant) = &filter.tenant_id {
+        add(" AND tenant_id = ?", Value::Text(tenant.clone()));
+    }
     // One row more than the page tells whether another page follows.
     add(
         " ORDER BY seq LIMIT ?",
@@ -271,7 +276,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, Job)> {
     Ok((seq, job))
 }
 
-const GROUP: &str = "SELECT id, size, cancel_on_failure, created_at_ms, failed_job_id, error
+const GROUP: &str = "SELECT id, size, cancel_on_failure, created_at_ms, failed_job_id, error,
+        tenant_id
     FROM groups WHERE id = ?1";
 const GROUP_COUNTS: &str = "SELECT state, count(*) FROM jobs WHERE group_id = ?1 GROUP BY state";
 
@@ -287,6 +293,7 @@ pub(crate) fn group(conn: &Connection, id: &str) -> Result<Option<v1::Group>> {
                 created_at: Some(timestamp(row.get(3)?)),
                 failed_job_id: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
                 error: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                tenant_id: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
                 ..Default::default()
             })
         })

@@ -352,7 +352,8 @@ const FIND_IDEMPOTENT: &str = "SELECT id, state FROM jobs
 const JOB_STATE: &str = "SELECT state FROM jobs WHERE id = ?1";
 const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE id = ?1";
 const INSERT_GROUP: &str =
-    "INSERT INTO groups (id, size, cancel_on_failure, created_at_ms) VALUES (?1, ?2, ?3, ?4)";
+    "INSERT INTO groups (id, size, cancel_on_failure, created_at_ms, tenant_id)
+        VALUES (?1, ?2, ?3, ?4, ?5)";
 const INSERT_JOB: &str = "INSERT INTO jobs (
         id, queue, kind, payload, priority, max_attempts, timeout_ms, deadline_ms, run_at_ms,
         idempotency_key, concurrency_key, weight, depends_on, group_id, labels, tenant_id,
@@ -389,7 +390,8 @@ fn submit(
             group.id,
             jobs.len() as i64,
             group.cancel_on_failure,
-            now
+            now,
+            jobs.first().and_then(|j| j.tenant_id.as_deref())
         ])?;
     }
 

@@ -1,0 +1,195 @@
+//! Who is calling. Without a tokens file the coordinator is open: the tenant comes from
+//! `x-tenant-id` and every caller may do everything. With `--tokens FILE`, every call to the
+//! job, admin and worker services needs `authorization: Bearer <token>`; the token names the
+//! tenant (and a role), a tenant sees only its own jobs, admin RPCs need the admin role, and
+//! worker streams need the worker (or admin) role. Health and reflection stay open, for load
+//! balancers and tools.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use tonic::{Request, Status, service::Interceptor};
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Submit, see, wait on and cancel its tenant's jobs.
+    Client,
+    /// That, and connect as a worker.
+    Worker,
+    /// Everything, for every tenant.
+    Admin,
+}
+
+/// The caller of a request, put in its extensions by [`Auth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The tenant whose jobs and quotas apply; `None` for an admin acting for everyone.
+    pub tenant: Option<String>,
+    pub role: Role,
+    /// Whether the tenant is vouched for by a token (then callers cannot pick another).
+    pub authenticated: bool,
+}
+
+impl Identity {
+    /// Of a request that went through [`Auth`]; an open coordinator's identity otherwise.
+    pub fn of<T>(request: &Request<T>) -> Identity {
+        request
+            .extensions()
+            .get::<Identity>()
+            .cloned()
+            .unwrap_or(Identity {
+                tenant: None,
+                role: Role::Admin,
+                authenticated: false,
+            })
+    }
+
+    /// Whether this caller may see a job or group of `tenant`.
+    pub fn may_see(&self, tenant: &str) -> bool {
+        !self.authenticated || self.role == Role::Admin || self.tenant.as_deref() == Some(tenant)
+    }
+
+    pub fn require(&self, role: Role) -> Result<(), Status> {
+        let allowed = match role {
+            Role::Client => true,
+            Role::Worker => matches!(self.role, Role::Worker | Role::Admin),
+            Role::Admin => self.role == Role::Admin,
+        };
+        if allowed || !self.authenticated {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "this call needs the {} role",
+                match role {
+                    Role::Admin => "admin",
+                    Role::Worker => "worker",
+                    Role::Client => "client",
+                }
+            )))
+        }
+    }
+}
+
+/// Token → who it is.
+#[derive(Debug, Default)]
+pub struct Tokens(HashMap<String, Identity>);
+
+impl Tokens {
+    /// Reads a tokens file: one `TOKEN TENANT [client|worker|admin]` per line; `#` starts a
+    /// comment. The tenant `*` with the admin role acts for every tenant.
+    pub fn load(path: &Path) -> Result<Tokens, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("tokens file {}: {e}", path.display()))?;
+        Tokens::parse(&text).map_err(|e| format!("tokens file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let mut tokens = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (token, tenant, role) = match fields[..] {
+                [token, tenant] => (token, tenant, Role::Client),
+                [token, tenant, role] => (
+                    token,
+                    tenant,
+                    match role {
+                        "client" => Role::Client,
+                        "worker" => Role::Worker,
+                        "admin" => Role::Admin,
+                        other => {
+                            return Err(format!(
+                                "line {}: role {other:?} is not client, worker or admin",
+                                n + 1
+                            ));
+                        }
+                    },
+                ),
+                _ => return Err(format!("line {}: expected TOKEN TENANT [ROLE]", n + 1)),
+            };
+            if token.len() < 8 {
+                return Err(format!(
+                    "line {}: a token must be at least 8 characters",
+                    n + 1
+                ));
+            }
+            let tenant = if tenant == "*" && role == Role::Admin {
+                None
+            } else {
+                crate::api::validate::name("tenant", tenant)
+                    .map_err(|e| format!("line {}: {e}", n + 1))?;
+                Some(tenant.to_owned())
+            };
+            let identity = Identity {
+                tenant,
+                role,
+                authenticated: true,
+            };
+            if tokens.insert(token.to_owned(), identity).is_some() {
+                return Err(format!("line {}: the token is listed twice", n + 1));
+            }
+        }
+        Ok(Tokens(tokens))
+    }
+}
+
+/// The interceptor on every service but health and reflection.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl Auth {
+    pub fn new(tokens: Option<Tokens>) -> Auth {
+        Auth {
+            tokens: tokens.map(Arc::new),
+        }
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(request);
+        };
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let identity = tokens
+            .0
+            .get(token.trim())
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+        request.extensions_mut().insert(identity);
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_files() {
+        let tokens = Tokens::parse(
+            "# comment\nsecret-a1 acme\nsecret-w1 acme worker\nsecret-root * admin # all\n",
+        )
+        .expect("valid");
+        assert_eq!(tokens.0["secret-a1"].tenant.as_deref(), Some("acme"));
+        assert_eq!(tokens.0["secret-w1"].role, Role::Worker);
+        assert_eq!(tokens.0["secret-root"].tenant, None);
+        assert!(Tokens::parse("short acme").is_err());
+        assert!(Tokens::parse("secret-a1 acme boss").is_err());
+        assert!(Tokens::parse("secret-a1 acme\nsecret-a1 other").is_err());
+        assert!(
+            Tokens::parse("secret-a1 * client").is_err(),
+            "only an admin acts for all"
+        );
+    }
+}
