@@ -28,6 +28,28 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Durable `Submit` throughput and latency, against the health check as baseline.
     Submit(SubmitBench),
+    /// Fan-out/fan-in: a group of no-op jobs submitted, run by workers and gathered with
+    /// `WatchGroup`; jobs/s and time to the last result, against bare calls in the same run.
+    Group(FleetBench),
+    /// End-to-end throughput with quotas in force (not binding) against the same load
+    /// without them, in the same run.
+    Quota(FleetBench),
+}
+
+#[derive(Debug, Args)]
+struct FleetBench {
+    /// Jobs in the group.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    count: u64,
+    /// Worker processes the bench starts.
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Slots of each worker.
+    #[arg(long, default_value_t = 32)]
+    concurrency: u32,
+    /// For the coordinator the bench starts: where its temporary database goes.
+    #[arg(long)]
+    db_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -170,7 +192,207 @@ where
 pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Submit(bench) => submit(bench, json_out).await,
+        BenchCommand::Group(bench) => fleet(bench, false, json_out).await,
+        BenchCommand::Quota(bench) => fleet(bench, true, json_out).await,
     }
+}
+
+/// A coordinator on a fresh database and worker processes, all started by the bench.
+struct Fleet {
+    coordinator: tokio::process::Child,
+    workers: Vec<tokio::process::Child>,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn start(args: &FleetBench) -> anyhow::Result<Fleet> {
+        let dir = match &args.db_dir {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        }
+        .context("temporary directory for the bench database")?;
+        let (coordinator, addr) = crate::dev::start_coordinator(&[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--db".into(),
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+            "--log".into(),
+            "warn".into(),
+        ])
+        .await?;
+        let url = format!("http://{addr}");
+        let mut workers = Vec::new();
+        for i in 0..args.workers {
+            workers.push(
+                crate::dev::start_worker(&[
+                    "--coordinator".into(),
+                    url.clone(),
+                    "--queues".into(),
+                    "bench,bench-quota".into(),
+                    "--concurrency".into(),
+                    args.concurrency.to_string(),
+                    "--worker-id".into(),
+                    format!("bench-worker-{i}"),
+                    "--log".into(),
+                    "warn".into(),
+                ])
+                .await?,
+            );
+        }
+        Ok(Fleet {
+            coordinator,
+            workers,
+            url,
+            _dir: dir,
+        })
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        for worker in &mut self.workers {
+            crate::dev::stop(worker).await?;
+        }
+        crate::dev::stop(&mut self.coordinator).await
+    }
+}
+
+/// Submits `count` echo jobs as one group (batches of at most 10,000) and gathers every
+/// result; returns (time to submit, time to the last result).
+async fn run_group(
+    client: &Client,
+    queue: &str,
+    count: u64,
+    spec: impl Fn(u64) -> JobSpec,
+) -> anyhow::Result<(Duration, Duration)> {
+    use futures::StreamExt;
+    let group = switchyard_client::new_group_id();
+    let start = Instant::now();
+    let mut submitted = 0;
+    while submitted < count {
+        let n = (count - submitted).min(10_000);
+        let batch = switchyard_client::Batch::new()
+            .group(format!("{group}-{submitted}"))
+            .jobs((submitted..submitted + n).map(&spec));
+        client.submit_batch(batch).await?;
+        submitted += n;
+    }
+    let submit_time = start.elapsed();
+    let _ = queue;
+    let mut results = 0u64;
+    let mut offset = 0;
+    while offset < count {
+        let mut events = Box::pin(client.watch_group(&format!("{group}-{offset}"), None));
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if event.outcome().is_some() {
+                break;
+            }
+            results += 1;
+        }
+        offset += (count - offset).min(10_000);
+    }
+    anyhow::ensure!(results == count, "gathered {results} results of {count}");
+    Ok((submit_time, start.elapsed()))
+}
+
+async fn fleet(args: FleetBench, with_quotas: bool, json_out: bool) -> anyhow::Result<()> {
+    let fleet = Fleet::start(&args).await?;
+    let client = Client::connect(fleet.url.clone()).await?;
+    // Baseline: the same number of bare unary calls, 100 in flight, on the same server.
+    let health = {
+        let channel = client.channel().clone();
+        move |_| {
+            let mut health = HealthClient::new(channel.clone());
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+    let baseline = drive(100, args.count, health).await;
+    let plain = |i: u64| JobSpec::new("bench", "echo").payload(format!("{i}"));
+    // Warm up the workers and the store.
+    run_group(&client, "bench", 500.min(args.count), plain).await?;
+    let (submit_time, total) = run_group(&client, "bench", args.count, plain).await?;
+    let rate = args.count as f64 / total.as_secs_f64();
+    let mut report = json!({
+        "bench": if with_quotas { "quota" } else { "group" },
+        "jobs": args.count,
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "baseline_calls_per_second": baseline.rate(),
+        "submit_seconds": submit_time.as_secs_f64(),
+        "seconds_to_last_result": total.as_secs_f64(),
+        "jobs_per_second": rate,
+        "ratio_to_baseline": rate / baseline.rate(),
+    });
+    let mut quota_line = String::new();
+    if with_quotas {
+        // Quotas on every scope the jobs touch, high enough never to bind: what they cost is
+        // the bookkeeping, not waiting.
+        for scope in ["queue:bench-quota".to_owned(), "tenant:bench".to_owned()]
+            .into_iter()
+            .chain((0..16).map(|k| format!("key:k{k}")))
+        {
+            client
+                .set_quota(switchyard_proto::v1::Quota {
+                    scope,
+                    max_in_flight: Some(1_000_000),
+                    max_queued: Some(10_000_000),
+                    rate_per_second: Some(1_000_000.0),
+                    burst: Some(1_000_000),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let tenant = client.clone().with_tenant("bench")?;
+        let quoted = |i: u64| {
+            JobSpec::new("bench-quota", "echo")
+                .payload(format!("{i}"))
+                .concurrency_key(format!("k{}", i % 16))
+        };
+        let (_, with) = run_group(&tenant, "bench-quota", args.count, quoted).await?;
+        let quota_rate = args.count as f64 / with.as_secs_f64();
+        report["with_quotas_jobs_per_second"] = json!(quota_rate);
+        report["quota_cost_ratio"] = json!(quota_rate / rate);
+        quota_line = format!(
+            "with quotas  {:>8.0} jobs/s ({:.2} of without), last result after {:.2} s",
+            quota_rate,
+            quota_rate / rate,
+            with.as_secs_f64()
+        );
+    }
+    fleet.stop().await?;
+    if json_out {
+        println!("{report}");
+    } else {
+        println!(
+            "switchyard bench {}: {} no-op (echo) jobs, {} workers x {} slots, coordinator started here",
+            if with_quotas { "quota" } else { "group" },
+            args.count,
+            args.workers,
+            args.concurrency
+        );
+        println!(
+            "baseline     {:>8.0} calls/s  (grpc.health.v1.Health/Check, 100 in flight)",
+            baseline.rate()
+        );
+        println!(
+            "group        {:>8.0} jobs/s   ({:.2} of baseline); submitted in {:.2} s, last result after {:.2} s",
+            rate,
+            rate / baseline.rate(),
+            submit_time.as_secs_f64(),
+            total.as_secs_f64()
+        );
+        if !quota_line.is_empty() {
+            println!("{quota_line}");
+        }
+    }
+    Ok(())
 }
 
 async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
