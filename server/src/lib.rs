@@ -68,7 +68,12 @@ pub async fn run_with(
     let telemetry_stop = shutdown.child_token();
     let telemetry = TaskTracker::new();
     if let Some(listener) = metrics_listener {
-        telemetry::serve(listener, metrics, telemetry_stop.clone(), &telemetry);
+        telemetry::serve(
+            listener,
+            metrics.clone(),
+            telemetry_stop.clone(),
+            &telemetry,
+        );
     }
     tracing::info!(ready = ready.len(), "store open");
     let notifier = Notifier::default();
@@ -83,6 +88,7 @@ pub async fn run_with(
     let (scheduler, scheduler_task) = Scheduler::start(
         store.clone(),
         notifier.clone(),
+        metrics.clone(),
         config.retry,
         recovered,
         inner.clone(),

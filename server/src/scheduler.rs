@@ -32,6 +32,7 @@ use crate::{
         Finish, Outcome, ReadyJob, RetryPolicy, Start, Store, TransitionOutcome, Transitions,
         now_ms, timestamp,
     },
+    telemetry::Metrics,
 };
 
 /// Messages the scheduler may hold unread before senders wait.
@@ -123,6 +124,7 @@ impl Scheduler {
     pub fn start(
         store: Store,
         notifier: Notifier,
+        metrics: Metrics,
         retry: RetryPolicy,
         recovered: Recovered,
         shutdown: CancellationToken,
@@ -131,6 +133,7 @@ impl Scheduler {
         let refused = Arc::new(AtomicU64::new(0));
         let mut state = State {
             refused: refused.clone(),
+            metrics,
             ..State::default()
         };
         for job in recovered.ready {
@@ -343,6 +346,9 @@ struct State {
     turn: u64,
     /// Stale results refused (shared with the handle, for `Stats`).
     refused: Arc<AtomicU64>,
+    metrics: Metrics,
+    /// Queued jobs in memory (ready or delayed) by queue, for the queue-depth gauge.
+    depth: HashMap<String, u64>,
     tracer: Tracer,
 }
 
@@ -363,6 +369,8 @@ impl Default for State {
             dead: Vec::new(),
             turn: 0,
             refused: Arc::default(),
+            metrics: Metrics::new(),
+            depth: HashMap::new(),
             tracer: switchyard_telemetry::tracer("switchyard-coordinator"),
         }
     }
@@ -383,6 +391,7 @@ impl State {
         if let Some(deadline) = job.deadline_ms {
             self.deadlines.insert((deadline, job.id.clone()));
         }
+        *self.depth.entry(job.queue.clone()).or_default() += 1;
         if job.run_at_ms > now_ms() {
             let key = (job.run_at_ms, job.seq);
             self.index
@@ -427,7 +436,27 @@ impl State {
         if let Some(deadline) = job.deadline_ms {
             self.deadlines.remove(&(deadline, job.id.clone()));
         }
+        self.shallower(&job.queue);
         Some(job)
+    }
+
+    fn shallower(&mut self, queue: &str) {
+        if let Some(depth) = self.depth.get_mut(queue) {
+            *depth = depth.saturating_sub(1);
+        }
+    }
+
+    /// Publishes the gauges that follow the scheduler's state.
+    fn publish(&self) {
+        for (queue, depth) in &self.depth {
+            self.metrics.set_queue_depth(queue, *depth);
+        }
+        let slots = self
+            .sessions
+            .values()
+            .map(|s| u64::from(s.info.slots))
+            .sum();
+        self.metrics.set_workers(self.sessions.len() as u64, slots);
     }
 
     fn remove(&mut self, id: &str) {
@@ -439,7 +468,9 @@ impl State {
             }
             Some(Place::Delayed(key, deadline)) => {
                 let (key, deadline) = (*key, *deadline);
-                self.delayed.remove(&key);
+                if let Some(job) = self.delayed.remove(&key) {
+                    self.shallower(&job.queue);
+                }
                 self.index.remove(id);
                 if let Some(deadline) = deadline {
                     self.deadlines.remove(&(deadline, id.to_owned()));
@@ -516,6 +547,7 @@ impl State {
             }
             let job = entry.remove();
             self.index.remove(&job.id);
+            self.shallower(&job.queue);
             self.enqueue(ReadyJob {
                 run_at_ms: 0,
                 ..job
@@ -923,6 +955,8 @@ impl State {
             let message = CoordinatorMessage {
                 message: Some(coordinator_message::Message::Assignment(assignment.clone())),
             };
+            let waited = (now_ms() - started.queued_since_ms).max(0) as u64;
+            self.metrics.dispatched(Duration::from_millis(waited));
             self.running.insert(
                 assignment.job_id.clone(),
                 RunningJob {
@@ -1047,6 +1081,7 @@ impl Runner {
             for message in messages.drain(..) {
                 self.state.apply(message, &mut finishes);
             }
+            self.state.publish();
             let now = now_ms();
             let mut expire = Vec::new();
             // Expiry first: nothing is dispatched after its deadline.
@@ -1068,6 +1103,7 @@ impl Runner {
                 Ok(out) => {
                     let mut more = Vec::new();
                     self.state.settle(&out, &mut more);
+                    self.state.publish();
                     carried.extend(more);
                     self.notifier.notify(&out.terminal);
                 }

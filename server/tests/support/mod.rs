@@ -216,3 +216,85 @@ pub fn outcomes(job: &Job) -> Vec<(AttemptOutcome, String)> {
         .map(|a| (a.outcome(), a.worker_id.clone()))
         .collect()
 }
+
+// --- quotas: what the recorded attempts say about concurrency ----------------------------
+
+/// Submits the jobs in one batch and returns their ids, in order.
+pub async fn submit_all(
+    client: &Client,
+    jobs: impl IntoIterator<Item = switchyard_client::JobSpec>,
+) -> Vec<String> {
+    let done = client
+        .submit_batch(switchyard_client::Batch::new().jobs(jobs))
+        .await
+        .expect("submit a batch");
+    done.jobs.into_iter().map(|j| j.job_id).collect()
+}
+
+/// Waits for every job to end (`Wait` returns them whole, attempts included), in the order of
+/// `ids`.
+pub async fn finished_all(client: &Client, ids: &[String]) -> Vec<Job> {
+    use futures::StreamExt;
+    futures::stream::iter(ids)
+        .map(|id| finished(client, id))
+        .buffered(64)
+        .collect()
+        .await
+}
+
+/// An ended attempt's recorded span in Unix ms: it held its permits over `[start, end)`.
+pub fn span(attempt: &switchyard_proto::v1::Attempt) -> (i64, i64) {
+    let start = attempt.started_at.as_ref().expect("the attempt started");
+    let end = attempt.finished_at.as_ref().expect("the attempt ended");
+    (ms_of(start), ms_of(end))
+}
+
+/// The most weight running at once over half-open spans `(start, end, weight)`. The store
+/// stamps a finish and the starts it made room for with the same time, so at equal times an
+/// end counts before a start.
+pub fn max_overlap(spans: impl IntoIterator<Item = (i64, i64, u32)>) -> u32 {
+    // (time, 0 = end / 1 = start, weight): ends sort first at equal times.
+    let mut events: Vec<(i64, u8, u32)> = Vec::new();
+    for (start, end, weight) in spans {
+        assert!(
+            start <= end,
+            "an attempt ended before it started: {start} > {end}"
+        );
+        if start == end {
+            // Empty under `[start, end)`: it overlaps nothing.
+            continue;
+        }
+        events.push((start, 1, weight));
+        events.push((end, 0, weight));
+    }
+    events.sort_unstable();
+    let (mut now, mut deepest) = (0u32, 0u32);
+    for (_, kind, weight) in events {
+        if kind == 1 {
+            now += weight;
+            deepest = deepest.max(now);
+        } else {
+            now -= weight;
+        }
+    }
+    deepest
+}
+
+/// One scope's quota as `ListQuotas` reports it (limits, permits held, jobs queued).
+pub async fn quota_of(client: &Client, scope: &str) -> Option<switchyard_proto::v1::Quota> {
+    client
+        .quotas()
+        .await
+        .expect("list the quotas")
+        .into_iter()
+        .find(|q| q.scope == scope)
+}
+
+/// Waits until `scope` has exactly `held` permits out.
+pub async fn held(client: &Client, scope: &str, held: u32) {
+    eventually(&format!("{held} permits of {scope} held"), || async {
+        let quota = quota_of(client, scope).await?;
+        (quota.held == held).then_some(())
+    })
+    .await
+}
