@@ -77,6 +77,40 @@ pub struct Parent {
     pub tenant_id: String,
 }
 
+/// TLS for a coordinator started with `--tls-cert` (PEM contents).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// The CA certificate that signed the coordinator's certificate.
+    pub ca: Vec<u8>,
+    /// This client's certificate and key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Tls {
+    /// Reads the PEM files.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::io::Result<Tls> {
+        Ok(Tls {
+            ca: std::fs::read(ca)?,
+            identity: match identity {
+                Some((cert, key)) => Some((std::fs::read(cert)?, std::fs::read(key)?)),
+                None => None,
+            },
+        })
+    }
+
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        config
+    }
+}
+
 /// Which jobs [`Client::list`] yields.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -93,12 +127,28 @@ pub struct ListFilter {
 impl Client {
     /// Connects to a coordinator at `url` (`http://host:port`).
     pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
+        Client::connect_with(url, None).await
+    }
+
+    /// Connects over TLS (`https://host:port`): `tls` names the CA that signed the
+    /// coordinator's certificate and, for mutual TLS, this client's certificate and key.
+    pub async fn connect_with(url: impl Into<String>, tls: Option<&Tls>) -> Result<Client, Error> {
         let url = url.into();
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|source| Error::InvalidUrl {
+        let mut endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|source| Error::InvalidUrl {
                 url: url.clone(),
                 source,
-            })?
+            })?;
+        if let Some(tls) = tls {
+            endpoint =
+                endpoint
+                    .tls_config(tls.client_config())
+                    .map_err(|source| Error::InvalidUrl {
+                        url: url.clone(),
+                        source,
+                    })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))

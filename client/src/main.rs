@@ -39,6 +39,28 @@ struct Cli {
     #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// For an `https://` coordinator: the CA certificate (PEM) that signed its certificate.
+    #[arg(long, global = true, env = "SWITCHYARD_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+
+    /// For mutual TLS: this client's certificate (PEM); needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -216,7 +238,17 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let mut client = Client::connect(cli.coordinator.clone()).await?;
+    let tls = match &cli.ca_cert {
+        Some(ca) => Some(
+            switchyard_client::Tls::from_files(
+                ca,
+                cli.client_cert.as_deref().zip(cli.client_key.as_deref()),
+            )
+            .context("reading the TLS files")?,
+        ),
+        None => None,
+    };
+    let mut client = Client::connect_with(cli.coordinator.clone(), tls.as_ref()).await?;
     if let Some(tenant) = &cli.tenant {
         client = client.with_tenant(tenant)?;
     }

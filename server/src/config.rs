@@ -76,6 +76,18 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_TOKENS")]
     pub tokens: Option<PathBuf>,
 
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "SWITCHYARD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_server=debug`.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
@@ -94,6 +106,15 @@ pub struct Config {
     pub max_deadline: Duration,
     pub tokens: Option<PathBuf>,
     pub max_in_flight: usize,
+    pub tls: Option<Tls>,
+}
+
+/// TLS files: certificate chain and key, and for mutual TLS the clients' CA.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -112,6 +133,14 @@ impl ServerArgs {
             max_deadline: self.max_deadline,
             tokens: self.tokens.clone(),
             max_in_flight: self.max_in_flight as usize,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
             retry: RetryPolicy {
                 base_ms: self.retry_base.as_millis() as i64,
                 cap_ms: self.retry_cap.max(self.retry_base).as_millis() as i64,

@@ -132,6 +132,20 @@ pub async fn run_with(
     result
 }
 
+/// The server's TLS settings from PEM files (the binary checks them before binding).
+pub fn tls_config(tls: &config::Tls) -> Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    };
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?),
+    );
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
+}
+
 struct Services {
     jobs: api::JobApi,
     admin: api::AdminApi,
@@ -207,7 +221,11 @@ async fn serve(
 
     // HTTP/2 limits are set here rather than left to defaults: calls per connection, frame
     // and header sizes, flow-control windows (messages are bounded per service above).
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(tls)?)?;
+    }
+    builder
         .max_concurrent_streams(config.max_concurrent_streams)
         .max_frame_size(Some(1 << 20))
         .http2_max_header_list_size(Some(64 * 1024))

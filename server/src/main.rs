@@ -21,6 +21,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.tokens {
         switchyard_server::auth::Tokens::load(path).map_err(anyhow::Error::msg)?;
     }
+    if let Some(tls) = &args.config().tls {
+        switchyard_server::tls_config(tls)?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -15,8 +15,8 @@ use switchyard_testkit::Worker;
 use tonic::Code;
 
 use support::{
-    admin, all_jobs, assert_names, connect, coordinator, eventually, finished, finished_all,
-    held, max_overlap, ms_of, now_ms, quota_of, span, stats, submit_all,
+    admin, all_jobs, assert_names, connect, coordinator, eventually, finished, finished_all, held,
+    max_overlap, ms_of, now_ms, quota_of, span, stats, submit_all,
 };
 
 fn in_flight(scope: &str, max: u32) -> Quota {
@@ -85,7 +85,10 @@ async fn a_key_never_runs_deeper_than_its_limit_across_workers_with_more_slots()
         assert_eq!(job.attempts.len(), 1, "{job:?}");
     }
     let deepest = max_overlap(spans(&jobs));
-    assert!(deepest <= 3, "{deepest} jobs of key:k ran at once; the limit is 3");
+    assert!(
+        deepest <= 3,
+        "{deepest} jobs of key:k ran at once; the limit is 3"
+    );
     assert_eq!(deepest, 3, "16 slots and 30 jobs: the limit is reached");
     let ran_on: HashSet<&str> = jobs.iter().map(|j| j.worker_id.as_str()).collect();
     let expected: HashSet<&str> = workers.iter().map(Worker::id).collect();
@@ -156,7 +159,11 @@ async fn a_limit_lowered_at_run_time_holds_once_the_jobs_running_then_have_finis
     let jobs = finished_all(&client, &ids).await;
     assert_all_succeeded(&jobs);
     let all = spans(&jobs);
-    assert_eq!(max_overlap(all.iter().copied()), 6, "the first limit was reached");
+    assert_eq!(
+        max_overlap(all.iter().copied()),
+        6,
+        "the first limit was reached"
+    );
     // When every attempt that may have started under the old limit has ended.
     let drained = all
         .iter()
@@ -242,7 +249,10 @@ async fn the_limit_holds_after_the_coordinator_is_killed_and_restarted() {
         deepest <= 3,
         "{deepest} jobs of key:kr ran at once after the restart; the limit is 3"
     );
-    assert_eq!(deepest, 3, "16 slots: the limit is reached after the restart");
+    assert_eq!(
+        deepest, 3,
+        "16 slots: the limit is reached after the restart"
+    );
     assert!(
         max_overlap(all) <= 3,
         "the attempts the kill interrupted end at the restart, before any new one"
@@ -352,14 +362,25 @@ async fn a_submit_past_max_queued_is_refused_naming_the_scope_and_stores_nothing
             .expect("within max_queued");
         ids.push(done.job_id);
     }
-    let rows = stats(&client).await.store.expect("store stats").rows_written;
+    let rows = stats(&client)
+        .await
+        .store
+        .expect("store stats")
+        .rows_written;
     let err = client
         .submit(JobSpec::new("adm", "echo"))
         .await
         .expect_err("the sixth is past max_queued");
     assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
-    assert!(err.to_string().contains("queue:adm"), "names the scope: {err}");
-    assert_eq!(all_jobs(&client).await.len(), 5, "the refused job was not stored");
+    assert!(
+        err.to_string().contains("queue:adm"),
+        "names the scope: {err}"
+    );
+    assert_eq!(
+        all_jobs(&client).await.len(),
+        5,
+        "the refused job was not stored"
+    );
     assert_eq!(
         quota_of(&client, "queue:adm").await.expect("quota").queued,
         5
@@ -371,17 +392,32 @@ async fn a_submit_past_max_queued_is_refused_naming_the_scope_and_stores_nothing
         quota_of(&client, "queue:adm").await.expect("quota").queued,
         4
     );
-    let rows_before_batch = stats(&client).await.store.expect("store stats").rows_written;
+    let rows_before_batch = stats(&client)
+        .await
+        .store
+        .expect("store stats")
+        .rows_written;
     assert!(rows_before_batch > rows, "the cancel was written");
     let err = client
         .submit_batch(Batch::new().jobs((0..2).map(|_| JobSpec::new("adm", "echo"))))
         .await
         .expect_err("two do not fit in one slot");
     assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
-    assert!(err.to_string().contains("queue:adm"), "names the scope: {err}");
-    assert_eq!(all_jobs(&client).await.len(), 5, "nothing of the batch stored");
+    assert!(
+        err.to_string().contains("queue:adm"),
+        "names the scope: {err}"
+    );
     assert_eq!(
-        stats(&client).await.store.expect("store stats").rows_written,
+        all_jobs(&client).await.len(),
+        5,
+        "nothing of the batch stored"
+    );
+    assert_eq!(
+        stats(&client)
+            .await
+            .store
+            .expect("store stats")
+            .rows_written,
         rows_before_batch,
         "the refused batch wrote no row"
     );
@@ -435,7 +471,11 @@ async fn a_queued_job_says_which_permit_pause_or_rate_limit_holds_it_back() {
     assert_eq!((blocked.held, blocked.limit), (1, 1));
     client.cancel(&holder).await.expect("cancel the holder");
     let job = finished(&client, &waiting).await;
-    assert_eq!(job.state(), JobState::Succeeded, "the freed permit went to it");
+    assert_eq!(
+        job.state(),
+        JobState::Succeeded,
+        "the freed permit went to it"
+    );
 
     // A paused queue: nothing of it is dispatched until it is resumed.
     let paused = client.pause_queue("p", true).await.expect("pause");
@@ -464,7 +504,10 @@ async fn a_queued_job_says_which_permit_pause_or_rate_limit_holds_it_back() {
     assert!(after.is_empty());
     let job = finished(&client, &held_back).await;
     assert_eq!(job.state(), JobState::Succeeded);
-    assert!(started_ms(&job) >= resumed, "it started only after the resume");
+    assert!(
+        started_ms(&job) >= resumed,
+        "it started only after the resume"
+    );
 
     // A rate limit: the burst of one goes at once, the next token is far away.
     set(

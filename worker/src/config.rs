@@ -27,6 +27,8 @@ pub struct WorkerConfig {
     pub cancel_grace: Duration,
     /// Sent as `authorization: Bearer <token>` when the coordinator has tokens.
     pub token: Option<String>,
+    /// TLS to an `https://` coordinator (its CA, and this worker's identity for mutual TLS).
+    pub tls: Option<switchyard_client::Tls>,
     /// The first delay before reconnecting after a lost stream or a failed connect.
     pub reconnect_min: Duration,
     /// The longest delay between reconnect attempts.
@@ -44,6 +46,7 @@ impl Default for WorkerConfig {
             drain_grace: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(10),
             token: None,
+            tls: None,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         }

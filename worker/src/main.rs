@@ -69,6 +69,18 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// For an `https://` coordinator: the CA certificate (PEM) that signed its certificate.
+    #[arg(long, env = "SWITCHYARD_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+
+    /// For mutual TLS: this worker's certificate (PEM); needs --client-key.
+    #[arg(long, env = "SWITCHYARD_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, env = "SWITCHYARD_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
+
     /// Serve only these built-in kinds, comma-separated [default: all of them].
     #[arg(long, env = "SWITCHYARD_KINDS", value_delimiter = ',')]
     kinds: Option<Vec<String>>,
@@ -123,7 +135,13 @@ async fn main() -> anyhow::Result<()> {
     let _traces = switchyard_telemetry::init_from_env("switchyard-worker");
 
     // Refuse a configuration that cannot work before connecting, as clap refuses a bad flag.
-    let config = args.config();
+    let mut config = args.config();
+    if let Some(ca) = &args.ca_cert {
+        let identity = args.client_cert.as_deref().zip(args.client_key.as_deref());
+        let tls =
+            switchyard_client::Tls::from_files(ca, identity).context("reading the TLS files")?;
+        config.tls = Some(tls);
+    }
     let worker = config
         .validate()
         .and_then(|()| builtins::register(Worker::new(config), args.kinds().as_deref()))

@@ -38,6 +38,7 @@ fn config(url: &str, slots: u32) -> WorkerConfig {
         drain_grace: Duration::from_secs(30),
         cancel_grace: Duration::from_secs(10),
         token: None,
+        tls: None,
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
     }
