@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use anyhow::{Context, bail};
 use clap::Args;
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    io::{AsyncBufReadExt, BufReader, Lines},
+    process::{Child, ChildStdout, Command},
 };
 
 #[derive(Debug, Args)]
@@ -38,9 +38,13 @@ pub fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Starts `switchyard-server` with `args` and returns it once it prints where it listens.
-pub async fn start_coordinator(args: &[String]) -> anyhow::Result<(Child, String)> {
-    let binary = sibling("switchyard-server");
+/// Starts a sibling binary and waits (at most 60 s) for its first line on stdout, which says
+/// it is ready. Returns the process, that line, and the rest of its stdout.
+async fn spawn_announcing(
+    name: &str,
+    args: &[String],
+) -> anyhow::Result<(Child, String, Lines<BufReader<ChildStdout>>)> {
+    let binary = sibling(name);
     let mut child = Command::new(&binary)
         .args(args)
         .stdin(Stdio::null())
@@ -53,15 +57,21 @@ pub async fn start_coordinator(args: &[String]) -> anyhow::Result<(Child, String
                 binary.display()
             )
         })?;
-    let stdout = child.stdout.take().context("coordinator stdout")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await
-        .context("the coordinator did not start within 60s")??;
+        .with_context(|| format!("{name} was not ready within 60s"))??;
     let Some(line) = line else {
         let status = child.wait().await?;
-        bail!("the coordinator exited at start ({status}); see its log above");
+        bail!("{name} exited at start ({status}); see its log above");
     };
+    Ok((child, line, lines))
+}
+
+/// Starts `switchyard-server` with `args` and returns it once it prints where it listens.
+pub async fn start_coordinator(args: &[String]) -> anyhow::Result<(Child, String)> {
+    let (child, line, _rest) = spawn_announcing("switchyard-server", args).await?;
     let addr = line
         .rsplit(' ')
         .next()
@@ -73,30 +83,10 @@ pub async fn start_coordinator(args: &[String]) -> anyhow::Result<(Child, String
 
 /// Starts a `switchyard-worker` and returns it once it says it is connected.
 pub async fn start_worker(args: &[String]) -> anyhow::Result<Child> {
-    let binary = sibling("switchyard-worker");
-    let mut child = Command::new(&binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build it with `cargo build --release`)",
-                binary.display()
-            )
-        })?;
-    let stdout = child.stdout.take().context("worker stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .context("the worker did not connect within 60s")??;
-    if line.is_none() {
-        let status = child.wait().await?;
-        bail!("the worker exited at start ({status}); see its log above");
-    }
-    // Keep reading so that its later lines (reconnects) never block it.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, _, mut rest) = spawn_announcing("switchyard-worker", args).await?;
+    // It prints a line at each reconnect: keep reading so that it never meets a closed pipe.
+    // The task ends with the process's stdout.
+    tokio::spawn(async move { while let Ok(Some(_)) = rest.next_line().await {} });
     Ok(child)
 }
 

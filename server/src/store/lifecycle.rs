@@ -279,29 +279,11 @@ fn finish(
             );
             let failures = current.failures + 1;
             end_attempt(out, AttemptOutcome::DeadlineExceeded, Some(&message))?;
-            if failures < current.max_attempts {
-                let run_at = now + retry.backoff_ms(failures);
-                conn.prepare_cached(RETRY)?.execute(params![
-                    JobState::Queued as i32,
-                    message,
-                    failures,
-                    run_at,
-                    current.seq
-                ])?;
-                out.ready.push(ready(run_at));
-            } else {
-                let error = format!("{message} (after {failures} attempts)");
-                end_job(
-                    conn,
-                    &finish.job_id,
-                    &current.queue,
-                    current.seq,
-                    JobState::Failed,
-                    &error,
-                    failures,
-                    now,
-                    out,
-                )?;
+            let run_at = now + retry.backoff_ms(failures);
+            if let Some(at) =
+                again_or_fail(conn, &finish.job_id, &current, &message, run_at, now, out)?
+            {
+                out.ready.push(ready(at));
             }
         }
         Outcome::Succeeded(output) => {
@@ -373,30 +355,10 @@ fn finish(
             }
         }
         Outcome::Lost(reason) => {
-            let failures = current.failures + 1;
             end_attempt(out, AttemptOutcome::Lost, Some(reason))?;
-            if failures < current.max_attempts {
-                conn.prepare_cached(RETRY)?.execute(params![
-                    JobState::Queued as i32,
-                    reason,
-                    failures,
-                    now,
-                    current.seq
-                ])?;
-                out.ready.push(ready(now));
-            } else {
-                let error = format!("{reason} (after {failures} attempts)");
-                end_job(
-                    conn,
-                    &finish.job_id,
-                    &current.queue,
-                    current.seq,
-                    JobState::Failed,
-                    &error,
-                    failures,
-                    now,
-                    out,
-                )?;
+            if let Some(at) = again_or_fail(conn, &finish.job_id, &current, reason, now, now, out)?
+            {
+                out.ready.push(ready(at));
             }
         }
         Outcome::Released(reason) => {
@@ -412,6 +374,44 @@ fn finish(
         }
     }
     Ok(())
+}
+
+/// An attempt that counts against `max_attempts` ended: the job goes back to its queue for
+/// `run_at` if it has attempts left (returns that time), and ends `FAILED` otherwise.
+#[allow(clippy::too_many_arguments)]
+fn again_or_fail(
+    conn: &Connection,
+    id: &str,
+    current: &Current,
+    message: &str,
+    run_at: i64,
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<Option<i64>> {
+    let failures = current.failures + 1;
+    if failures < current.max_attempts {
+        conn.prepare_cached(RETRY)?.execute(params![
+            JobState::Queued as i32,
+            message,
+            failures,
+            run_at,
+            current.seq
+        ])?;
+        return Ok(Some(run_at));
+    }
+    let error = format!("{message} (after {failures} attempts)");
+    end_job(
+        conn,
+        id,
+        &current.queue,
+        current.seq,
+        JobState::Failed,
+        &error,
+        failures,
+        now,
+        out,
+    )?;
+    Ok(None)
 }
 
 /// A terminal end other than success: the job, and every queued job that waited for it.
