@@ -102,7 +102,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        crate::auth::Identity::of(&request).require(crate::auth::Role::Worker)?;
+        let identity = crate::auth::Identity::of(&request);
+        identity.require(crate::auth::Role::Worker)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -145,6 +146,11 @@ impl WorkerService for WorkerApi {
                 worker_id: hello.worker_id.clone(),
                 queues: hello.queues.iter().cloned().collect(),
                 kinds: hello.kinds.iter().cloned().collect(),
+                // A token that names a tenant binds its worker to that tenant's jobs.
+                tenant: identity
+                    .authenticated
+                    .then(|| identity.tenant.clone())
+                    .flatten(),
                 slots: hello.slots,
                 peer,
                 outbound: outbound.clone(),

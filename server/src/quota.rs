@@ -59,6 +59,7 @@ pub enum Refusal {
         scope: String,
         held: u32,
         limit: u32,
+        weight: u32,
     },
     /// `scope`'s rate limit has no token until `until_ms`.
     Rate { scope: String, until_ms: i64 },
@@ -67,9 +68,20 @@ pub enum Refusal {
 impl Refusal {
     pub fn blocked_on(&self) -> v1::BlockedOn {
         match self {
-            Refusal::Permits { scope, held, limit } => v1::BlockedOn {
+            Refusal::Permits {
+                scope,
+                held,
+                limit,
+                weight,
+            } => v1::BlockedOn {
                 reason: v1::BlockedReason::Permit as i32,
-                detail: format!("waiting for permits of {scope}: {held} of {limit} held"),
+                detail: if weight > limit {
+                    format!(
+                        "needs {weight} permits of {scope}, more than its limit of {limit}: it runs only if the limit is raised"
+                    )
+                } else {
+                    format!("waiting for {weight} permits of {scope}: {held} of {limit} held")
+                },
                 scope: scope.clone(),
                 held: *held,
                 limit: *limit,
@@ -137,6 +149,7 @@ impl Quotas {
                         scope: scope.clone(),
                         held,
                         limit,
+                        weight,
                     });
                 }
             }

@@ -55,6 +55,8 @@ pub struct SessionInfo {
     pub queues: HashSet<String>,
     /// Kinds it handles; empty means every kind.
     pub kinds: HashSet<String>,
+    /// A worker whose token names a tenant runs only that tenant's jobs.
+    pub tenant: Option<String>,
     pub slots: u32,
     pub peer: String,
     /// Where assignments go (the session's bounded outbound channel).
@@ -580,6 +582,9 @@ impl State {
                 continue;
             }
             for bucket in lane.rotation() {
+                if session.info.tenant.as_ref().is_some_and(|t| *t != bucket.0) {
+                    continue;
+                }
                 let Some((key, job)) = lane.buckets.get(&bucket).and_then(|b| b.first_key_value())
                 else {
                     continue;
@@ -1293,6 +1298,7 @@ mod tests {
                 worker_id: format!("w{id}"),
                 queues: queues.iter().map(|s| s.to_string()).collect(),
                 kinds: kinds.iter().map(|s| s.to_string()).collect(),
+                tenant: None,
                 slots,
                 peer: String::new(),
                 outbound,

@@ -16,7 +16,7 @@ use tonic::Code;
 
 use support::{
     admin, all_jobs, assert_names, connect, coordinator, eventually, finished, finished_all, held,
-    max_overlap, ms_of, now_ms, quota_of, span, stats, submit_all,
+    held_reaches, max_overlap, ms_of, now_ms, quota_of, span, stats, submit_all,
 };
 
 fn in_flight(scope: &str, max: u32) -> Quota {
@@ -148,7 +148,8 @@ async fn a_limit_lowered_at_run_time_holds_once_the_jobs_running_then_have_finis
         }),
     )
     .await;
-    held(&client, "key:low", 6).await;
+    let before = held_reaches(&client, "key:low", 6).await;
+    assert_eq!(before, 6, "key:low holds no more than its limit of 6");
     set(&client, in_flight("key:low", 2)).await;
     // ListQuotas asks the scheduler after SetQuota did: once it answers, the scheduler has
     // the new limit, and everything it picked before is already committed (started earlier).
@@ -206,7 +207,8 @@ async fn the_limit_holds_after_the_coordinator_is_killed_and_restarted() {
         }),
     )
     .await;
-    held(&client, "key:kr", 3).await;
+    let before = held_reaches(&client, "key:kr", 3).await;
+    assert_eq!(before, 3, "key:kr holds no more than its limit of 3");
     coordinator.kill().await;
     let killed = now_ms();
     coordinator.restart().await;
@@ -431,6 +433,39 @@ async fn a_submit_past_max_queued_is_refused_naming_the_scope_and_stores_nothing
         .await
         .expect("another queue has no max_queued");
     assert_eq!(all_jobs(&client).await.len(), 7);
+}
+
+/// A repeated submit (same idempotency key) adds no job, so `max_queued` has no reason to
+/// refuse it: it returns the first job, as it does below the limit. A client retrying a submit
+/// whose answer it lost must not be told that its stored job was refused.
+#[tokio::test]
+async fn a_repeated_submit_at_max_queued_returns_the_first_job() {
+    let (_coordinator, client) = coordinator().await;
+    set(
+        &client,
+        Quota {
+            scope: "queue:idem".into(),
+            max_queued: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = client
+        .submit(JobSpec::new("idem", "echo").idempotency_key("once"))
+        .await
+        .expect("submit")
+        .job_id;
+    client
+        .submit(JobSpec::new("idem", "echo"))
+        .await
+        .expect("the second fits");
+    let again = client
+        .submit(JobSpec::new("idem", "echo").idempotency_key("once"))
+        .await
+        .expect("a repeated submit stores nothing, so the full queue does not refuse it");
+    assert!(again.duplicate);
+    assert_eq!(again.job_id, first);
+    assert_eq!(all_jobs(&client).await.len(), 2);
 }
 
 #[tokio::test]

@@ -310,7 +310,7 @@ const QUEUED_LIMITS: &str = "SELECT q.scope, q.max_queued, coalesce(c.queued, 0)
     FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope
     WHERE q.max_queued IS NOT NULL AND q.scope IN (SELECT value FROM json_each(?1))";
 
-fn admit(conn: &Connection, jobs: &[NewJob]) -> Result<()> {
+fn admit(conn: &Connection, jobs: &[&NewJob]) -> Result<()> {
     let mut adding: HashMap<String, u64> = HashMap::new();
     for job in jobs {
         let scopes = crate::quota::scopes(
@@ -378,7 +378,6 @@ fn submit(
     group: Option<&NewGroup>,
 ) -> Result<Vec<Submitted>> {
     let now = now_ms();
-    admit(conn, jobs)?;
     if let Some(group) = group {
         if conn
             .prepare_cached(GROUP_EXISTS)?
@@ -439,6 +438,15 @@ fn submit(
         }
     }
 
+    // Admission counts only the jobs that will be stored: a repeat of an idempotency key
+    // returns the first job even when its queue is full.
+    let new_jobs: Vec<&NewJob> = jobs
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| !r.duplicate)
+        .map(|(j, _)| j)
+        .collect();
+    admit(conn, &new_jobs)?;
     let in_batch: HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     let mut state_of = conn.prepare_cached(JOB_STATE)?;
     let mut insert = conn.prepare_cached(INSERT_JOB)?;

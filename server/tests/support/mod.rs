@@ -298,3 +298,13 @@ pub async fn held(client: &Client, scope: &str, held: u32) {
     })
     .await
 }
+
+/// Waits until `scope` has at least `n` permits out; returns how many it has then (which a
+/// test compares with the limit).
+pub async fn held_reaches(client: &Client, scope: &str, n: u32) -> u32 {
+    eventually(&format!("{n} permits of {scope} held"), || async {
+        let quota = quota_of(client, scope).await?;
+        (quota.held >= n).then_some(quota.held)
+    })
+    .await
+}
