@@ -13,4 +13,6 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
 
+pub mod text;
+
 pub use prost_types::{Duration, Timestamp};

@@ -174,27 +174,7 @@ pub fn parse_db_url(url: &str) -> Result<PathBuf, String> {
 /// `250ms`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds); at least 1 ms, at most 366
 /// days.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a duration like 250ms, 30s, 5m or 2h"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    let d = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
+    let d = switchyard_proto::text::parse_duration(text)?;
     if d < Duration::from_millis(1) || d > Duration::from_secs(366 * 86_400) {
         return Err(format!("{text:?}: must be between 1ms and 366 days"));
     }
