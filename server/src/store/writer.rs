@@ -602,19 +602,30 @@ pub(crate) fn cancel_group_jobs(
     for (id, seq, attempt, queue, started_at_ms) in running {
         tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
         tally.finished(&queue, JobState::Cancelled);
-        conn.prepare_cached(CANCEL_RUNNING)?
-            .execute(params![cancelled, reason, now, seq])?;
-        conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
-            now,
-            v1::AttemptOutcome::Cancelled as i32,
-            reason,
-            seq,
-            attempt
-        ])?;
+        cancel_running(conn, seq, attempt, reason, now)?;
         running_now.push((id.clone(), attempt));
         ids.push(id);
     }
     Ok((ids, running_now))
+}
+
+/// Ends a running job `CANCELLED` and its current attempt with it: the attempt is fenced
+/// out, so whatever its worker reports later is refused.
+fn cancel_running(conn: &Connection, seq: i64, attempt: u32, reason: &str, now: i64) -> Result<()> {
+    conn.prepare_cached(CANCEL_RUNNING)?.execute(params![
+        JobState::Cancelled as i32,
+        reason,
+        now,
+        seq
+    ])?;
+    conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
+        now,
+        v1::AttemptOutcome::Cancelled as i32,
+        reason,
+        seq,
+        attempt
+    ])?;
+    Ok(())
 }
 
 fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Cancelled> {
@@ -658,15 +669,7 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                 JobState::Running => {
                     // The attempt is fenced out here: whatever its worker reports later is
                     // refused. The scheduler tells the worker to stop.
-                    conn.prepare_cached(CANCEL_RUNNING)?
-                        .execute(params![cancelled, reason, now, seq])?;
-                    conn.prepare_cached(END_CHILD_ATTEMPT)?.execute(params![
-                        now,
-                        v1::AttemptOutcome::Cancelled as i32,
-                        reason,
-                        seq,
-                        attempt
-                    ])?;
+                    cancel_running(conn, seq, attempt, reason, now)?;
                     running_now.push((id.clone(), attempt));
                     tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
                     tally.finished(&queue, JobState::Cancelled);
