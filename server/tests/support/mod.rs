@@ -167,10 +167,15 @@ pub async fn coordinator() -> (Coordinator, Client) {
 
 /// Waits (bounded by the call's deadline) until the job is terminal.
 pub async fn finished(client: &Client, id: &str) -> Job {
-    let job = client
-        .wait(id, Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("wait for {id}: {e}"));
+    let job = match client.wait(id, Some(PATIENCE)).await {
+        Ok(job) => job,
+        Err(e) => {
+            // Say where it is stuck, for whoever reads the failure.
+            let now = client.get(id).await;
+            let workers = client.workers().await;
+            panic!("wait for {id}: {e}\nthe job now: {now:?}\nworkers: {workers:?}")
+        }
+    };
     assert!(terminal(&job), "Wait returned a live job: {job:?}");
     job
 }
