@@ -342,6 +342,10 @@ struct State {
     running: HashMap<String, RunningJob>,
     /// Picked for a session, waiting for the start to commit.
     starting: HashMap<String, (u64, ReadyJob)>,
+    /// Attempts the coordinator ended (cancel, deadline, timeout) whose handlers were told to
+    /// stop but have not returned: they keep their permits until their worker reports them
+    /// (or is lost), so a limit holds for what really runs.
+    stopping: HashMap<(String, u32), RunningJob>,
     /// Sessions to drop at the next round (their outbound channel was full or closed).
     dead: Vec<(u64, String)>,
     /// Round-robin offset over sessions.
@@ -368,6 +372,7 @@ impl Default for State {
             sessions: BTreeMap::new(),
             running: HashMap::new(),
             starting: HashMap::new(),
+            stopping: HashMap::new(),
             dead: Vec::new(),
             turn: 0,
             refused: Arc::default(),
@@ -506,7 +511,7 @@ impl State {
             };
             let (session, attempt) = (running.session, running.attempt);
             let whole_job = running.deadline_ms.is_some_and(|d| d <= now);
-            if !self.take_running(session, &id, attempt) {
+            if !self.fence(&id, attempt) {
                 continue;
             }
             let (outcome, reason) = if whole_job {
@@ -676,6 +681,17 @@ impl State {
             return;
         };
         session.info.kill.cancel();
+        let stopped: Vec<(String, u32)> = self
+            .stopping
+            .iter()
+            .filter(|(_, r)| r.session == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stopped {
+            if let Some(r) = self.stopping.remove(&key) {
+                self.quotas.release(&r.scopes, r.weight);
+            }
+        }
         tracing::info!(
             worker = %session.info.worker_id,
             session = id,
@@ -739,9 +755,25 @@ impl State {
         else {
             return;
         };
-        if self.take_running(session, job_id, attempt) {
+        if self.fence(job_id, attempt) {
             self.tell_stop(session, job_id, attempt, reason);
         }
+    }
+
+    /// Ends an attempt here while its handler may still run: off the running set, but its
+    /// permits stay held (in `stopping`) until its worker reports it.
+    fn fence(&mut self, job_id: &str, attempt: u32) -> bool {
+        let Some(running) = self.running.remove(job_id).filter(|r| r.attempt == attempt) else {
+            return false;
+        };
+        if let Some(ends) = running.ends {
+            self.attempt_ends.remove(&(ends, job_id.to_owned()));
+        }
+        if let Some(s) = self.sessions.get_mut(&running.session) {
+            s.running.remove(job_id);
+        }
+        self.stopping.insert((job_id.to_owned(), attempt), running);
+        true
     }
 
     /// Takes a result off the running set if it comes from the session that holds the job's
@@ -762,6 +794,16 @@ impl State {
                 s.running.remove(job_id);
             }
         } else {
+            // A handler told to stop has returned: its permits come back now.
+            let key = (job_id.to_owned(), attempt);
+            if self
+                .stopping
+                .get(&key)
+                .is_some_and(|r| r.session == session)
+                && let Some(stopped) = self.stopping.remove(&key)
+            {
+                self.quotas.release(&stopped.scopes, stopped.weight);
+            }
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(job.id = %job_id, attempt, session, "refused a result from a stale attempt");
         }
@@ -1167,6 +1209,46 @@ mod tests {
             "one permit of key:busy, and the free key goes"
         );
         assert_eq!(state.quotas.held("key:busy"), 1);
+    }
+
+    #[test]
+    fn a_stopped_attempt_keeps_its_permits_until_its_handler_returns() {
+        let mut state = State::default();
+        state.quotas.set(
+            &v1::Quota {
+                scope: "key:k".into(),
+                max_in_flight: Some(1),
+                ..Default::default()
+            },
+            0,
+        );
+        for (i, id) in ["first", "second"].iter().enumerate() {
+            state.enqueue(ReadyJob {
+                concurrency_key: Some("k".into()),
+                ..job(id, "q", "k", 0, i as i64)
+            });
+        }
+        let _w = session(&mut state, 1, &["q"], &[], 2);
+        assert_eq!(picked(&mut state), [("first".to_string(), 1)]);
+        let assignment = v1::Assignment {
+            job_id: "first".into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let mut finishes = Vec::new();
+        state.settle(
+            &TransitionOutcome {
+                started: vec![started(assignment, None)],
+                ..Default::default()
+            },
+            &mut finishes,
+        );
+        // Cancelled in the store: the worker is told to stop, the permit stays held.
+        state.stop_ended("first", 1, "cancelled");
+        assert!(picked(&mut state).is_empty(), "its handler may still run");
+        // Its worker reports the stopped attempt: now the permit is free.
+        assert!(!state.take_running(1, "first", 1));
+        assert_eq!(picked(&mut state), [("second".to_string(), 1)]);
     }
 
     #[test]
