@@ -16,8 +16,6 @@ pub enum Error {
     GroupExists(String),
     #[error("job {id}: {reason}")]
     FailedPrecondition { id: String, reason: String },
-    #[error("{0}")]
-    Unimplemented(&'static str),
     /// The caller's deadline (or its parent job's) has already passed.
     #[error("the deadline this call carries has already passed")]
     DeadlinePassed,
@@ -77,7 +75,6 @@ impl From<Error> for Status {
             Error::JobNotFound(_) | Error::GroupNotFound(_) => Code::NotFound,
             Error::GroupExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
-            Error::Unimplemented(_) => Code::Unimplemented,
             Error::DeadlinePassed => Code::DeadlineExceeded,
             Error::Overloaded(_) | Error::ShuttingDown => Code::Unavailable,
             Error::QueueFull { .. } => Code::ResourceExhausted,

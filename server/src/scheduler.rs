@@ -1173,14 +1173,28 @@ impl Runner {
 mod tests {
     use super::*;
 
-    /// An attempt started on session 1.
-    fn started(assignment: v1::Assignment, ends: Option<i64>) -> crate::store::Started {
-        crate::store::Started {
+    /// The store committed attempt 1 of `job_id` (picked for session 1): the scheduler sends
+    /// it. Returns what settling carried over to the next round.
+    fn commit_start(state: &mut State, job_id: &str, ends: Option<i64>) -> Vec<Finish> {
+        let started = crate::store::Started {
             session: 1,
-            assignment,
+            assignment: v1::Assignment {
+                job_id: job_id.into(),
+                attempt: 1,
+                ..Default::default()
+            },
             ends,
             queued_since_ms: now_ms(),
-        }
+        };
+        let mut finishes = Vec::new();
+        state.settle(
+            &TransitionOutcome {
+                started: vec![started],
+                ..Default::default()
+            },
+            &mut finishes,
+        );
+        finishes
     }
 
     #[test]
@@ -1230,18 +1244,10 @@ mod tests {
         }
         let _w = session(&mut state, 1, &["q"], &[], 2);
         assert_eq!(picked(&mut state), [("first".to_string(), 1)]);
-        let assignment = v1::Assignment {
-            job_id: "first".into(),
-            attempt: 1,
-            ..Default::default()
-        };
-        let mut finishes = Vec::new();
-        state.settle(
-            &TransitionOutcome {
-                started: vec![started(assignment, None)],
-                ..Default::default()
-            },
-            &mut finishes,
+        let carried = commit_start(&mut state, "first", None);
+        assert!(
+            carried.is_empty(),
+            "its session is alive: nothing carried over"
         );
         // Cancelled in the store: the worker is told to stop, the permit stays held.
         state.stop_ended("first", 1, "cancelled");
@@ -1316,19 +1322,7 @@ mod tests {
         });
         let mut worker = session(&mut state, 1, &["q"], &[], 1);
         picked(&mut state);
-        let assignment = v1::Assignment {
-            job_id: "a".into(),
-            attempt: 1,
-            ..Default::default()
-        };
-        let mut finishes = Vec::new();
-        state.settle(
-            &TransitionOutcome {
-                started: vec![started(assignment, Some(now + 1000))],
-                ..Default::default()
-            },
-            &mut finishes,
-        );
+        let mut finishes = commit_start(&mut state, "a", Some(now + 1000));
         let mut expire = Vec::new();
         state.expire_due(now + 999, &mut expire, &mut finishes);
         assert!(finishes.is_empty());
@@ -1447,18 +1441,10 @@ mod tests {
         let mut worker = session(&mut state, 1, &["q"], &[], 1);
         let starts = picked(&mut state);
         assert_eq!(starts.len(), 1);
-        let assignment = v1::Assignment {
-            job_id: "a".into(),
-            attempt: 1,
-            ..Default::default()
-        };
-        let mut finishes = Vec::new();
-        state.settle(
-            &TransitionOutcome {
-                started: vec![started(assignment, None)],
-                ..Default::default()
-            },
-            &mut finishes,
+        let carried = commit_start(&mut state, "a", None);
+        assert!(
+            carried.is_empty(),
+            "its session is alive: nothing carried over"
         );
         assert!(
             matches!(
@@ -1482,21 +1468,7 @@ mod tests {
         state.enqueue(job("a", "q", "k", 0, 1));
         let _w1 = session(&mut state, 1, &["q"], &[], 1);
         picked(&mut state);
-        let mut finishes = Vec::new();
-        state.settle(
-            &TransitionOutcome {
-                started: vec![started(
-                    v1::Assignment {
-                        job_id: "a".into(),
-                        attempt: 1,
-                        ..Default::default()
-                    },
-                    None,
-                )],
-                ..Default::default()
-            },
-            &mut finishes,
-        );
+        let mut finishes = commit_start(&mut state, "a", None);
         state.apply(
             Message::Disconnect {
                 session: 1,

@@ -397,8 +397,8 @@ impl Runner {
                     return end;
                 }
                 Err(err) => {
-                    // The coordinator re-queues what this stream held, and would refuse the
-                    // results as stale: stop the handlers and never send their results.
+                    // The coordinator re-queues what this stream held: stop the handlers. Results
+                    // it may not have received go out on the next stream, for its fence to judge.
                     let detached = self.slots.detach(stream);
                     warn!(
                         cause = %report(&err),
@@ -406,11 +406,8 @@ impl Runner {
                         resend = unconfirmed.len(),
                         "stream lost"
                     );
-                    let keep = 2 * self.config.slots as usize;
                     for (_, result) in unconfirmed {
-                        if self.late.len() < keep {
-                            self.late.push(result);
-                        }
+                        self.keep_late(result);
                     }
                     return if draining {
                         End::Stopped
@@ -602,9 +599,7 @@ impl Runner {
         log_outcome(&result, panicked);
         if let Err(err) = outbox.send(Message::Result(result.clone())).await {
             // The stream died under it: the result goes out on the next one.
-            if self.late.len() < 2 * self.config.slots as usize {
-                self.late.push(result);
-            }
+            self.keep_late(result);
             return Err(err);
         }
         // A draining worker takes no more work: its freed slots are not offered.
@@ -612,6 +607,17 @@ impl Runner {
             outbox.send(Message::Credit(Credit { slots: 1 })).await?;
         }
         Ok(Some(result))
+    }
+
+    /// Keeps a result for the next stream. Bounded: each is an attempt this worker ran since
+    /// the last stream, so twice the slots is room enough; beyond that the oldest are dropped
+    /// (the coordinator has re-queued those attempts anyway).
+    fn keep_late(&mut self, result: switchyard_proto::v1::AttemptResult) {
+        let limit = 2 * self.config.slots as usize;
+        if self.late.len() >= limit {
+            self.late.remove(0);
+        }
+        self.late.push(result);
     }
 
     /// Between streams: waits `delay`, freeing the slots of handlers that return meanwhile.
@@ -628,10 +634,8 @@ impl Runner {
                         Ok((id, result)) => (id, Ok(result)),
                         Err(err) => (err.id(), Err(err)),
                     };
-                    if let Some(job) = self.slots.remove(id)
-                        && self.late.len() < self.config.slots as usize
-                    {
-                        self.late.push(job::attempt_result(job.job_id, job.attempt, outcome));
+                    if let Some(job) = self.slots.remove(id) {
+                        self.keep_late(job::attempt_result(job.job_id, job.attempt, outcome));
                     }
                 }
             }
