@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod domain;
 pub mod error;
 pub mod fanin;
 pub mod quota;

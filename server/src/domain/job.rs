@@ -1,0 +1,240 @@
+//! Records of jobs, groups and quotas as the store keeps them and the scheduler uses them.
+//! Times are Unix milliseconds (what is stored); durations are milliseconds.
+
+use std::collections::BTreeMap;
+
+use super::{AttemptOutcome, JobId, JobState};
+
+/// What the scheduler needs of a queued job: where it goes and in what order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyJob {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub priority: i32,
+    /// Not before this time; 0 for "now".
+    pub run_at_ms: i64,
+    /// Submission order.
+    pub seq: i64,
+    /// When the whole job must be done.
+    pub deadline_ms: Option<i64>,
+    /// Permits it takes of each quota scope that applies to it.
+    pub weight: u32,
+    pub tenant_id: Option<String>,
+    pub concurrency_key: Option<String>,
+}
+
+impl ReadyJob {
+    /// The quota scopes that apply to it.
+    pub fn scopes(&self) -> Vec<String> {
+        super::scopes(
+            &self.queue,
+            self.concurrency_key.as_deref(),
+            self.tenant_id.as_deref(),
+        )
+    }
+}
+
+/// An attempt handed to a worker: everything its handler is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatch {
+    pub job_id: JobId,
+    /// The fencing number.
+    pub attempt: u32,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    /// When the attempt must end: the sooner of the job's deadline and its timeout.
+    pub ends_ms: Option<i64>,
+    pub traceparent: String,
+    pub tracestate: String,
+    /// Outputs of the jobs this one depended on.
+    pub dependency_outputs: Vec<(JobId, Vec<u8>)>,
+    pub labels: BTreeMap<String, String>,
+    pub group_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub max_attempts: u32,
+}
+
+/// One attempt in a job's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub worker_id: String,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+/// A job as the store records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    /// Submission order (the page cursor of `List`).
+    pub seq: i64,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<i64>,
+    pub deadline_ms: Option<i64>,
+    pub run_at_ms: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub weight: u32,
+    pub depends_on: Vec<JobId>,
+    pub group_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub tenant_id: Option<String>,
+    pub parent_job_id: Option<JobId>,
+    pub trace_id: Option<String>,
+    pub state: JobState,
+    /// How many attempts have started (the current one's fencing number).
+    pub attempt: u32,
+    pub output: Vec<u8>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub worker_id: Option<String>,
+    /// Filled by `get` (not by `list`).
+    pub attempts: Vec<AttemptRecord>,
+    /// For a queued job: its dependencies that have not succeeded yet, in submission order.
+    pub waiting_for: Vec<JobId>,
+}
+
+/// Why a queued job is not running.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Blocked {
+    /// Ready; waiting for a free worker slot.
+    Ready,
+    /// Waiting for its `run_at` time or a retry backoff.
+    Scheduled { until_ms: i64 },
+    /// Waiting for `weight` permits of `scope`, of which `held` of `limit` are out.
+    Permit {
+        scope: String,
+        held: u32,
+        limit: u32,
+        weight: u32,
+    },
+    /// Waiting for a token of `scope`'s rate limit, due at `until_ms`.
+    RateLimit { scope: String, until_ms: i64 },
+    /// Waiting for `waiting_for` (of its `of` dependencies) to succeed.
+    Dependencies { waiting_for: Vec<JobId>, of: usize },
+    /// No connected worker serves its queue and kind.
+    NoWorker { queue: String, kind: String },
+    QueuePaused { queue: String },
+}
+
+/// A group with its jobs counted by state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupRecord {
+    pub id: String,
+    pub size: u32,
+    pub cancel_on_failure: bool,
+    pub created_at_ms: i64,
+    pub tenant_id: Option<String>,
+    /// errgroup: the first job that ended badly, and its error.
+    pub failed_job_id: Option<JobId>,
+    pub error: Option<String>,
+    pub queued: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+    pub deadline_exceeded: u32,
+}
+
+impl GroupRecord {
+    /// RUNNING until every job has ended; then FAILED if one failed or ran out of time (or the
+    /// errgroup recorded a failure), CANCELLED if any was cancelled, SUCCEEDED if all succeeded.
+    pub fn state(&self) -> JobState {
+        if self.queued + self.running > 0 {
+            JobState::Running
+        } else if self.failed + self.deadline_exceeded > 0 || self.error.is_some() {
+            JobState::Failed
+        } else if self.cancelled > 0 {
+            JobState::Cancelled
+        } else {
+            JobState::Succeeded
+        }
+    }
+
+    /// Counts one job in `state`.
+    pub fn count(&mut self, state: JobState, n: u32) {
+        match state {
+            JobState::Queued => self.queued += n,
+            JobState::Running => self.running += n,
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Failed => self.failed += n,
+            JobState::Cancelled => self.cancelled += n,
+            JobState::DeadlineExceeded => self.deadline_exceeded += n,
+        }
+    }
+}
+
+/// One job of a group that reached a terminal state; `cursor` orders them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEvent {
+    pub cursor: i64,
+    pub job_id: JobId,
+    pub state: JobState,
+    pub output: Vec<u8>,
+    pub error: Option<String>,
+}
+
+/// Jobs of one queue counted by state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    pub queue: String,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub deadline_exceeded: u64,
+}
+
+impl QueueCounts {
+    pub fn count(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Queued => self.queued += n,
+            JobState::Running => self.running += n,
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Failed => self.failed += n,
+            JobState::Cancelled => self.cancelled += n,
+            JobState::DeadlineExceeded => self.deadline_exceeded += n,
+        }
+    }
+}
+
+/// Limits of one scope. A quota with no limit set means none.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Quota {
+    pub scope: String,
+    pub max_in_flight: Option<u32>,
+    pub max_queued: Option<u32>,
+    pub rate_per_second: Option<f64>,
+    pub burst: Option<u32>,
+}
+
+impl Quota {
+    pub fn is_empty(&self) -> bool {
+        self.max_in_flight.is_none() && self.max_queued.is_none() && self.rate_per_second.is_none()
+    }
+}
+
+/// A connected worker session, as `ListWorkers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerView {
+    pub worker_id: String,
+    pub queues: Vec<String>,
+    pub kinds: Vec<String>,
+    pub slots: u32,
+    /// Slots not given back: running handlers, including ones told to stop.
+    pub running: u32,
+    pub connected_at_ms: i64,
+    pub peer: String,
+}
