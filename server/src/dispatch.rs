@@ -1,7 +1,8 @@
 //! `WorkerService.Connect`: one session task per worker stream. It checks the hello, registers
 //! the session with the scheduler, forwards what the worker sends, and keeps the stream honest:
 //! heartbeats both ways, and a stream that is silent, or whose worker no longer reads, is
-//! declared dead so that its jobs go back to the queue.
+//! declared dead so that its jobs go back to the queue. With `api/`, the one place that
+//! converts between protobuf messages and the scheduler's terms ([`ToWorker`], [`Outcome`]).
 
 use std::{
     pin::Pin,
@@ -23,10 +24,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    api::validate,
+    api::{
+        convert::{duration, timestamp},
+        validate,
+    },
+    domain::{Dispatch, JobId, Outcome, now_ms},
     error::{Error, Result},
-    scheduler::{Scheduler, SessionInfo},
-    store::{duration, now_ms, timestamp},
+    scheduler::{Link, Scheduler, SessionInfo, ToWorker},
 };
 
 /// How long a new stream may take to say hello.
@@ -129,17 +133,20 @@ impl WorkerService for WorkerApi {
         let interval = self.heartbeat.max(worker_interval);
 
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        // Two ways out: the scheduler's assignments and stops (bounded by the slots: credits
+        // bound what is outstanding), and this session's own heartbeats and drain.
         let (outbound, rx) = mpsc::channel(hello.slots as usize + CONTROL_ROOM);
-        // The welcome goes first, before the scheduler can send an assignment.
-        outbound
-            .try_send(message(coordinator_message::Message::Welcome(
-                v1::Welcome {
-                    session_id: id.to_string(),
-                    heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
-                },
-            )))
-            .map_err(|_| Status::internal("new session channel refused the welcome"))?;
+        let (control, control_rx) = mpsc::channel(CONTROL_ROOM);
+        // The welcome goes first, before anything the scheduler sends.
+        let welcome = message(coordinator_message::Message::Welcome(v1::Welcome {
+            session_id: id.to_string(),
+            heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
+        }));
         let kill = self.shutdown.child_token();
+        let link = Link {
+            outbound,
+            kill: kill.clone(),
+        };
         self.scheduler
             .connect(SessionInfo {
                 id,
@@ -153,15 +160,13 @@ impl WorkerService for WorkerApi {
                     .flatten(),
                 slots: hello.slots,
                 peer,
-                outbound: outbound.clone(),
-                kill: kill.clone(),
-            })
+            }, link)
             .await?;
         self.sessions.spawn(session(
             self.scheduler.clone(),
             id,
             inbound,
-            outbound,
+            control,
             interval,
             kill.clone(),
             self.shutdown.clone(),
@@ -173,7 +178,13 @@ impl WorkerService for WorkerApi {
             kill.cancelled().await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let stream = ReceiverStream::new(rx).map(Ok).take_until(ended);
+        let stream = futures::stream::once(async { welcome })
+            .chain(futures::stream::select(
+                ReceiverStream::new(rx).map(to_wire),
+                ReceiverStream::new(control_rx),
+            ))
+            .map(Ok)
+            .take_until(ended);
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -219,10 +230,17 @@ async fn session(
                         Ok(())
                     }
                     Some(worker_message::Message::Credit(c)) => scheduler.credit(id, c.slots).await,
-                    Some(worker_message::Message::Result(r)) => scheduler.result(id, r).await,
-                    Some(worker_message::Message::Release(r)) => {
-                        scheduler.release(id, r.job_id, r.attempt).await
-                    }
+                    Some(worker_message::Message::Result(r)) => match r.job_id.parse::<JobId>() {
+                        Ok(job_id) => scheduler.result(id, job_id, r.attempt, outcome(r.outcome)).await,
+                        Err(_) => {
+                            tracing::warn!(session = id, job.id = %r.job_id, "ignoring a result for no job");
+                            Ok(())
+                        }
+                    },
+                    Some(worker_message::Message::Release(r)) => match r.job_id.parse::<JobId>() {
+                        Ok(job_id) => scheduler.release(id, job_id, r.attempt).await,
+                        Err(_) => Ok(()),
+                    },
                     Some(worker_message::Message::Drain(_)) => scheduler.drain(id).await,
                     Some(worker_message::Message::Hello(_)) => break "a second hello".into(),
                     None => Ok(()),
@@ -254,4 +272,64 @@ async fn session(
         }
     };
     let _ = scheduler.disconnect(id, reason).await;
+}
+
+/// What the scheduler sends, as the wire carries it.
+fn to_wire(out: ToWorker) -> CoordinatorMessage {
+    message(match out {
+        ToWorker::Assign(dispatch) => coordinator_message::Message::Assignment(assignment(dispatch)),
+        ToWorker::Stop {
+            job_id,
+            attempt,
+            reason,
+        } => coordinator_message::Message::Cancel(v1::CancelAssignment {
+            job_id: job_id.to_string(),
+            attempt,
+            reason,
+        }),
+    })
+}
+
+fn assignment(d: Dispatch) -> v1::Assignment {
+    v1::Assignment {
+        job_id: d.job_id.to_string(),
+        attempt: d.attempt,
+        queue: d.queue,
+        kind: d.kind,
+        payload: d.payload,
+        // The handler is told the sooner of the job's deadline and the attempt's timeout.
+        deadline: d.ends_ms.map(timestamp),
+        traceparent: d.traceparent,
+        tracestate: d.tracestate,
+        dependency_outputs: d
+            .dependency_outputs
+            .into_iter()
+            .map(|(id, output)| (id.to_string(), output))
+            .collect(),
+        labels: d.labels.into_iter().collect(),
+        group_id: d.group_id.unwrap_or_default(),
+        tenant_id: d.tenant_id.unwrap_or_default(),
+        max_attempts: d.max_attempts,
+    }
+}
+
+/// How a worker says an attempt ended.
+fn outcome(outcome: Option<v1::attempt_result::Outcome>) -> Outcome {
+    match outcome {
+        Some(v1::attempt_result::Outcome::Output(output)) => Outcome::Succeeded(output),
+        Some(v1::attempt_result::Outcome::Failure(failure)) => Outcome::Failed {
+            message: failure.message,
+            retryable: failure.retryable,
+            retry_after_ms: failure
+                .retry_after
+                .and_then(|d| Duration::try_from(d).ok().map(|d| d.as_millis() as i64)),
+            cancelled: failure.cancelled,
+        },
+        None => Outcome::Failed {
+            message: "the worker sent a result with no outcome".into(),
+            retryable: true,
+            retry_after_ms: None,
+            cancelled: false,
+        },
+    }
 }

@@ -8,11 +8,13 @@ use std::{
 
 use tokio::sync::{oneshot, watch};
 
+use crate::domain::JobId;
+
 /// Waiters by job id, and a counter of commits that ended jobs (for group watchers). Cheap
 /// to clone.
 #[derive(Clone)]
 pub struct Notifier {
-    waiters: Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>>,
+    waiters: Arc<Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>>,
     ended: Arc<watch::Sender<u64>>,
 }
 
@@ -28,10 +30,10 @@ impl Default for Notifier {
 impl Notifier {
     /// Registers interest in `job_id` ending. Register before reading the job's state, so that
     /// an end committed in between is not missed.
-    pub fn subscribe(&self, job_id: &str) -> oneshot::Receiver<()> {
+    pub fn subscribe(&self, job_id: JobId) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut waiters) = self.waiters.lock() {
-            let list = waiters.entry(job_id.to_owned()).or_default();
+            let list = waiters.entry(job_id).or_default();
             // Waiters that gave up (timed out, hung up) leave closed senders behind.
             list.retain(|w| !w.is_closed());
             list.push(tx);
@@ -40,7 +42,7 @@ impl Notifier {
     }
 
     /// Wakes everyone waiting for these jobs, and every group watcher.
-    pub fn notify<'a>(&self, job_ids: impl IntoIterator<Item = &'a String>) {
+    pub fn notify<'a>(&self, job_ids: impl IntoIterator<Item = &'a JobId>) {
         let mut any = false;
         if let Ok(mut waiters) = self.waiters.lock() {
             for id in job_ids {
@@ -62,13 +64,13 @@ impl Notifier {
     }
 
     /// Drops the registrations of waiters that gave up on `job_id`.
-    pub fn forget(&self, job_id: &str) {
+    pub fn forget(&self, job_id: JobId) {
         if let Ok(mut waiters) = self.waiters.lock()
-            && let Some(list) = waiters.get_mut(job_id)
+            && let Some(list) = waiters.get_mut(&job_id)
         {
             list.retain(|w| !w.is_closed());
             if list.is_empty() {
-                waiters.remove(job_id);
+                waiters.remove(&job_id);
             }
         }
     }

@@ -10,7 +10,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod fanin;
-pub mod quota;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
@@ -36,7 +35,6 @@ pub use config::{Config, ServerArgs};
 pub use error::{Error, Result};
 use fanin::Notifier;
 use scheduler::Scheduler;
-use store::Store;
 use telemetry::Metrics;
 
 /// Serves the coordinator on `listener` until `shutdown` fires, then drains: health turns
@@ -64,7 +62,14 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let metrics = Metrics::new();
-    let (store, ready) = Store::open(&config.store, metrics.clone())?;
+    let store = store::open(&config.store, metrics.clone())?;
+    let recovered = match store.recover().await {
+        Ok(recovered) => recovered,
+        Err(err) => {
+            let _ = store.close().await;
+            return Err(err);
+        }
+    };
     // The endpoint stops when the drain starts, or when `run` ends for any other reason.
     let telemetry_stop = shutdown.child_token();
     let telemetry = TaskTracker::new();
@@ -76,16 +81,11 @@ pub async fn run_with(
             &telemetry,
         );
     }
-    tracing::info!(ready = ready.len(), "store open");
+    tracing::info!(ready = recovered.ready.len(), "store open");
     let notifier = Notifier::default();
     // The scheduler and the worker sessions stop with their own token, after the gRPC server
     // has stopped taking calls, so that nothing they commit is cut off.
     let inner = CancellationToken::new();
-    let recovered = scheduler::Recovered {
-        ready,
-        quotas: store.quotas().await?,
-        paused: store.paused().await?,
-    };
     let (scheduler, scheduler_task) = Scheduler::start(
         store.clone(),
         notifier.clone(),

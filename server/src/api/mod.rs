@@ -1,16 +1,17 @@
 //! The gRPC face: turns requests into store calls, validates them, and maps errors once.
 
+pub(crate) mod convert;
 mod deadline;
 pub(crate) mod validate;
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
 use switchyard_proto::v1::{
-    self, BlockedOn, BlockedReason, CancelRequest, CancelResponse, GetRequest, Job, JobState,
-    ListRequest, ListResponse, RunRequest, RunResponse, SubmitBatchRequest, SubmitBatchResponse,
-    SubmitRequest, SubmitResponse, WaitRequest, WaitResponse, WatchGroupRequest,
-    admin_service_server::AdminService, cancel_request::Target, job_service_server::JobService,
+    self, CancelRequest, CancelResponse, GetRequest, Job, ListRequest, ListResponse, RunRequest,
+    RunResponse, SubmitBatchRequest, SubmitBatchResponse, SubmitRequest, SubmitResponse,
+    WaitRequest, WaitResponse, WatchGroupRequest, admin_service_server::AdminService,
+    cancel_request::Target, job_service_server::JobService,
 };
 use switchyard_telemetry::{Attribute, Kind, Span, Status as SpanStatus};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -21,16 +22,22 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
 
 use crate::{
+    domain::{Blocked, GroupRecord, JobId, JobRecord, JobState, ReadyJob, now_ms},
     error::{Error, Result},
     fanin::Notifier,
     scheduler::Scheduler,
-    store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submitted, now_ms},
+    store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submit, Submitted},
 };
+
+/// A job id from a request: text that is not one names no job.
+fn job_id(text: &str) -> Result<JobId> {
+    text.parse().map_err(|_| Error::JobNotFound(text.to_owned()))
+}
 
 /// `JobService`: what clients call.
 #[derive(Clone)]
 pub struct JobApi {
-    store: Store,
+    store: Arc<dyn Store>,
     scheduler: Scheduler,
     notifier: Notifier,
     shutdown: CancellationToken,
@@ -41,7 +48,7 @@ pub struct JobApi {
 
 impl JobApi {
     pub fn new(
-        store: Store,
+        store: Arc<dyn Store>,
         scheduler: Scheduler,
         notifier: Notifier,
         shutdown: CancellationToken,
@@ -80,19 +87,12 @@ impl JobApi {
                     .ok()
                     .filter(|id| !id.is_empty() && id.len() <= validate::MAX_NAME_LEN)
                     .ok_or_else(|| Error::invalid("x-switchyard-parent-job", "must be a job id"))?;
-                let parent = self
-                    .store
-                    .get(id.to_owned())
-                    .await
-                    .map_err(|err| match err {
-                        Error::JobNotFound(_) => {
-                            Error::invalid("x-switchyard-parent-job", format!("no job {id}"))
-                        }
-                        other => other,
-                    })?;
-                if is_terminal(parent.state) {
+                let no_job = || Error::invalid("x-switchyard-parent-job", format!("no job {id}"));
+                let parent_id = id.parse::<JobId>().map_err(|_| no_job())?;
+                let parent = self.store.get(parent_id).await?.ok_or_else(no_job)?;
+                if parent.state.is_terminal() {
                     return Err(Error::FailedPrecondition {
-                        id: parent.job_id,
+                        id: parent.id.to_string(),
                         reason: "(the parent) has already ended; its children cannot start".into(),
                     });
                 }
@@ -105,8 +105,8 @@ impl JobApi {
         {
             bound = bound.min(now.saturating_add(timeout.as_millis() as i64));
         }
-        if let Some(d) = parent.as_ref().and_then(|p| p.deadline.as_ref()) {
-            bound = bound.min(d.seconds * 1000 + i64::from(d.nanos / 1_000_000));
+        if let Some(d) = parent.as_ref().and_then(|p| p.deadline_ms) {
+            bound = bound.min(d);
         }
         if bound <= now {
             return Err(Error::DeadlinePassed);
@@ -114,7 +114,7 @@ impl JobApi {
         // The server's maximum alone does not give a job a deadline; a caller's does.
         let capped_only = bound == now.saturating_add(self.max_deadline.as_millis() as i64);
         ctx.deadline_ms = (!capped_only).then_some(bound);
-        ctx.parent_job_id = parent.map(|p| p.job_id);
+        ctx.parent_job_id = parent.map(|p| p.id);
         Ok(ctx)
     }
 
@@ -154,7 +154,12 @@ impl JobApi {
                 job.trace_id = trace.clone();
             }
         }
-        let done = match self.store.submit(origin, jobs, group).await {
+        let submit = Submit {
+            origin,
+            jobs,
+            group,
+        };
+        let done = match self.store.submit(submit).await {
             Ok(done) => done,
             Err(err) => {
                 span.set_status(SpanStatus::error(err.to_string()));
@@ -171,30 +176,28 @@ impl JobApi {
         Ok(done)
     }
 
-    /// Fills `blocked_on` of a queued job that is not simply waiting for dependencies.
-    async fn explain(&self, job: &mut Job) -> Result<()> {
-        explain(job, now_ms());
-        let ready_now = job
-            .blocked_on
-            .as_ref()
-            .is_some_and(|b| b.reason == BlockedReason::Ready as i32);
-        if ready_now && let Some(blocked) = self.scheduler.explain(ready_job(job)).await? {
-            job.blocked_on = Some(blocked);
+    /// A job as the wire shows it, with why it waits if it is queued.
+    async fn shown(&self, job: JobRecord) -> Result<Job> {
+        let mut blocked = explain(&job, now_ms());
+        if blocked == Some(Blocked::Ready)
+            && let Some(reason) = self.scheduler.explain(ready_job(&job)).await?
+        {
+            blocked = Some(reason);
         }
-        Ok(())
+        Ok(convert::job(job, blocked))
     }
 
     /// Blocks until the job is terminal, the call's deadline passes or the coordinator stops.
     async fn wait_for(
         &self,
-        job_id: &str,
+        job_id: JobId,
         timeout: Option<std::time::Duration>,
     ) -> Result<Job, Status> {
         let woken = self.notifier.subscribe(job_id);
-        let job = self.store.get(job_id.to_owned()).await?;
-        if is_terminal(job.state) {
+        let job = self.job(job_id).await?;
+        if job.state.is_terminal() {
             self.notifier.forget(job_id);
-            return Ok(job);
+            return Ok(convert::job(job, None));
         }
         let expired = async {
             match timeout {
@@ -211,24 +214,37 @@ impl JobApi {
         };
         self.notifier.forget(job_id);
         outcome?;
-        Ok(self.store.get(job_id.to_owned()).await?)
+        let job = self.job(job_id).await?;
+        Ok(self.shown(job).await?)
+    }
+
+    /// A job that exists.
+    async fn job(&self, id: JobId) -> Result<JobRecord> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(id.to_string()))
     }
 }
 
 impl JobApi {
     /// A job this caller may see; another tenant's is NOT_FOUND, as if it did not exist.
-    async fn visible_job(&self, identity: &Identity, id: String) -> Result<Job> {
-        let job = self.store.get(id.clone()).await?;
-        if identity.may_see(&job.tenant_id) {
+    async fn visible_job(&self, identity: &Identity, id: &str) -> Result<JobRecord> {
+        let job = self.job(job_id(id)?).await?;
+        if identity.may_see(job.tenant_id.as_deref().unwrap_or("")) {
             Ok(job)
         } else {
-            Err(Error::JobNotFound(id))
+            Err(Error::JobNotFound(id.to_owned()))
         }
     }
 
-    async fn visible_group(&self, identity: &Identity, id: String) -> Result<v1::Group> {
-        let group = self.store.group(id.clone()).await?;
-        if identity.may_see(&group.tenant_id) {
+    async fn visible_group(&self, identity: &Identity, id: String) -> Result<GroupRecord> {
+        let group = self
+            .store
+            .group(id.clone())
+            .await?
+            .ok_or_else(|| Error::GroupNotFound(id.clone()))?;
+        if identity.may_see(group.tenant_id.as_deref().unwrap_or("")) {
             Ok(group)
         } else {
             Err(Error::GroupNotFound(id))
@@ -241,7 +257,7 @@ impl JobApi {
         &self,
         target: CancelTarget,
         reason: String,
-    ) -> Result<(Vec<String>, JobState)> {
+    ) -> Result<(Vec<JobId>, Option<JobState>)> {
         let done = self.store.cancel(target, reason.clone()).await?;
         let mut cancelled = done.ids;
         cancelled.extend(done.dependents);
@@ -260,7 +276,7 @@ impl JobApi {
 /// Cancels a `Run`'s job if the call is dropped (the caller hung up) while still armed.
 struct CancelOnDrop {
     api: Option<JobApi>,
-    job_id: String,
+    job_id: JobId,
 }
 
 impl Drop for CancelOnDrop {
@@ -268,11 +284,11 @@ impl Drop for CancelOnDrop {
         let Some(api) = self.api.take() else {
             return;
         };
-        let job_id = std::mem::take(&mut self.job_id);
+        let job_id = self.job_id;
         let tasks = api.tasks.clone();
         tasks.spawn(async move {
             let reason = "the caller of Run hung up".to_owned();
-            match api.cancel_jobs(CancelTarget::Job(job_id.clone()), reason).await {
+            match api.cancel_jobs(CancelTarget::Job(job_id), reason).await {
                 Ok(_) | Err(Error::FailedPrecondition { .. }) => {}
                 Err(err) => tracing::warn!(job.id = %job_id, cause = %err, "cancelling an abandoned Run failed"),
             }
@@ -280,19 +296,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn is_terminal(state: i32) -> bool {
-    matches!(
-        JobState::try_from(state),
-        Ok(JobState::Succeeded
-            | JobState::Failed
-            | JobState::Cancelled
-            | JobState::DeadlineExceeded)
-    )
-}
-
-fn new_job_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
 
 /// Reads `x-tenant-id` and the W3C trace context from the request's metadata.
 fn context(metadata: &MetadataMap) -> Result<validate::Context> {
@@ -347,34 +350,29 @@ fn trace_id(traceparent: &str) -> Option<String> {
 
 fn submit_response(s: Submitted) -> SubmitResponse {
     SubmitResponse {
-        job_id: s.id,
+        job_id: s.id.to_string(),
         duplicate: s.duplicate,
-        state: s.state as i32,
+        state: convert::state(s.state) as i32,
     }
 }
 
-/// Says why a queued job is not running, as far as the job itself tells: the store already
-/// marked one that waits for dependencies; one with a future `run_at` waits for its time.
-fn explain(job: &mut Job, now: i64) {
-    if job.state != JobState::Queued as i32 || job.blocked_on.is_some() {
-        return;
+/// Says why a queued job is not running, as far as the job itself tells: it waits for its
+/// dependencies, or for a future `run_at`; otherwise it is ready (and the scheduler may know
+/// more).
+fn explain(job: &JobRecord, now: i64) -> Option<Blocked> {
+    if job.state != JobState::Queued {
+        return None;
     }
-    let until = job
-        .run_at
-        .filter(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000) > now);
-    job.blocked_on = Some(match until {
-        Some(until) => BlockedOn {
-            reason: BlockedReason::Scheduled as i32,
-            detail: "waiting for its run_at time".into(),
-            until: Some(until),
-            ..Default::default()
-        },
-        None => BlockedOn {
-            reason: BlockedReason::Ready as i32,
-            detail: "ready; waiting for a free worker slot".into(),
-            ..Default::default()
-        },
-    });
+    if !job.waiting_for.is_empty() {
+        return Some(Blocked::Dependencies {
+            waiting_for: job.waiting_for.clone(),
+            of: job.depends_on.len(),
+        });
+    }
+    Some(match job.run_at_ms.filter(|t| *t > now) {
+        Some(until_ms) => Blocked::Scheduled { until_ms },
+        None => Blocked::Ready,
+    })
 }
 
 /// Group results read per query: memory per watcher stays bounded however large the group.
@@ -384,12 +382,12 @@ const GROUP_PAGE: u32 = 256;
 /// more as jobs end, and ends with the outcome once every job has ended. It produces only
 /// as fast as the caller reads.
 struct GroupWatch {
-    store: Store,
+    store: Arc<dyn Store>,
     ended: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
     group: String,
     after: i64,
-    page: std::collections::VecDeque<(i64, v1::JobResult)>,
+    page: std::collections::VecDeque<crate::domain::GroupEvent>,
     done: bool,
 }
 
@@ -399,11 +397,11 @@ impl GroupWatch {
             return None;
         }
         loop {
-            if let Some((seq, result)) = self.page.pop_front() {
-                self.after = seq;
+            if let Some(ended) = self.page.pop_front() {
+                self.after = ended.cursor;
                 let event = v1::GroupEvent {
-                    event: Some(v1::group_event::Event::Result(result)),
-                    cursor: cursor(seq),
+                    cursor: cursor(ended.cursor),
+                    event: Some(v1::group_event::Event::Result(convert::job_result(ended))),
                 };
                 return Some((Ok(event), self));
             }
@@ -426,7 +424,11 @@ impl GroupWatch {
             }
             // Everything that ended is delivered: if nothing is left running, that's all.
             let group = match self.store.group(self.group.clone()).await {
-                Ok(group) => group,
+                Ok(Some(group)) => group,
+                Ok(None) => {
+                    self.done = true;
+                    return Some((Err(Error::GroupNotFound(self.group.clone()).into()), self));
+                }
                 Err(err) => {
                     self.done = true;
                     return Some((Err(err.into()), self));
@@ -444,14 +446,14 @@ impl GroupWatch {
                 }
                 self.done = true;
                 let outcome = v1::GroupOutcome {
-                    group_id: group.group_id,
-                    state: group.state,
+                    state: convert::state(group.state()) as i32,
+                    group_id: group.id,
                     size: group.size,
                     succeeded: group.succeeded,
                     failed: group.failed,
                     cancelled: group.cancelled,
                     deadline_exceeded: group.deadline_exceeded,
-                    error: group.error,
+                    error: group.error.unwrap_or_default(),
                 };
                 let event = v1::GroupEvent {
                     event: Some(v1::group_event::Event::Outcome(outcome)),
@@ -490,19 +492,19 @@ fn parse_cursor(cursor: &str) -> Result<i64> {
 }
 
 /// What the scheduler needs of a job to say why it waits.
-fn ready_job(job: &Job) -> crate::store::ReadyJob {
-    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
-    crate::store::ReadyJob {
-        id: job.job_id.clone(),
+fn ready_job(job: &JobRecord) -> ReadyJob {
+    ReadyJob {
+        id: job.id,
         queue: job.queue.clone(),
         kind: job.kind.clone(),
         priority: job.priority,
         run_at_ms: 0,
-        seq: 0,
+        seq: job.seq,
         deadline_ms: None,
         weight: job.weight.max(1),
-        tenant_id: some(&job.tenant_id),
-        concurrency_key: some(&job.concurrency_key),
+        tenant_id: job.tenant_id.clone(),
+        concurrency_key: job.concurrency_key.clone(),
+        attempt: job.attempt,
     }
 }
 
@@ -540,7 +542,7 @@ impl JobService for JobApi {
         if !req.r#ref.is_empty() {
             return Err(Error::invalid("ref", "only names jobs inside a SubmitBatch").into());
         }
-        let job = validate::job("", req, new_job_id(), &Default::default(), &ctx, now_ms())?;
+        let job = validate::job("", req, JobId::new(), &Default::default(), &ctx, now_ms())?;
         let mut done = self.store_jobs(Origin::Submit, vec![job], None).await?;
         let submitted = done
             .pop()
@@ -574,7 +576,7 @@ impl JobService for JobApi {
         if group.is_none() && req.cancel_on_failure {
             return Err(Error::invalid("cancel_on_failure", "needs a group_id").into());
         }
-        let ids: Vec<String> = req.jobs.iter().map(|_| new_job_id()).collect();
+        let ids: Vec<JobId> = req.jobs.iter().map(|_| JobId::new()).collect();
         let refs = validate::refs(&req.jobs, &ids)?;
         let now = now_ms();
         let mut jobs = Vec::with_capacity(req.jobs.len());
@@ -620,7 +622,7 @@ impl JobService for JobApi {
         let job = validate::job(
             "job.",
             job,
-            new_job_id(),
+            JobId::new(),
             &Default::default(),
             &ctx,
             now_ms(),
@@ -632,9 +634,9 @@ impl JobService for JobApi {
         // A caller that hangs up cancels its job (the done channel), unless it detached.
         let mut guard = CancelOnDrop {
             api: (!req.detach).then(|| self.clone()),
-            job_id: submitted.id.clone(),
+            job_id: submitted.id,
         };
-        let outcome = self.wait_for(&submitted.id, timeout).await;
+        let outcome = self.wait_for(submitted.id, timeout).await;
         guard.api = None;
         Ok(Response::new(RunResponse {
             job: Some(outcome?),
@@ -647,9 +649,8 @@ impl JobService for JobApi {
         if id.is_empty() {
             return Err(Error::invalid("job_id", "is required").into());
         }
-        let mut job = self.visible_job(&identity, id).await?;
-        self.explain(&mut job).await?;
-        Ok(Response::new(job))
+        let job = self.visible_job(&identity, &id).await?;
+        Ok(Response::new(self.shown(job).await?))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
@@ -666,17 +667,29 @@ impl JobService for JobApi {
                 .into());
             }
         };
-        let state = match JobState::try_from(req.state) {
-            Ok(JobState::Unspecified) => None,
-            Ok(state) => Some(state),
+        let state = match v1::JobState::try_from(req.state) {
+            Ok(state) => convert::state_from_wire(state),
             Err(_) => return Err(Error::invalid("state", "is not a JobState").into()),
+        };
+        // A parent that is not a job id has no children.
+        let parent_job_id = match req.parent_job_id.as_str() {
+            "" => None,
+            text => match text.parse::<JobId>() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    return Ok(Response::new(ListResponse {
+                        jobs: vec![],
+                        next_page_token: String::new(),
+                    }));
+                }
+            },
         };
         let filter = ListFilter {
             queue: validate::optional_name("queue", &req.queue)?,
             state,
             kind: validate::optional_name("kind", &req.kind)?,
             group_id: validate::optional_name("group_id", &req.group_id)?,
-            parent_job_id: (!req.parent_job_id.is_empty()).then_some(req.parent_job_id),
+            parent_job_id,
             // A tenant lists only its own jobs.
             tenant_id: if identity.authenticated && identity.role != Role::Admin {
                 identity.tenant.clone()
@@ -687,17 +700,13 @@ impl JobService for JobApi {
             page_size,
         };
         let page = self.store.list(filter).await?;
-        let mut jobs = page.jobs;
+        let mut jobs = Vec::with_capacity(page.jobs.len());
         // One question to the scheduler per distinct queue, kind, scopes and weight.
         let mut answers = std::collections::HashMap::new();
-        for job in &mut jobs {
-            explain(job, now_ms());
-            if job
-                .blocked_on
-                .as_ref()
-                .is_some_and(|b| b.reason == BlockedReason::Ready as i32)
-            {
-                let ready = ready_job(job);
+        for job in page.jobs {
+            let mut blocked = explain(&job, now_ms());
+            if blocked == Some(Blocked::Ready) {
+                let ready = ready_job(&job);
                 let key = (
                     ready.queue.clone(),
                     ready.kind.clone(),
@@ -708,10 +717,11 @@ impl JobService for JobApi {
                     let answer = self.scheduler.explain(ready).await?;
                     answers.insert(key.clone(), answer);
                 }
-                if let Some(Some(blocked)) = answers.get(&key) {
-                    job.blocked_on = Some(blocked.clone());
+                if let Some(Some(reason)) = answers.get(&key) {
+                    blocked = Some(reason.clone());
                 }
             }
+            jobs.push(convert::job(job, blocked));
         }
         Ok(Response::new(ListResponse {
             jobs,
@@ -726,8 +736,8 @@ impl JobService for JobApi {
         if id.is_empty() {
             return Err(Error::invalid("job_id", "is required").into());
         }
-        self.visible_job(&identity, id.clone()).await?;
-        let job = self.wait_for(&id, timeout).await?;
+        let job = self.visible_job(&identity, &id).await?;
+        let job = self.wait_for(job.id, timeout).await?;
         Ok(Response::new(WaitResponse { job: Some(job) }))
     }
 
@@ -767,7 +777,8 @@ impl JobService for JobApi {
         let id = request.into_inner().group_id;
         let id = validate::optional_name("group_id", &id)?
             .ok_or_else(|| Error::invalid("group_id", "is required"))?;
-        Ok(Response::new(self.visible_group(&identity, id).await?))
+        let group = self.visible_group(&identity, id).await?;
+        Ok(Response::new(convert::group(group)))
     }
 
     #[tracing::instrument(skip_all, fields(job.id = %request.get_ref().job_id))]
@@ -777,7 +788,7 @@ impl JobService for JobApi {
         if req.job_id.is_empty() {
             return Err(Error::invalid("job_id", "is required").into());
         }
-        self.visible_job(&identity, req.job_id.clone()).await?;
+        let id = self.visible_job(&identity, &req.job_id).await?.id;
         if let Some(n) = req.max_attempts
             && !(1..=validate::MAX_ATTEMPTS).contains(&n)
         {
@@ -787,18 +798,14 @@ impl JobService for JobApi {
             )
             .into());
         }
-        let ready = self
-            .store
-            .requeue(req.job_id.clone(), req.max_attempts)
-            .await?;
+        let ready = self.store.requeue(id, req.max_attempts).await?;
         if let Some(ready) = ready
             && let Err(err) = self.scheduler.enqueue(vec![ready]).await
         {
             tracing::warn!(cause = %err, "requeued job waits for the next start");
         }
-        let mut job = self.store.get(req.job_id).await?;
-        self.explain(&mut job).await?;
-        Ok(Response::new(job))
+        let job = self.job(id).await?;
+        Ok(Response::new(self.shown(job).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -809,8 +816,8 @@ impl JobService for JobApi {
         let identity = Identity::of(&request);
         let req = request.into_inner();
         let target = match req.target {
-            Some(Target::JobId(id)) if !id.is_empty() => CancelTarget::Job(id),
-            Some(Target::GroupId(id)) if !id.is_empty() => CancelTarget::Group(id),
+            Some(Target::JobId(id)) if !id.is_empty() => Target::JobId(id),
+            Some(Target::GroupId(id)) if !id.is_empty() => Target::GroupId(id),
             _ => return Err(Error::invalid("target", "set job_id or group_id").into()),
         };
         if req.reason.len() > 1024 {
@@ -821,14 +828,17 @@ impl JobService for JobApi {
         } else {
             req.reason
         };
-        match &target {
-            CancelTarget::Job(id) => drop(self.visible_job(&identity, id.clone()).await?),
-            CancelTarget::Group(id) => drop(self.visible_group(&identity, id.clone()).await?),
-        }
+        let target = match target {
+            Target::JobId(id) => CancelTarget::Job(self.visible_job(&identity, &id).await?.id),
+            Target::GroupId(id) => {
+                self.visible_group(&identity, id.clone()).await?;
+                CancelTarget::Group(id)
+            }
+        };
         let (cancelled, state) = self.cancel_jobs(target, reason).await?;
         Ok(Response::new(CancelResponse {
-            cancelled,
-            state: state as i32,
+            cancelled: cancelled.iter().map(ToString::to_string).collect(),
+            state: state.map_or(v1::JobState::Unspecified, convert::state) as i32,
         }))
     }
 }
@@ -836,12 +846,12 @@ impl JobService for JobApi {
 /// `AdminService`: numbers and workers; quotas and queue control arrive with their issue.
 #[derive(Clone)]
 pub struct AdminApi {
-    store: Store,
+    store: Arc<dyn Store>,
     scheduler: Scheduler,
 }
 
 impl AdminApi {
-    pub fn new(store: Store, scheduler: Scheduler) -> Self {
+    pub fn new(store: Arc<dyn Store>, scheduler: Scheduler) -> Self {
         AdminApi { store, scheduler }
     }
 
@@ -872,7 +882,7 @@ impl AdminService for AdminApi {
         if let Err(err) = self.scheduler.set_quota(quota.clone()).await {
             tracing::warn!(cause = %err, "the scheduler takes the quota at its next start");
         }
-        Ok(Response::new(quota))
+        Ok(Response::new(convert::quota(quota, 0, 0)))
     }
 
     async fn list_quotas(
@@ -880,14 +890,16 @@ impl AdminService for AdminApi {
         request: Request<v1::ListQuotasRequest>,
     ) -> Result<Response<v1::ListQuotasResponse>, Status> {
         Identity::of(&request).require(Role::Admin)?;
-        let mut quotas = self.store.quotas().await?;
+        let quotas = self.store.quotas().await?;
         let held = self
             .scheduler
-            .held(quotas.iter().map(|q| q.scope.clone()).collect())
+            .held(quotas.iter().map(|(q, _)| q.scope.clone()).collect())
             .await?;
-        for (quota, held) in quotas.iter_mut().zip(held) {
-            quota.held = held;
-        }
+        let quotas = quotas
+            .into_iter()
+            .zip(held)
+            .map(|((quota, queued), held)| convert::quota(quota, held, queued))
+            .collect();
         Ok(Response::new(v1::ListQuotasResponse { quotas }))
     }
 
@@ -917,7 +929,9 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         Identity::of(&request).require(Role::Admin)?;
         let workers = self.scheduler.workers().await?;
-        Ok(Response::new(v1::ListWorkersResponse { workers }))
+        Ok(Response::new(v1::ListWorkersResponse {
+            workers: workers.into_iter().map(convert::worker).collect(),
+        }))
     }
 
     async fn stats(
@@ -925,11 +939,11 @@ impl AdminService for AdminApi {
         request: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
         Identity::of(&request).require(Role::Admin)?;
-        let queues = self.store.queue_stats().await?;
+        let queues = self.store.queue_counts().await?;
         let workers = self.scheduler.workers().await?.len() as u32;
         Ok(Response::new(v1::StatsResponse {
-            queues,
-            store: Some(self.store.writer_stats()),
+            queues: queues.into_iter().map(convert::queue_stats).collect(),
+            store: Some(convert::store_stats(self.store.writer_stats())),
             workers,
             refused_results: self.scheduler.refused_results(),
         }))
@@ -939,7 +953,6 @@ impl AdminService for AdminApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::timestamp;
 
     #[test]
     fn trace_ids_come_only_from_well_formed_traceparents() {
@@ -963,17 +976,46 @@ mod tests {
 
     #[test]
     fn queued_jobs_say_why_they_wait() {
-        let mut job = Job {
-            state: JobState::Queued as i32,
+        let at = now_ms() + 60_000;
+        let job = JobRecord {
+            id: JobId::new(),
+            seq: 1,
             queue: "q".into(),
             kind: "k".into(),
-            run_at: Some(timestamp(now_ms() + 60_000)),
-            ..Default::default()
+            payload: vec![],
+            priority: 0,
+            max_attempts: 3,
+            timeout_ms: None,
+            deadline_ms: None,
+            run_at_ms: Some(at),
+            idempotency_key: None,
+            concurrency_key: None,
+            weight: 1,
+            depends_on: vec![],
+            group_id: None,
+            labels: Default::default(),
+            tenant_id: None,
+            parent_job_id: None,
+            trace_id: None,
+            state: JobState::Queued,
+            attempt: 0,
+            output: vec![],
+            error: None,
+            created_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            worker_id: None,
+            attempts: vec![],
+            waiting_for: vec![],
         };
-        explain(&mut job, now_ms());
         assert_eq!(
-            job.blocked_on.map(|b| b.reason),
-            Some(BlockedReason::Scheduled as i32)
+            explain(&job, now_ms()),
+            Some(Blocked::Scheduled { until_ms: at })
         );
+        let running = JobRecord {
+            state: JobState::Running,
+            ..job
+        };
+        assert_eq!(explain(&running, now_ms()), None);
     }
 }

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use switchyard_proto::v1::SubmitRequest;
+use switchyard_proto::v1::{self, SubmitRequest};
 
 use crate::{
+    domain::{JobId, Quota},
     error::{Error, Result},
     store::NewJob,
 };
@@ -65,7 +66,7 @@ pub struct Context {
     pub tracestate: Option<String>,
     pub trace_id: Option<String>,
     /// The job whose handler made this call (`x-switchyard-parent-job`).
-    pub parent_job_id: Option<String>,
+    pub parent_job_id: Option<JobId>,
     /// The latest the submitted jobs may end (Unix ms): the caller's `grpc-timeout` for `Run`
     /// and for calls from inside a handler, the parent's deadline, capped by the server's
     /// maximum. A job's own `deadline` may only bring it closer.
@@ -77,8 +78,8 @@ pub struct Context {
 pub fn job(
     prefix: &str,
     req: SubmitRequest,
-    id: String,
-    refs: &HashMap<String, String>,
+    id: JobId,
+    refs: &HashMap<String, JobId>,
     ctx: &Context,
     now_ms: i64,
 ) -> Result<NewJob> {
@@ -169,24 +170,30 @@ pub fn job(
             format!("has more than {MAX_DEPENDENCIES} entries"),
         ));
     }
-    let mut depends_on = Vec::with_capacity(req.depends_on.len());
-    for (i, dep) in req.depends_on.into_iter().enumerate() {
+    for (i, dep) in req.depends_on.iter().enumerate() {
         if dep.is_empty() || dep.len() > MAX_NAME_LEN {
             return Err(Error::invalid(
                 field(&format!("depends_on[{i}]")),
                 "must be a job id or the ref of a job in the batch",
             ));
         }
-        let dep = refs.get(&dep).cloned().unwrap_or(dep);
+    }
+    labels(&field("labels"), &req.labels)?;
+    let mut depends_on = Vec::with_capacity(req.depends_on.len());
+    for (i, dep) in req.depends_on.iter().enumerate() {
+        let field = || field(&format!("depends_on[{i}]"));
+        // What is neither a ref of the batch nor a job id names no job.
+        let dep = match refs.get(dep) {
+            Some(id) => *id,
+            None => dep
+                .parse::<JobId>()
+                .map_err(|_| Error::invalid(field(), format!("no job {dep}")))?,
+        };
         if dep == id {
-            return Err(Error::invalid(
-                field(&format!("depends_on[{i}]")),
-                "a job cannot depend on itself",
-            ));
+            return Err(Error::invalid(field(), "a job cannot depend on itself"));
         }
         depends_on.push(dep);
     }
-    labels(&field("labels"), &req.labels)?;
     Ok(NewJob {
         id,
         queue: req.queue,
@@ -206,7 +213,7 @@ pub fn job(
         depends_on,
         labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
         tenant_id: ctx.tenant_id.clone(),
-        parent_job_id: ctx.parent_job_id.clone(),
+        parent_job_id: ctx.parent_job_id,
         traceparent: ctx.traceparent.clone(),
         tracestate: ctx.tracestate.clone(),
         trace_id: ctx.trace_id.clone(),
@@ -266,7 +273,7 @@ pub fn timestamp_ms(field: &str, t: &prost_types::Timestamp) -> Result<i64> {
 }
 
 /// A quota's scope is `queue:`, `key:` or `tenant:` and a name; its limits are sane.
-pub fn quota(mut q: switchyard_proto::v1::Quota) -> Result<switchyard_proto::v1::Quota> {
+pub fn quota(mut q: v1::Quota) -> Result<Quota> {
     let (kind, name_part) = q.scope.split_once(':').ok_or_else(|| {
         Error::invalid(
             "quota.scope",
@@ -303,13 +310,17 @@ pub fn quota(mut q: switchyard_proto::v1::Quota) -> Result<switchyard_proto::v1:
     if q.rate_per_second.is_some() && q.burst.is_none() {
         q.burst = Some(1);
     }
-    q.held = 0;
-    q.queued = 0;
-    Ok(q)
+    Ok(Quota {
+        scope: q.scope,
+        max_in_flight: q.max_in_flight,
+        max_queued: q.max_queued,
+        rate_per_second: q.rate_per_second,
+        burst: q.burst,
+    })
 }
 
 /// The batch's `ref`s must be unique names; returns them mapped to the ids chosen for the jobs.
-pub fn refs(jobs: &[SubmitRequest], ids: &[String]) -> Result<HashMap<String, String>> {
+pub fn refs(jobs: &[SubmitRequest], ids: &[JobId]) -> Result<HashMap<String, JobId>> {
     let mut refs = HashMap::new();
     let mut seen = HashSet::new();
     for (i, (job, id)) in jobs.iter().zip(ids).enumerate() {
@@ -323,18 +334,14 @@ pub fn refs(jobs: &[SubmitRequest], ids: &[String]) -> Result<HashMap<String, St
                 format!("{:?} is used by an earlier job of the batch", job.r#ref),
             ));
         }
-        refs.insert(job.r#ref.clone(), id.clone());
+        refs.insert(job.r#ref.clone(), *id);
     }
     Ok(refs)
 }
 
 /// Refuses a dependency cycle inside a batch (jobs outside it cannot depend on new ones).
 pub fn acyclic(jobs: &[NewJob]) -> Result<()> {
-    let index: HashMap<&str, usize> = jobs
-        .iter()
-        .enumerate()
-        .map(|(i, j)| (j.id.as_str(), i))
-        .collect();
+    let index: HashMap<JobId, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
     let mut mark = vec![0u8; jobs.len()];
     for start in 0..jobs.len() {
@@ -348,7 +355,7 @@ pub fn acyclic(jobs: &[NewJob]) -> Result<()> {
             match jobs[node].depends_on.get(*next) {
                 Some(dep) => {
                     *next += 1;
-                    if let Some(&d) = index.get(dep.as_str()) {
+                    if let Some(&d) = index.get(dep) {
                         match mark[d] {
                             0 => {
                                 mark[d] = 1;

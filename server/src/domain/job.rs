@@ -22,6 +22,8 @@ pub struct ReadyJob {
     pub weight: u32,
     pub tenant_id: Option<String>,
     pub concurrency_key: Option<String>,
+    /// Attempts started so far: its next attempt is number `attempt + 1`.
+    pub attempt: u32,
 }
 
 impl ReadyJob {

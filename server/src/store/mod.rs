@@ -1,36 +1,24 @@
-//! The durable record of every job.
-//!
-//! One writer thread owns the SQLite write connection: callers send it [`writer::Command`]s on a
-//! bounded channel and await a reply, and it commits everything that is waiting in one
-//! transaction (group commit), so one fsync covers many jobs. Reads go to a small pool of
-//! read-only connections (WAL lets them run beside the writer).
+//! The durable record of every job, behind one trait ([`Store`]) so that a backend is a choice
+//! made at start. The operations are the ones the api and the scheduler need; each is one
+//! transaction. [`sqlite`] is the embedded default: one writer thread, group commit, a read
+//! pool. The conformance suite (`conformance.rs`, tests only) holds every backend to the same
+//! behaviour.
 
-mod lifecycle;
-mod migrate;
-mod read;
-mod writer;
+pub mod sqlite;
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{SystemTime, UNIX_EPOCH},
-};
+#[cfg(test)]
+mod conformance;
 
-use rusqlite::{Connection, OpenFlags};
-use switchyard_proto::v1;
-use tokio::sync::{mpsc, oneshot};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use crate::{
-    error::{Error, Result},
+    domain::{
+        Dispatch, GroupEvent, GroupRecord, JobId, JobRecord, JobState, Outcome, QueueCounts,
+        Quota, ReadyJob,
+    },
+    error::Result,
     telemetry::{Metrics, Tally},
 };
-pub use read::{ListFilter, ListPage};
-use writer::Command;
-pub use writer::{AdminOp, Origin};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,15 +29,6 @@ pub enum SyncMode {
     Normal,
 }
 
-impl SyncMode {
-    fn pragma(self) -> &'static str {
-        match self {
-            SyncMode::Full => "FULL",
-            SyncMode::Normal => "NORMAL",
-        }
-    }
-}
-
 /// Where the store lives and how it writes.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -57,14 +36,81 @@ pub struct StoreConfig {
     pub sync: SyncMode,
     /// Read-only connections in the read pool.
     pub readers: usize,
-    /// Commands that may wait for the writer before submitters are pushed back.
+    /// Client commands that may wait for the writer before submitters are pushed back. The
+    /// scheduler's own writes do not count against it.
     pub write_queue: usize,
+}
+
+/// Opens the configured backend.
+pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(sqlite::SqliteStore::open(config, metrics)?))
+}
+
+/// The operations of a backend. Every write is one transaction, acknowledged only once it is
+/// durable; a write that fails changes nothing.
+#[tonic::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Takes stock at start: attempts that were running when the coordinator last stopped are
+    /// ended `interrupted` and their jobs re-queued (not counted as failures). Returns what
+    /// the scheduler starts from.
+    async fn recover(&self) -> Result<Recovered>;
+
+    /// Stores jobs (and their group) in one transaction: all of them or none.
+    async fn submit(&self, submit: Submit) -> Result<Vec<Submitted>>;
+
+    /// Cancels one job or every unfinished job of a group, and what depended on them.
+    async fn cancel(&self, target: CancelTarget, reason: String) -> Result<Cancelled>;
+
+    /// Puts a job that ended badly back in its queue; returns it if it is ready to run.
+    async fn requeue(&self, id: JobId, max_attempts: Option<u32>) -> Result<Option<ReadyJob>>;
+
+    /// The scheduler's state changes, committed together. These never wait behind client
+    /// writes and are never refused for a full queue.
+    async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome>;
+
+    /// Sets a scope's limits; a quota with none set removes it.
+    async fn set_quota(&self, quota: Quota) -> Result<()>;
+
+    /// Pauses or resumes a queue.
+    async fn pause(&self, queue: String, paused: bool) -> Result<()>;
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>>;
+
+    async fn list(&self, filter: ListFilter) -> Result<ListPage>;
+
+    async fn group(&self, id: String) -> Result<Option<GroupRecord>>;
+
+    /// Up to `limit` results of the group's jobs that ended after cursor `after`, in order.
+    async fn group_events(&self, group: String, after: i64, limit: u32)
+    -> Result<Vec<GroupEvent>>;
+
+    /// Every quota, with the jobs queued in its scope now.
+    async fn quotas(&self) -> Result<Vec<(Quota, u64)>>;
+
+    async fn paused(&self) -> Result<Vec<String>>;
+
+    async fn queue_counts(&self) -> Result<Vec<QueueCounts>>;
+
+    /// What the writer has done since start.
+    fn writer_stats(&self) -> WriterStats;
+
+    /// Finishes what was sent before and closes; later calls fail with `ShuttingDown`.
+    async fn close(&self) -> Result<()>;
+}
+
+/// What the scheduler starts from.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Queued jobs whose dependencies have all succeeded.
+    pub ready: Vec<ReadyJob>,
+    pub quotas: Vec<Quota>,
+    pub paused: Vec<String>,
 }
 
 /// A job to insert, validated and with its id chosen.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    pub id: String,
+    pub id: JobId,
     pub queue: String,
     pub kind: String,
     pub payload: Vec<u8>,
@@ -76,11 +122,11 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub concurrency_key: Option<String>,
     pub weight: u32,
-    /// Ids of jobs that must succeed first: earlier jobs, or other jobs of the same batch.
-    pub depends_on: Vec<String>,
+    /// Jobs that must succeed first: earlier jobs, or other jobs of the same batch.
+    pub depends_on: Vec<JobId>,
     pub labels: BTreeMap<String, String>,
     pub tenant_id: Option<String>,
-    pub parent_job_id: Option<String>,
+    pub parent_job_id: Option<JobId>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub trace_id: Option<String>,
@@ -93,101 +139,46 @@ pub struct NewGroup {
     pub cancel_on_failure: bool,
 }
 
+/// How a submit names its jobs' fields in errors: `depends_on[0]` or `jobs[3].depends_on[0]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Submit,
+    Batch,
+}
+
+/// One submit: jobs, their group, and how errors name them.
+#[derive(Debug, Clone)]
+pub struct Submit {
+    pub origin: Origin,
+    pub jobs: Vec<NewJob>,
+    pub group: Option<NewGroup>,
+}
+
 /// What became of one submitted job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
-    pub id: String,
+    pub id: JobId,
     /// The idempotency key matched an earlier job; `id` is that job's.
     pub duplicate: bool,
-    pub state: v1::JobState,
+    pub state: JobState,
     /// Set when the job was stored ready to run (queued, with no unfinished dependencies).
     pub ready: Option<ReadyJob>,
-}
-
-/// What the scheduler needs of a queued job: where it goes and in what order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadyJob {
-    pub id: String,
-    pub queue: String,
-    pub kind: String,
-    pub priority: i32,
-    /// Not before this time (Unix ms); 0 for "now".
-    pub run_at_ms: i64,
-    /// Submission order.
-    pub seq: i64,
-    /// When the whole job must be done (Unix ms).
-    pub deadline_ms: Option<i64>,
-    /// Permits it takes of each quota scope that applies to it.
-    pub weight: u32,
-    pub tenant_id: Option<String>,
-    pub concurrency_key: Option<String>,
-}
-
-/// The columns `ReadyJob::from_row` reads, in order (prefix `j.` where joined).
-pub(crate) const READY_COLUMNS: &str = "id, queue, kind, priority, coalesce(run_at_ms, 0), seq,
-    deadline_ms, weight, tenant_id, concurrency_key";
-pub(crate) const READY_COLUMNS_J: &str = "j.id, j.queue, j.kind, j.priority,
-    coalesce(j.run_at_ms, 0), j.seq, j.deadline_ms, j.weight, j.tenant_id, j.concurrency_key";
-
-impl ReadyJob {
-    pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReadyJob> {
-        Ok(ReadyJob {
-            id: row.get(0)?,
-            queue: row.get(1)?,
-            kind: row.get(2)?,
-            priority: row.get(3)?,
-            run_at_ms: row.get(4)?,
-            seq: row.get(5)?,
-            deadline_ms: row.get(6)?,
-            weight: row.get(7)?,
-            tenant_id: row.get(8)?,
-            concurrency_key: row.get(9)?,
-        })
-    }
-
-    /// The quota scopes that apply to it.
-    pub fn scopes(&self) -> Vec<String> {
-        crate::quota::scopes(
-            &self.queue,
-            self.concurrency_key.as_deref(),
-            self.tenant_id.as_deref(),
-        )
-    }
 }
 
 /// Give a queued job to a worker session.
 #[derive(Debug, Clone)]
 pub struct Start {
-    pub job_id: String,
+    pub job_id: JobId,
+    /// The attempt it starts: the job's next.
+    pub attempt: u32,
     pub session: u64,
     pub worker_id: String,
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Succeeded(Vec<u8>),
-    Failed {
-        message: String,
-        retryable: bool,
-        retry_after_ms: Option<i64>,
-        /// The handler stopped because it was told to.
-        cancelled: bool,
-    },
-    /// Its worker's stream died or its lease ran out: counts as a failed attempt.
-    Lost(String),
-    /// Handed back by a draining worker: does not count.
-    Released(String),
-    /// The job's deadline passed while it ran: the job ends `DEADLINE_EXCEEDED`.
-    Expired,
-    /// The attempt ran past its `timeout`: a retryable failure.
-    TimedOut,
 }
 
 /// End one attempt (fenced by its number).
 #[derive(Debug, Clone)]
 pub struct Finish {
-    pub job_id: String,
+    pub job_id: JobId,
     pub attempt: u32,
     pub outcome: Outcome,
 }
@@ -209,7 +200,7 @@ impl RetryPolicy {
             .saturating_mul(1i64 << exp)
             .min(self.cap_ms)
             .max(0);
-        let jitter = uuid::Uuid::new_v4().as_u128() as u64 % (d as u64 / 2 + 1);
+        let jitter = fastrand::u64(..=(d as u64 / 2));
         d / 2 + jitter as i64
     }
 }
@@ -219,18 +210,22 @@ impl RetryPolicy {
 pub struct Transitions {
     pub finishes: Vec<Finish>,
     /// Queued jobs whose deadline passed before they could run.
-    pub expire: Vec<String>,
+    pub expire: Vec<JobId>,
     pub starts: Vec<Start>,
     pub retry: RetryPolicy,
 }
 
-/// An attempt that started: where it goes, and its times.
+impl Transitions {
+    pub fn is_empty(&self) -> bool {
+        self.finishes.is_empty() && self.expire.is_empty() && self.starts.is_empty()
+    }
+}
+
+/// An attempt that started: where it goes, and since when its job waited.
 #[derive(Debug)]
 pub struct Started {
     pub session: u64,
-    pub assignment: v1::Assignment,
-    /// When it must end: the sooner of the job's deadline and the attempt's timeout.
-    pub ends: Option<i64>,
+    pub dispatch: Dispatch,
     /// Since when it waited in its queue (submitted, or its `run_at` or backoff passed).
     pub queued_since_ms: i64,
 }
@@ -238,305 +233,77 @@ pub struct Started {
 /// What a committed batch of transitions did.
 #[derive(Debug, Default)]
 pub struct TransitionOutcome {
-    /// Attempts now running, with the session they go to, and when each must end (the
-    /// sooner of the job's deadline and the attempt's timeout).
+    /// Attempts now running, with the session they go to.
     pub started: Vec<Started>,
-    /// Starts that found the job no longer queued (cancelled meanwhile).
-    pub not_started: Vec<(u64, String)>,
+    /// Starts that found the job no longer queued (cancelled meanwhile): (session, job,
+    /// attempt).
+    pub not_started: Vec<(u64, JobId, u32)>,
     /// Jobs that became ready: retries (with their backoff) and dependents.
     pub ready: Vec<ReadyJob>,
     /// Jobs that reached a terminal state.
-    pub terminal: Vec<String>,
+    pub terminal: Vec<JobId>,
     /// Dependents and children cancelled because a job they needed ended badly.
-    pub cancelled_dependents: Vec<String>,
+    pub cancelled_dependents: Vec<JobId>,
     /// Of those, the ones that were running: (job, attempt), for their workers to stop.
-    pub stopped: Vec<(String, u32)>,
+    pub stopped: Vec<(JobId, u32)>,
     /// Results refused by the fence: (job, attempt).
-    pub stale: Vec<(String, u32)>,
-    /// What metrics count of it; the writer takes it once the transaction commits.
+    pub stale: Vec<(JobId, u32)>,
+    /// What metrics count of it; the backend records it once the transaction commits.
     pub metrics: Tally,
 }
 
 /// What to cancel.
 #[derive(Debug, Clone)]
 pub enum CancelTarget {
-    Job(String),
+    Job(JobId),
     Group(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancelled {
     /// Jobs this call moved to `CANCELLED`.
-    pub ids: Vec<String>,
+    pub ids: Vec<JobId>,
     /// Jobs that depended on them or were their children (at any depth), cancelled with them.
-    pub dependents: Vec<String>,
+    pub dependents: Vec<JobId>,
     /// Of all those, the ones that were running: (job, attempt), for their workers to stop.
-    pub running: Vec<(String, u32)>,
+    pub running: Vec<(JobId, u32)>,
     /// For a single job, its state afterwards.
-    pub state: v1::JobState,
-    /// What metrics count of it; the writer takes it once the transaction commits.
+    pub state: Option<JobState>,
+    /// What metrics count of it; the backend records it once the transaction commits.
     pub metrics: Tally,
 }
 
-/// Counters of the writer, for `Stats` and tests of group commit.
-#[derive(Debug, Default)]
-pub struct WriterCounters {
-    commits: AtomicU64,
-    commands: AtomicU64,
-    rows_written: AtomicU64,
-    max_batch: AtomicU64,
+/// Which jobs `List` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub queue: Option<String>,
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub group_id: Option<String>,
+    pub parent_job_id: Option<JobId>,
+    /// Only this tenant's jobs.
+    pub tenant_id: Option<String>,
+    /// Only jobs submitted after this sequence number (from the page token).
+    pub after_seq: i64,
+    pub page_size: u32,
 }
 
-impl WriterCounters {
-    fn record(&self, commands: u64, rows: u64) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commands.fetch_add(commands, Ordering::Relaxed);
-        self.rows_written.fetch_add(rows, Ordering::Relaxed);
-        self.max_batch.fetch_max(commands, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> v1::StoreStats {
-        v1::StoreStats {
-            commits: self.commits.load(Ordering::Relaxed),
-            commands: self.commands.load(Ordering::Relaxed),
-            rows_written: self.rows_written.load(Ordering::Relaxed),
-            max_batch: self.max_batch.load(Ordering::Relaxed),
-        }
-    }
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub jobs: Vec<JobRecord>,
+    /// The sequence number of the last job, when there are more after it.
+    pub next_after_seq: Option<i64>,
 }
 
-/// A cheap handle to the store: clone it freely.
-#[derive(Clone)]
-pub struct Store {
-    commands: mpsc::Sender<Command>,
-    readers: Arc<read::Readers>,
-    counters: Arc<WriterCounters>,
-    metrics: Metrics,
-    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
-}
-
-impl Store {
-    /// Opens (creating if missing) the database, applies migrations, re-queues what was
-    /// running when the coordinator last stopped, and starts the writer. Returns the jobs that
-    /// are ready to run, for the scheduler. The writer records each commit in `metrics`.
-    pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<(Store, Vec<ReadyJob>)> {
-        let mut conn = open_connection(&config.path, config.sync, false)?;
-        migrate::run(&mut conn)?;
-        let ready = {
-            let tx = conn.transaction()?;
-            let ready = lifecycle::recover(&tx)?;
-            tx.commit()?;
-            ready
-        };
-        let readers = read::Readers::open(&config.path, config.sync, config.readers.max(1))?;
-        let counters = Arc::new(WriterCounters::default());
-        let (tx, rx) = mpsc::channel(config.write_queue.max(1));
-        let thread_counters = counters.clone();
-        let thread_metrics = metrics.clone();
-        let handle = std::thread::Builder::new()
-            .name("switchyard-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_counters, thread_metrics))?;
-        let store = Store {
-            commands: tx,
-            readers: Arc::new(readers),
-            counters,
-            metrics,
-            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
-        };
-        Ok((store, ready))
-    }
-
-    /// Commits a batch of the scheduler's transitions.
-    pub async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome> {
-        self.call(|reply| Command::Transition { ops, reply })
-            .await?
-    }
-
-    /// Puts a job that ended badly back in its queue; returns it if it is ready to run.
-    pub async fn requeue(
-        &self,
-        job_id: String,
-        max_attempts: Option<u32>,
-    ) -> Result<Option<ReadyJob>> {
-        self.call(|reply| Command::Requeue {
-            job_id,
-            max_attempts,
-            reply,
-        })
-        .await?
-    }
-
-    /// Stores jobs (and their group) in one transaction: all of them or none.
-    pub async fn submit(
-        &self,
-        origin: Origin,
-        jobs: Vec<NewJob>,
-        group: Option<NewGroup>,
-    ) -> Result<Vec<Submitted>> {
-        self.call(|reply| Command::Submit {
-            origin,
-            jobs,
-            group,
-            reply,
-        })
-        .await?
-    }
-
-    /// Cancels queued jobs: one, or every queued job of a group.
-    pub async fn cancel(&self, target: CancelTarget, reason: String) -> Result<Cancelled> {
-        self.call(|reply| Command::Cancel {
-            target,
-            reason,
-            reply,
-        })
-        .await?
-    }
-
-    pub async fn get(&self, id: String) -> Result<v1::Job> {
-        self.readers
-            .run(move |conn| read::get(conn, &id)?.ok_or(Error::JobNotFound(id)))
-            .await
-    }
-
-    pub async fn list(&self, filter: ListFilter) -> Result<ListPage> {
-        self.readers
-            .run(move |conn| read::list(conn, &filter))
-            .await
-    }
-
-    pub async fn group(&self, id: String) -> Result<v1::Group> {
-        self.readers
-            .run(move |conn| read::group(conn, &id)?.ok_or(Error::GroupNotFound(id)))
-            .await
-    }
-
-    /// Up to `limit` results of the group's jobs that ended after cursor `after`.
-    pub async fn group_events(
-        &self,
-        group: String,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<(i64, v1::JobResult)>> {
-        self.readers
-            .run(move |conn| read::group_events(conn, &group, after, limit))
-            .await
-    }
-
-    pub async fn quotas(&self) -> Result<Vec<v1::Quota>> {
-        self.readers.run(read::quotas).await
-    }
-
-    pub async fn paused(&self) -> Result<Vec<String>> {
-        self.readers.run(read::paused).await
-    }
-
-    /// Sets a scope's limits; a quota with none set removes it.
-    pub async fn set_quota(&self, quota: v1::Quota) -> Result<()> {
-        self.call(|reply| Command::Admin {
-            op: AdminOp::SetQuota(quota),
-            reply,
-        })
-        .await?
-    }
-
-    /// Pauses or resumes a queue; returns the queues paused afterwards.
-    pub async fn pause(&self, queue: String, paused: bool) -> Result<()> {
-        self.call(|reply| Command::Admin {
-            op: AdminOp::Pause { queue, paused },
-            reply,
-        })
-        .await?
-    }
-
-    pub async fn queue_stats(&self) -> Result<Vec<v1::QueueStats>> {
-        self.readers.run(read::queue_stats).await
-    }
-
-    pub fn writer_stats(&self) -> v1::StoreStats {
-        self.counters.snapshot()
-    }
-
-    /// The coordinator's metrics, for whoever holds the store (the scheduler, the API).
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Lets the writer finish what was sent before, checkpoints the WAL and closes the file.
-    /// Later calls fail with `ShuttingDown`.
-    pub async fn close(&self) -> Result<()> {
-        // A send error means the writer is already gone: closing twice is fine.
-        let _ = self.call(|reply| Command::Close { reply }).await;
-        let handle = self
-            .writer
-            .lock()
-            .map_err(|_| Error::Corrupt("writer handle lock poisoned".into()))?
-            .take();
-        if let Some(handle) = handle {
-            tokio::task::spawn_blocking(move || handle.join())
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?
-                .map_err(|_| Error::Io(std::io::Error::other("writer thread panicked")))?;
-        }
-        self.readers.close();
-        Ok(())
-    }
-
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .try_send(make(reply))
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => Error::Overloaded("the store's write queue"),
-                mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
-            })?;
-        rx.await.map_err(|_| Error::ShuttingDown)
-    }
-}
-
-/// Opens one connection with the per-connection pragmas on it.
-fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> Result<Connection> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let wrap = |source| Error::Open {
-        path: path.display().to_string(),
-        source,
-    };
-    let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(wrap)?;
-    if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrap)?;
-    }
-    conn.pragma_update(None, "synchronous", sync.pragma())
-        .map_err(wrap)?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-pub(crate) fn duration(ms: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: ms / 1000,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
+/// The writer's numbers since start, for `Stats` and tests of group commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Commands applied in them.
+    pub commands: u64,
+    /// Job rows inserted or updated.
+    pub rows_written: u64,
+    /// The most commands one commit carried.
+    pub max_batch: u64,
 }

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use switchyard_proto::v1::{AttemptOutcome, JobState};
+use crate::domain::{AttemptOutcome, JobState};
 
 /// Most label sets one family keeps. Queue names come from clients, so without a bound the
 /// series (and the scrape) would grow with whatever they send.
@@ -295,7 +295,7 @@ fn state_label(state: JobState) -> Option<&'static str> {
         JobState::Failed => Some("failed"),
         JobState::Cancelled => Some("cancelled"),
         JobState::DeadlineExceeded => Some("deadline_exceeded"),
-        JobState::Unspecified | JobState::Queued | JobState::Running => None,
+        JobState::Queued | JobState::Running => None,
     }
 }
 
@@ -309,7 +309,7 @@ fn outcome_label(outcome: AttemptOutcome) -> Option<&'static str> {
         AttemptOutcome::Lost => Some("lost"),
         AttemptOutcome::Released => Some("released"),
         AttemptOutcome::Interrupted => Some("interrupted"),
-        AttemptOutcome::Unspecified | AttemptOutcome::Running => None,
+        AttemptOutcome::Running => None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Fleet-wide semaphores and rate limits, owned by the scheduler.
+//! Fleet-wide semaphores and rate limits: a part of the scheduler, which owns it.
 //!
 //! Every job takes `weight` permits of each scope that applies to it (`queue:<q>`, and
 //! `key:<k>` and `tenant:<t>` when it has them) at dispatch, all at once or not at all, and
@@ -8,19 +8,7 @@
 
 use std::collections::HashMap;
 
-use switchyard_proto::v1;
-
-/// The scopes a job belongs to.
-pub fn scopes(queue: &str, concurrency_key: Option<&str>, tenant: Option<&str>) -> Vec<String> {
-    let mut scopes = vec![format!("queue:{queue}")];
-    if let Some(key) = concurrency_key {
-        scopes.push(format!("key:{key}"));
-    }
-    if let Some(tenant) = tenant {
-        scopes.push(format!("tenant:{tenant}"));
-    }
-    scopes
-}
+use crate::domain::{Blocked, Quota};
 
 #[derive(Debug, Clone)]
 struct Bucket {
@@ -66,34 +54,21 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn blocked_on(&self) -> v1::BlockedOn {
-        match self {
+    /// The refusal as a job's reason to wait.
+    pub fn blocked(&self) -> Blocked {
+        match self.clone() {
             Refusal::Permits {
                 scope,
                 held,
                 limit,
                 weight,
-            } => v1::BlockedOn {
-                reason: v1::BlockedReason::Permit as i32,
-                detail: if weight > limit {
-                    format!(
-                        "needs {weight} permits of {scope}, more than its limit of {limit}: it runs only if the limit is raised"
-                    )
-                } else {
-                    format!("waiting for {weight} permits of {scope}: {held} of {limit} held")
-                },
-                scope: scope.clone(),
-                held: *held,
-                limit: *limit,
-                ..Default::default()
+            } => Blocked::Permit {
+                scope,
+                held,
+                limit,
+                weight,
             },
-            Refusal::Rate { scope, until_ms } => v1::BlockedOn {
-                reason: v1::BlockedReason::RateLimit as i32,
-                detail: format!("waiting for a token of {scope}'s rate limit"),
-                scope: scope.clone(),
-                until: Some(crate::store::timestamp(*until_ms)),
-                ..Default::default()
-            },
+            Refusal::Rate { scope, until_ms } => Blocked::RateLimit { scope, until_ms },
         }
     }
 }
@@ -108,7 +83,7 @@ pub struct Quotas {
 impl Quotas {
     /// Sets (or, with no limit set, removes) a scope's limits. Permits already held stay held:
     /// a lowered limit holds from the next dispatch on.
-    pub fn set(&mut self, quota: &v1::Quota, now_ms: i64) {
+    pub fn set(&mut self, quota: &Quota, now_ms: i64) {
         let bucket = quota.rate_per_second.filter(|r| *r > 0.0).map(|rate| {
             let burst = f64::from(quota.burst.unwrap_or(1).max(1));
             Bucket {
@@ -193,9 +168,10 @@ impl Quotas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::scopes;
 
-    fn quota(scope: &str, max: Option<u32>, rate: Option<f64>, burst: Option<u32>) -> v1::Quota {
-        v1::Quota {
+    fn quota(scope: &str, max: Option<u32>, rate: Option<f64>, burst: Option<u32>) -> Quota {
+        Quota {
             scope: scope.into(),
             max_in_flight: max,
             rate_per_second: rate,

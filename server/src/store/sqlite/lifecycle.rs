@@ -2,100 +2,90 @@
 //! and finding what became ready. Runs on the writer thread, inside its transaction.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use switchyard_proto::v1::{self, AttemptOutcome, JobState};
 
-use super::{
-    Finish, Outcome, READY_COLUMNS, READY_COLUMNS_J, ReadyJob, RetryPolicy, Start, Started,
-    TransitionOutcome, Transitions, now_ms, timestamp,
+use super::{READY_COLUMNS, READY_COLUMNS_J, cancel, ready_from_row};
+use crate::{
+    domain::{AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, now_ms},
+    error::{Error, Result},
+    store::{Finish, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
 };
-use crate::error::{Error, Result};
 
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
     priority, deadline_ms, timeout_ms, started_at_ms, weight, tenant_id, concurrency_key
     FROM jobs WHERE id = ?1";
-const SUCCEED: &str = "UPDATE jobs SET state = ?1, output = ?2, error = NULL, finished_at_ms = ?3
-    WHERE seq = ?4";
+const SUCCEED: &str = "UPDATE jobs SET state = 'succeeded', output = ?1, error = NULL,
+        finished_at_ms = ?2
+    WHERE seq = ?3";
 const FAIL: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, finished_at_ms = ?4
     WHERE seq = ?5";
-const RETRY: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, run_at_ms = ?4,
-    worker_id = NULL WHERE seq = ?5";
+const RETRY: &str = "UPDATE jobs SET state = 'queued', error = ?1, failures = ?2, run_at_ms = ?3,
+    worker_id = NULL WHERE seq = ?4";
 const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3
     WHERE job_seq = ?4 AND number = ?5";
-/// Queued dependents of a job whose dependencies have now all succeeded.
 /// Queued dependents of a job whose dependencies have now all succeeded (`READY_COLUMNS_J`
 /// go first).
 const NOW_READY_DEPENDENTS: &str = "
     FROM dependencies d JOIN jobs j ON j.id = d.job_id
-    WHERE d.depends_on = ?1 AND j.state = ?2
+    WHERE d.depends_on = ?1 AND j.state = 'queued'
       AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
-                      WHERE d2.job_id = j.id AND p.state != ?3)";
-const START: &str = "UPDATE jobs SET state = ?1, attempt = attempt + 1, worker_id = ?2,
-        started_at_ms = ?3
-    WHERE id = ?4 AND state = ?5
+                      WHERE d2.job_id = j.id AND p.state != 'succeeded')";
+/// The scheduler names the attempt it starts: the job's next one. A start that finds the job
+/// no longer queued, or at another attempt, does nothing.
+const START: &str = "UPDATE jobs SET state = 'running', attempt = ?4, worker_id = ?1,
+        started_at_ms = ?2
+    WHERE id = ?3 AND state = 'queued' AND attempt = ?4 - 1
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
         group_id, tenant_id, max_attempts, depends_on, timeout_ms,
         max(created_at_ms, coalesce(run_at_ms, 0))";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
-    outcome) VALUES (?1, ?2, ?3, ?4, ?5)";
+    outcome) VALUES (?1, ?2, ?3, ?4, 'running')";
 const DEPENDENCY_OUTPUTS: &str =
     "SELECT id, output FROM jobs WHERE id IN (SELECT value FROM json_each(?1))";
 
-/// Applies finishes first (they free things), then starts.
-pub(crate) fn transition(conn: &Connection, ops: &Transitions) -> Result<TransitionOutcome> {
+/// Applies finishes first (they free things), then expiries, then starts.
+pub(super) fn transition(conn: &Connection, ops: &Transitions) -> Result<TransitionOutcome> {
     let now = now_ms();
     let mut out = TransitionOutcome::default();
     for finish in &ops.finishes {
         self::finish(conn, finish, &ops.retry, now, &mut out)?;
     }
     for id in &ops.expire {
-        expire(conn, id, now, &mut out)?;
+        expire(conn, *id, now, &mut out)?;
     }
     for start in &ops.starts {
         match self::start(conn, start, now)? {
-            Some((assignment, ends, queued_since_ms)) => {
-                out.metrics.started(&assignment.queue);
+            Some((dispatch, queued_since_ms)) => {
+                out.metrics.started(&dispatch.queue);
                 out.started.push(Started {
                     session: start.session,
-                    assignment,
-                    ends,
+                    dispatch,
                     queued_since_ms,
                 })
             }
-            None => out.not_started.push((start.session, start.job_id.clone())),
+            None => out.not_started.push((start.session, start.job_id, start.attempt)),
         }
     }
     Ok(out)
 }
 
-const EXPIRE: &str = "UPDATE jobs SET state = ?1, error = ?2, finished_at_ms = ?3
-    WHERE id = ?4 AND state = ?5 RETURNING queue";
+const EXPIRE: &str = "UPDATE jobs SET state = 'deadline_exceeded', error = ?1,
+        finished_at_ms = ?2
+    WHERE id = ?3 AND state = 'queued' RETURNING queue";
+const EXPIRED_BEFORE_RUNNING: &str = "its deadline passed before it could run";
 
 /// A queued job whose deadline passed: it ends without ever running.
-fn expire(conn: &Connection, id: &str, now: i64, out: &mut TransitionOutcome) -> Result<()> {
+fn expire(conn: &Connection, id: JobId, now: i64, out: &mut TransitionOutcome) -> Result<()> {
     let expired = conn
         .prepare_cached(EXPIRE)?
-        .query_row(
-            params![
-                JobState::DeadlineExceeded as i32,
-                "its deadline passed before it could run",
-                now,
-                id,
-                JobState::Queued as i32
-            ],
-            |row| row.get::<_, String>(0),
-        )
+        .query_row(params![EXPIRED_BEFORE_RUNNING, now, id], |row| {
+            row.get::<_, String>(0)
+        })
         .optional()?;
     if let Some(queue) = expired {
         out.metrics.finished(&queue, JobState::DeadlineExceeded);
-        out.terminal.push(id.to_owned());
+        out.terminal.push(id);
         end_descendants(conn, id, JobState::DeadlineExceeded, now, out)?;
-        fail_group(
-            conn,
-            id,
-            "its deadline passed before it could run",
-            now,
-            out,
-        )?;
+        fail_group(conn, id, EXPIRED_BEFORE_RUNNING, now, out)?;
     }
     Ok(())
 }
@@ -108,7 +98,7 @@ const FAIL_GROUP: &str = "UPDATE groups SET failed_job_id = ?1, error = ?2 WHERE
 /// unfinished job of the group, and its error becomes the group's.
 fn fail_group(
     conn: &Connection,
-    id: &str,
+    id: JobId,
     error: &str,
     now: i64,
     out: &mut TransitionOutcome,
@@ -123,12 +113,11 @@ fn fail_group(
     conn.prepare_cached(FAIL_GROUP)?
         .execute(params![id, error, group])?;
     let reason = format!("job {id} of its group failed: {error}");
-    let (ids, running) =
-        super::writer::cancel_group_jobs(conn, &group, &reason, now, &mut out.metrics)?;
+    let (ids, running) = cancel::cancel_group_jobs(conn, &group, &reason, now, &mut out.metrics)?;
     for cancelled in &ids {
-        end_descendants(conn, cancelled, JobState::Cancelled, now, out)?;
+        end_descendants(conn, *cancelled, JobState::Cancelled, now, out)?;
     }
-    out.terminal.extend(ids.iter().cloned());
+    out.terminal.extend(ids.iter().copied());
     out.cancelled_dependents.extend(ids);
     out.stopped.extend(running);
     Ok(())
@@ -136,15 +125,15 @@ fn fail_group(
 
 /// Ends what can no longer happen after `id` ended in `state`: its queued dependents, and
 /// (when it was cancelled or ran out of time) its children, running or not, all the way down.
-pub(crate) fn end_descendants(
+fn end_descendants(
     conn: &Connection,
-    id: &str,
+    id: JobId,
     state: JobState,
     now: i64,
     out: &mut TransitionOutcome,
 ) -> Result<()> {
-    let (ended, running) = super::writer::end_descendants(conn, id, state, now, &mut out.metrics)?;
-    out.terminal.extend(ended.iter().cloned());
+    let (ended, running) = cancel::end_descendants(conn, id, state, now, &mut out.metrics)?;
+    out.terminal.extend(ended.iter().copied());
     out.cancelled_dependents.extend(ended);
     out.stopped.extend(running);
     Ok(())
@@ -152,7 +141,7 @@ pub(crate) fn end_descendants(
 
 struct Current {
     seq: i64,
-    state: i32,
+    state: JobState,
     attempt: u32,
     failures: u32,
     max_attempts: u32,
@@ -165,6 +154,24 @@ struct Current {
     weight: u32,
     tenant_id: Option<String>,
     concurrency_key: Option<String>,
+}
+
+impl Current {
+    fn ready(&self, id: JobId, run_at_ms: i64) -> ReadyJob {
+        ReadyJob {
+            id,
+            queue: self.queue.clone(),
+            kind: self.kind.clone(),
+            priority: self.priority,
+            run_at_ms,
+            seq: self.seq,
+            deadline_ms: self.deadline_ms,
+            weight: self.weight,
+            tenant_id: self.tenant_id.clone(),
+            concurrency_key: self.concurrency_key.clone(),
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// How close to a deadline a handler's own "I was cancelled" counts as that deadline (the
@@ -201,34 +208,23 @@ fn finish(
         .optional()?;
     // The fence: only the job's current, running attempt may finish it.
     let Some(current) =
-        current.filter(|c| c.state == JobState::Running as i32 && c.attempt == finish.attempt)
+        current.filter(|c| c.state == JobState::Running && c.attempt == finish.attempt)
     else {
-        out.stale.push((finish.job_id.clone(), finish.attempt));
+        out.stale.push((finish.job_id, finish.attempt));
         return Ok(());
     };
+    let id = finish.job_id;
     let end_attempt = |out: &mut TransitionOutcome, outcome, error: Option<&str>| -> Result<()> {
         out.metrics
             .ended(&current.queue, outcome, current.started_at_ms, now);
         conn.prepare_cached(END_ATTEMPT)?.execute(params![
             now,
-            outcome as i32,
+            outcome,
             error,
             current.seq,
             current.attempt
         ])?;
         Ok(())
-    };
-    let ready = |run_at_ms: i64| ReadyJob {
-        id: finish.job_id.clone(),
-        queue: current.queue.clone(),
-        kind: current.kind.clone(),
-        priority: current.priority,
-        run_at_ms,
-        seq: current.seq,
-        deadline_ms: current.deadline_ms,
-        weight: current.weight,
-        tenant_id: current.tenant_id.clone(),
-        concurrency_key: current.concurrency_key.clone(),
     };
 
     // A handler that stopped because its own timer fired is the job's deadline or the
@@ -258,18 +254,14 @@ fn finish(
                 AttemptOutcome::DeadlineExceeded,
                 Some("the job's deadline passed"),
             )?;
-            let error = "its deadline passed while it ran";
-            end_job(
-                conn,
-                &finish.job_id,
-                &current.queue,
-                current.seq,
-                JobState::DeadlineExceeded,
-                error,
-                current.failures,
-                now,
-                out,
-            )?;
+            let ended = Ended {
+                id,
+                current: &current,
+                state: JobState::DeadlineExceeded,
+                error: "its deadline passed while it ran",
+                failures: current.failures,
+            };
+            end_job(conn, &ended, now, out)?;
         }
         Outcome::TimedOut => {
             let message = format!(
@@ -277,35 +269,21 @@ fn finish(
                 current.attempt,
                 current.timeout_ms.unwrap_or_default()
             );
-            let failures = current.failures + 1;
             end_attempt(out, AttemptOutcome::DeadlineExceeded, Some(&message))?;
-            let run_at = now + retry.backoff_ms(failures);
-            if let Some(at) =
-                again_or_fail(conn, &finish.job_id, &current, &message, run_at, now, out)?
-            {
-                out.ready.push(ready(at));
+            let run_at = now + retry.backoff_ms(current.failures + 1);
+            if let Some(at) = again_or_fail(conn, id, &current, &message, run_at, now, out)? {
+                out.ready.push(current.ready(id, at));
             }
         }
         Outcome::Succeeded(output) => {
-            conn.prepare_cached(SUCCEED)?.execute(params![
-                JobState::Succeeded as i32,
-                output,
-                now,
-                current.seq
-            ])?;
+            conn.prepare_cached(SUCCEED)?
+                .execute(params![output, now, current.seq])?;
             end_attempt(out, AttemptOutcome::Succeeded, None)?;
-            out.terminal.push(finish.job_id.clone());
+            out.terminal.push(id);
             out.metrics.finished(&current.queue, JobState::Succeeded);
             let ready_now = conn
                 .prepare_cached(&format!("SELECT {READY_COLUMNS_J} {NOW_READY_DEPENDENTS}"))?
-                .query_map(
-                    params![
-                        finish.job_id,
-                        JobState::Queued as i32,
-                        JobState::Succeeded as i32
-                    ],
-                    ReadyJob::from_row,
-                )?
+                .query_map(params![id], ready_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             out.ready.extend(ready_now);
         }
@@ -327,50 +305,40 @@ fn finish(
             if state == JobState::Queued {
                 let delay = retry_after_ms.unwrap_or_else(|| retry.backoff_ms(failures));
                 let run_at = now + delay;
-                conn.prepare_cached(RETRY)?.execute(params![
-                    state as i32,
-                    message,
-                    failures,
-                    run_at,
-                    current.seq
-                ])?;
-                out.ready.push(ready(run_at));
+                conn.prepare_cached(RETRY)?
+                    .execute(params![message, failures, run_at, current.seq])?;
+                out.ready.push(current.ready(id, run_at));
             } else {
                 let error = if state == JobState::Failed && *retryable {
                     format!("{message} (after {failures} attempts)")
                 } else {
                     message.clone()
                 };
-                end_job(
-                    conn,
-                    &finish.job_id,
-                    &current.queue,
-                    current.seq,
+                let ended = Ended {
+                    id,
+                    current: &current,
                     state,
-                    &error,
+                    error: &error,
                     failures,
-                    now,
-                    out,
-                )?;
+                };
+                end_job(conn, &ended, now, out)?;
             }
         }
         Outcome::Lost(reason) => {
             end_attempt(out, AttemptOutcome::Lost, Some(reason))?;
-            if let Some(at) = again_or_fail(conn, &finish.job_id, &current, reason, now, now, out)?
-            {
-                out.ready.push(ready(at));
+            if let Some(at) = again_or_fail(conn, id, &current, reason, now, now, out)? {
+                out.ready.push(current.ready(id, at));
             }
         }
         Outcome::Released(reason) => {
             end_attempt(out, AttemptOutcome::Released, Some(reason))?;
             conn.prepare_cached(RETRY)?.execute(params![
-                JobState::Queued as i32,
                 Option::<&str>::None,
                 current.failures,
                 now,
                 current.seq
             ])?;
-            out.ready.push(ready(now));
+            out.ready.push(current.ready(id, now));
         }
     }
     Ok(())
@@ -378,10 +346,9 @@ fn finish(
 
 /// An attempt that counts against `max_attempts` ended: the job goes back to its queue for
 /// `run_at` if it has attempts left (returns that time), and ends `FAILED` otherwise.
-#[allow(clippy::too_many_arguments)]
 fn again_or_fail(
     conn: &Connection,
-    id: &str,
+    id: JobId,
     current: &Current,
     message: &str,
     run_at: i64,
@@ -390,226 +357,179 @@ fn again_or_fail(
 ) -> Result<Option<i64>> {
     let failures = current.failures + 1;
     if failures < current.max_attempts {
-        conn.prepare_cached(RETRY)?.execute(params![
-            JobState::Queued as i32,
-            message,
-            failures,
-            run_at,
-            current.seq
-        ])?;
+        conn.prepare_cached(RETRY)?
+            .execute(params![message, failures, run_at, current.seq])?;
         return Ok(Some(run_at));
     }
     let error = format!("{message} (after {failures} attempts)");
-    end_job(
-        conn,
+    let ended = Ended {
         id,
-        &current.queue,
-        current.seq,
-        JobState::Failed,
-        &error,
+        current,
+        state: JobState::Failed,
+        error: &error,
         failures,
-        now,
-        out,
-    )?;
+    };
+    end_job(conn, &ended, now, out)?;
     Ok(None)
 }
 
-/// A terminal end other than success: the job, and every queued job that waited for it.
-#[allow(clippy::too_many_arguments)]
-fn end_job(
-    conn: &Connection,
-    id: &str,
-    queue: &str,
-    seq: i64,
+/// A job ending other than in success.
+struct Ended<'a> {
+    id: JobId,
+    current: &'a Current,
     state: JobState,
-    error: &str,
+    error: &'a str,
     failures: u32,
-    now: i64,
-    out: &mut TransitionOutcome,
-) -> Result<()> {
-    conn.prepare_cached(FAIL)?
-        .execute(params![state as i32, error, failures, now, seq])?;
-    out.terminal.push(id.to_owned());
-    out.metrics.finished(queue, state);
-    end_descendants(conn, id, state, now, out)?;
-    if matches!(state, JobState::Failed | JobState::DeadlineExceeded) {
-        fail_group(conn, id, error, now, out)?;
+}
+
+/// A terminal end other than success: the job, and every queued job that waited for it.
+fn end_job(conn: &Connection, ended: &Ended<'_>, now: i64, out: &mut TransitionOutcome) -> Result<()> {
+    conn.prepare_cached(FAIL)?.execute(params![
+        ended.state,
+        ended.error,
+        ended.failures,
+        now,
+        ended.current.seq
+    ])?;
+    out.terminal.push(ended.id);
+    out.metrics.finished(&ended.current.queue, ended.state);
+    end_descendants(conn, ended.id, ended.state, now, out)?;
+    if matches!(ended.state, JobState::Failed | JobState::DeadlineExceeded) {
+        fail_group(conn, ended.id, ended.error, now, out)?;
     }
     Ok(())
 }
 
-/// Starts an attempt; returns its assignment and when it must end (the sooner of the job's
-/// deadline and the attempt's timeout).
-fn start(
-    conn: &Connection,
-    start: &Start,
-    now: i64,
-) -> Result<Option<(v1::Assignment, Option<i64>, i64)>> {
+/// Starts an attempt; returns what its worker is told, and since when the job waited.
+fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch, i64)>> {
     let row = conn
         .prepare_cached(START)?
-        .query_row(
-            params![
-                JobState::Running as i32,
-                start.worker_id,
-                now,
-                start.job_id,
-                JobState::Queued as i32
-            ],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    v1::Assignment {
-                        job_id: start.job_id.clone(),
-                        attempt: row.get(1)?,
-                        queue: row.get(2)?,
-                        kind: row.get(3)?,
-                        payload: row.get(4)?,
-                        deadline: row.get::<_, Option<i64>>(5)?.map(timestamp),
-                        traceparent: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
-                        tracestate: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                        labels: row
-                            .get::<_, Option<String>>(8)?
-                            .and_then(|t| serde_json::from_str(&t).ok())
-                            .unwrap_or_default(),
-                        group_id: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
-                        tenant_id: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
-                        max_attempts: row.get(11)?,
-                        dependency_outputs: Default::default(),
-                    },
-                    row.get::<_, Option<String>>(12)?,
-                    row.get::<_, Option<i64>>(5)?,
-                    row.get::<_, Option<i64>>(13)?,
-                    row.get::<_, i64>(14)?,
-                ))
-            },
-        )
+        .query_row(params![start.worker_id, now, start.job_id, start.attempt], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                Dispatch {
+                    job_id: start.job_id,
+                    attempt: row.get(1)?,
+                    queue: row.get(2)?,
+                    kind: row.get(3)?,
+                    payload: row.get(4)?,
+                    ends_ms: None,
+                    traceparent: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                    tracestate: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                    labels: row
+                        .get::<_, Option<String>>(8)?
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or_default(),
+                    group_id: row.get(9)?,
+                    tenant_id: row.get(10)?,
+                    max_attempts: row.get(11)?,
+                    dependency_outputs: Vec::new(),
+                },
+                row.get::<_, Option<String>>(12)?,
+                row.get::<_, Option<i64>>(5)?,
+                row.get::<_, Option<i64>>(13)?,
+                row.get::<_, i64>(14)?,
+            ))
+        })
         .optional()?;
-    let Some((seq, mut assignment, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
+    let Some((seq, mut dispatch, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
         return Ok(None);
     };
-    let ends = match (deadline_ms, timeout_ms.map(|t| now + t)) {
+    dispatch.ends_ms = match (deadline_ms, timeout_ms.map(|t| now + t)) {
         (Some(d), Some(t)) => Some(d.min(t)),
         (d, t) => d.or(t),
     };
-    // The worker's handler is told the sooner of the two, as its deadline.
-    assignment.deadline = ends.map(timestamp);
-    conn.prepare_cached(INSERT_ATTEMPT)?.execute(params![
-        seq,
-        assignment.attempt,
-        start.worker_id,
-        now,
-        AttemptOutcome::Running as i32
-    ])?;
+    conn.prepare_cached(INSERT_ATTEMPT)?
+        .execute(params![seq, dispatch.attempt, start.worker_id, now])?;
     if let Some(depends_on) = depends_on {
         let outputs = conn
             .prepare_cached(DEPENDENCY_OUTPUTS)?
             .query_map(params![depends_on], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
+                    row.get::<_, JobId>(0)?,
                     row.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         // A pipeline stage: an empty payload with exactly one dependency takes its output.
-        if assignment.payload.is_empty() && outputs.len() == 1 {
-            assignment.payload = outputs[0].1.clone();
+        if dispatch.payload.is_empty() && outputs.len() == 1 {
+            dispatch.payload = outputs[0].1.clone();
         }
-        assignment.dependency_outputs = outputs.into_iter().collect();
+        dispatch.dependency_outputs = outputs;
     }
-    Ok(Some((assignment, ends, queued_since)))
+    Ok(Some((dispatch, queued_since)))
 }
 
-const REQUEUE: &str = "UPDATE jobs SET state = ?1, failures = 0, max_attempts = ?2, error = NULL,
-        output = NULL, finished_at_ms = NULL, run_at_ms = NULL, worker_id = NULL
-    WHERE seq = ?3
+const REQUEUE: &str = "UPDATE jobs SET state = 'queued', failures = 0, max_attempts = ?1,
+        error = NULL, output = NULL, finished_at_ms = NULL, run_at_ms = NULL, worker_id = NULL
+    WHERE seq = ?2
     RETURNING id, queue, kind, priority, 0, seq, deadline_ms, weight, tenant_id,
-        concurrency_key";
+        concurrency_key, attempt";
 const FAILED_DEPENDENCY: &str = "SELECT p.id, p.state FROM dependencies d
     JOIN jobs p ON p.id = d.depends_on
-    WHERE d.job_id = ?1 AND p.state IN (?2, ?3, ?4) LIMIT 1";
+    WHERE d.job_id = ?1 AND p.state IN ('failed', 'cancelled', 'deadline_exceeded') LIMIT 1";
 const UNFINISHED_DEPENDENCIES: &str = "SELECT count(*) FROM dependencies d
-    JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = ?1 AND p.state != ?2";
+    JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = ?1 AND p.state != 'succeeded'";
 
 /// Puts a job that ended badly back in its queue, with a fresh count of attempts. Returns it
 /// as ready when its dependencies have all succeeded.
-pub(crate) fn requeue(
+pub(super) fn requeue(
     conn: &Connection,
-    id: &str,
+    id: JobId,
     max_attempts: Option<u32>,
 ) -> Result<Option<ReadyJob>> {
-    let (seq, state, current_max): (i64, i32, u32) = conn
+    let (seq, state, current_max): (i64, JobState, u32) = conn
         .prepare_cached("SELECT seq, state, max_attempts FROM jobs WHERE id = ?1")?
         .query_row(params![id], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?
-        .ok_or_else(|| Error::JobNotFound(id.to_owned()))?;
-    let state = JobState::try_from(state).unwrap_or(JobState::Unspecified);
-    if !matches!(
-        state,
-        JobState::Failed | JobState::Cancelled | JobState::DeadlineExceeded
-    ) {
+        .ok_or(Error::JobNotFound(id.to_string()))?;
+    if !state.is_bad_end() {
         return Err(Error::FailedPrecondition {
-            id: id.to_owned(),
+            id: id.to_string(),
             reason: format!(
                 "is {}; only FAILED, CANCELLED or DEADLINE_EXCEEDED jobs can be requeued",
-                state.as_str_name()
+                state.wire_name()
             ),
         });
     }
-    let failed_dependency: Option<(String, i32)> = conn
+    let failed_dependency: Option<(JobId, JobState)> = conn
         .prepare_cached(FAILED_DEPENDENCY)?
-        .query_row(
-            params![
-                id,
-                JobState::Failed as i32,
-                JobState::Cancelled as i32,
-                JobState::DeadlineExceeded as i32
-            ],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     if let Some((dep, dep_state)) = failed_dependency {
-        let dep_state = JobState::try_from(dep_state).unwrap_or(JobState::Unspecified);
         return Err(Error::FailedPrecondition {
-            id: id.to_owned(),
+            id: id.to_string(),
             reason: format!(
                 "its dependency {dep} ended {}; requeue that first",
-                dep_state.as_str_name()
+                dep_state.wire_name()
             ),
         });
     }
     let job = conn.prepare_cached(REQUEUE)?.query_row(
-        params![
-            JobState::Queued as i32,
-            max_attempts.unwrap_or(current_max),
-            seq
-        ],
-        ReadyJob::from_row,
+        params![max_attempts.unwrap_or(current_max), seq],
+        ready_from_row,
     )?;
     let unfinished: i64 = conn
         .prepare_cached(UNFINISHED_DEPENDENCIES)?
-        .query_row(params![id, JobState::Succeeded as i32], |row| row.get(0))?;
+        .query_row(params![id], |row| row.get(0))?;
     Ok((unfinished == 0).then_some(job))
 }
 
 /// At start: attempts that were running when the coordinator stopped are interrupted and
 /// their jobs go back to the queue (not counted as failures). Returns every job that is ready
 /// to run (queued, and all its dependencies succeeded).
-pub(crate) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
+pub(super) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
     let now = now_ms();
     let interrupted = conn.execute(
-        "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3 WHERE outcome = ?4",
-        params![
-            now,
-            AttemptOutcome::Interrupted as i32,
-            "the coordinator restarted",
-            AttemptOutcome::Running as i32
-        ],
+        "UPDATE attempts SET finished_at_ms = ?1, outcome = 'interrupted', error = ?2
+            WHERE outcome = 'running'",
+        params![now, "the coordinator restarted"],
     )?;
     let requeued = conn.execute(
-        "UPDATE jobs SET state = ?1, worker_id = NULL WHERE state = ?2",
-        params![JobState::Queued as i32, JobState::Running as i32],
+        "UPDATE jobs SET state = 'queued', worker_id = NULL WHERE state = 'running'",
+        [],
     )?;
     if requeued > 0 || interrupted > 0 {
         tracing::info!(
@@ -620,14 +540,11 @@ pub(crate) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
     let ready = conn
         .prepare(&format!(
             "SELECT {READY_COLUMNS} FROM jobs j
-             WHERE state = ?1 AND NOT EXISTS (
+             WHERE state = 'queued' AND NOT EXISTS (
                 SELECT 1 FROM dependencies d JOIN jobs p ON p.id = d.depends_on
-                WHERE d.job_id = j.id AND p.state != ?2)"
+                WHERE d.job_id = j.id AND p.state != 'succeeded')"
         ))?
-        .query_map(
-            params![JobState::Queued as i32, JobState::Succeeded as i32],
-            ReadyJob::from_row,
-        )?
+        .query_map([], ready_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ready)
 }

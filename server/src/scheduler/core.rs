@@ -1,0 +1,574 @@
+//! The scheduler's decisions, kept pure: [`Core`] owns the parts (ready lanes, timers, the
+//! attempts table, sessions, quotas) and turns what happens into what to do. It never sends
+//! on a socket, builds a span or records a metric: it plans the store's next transition
+//! ([`Core::plan`]) and, once that commits, says what the runner must do ([`Effect`]).
+
+use std::collections::{HashMap, HashSet};
+
+use tokio::time::Instant;
+
+use super::{
+    attempts::{Attempts, Key, Phase},
+    explain,
+    lanes::Lanes,
+    quotas::{Quotas, Refusal},
+    sessions::{SessionInfo, Sessions},
+    timers::{Clock, Timers},
+};
+use crate::{
+    domain::{Blocked, Dispatch, JobId, Outcome, Quota, ReadyJob, WorkerView},
+    store::{Finish, RetryPolicy, Start, TransitionOutcome, Transitions},
+};
+
+/// What the runner does after a decision.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Send this attempt to its session (after its start committed).
+    Assign {
+        session: u64,
+        worker_id: String,
+        dispatch: Dispatch,
+        queued_since_ms: i64,
+    },
+    /// Tell a session's worker to stop an attempt.
+    Stop {
+        session: u64,
+        job_id: JobId,
+        attempt: u32,
+        reason: String,
+    },
+    /// End a session's stream.
+    EndSession { session: u64 },
+    /// A result from an attempt that is no longer current was refused.
+    Refused { job_id: JobId, attempt: u32 },
+}
+
+/// Why an attempt's end timer fired.
+const DEADLINE_PASSED: &str = "the job's deadline passed";
+const TIMEOUT_PASSED: &str = "the attempt's timeout passed";
+
+pub(crate) struct Core {
+    clock: Clock,
+    lanes: Lanes,
+    /// Queued jobs waiting for their `run_at` (or a retry backoff), with their timers.
+    delayed: HashMap<JobId, ReadyJob>,
+    promote: Timers<JobId>,
+    /// Queued jobs' deadlines: a job still queued at its deadline ends without running.
+    deadlines: Timers<JobId>,
+    /// Running attempts' ends (the sooner of the job's deadline and the attempt's timeout).
+    attempt_ends: Timers<Key>,
+    /// The soonest a rate limit that held a job back has a token again.
+    rate_wake: Option<Instant>,
+    attempts: Attempts,
+    sessions: Sessions,
+    quotas: Quotas,
+    paused: HashSet<String>,
+    /// Queued jobs in memory (ready or delayed) by queue, for the queue-depth gauge.
+    depth: HashMap<String, u64>,
+    /// The next transition, gathered over a round.
+    finishes: Vec<Finish>,
+    expire: Vec<JobId>,
+    starts: Vec<Start>,
+    effects: Vec<Effect>,
+}
+
+impl Core {
+    pub(crate) fn new(clock: Clock) -> Core {
+        Core {
+            clock,
+            lanes: Lanes::default(),
+            delayed: HashMap::new(),
+            promote: Timers::default(),
+            deadlines: Timers::default(),
+            attempt_ends: Timers::default(),
+            rate_wake: None,
+            attempts: Attempts::default(),
+            sessions: Sessions::default(),
+            quotas: Quotas::default(),
+            paused: HashSet::new(),
+            depth: HashMap::new(),
+            finishes: Vec::new(),
+            expire: Vec::new(),
+            starts: Vec::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    // --- queued jobs -------------------------------------------------------------------
+
+    /// A job that is ready, or will be at its `run_at`.
+    pub(crate) fn enqueue(&mut self, job: ReadyJob) {
+        let queued = self.lanes.contains(job.id) || self.delayed.contains_key(&job.id);
+        let started = self.attempts.get(&(job.id, job.attempt + 1)).is_some()
+            || self
+                .attempts
+                .get(&(job.id, job.attempt))
+                .is_some_and(|e| e.phase != Phase::Stopping);
+        if queued || started {
+            return;
+        }
+        if let Some(deadline) = job.deadline_ms {
+            self.deadlines.set(job.id, self.clock.instant_at(deadline));
+        }
+        *self.depth.entry(job.queue.clone()).or_default() += 1;
+        if job.run_at_ms > self.clock.now_ms() {
+            self.promote.set(job.id, self.clock.instant_at(job.run_at_ms));
+            self.delayed.insert(job.id, job);
+        } else {
+            self.lanes.insert(job);
+        }
+    }
+
+    /// A job that left the queue without running (cancelled, expired).
+    pub(crate) fn remove(&mut self, id: JobId) -> Option<ReadyJob> {
+        let job = match self.lanes.remove(id) {
+            Some(job) => job,
+            None => {
+                self.promote.cancel(id);
+                self.delayed.remove(&id)?
+            }
+        };
+        self.leave(&job);
+        Some(job)
+    }
+
+    /// A job is no longer queued: its deadline timer and its count go.
+    fn leave(&mut self, job: &ReadyJob) {
+        self.deadlines.cancel(job.id);
+        if let Some(depth) = self.depth.get_mut(&job.queue) {
+            *depth = depth.saturating_sub(1);
+        }
+    }
+
+    /// Ends what ran out of time by now (nothing is dispatched after its deadline), and moves
+    /// delayed jobs whose time has come into the lanes.
+    pub(crate) fn tick(&mut self) {
+        let now = Instant::now();
+        for id in self.deadlines.pop_due(now) {
+            if self.remove(id).is_some() {
+                self.expire.push(id);
+            }
+        }
+        let now_ms = self.clock.now_ms();
+        for key in self.attempt_ends.pop_due(now) {
+            let Some(entry) = self.attempts.get(&key) else {
+                continue;
+            };
+            let whole_job = entry.job.deadline_ms.is_some_and(|d| d <= now_ms);
+            let session = entry.session;
+            if !self.fence(key) {
+                continue;
+            }
+            let (outcome, reason) = if whole_job {
+                (Outcome::Expired, DEADLINE_PASSED)
+            } else {
+                (Outcome::TimedOut, TIMEOUT_PASSED)
+            };
+            self.effects.push(Effect::Stop {
+                session,
+                job_id: key.0,
+                attempt: key.1,
+                reason: reason.to_owned(),
+            });
+            self.finishes.push(Finish {
+                job_id: key.0,
+                attempt: key.1,
+                outcome,
+            });
+        }
+        for id in self.promote.pop_due(now) {
+            if let Some(job) = self.delayed.remove(&id) {
+                self.lanes.insert(ReadyJob { run_at_ms: 0, ..job });
+            }
+        }
+    }
+
+    /// When something is next due: a delayed job, a deadline, an attempt's end, a rate token.
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        [
+            self.promote.next(),
+            self.deadlines.next(),
+            self.attempt_ends.next(),
+            self.rate_wake,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    // --- dispatch ----------------------------------------------------------------------
+
+    /// The best ready job session `id` may take now.
+    fn best_for(&mut self, id: u64, now_ms: i64) -> Option<JobId> {
+        let Core {
+            lanes,
+            sessions,
+            quotas,
+            paused,
+            rate_wake,
+            clock,
+            ..
+        } = self;
+        let session = sessions.get(id)?;
+        lanes.best(
+            |queue, kind| !paused.contains(queue) && session.serves(queue, kind),
+            |bucket| session.info.tenant.as_ref().is_none_or(|t| *t == bucket.0),
+            |job| match quotas.check(&job.scopes(), job.weight, now_ms) {
+                Ok(()) => true,
+                Err(Refusal::Rate { until_ms, .. }) => {
+                    let at = clock.instant_at(until_ms);
+                    *rate_wake = Some(rate_wake.map_or(at, |w| w.min(at)));
+                    false
+                }
+                Err(Refusal::Permits { .. }) => false,
+            },
+        )
+    }
+
+    /// Whether some open session could take a job now.
+    pub(crate) fn can_dispatch(&mut self) -> bool {
+        let now_ms = self.clock.now_ms();
+        let open: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|s| s.open())
+            .map(|s| s.info.id)
+            .collect();
+        open.into_iter().any(|id| self.best_for(id, now_ms).is_some())
+    }
+
+    /// Hands ready jobs to sessions with credit, one at a time round-robin, so that work
+    /// spreads over the workers; each job takes its permits as it is picked.
+    pub(crate) fn pick(&mut self) {
+        let order = self.sessions.rotation();
+        if order.is_empty() {
+            return;
+        }
+        let now_ms = self.clock.now_ms();
+        self.rate_wake = None;
+        loop {
+            let mut progress = false;
+            for &id in &order {
+                if !self.sessions.get(id).is_some_and(|s| s.open()) {
+                    continue;
+                }
+                let Some(job_id) = self.best_for(id, now_ms) else {
+                    continue;
+                };
+                let Some(job) = self.lanes.take(job_id) else {
+                    continue;
+                };
+                let Some(session) = self.sessions.get_mut(id) else {
+                    continue;
+                };
+                session.credits -= 1;
+                let worker_id = session.info.worker_id.clone();
+                self.leave(&job);
+                self.quotas.acquire(&job.scopes(), job.weight, now_ms);
+                let attempt = job.attempt + 1;
+                self.starts.push(Start {
+                    job_id,
+                    attempt,
+                    session: id,
+                    worker_id,
+                });
+                self.attempts.start((job_id, attempt), id, job);
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    /// The transition this round decided, if any: what to commit next.
+    pub(crate) fn plan(&mut self, retry: RetryPolicy) -> Option<Transitions> {
+        let ops = Transitions {
+            finishes: std::mem::take(&mut self.finishes),
+            expire: std::mem::take(&mut self.expire),
+            starts: std::mem::take(&mut self.starts),
+            retry,
+        };
+        (!ops.is_empty()).then_some(ops)
+    }
+
+    /// A committed transition: assignments go out, starts that did not happen give their
+    /// permits and credits back, new ready jobs are queued.
+    pub(crate) fn settle(&mut self, out: TransitionOutcome) {
+        for started in out.started {
+            let key = (started.dispatch.job_id, started.dispatch.attempt);
+            let Some(session) = self.attempts.get(&key).map(|e| e.session) else {
+                continue;
+            };
+            let Some(worker_id) = self
+                .sessions
+                .get(session)
+                .map(|s| s.info.worker_id.clone())
+            else {
+                // The session died while its start was committing: not the worker's fault.
+                self.retire(key);
+                self.finishes.push(Finish {
+                    job_id: key.0,
+                    attempt: key.1,
+                    outcome: Outcome::Released("its worker left before it was sent".into()),
+                });
+                continue;
+            };
+            self.attempts.set_phase(&key, Phase::Running);
+            if let Some(ends) = started.dispatch.ends_ms {
+                self.attempt_ends.set(key, self.clock.instant_at(ends));
+            }
+            self.effects.push(Effect::Assign {
+                session,
+                worker_id,
+                dispatch: started.dispatch,
+                queued_since_ms: started.queued_since_ms,
+            });
+        }
+        for (session, job_id, attempt) in out.not_started {
+            self.retire((job_id, attempt));
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.credits += 1;
+            }
+        }
+        for job in out.ready {
+            self.enqueue(job);
+        }
+        for id in out.cancelled_dependents {
+            self.remove(id);
+        }
+        for (id, attempt) in out.stopped {
+            self.stop_ended(id, attempt, "a job it belongs to ended");
+        }
+        for (job_id, attempt) in out.stale {
+            self.effects.push(Effect::Refused { job_id, attempt });
+        }
+    }
+
+    /// A transition that failed to commit: what it picked goes back, so nothing is lost; its
+    /// finishes are tried again with the next one.
+    pub(crate) fn unplan(&mut self, ops: Transitions) {
+        for start in ops.starts {
+            if let Some(entry) = self.retire((start.job_id, start.attempt)) {
+                self.enqueue(entry.job);
+            }
+            if let Some(session) = self.sessions.get_mut(start.session) {
+                session.credits += 1;
+            }
+        }
+        let mut finishes = ops.finishes;
+        finishes.append(&mut self.finishes);
+        self.finishes = finishes;
+        let mut expire = ops.expire;
+        expire.append(&mut self.expire);
+        self.expire = expire;
+    }
+
+    /// Whether finishes or expiries wait to be committed.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.finishes.is_empty() || !self.expire.is_empty()
+    }
+
+    pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    // --- attempts ----------------------------------------------------------------------
+
+    /// Takes an attempt out of the table and gives back its permits: the one place they are
+    /// given back, whatever way the attempt ended.
+    fn retire(&mut self, key: Key) -> Option<super::attempts::Entry> {
+        let entry = self.attempts.remove(&key)?;
+        self.quotas.release(&entry.job.scopes(), entry.job.weight);
+        self.attempt_ends.cancel(key);
+        Some(entry)
+    }
+
+    /// Ends a running attempt here while its handler may still run: it stops being current,
+    /// but keeps its permits until its worker reports it (or is lost).
+    fn fence(&mut self, key: Key) -> bool {
+        if self.attempts.get(&key).is_none_or(|e| e.phase != Phase::Running) {
+            return false;
+        }
+        self.attempt_ends.cancel(key);
+        self.attempts.set_phase(&key, Phase::Stopping)
+    }
+
+    /// An attempt the store already ended (cancelled): fenced, and its worker told to stop.
+    pub(crate) fn stop_ended(&mut self, job_id: JobId, attempt: u32, reason: &str) {
+        let key = (job_id, attempt);
+        let Some(session) = self.attempts.get(&key).map(|e| e.session) else {
+            return;
+        };
+        if self.fence(key) {
+            self.effects.push(Effect::Stop {
+                session,
+                job_id,
+                attempt,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Takes a report of an attempt off the table if it comes from the session that holds
+    /// the job's current attempt; true then. Anything else is stale and refused (a stopped
+    /// attempt's report still gives its permits back).
+    fn take_report(&mut self, session: u64, key: Key) -> bool {
+        let (phase, holder) = match self.attempts.get(&key) {
+            Some(e) => (Some(e.phase), e.session),
+            None => (None, 0),
+        };
+        let current = phase == Some(Phase::Running) && holder == session;
+        if current || (phase == Some(Phase::Stopping) && holder == session) {
+            self.retire(key);
+        }
+        if !current {
+            self.effects.push(Effect::Refused {
+                job_id: key.0,
+                attempt: key.1,
+            });
+        }
+        current
+    }
+
+    /// A worker reported an attempt's result.
+    pub(crate) fn result(&mut self, session: u64, job_id: JobId, attempt: u32, outcome: Outcome) {
+        if self.take_report(session, (job_id, attempt)) {
+            self.finishes.push(Finish {
+                job_id,
+                attempt,
+                outcome,
+            });
+        }
+    }
+
+    /// A draining worker handed an attempt back.
+    pub(crate) fn release(&mut self, session: u64, job_id: JobId, attempt: u32) {
+        if self.take_report(session, (job_id, attempt)) {
+            self.finishes.push(Finish {
+                job_id,
+                attempt,
+                outcome: Outcome::Released("handed back by a draining worker".into()),
+            });
+        }
+    }
+
+    // --- sessions ----------------------------------------------------------------------
+
+    pub(crate) fn connect(&mut self, info: SessionInfo) {
+        tracing::info!(worker = %info.worker_id, session = info.id, slots = info.slots, "worker session started");
+        // A worker that reconnects replaces its old session at once.
+        let older = self.sessions.connect(info, self.clock.now_ms());
+        for id in older {
+            self.drop_session(id, "the worker connected again");
+        }
+    }
+
+    pub(crate) fn credit(&mut self, session: u64, slots: u32) {
+        let busy = self.attempts.busy(session);
+        self.sessions.credit(session, slots, busy);
+    }
+
+    pub(crate) fn drain(&mut self, session: u64) {
+        self.sessions.drain(session);
+    }
+
+    /// Removes a session; its running attempts are lost (and count), its stopped ones give
+    /// their permits back. Starting ones are settled when their commit comes back.
+    pub(crate) fn drop_session(&mut self, id: u64, reason: &str) {
+        let Some(session) = self.sessions.remove(id) else {
+            return;
+        };
+        self.effects.push(Effect::EndSession { session: id });
+        let mut lost = 0;
+        for key in self.attempts.of_session(id) {
+            let phase = self.attempts.get(&key).map(|e| e.phase);
+            match phase {
+                Some(Phase::Running) => {
+                    self.retire(key);
+                    lost += 1;
+                    self.finishes.push(Finish {
+                        job_id: key.0,
+                        attempt: key.1,
+                        outcome: Outcome::Lost(format!(
+                            "worker {} was lost: {reason}",
+                            session.info.worker_id
+                        )),
+                    });
+                }
+                Some(Phase::Stopping) => {
+                    self.retire(key);
+                }
+                Some(Phase::Starting) | None => {}
+            }
+        }
+        tracing::info!(
+            worker = %session.info.worker_id,
+            session = id,
+            running = lost,
+            reason,
+            "worker session ended"
+        );
+    }
+
+    // --- questions and control -----------------------------------------------------------
+
+    pub(crate) fn workers(&self) -> Vec<WorkerView> {
+        self.sessions
+            .iter()
+            .map(|s| WorkerView {
+                worker_id: s.info.worker_id.clone(),
+                queues: s.info.queues.iter().cloned().collect(),
+                kinds: s.info.kinds.iter().cloned().collect(),
+                slots: s.info.slots,
+                // Slots the worker has not given back: running handlers, including ones
+                // told to stop that have not returned yet.
+                running: s.info.slots.saturating_sub(s.credits),
+                connected_at_ms: s.connected_at_ms,
+                peer: s.info.peer.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn explain(&mut self, job: &ReadyJob) -> Option<Blocked> {
+        let now_ms = self.clock.now_ms();
+        explain::explain(job, &self.paused, &self.sessions, &mut self.quotas, now_ms)
+    }
+
+    pub(crate) fn set_quota(&mut self, quota: &Quota) {
+        self.quotas.set(quota, self.clock.now_ms());
+    }
+
+    pub(crate) fn pause(&mut self, queue: String, paused: bool) {
+        if paused {
+            self.paused.insert(queue);
+        } else {
+            self.paused.remove(&queue);
+        }
+    }
+
+    pub(crate) fn held(&self, scope: &str) -> u32 {
+        self.quotas.held(scope)
+    }
+
+    /// Queued jobs in memory by queue (a queue once seen keeps its entry).
+    pub(crate) fn depths(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.depth.iter().map(|(q, d)| (q, *d))
+    }
+
+    /// Connected sessions and their slots in all.
+    pub(crate) fn fleet(&self) -> (u64, u64) {
+        (self.sessions.len() as u64, self.sessions.slots())
+    }
+
+    /// For invariant checks in tests: the attempts table and the quotas.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> (&Attempts, &Quotas, &Sessions) {
+        (&self.attempts, &self.quotas, &self.sessions)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.lanes.len() + self.delayed.len()
+    }
+}

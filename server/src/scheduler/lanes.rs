@@ -1,0 +1,239 @@
+//! Ready jobs, waiting for a worker: one lane per (queue, kind), and within it a sub-queue per
+//! fairness bucket (tenant and concurrency key) served round-robin, so that one tenant's (or
+//! key's) backlog does not delay another's; in priority order within each bucket.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+};
+
+use crate::domain::{JobId, ReadyJob};
+
+/// Order within a bucket: higher priority, then earlier `run_at`, then submission order.
+pub(crate) type Order = (Reverse<i32>, i64, i64);
+
+/// The fairness bucket of a job within its lane: its tenant and concurrency key.
+pub(crate) type Bucket = (String, String);
+
+/// A lane: the jobs of one (queue, kind).
+pub(crate) type LaneKey = (String, String);
+
+/// Where a ready job sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub lane: LaneKey,
+    pub bucket: Bucket,
+    pub order: Order,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    buckets: BTreeMap<Bucket, BTreeMap<Order, ReadyJob>>,
+    /// The bucket served last: the next pick looks at the ones after it first.
+    last: Option<Bucket>,
+}
+
+impl Lane {
+    /// Buckets in round-robin order, starting after the last one served.
+    fn rotation(&self) -> Vec<&Bucket> {
+        let keys: Vec<&Bucket> = self.buckets.keys().collect();
+        let start = match &self.last {
+            Some(last) => keys.partition_point(|k| *k <= last),
+            None => 0,
+        };
+        keys[start..].iter().chain(&keys[..start]).copied().collect()
+    }
+}
+
+/// Every ready job, by lane and bucket, and where each one is.
+#[derive(Debug, Default)]
+pub(crate) struct Lanes {
+    lanes: HashMap<LaneKey, Lane>,
+    index: HashMap<JobId, Place>,
+}
+
+impl Lanes {
+    pub(crate) fn contains(&self, id: JobId) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Adds a ready job (a job already here is left as it is).
+    pub(crate) fn insert(&mut self, job: ReadyJob) {
+        if self.index.contains_key(&job.id) {
+            return;
+        }
+        let place = Place {
+            lane: (job.queue.clone(), job.kind.clone()),
+            bucket: (
+                job.tenant_id.clone().unwrap_or_default(),
+                job.concurrency_key.clone().unwrap_or_default(),
+            ),
+            order: (Reverse(job.priority), job.run_at_ms, job.seq),
+        };
+        self.index.insert(job.id, place.clone());
+        self.lanes
+            .entry(place.lane)
+            .or_default()
+            .buckets
+            .entry(place.bucket)
+            .or_default()
+            .insert(place.order, job);
+    }
+
+    /// Takes a job out (it is dispatched, or leaves the queue).
+    pub(crate) fn remove(&mut self, id: JobId) -> Option<ReadyJob> {
+        let place = self.index.remove(&id)?;
+        let lane = self.lanes.get_mut(&place.lane)?;
+        let jobs = lane.buckets.get_mut(&place.bucket)?;
+        let job = jobs.remove(&place.order);
+        if jobs.is_empty() {
+            lane.buckets.remove(&place.bucket);
+        }
+        if lane.buckets.is_empty() {
+            self.lanes.remove(&place.lane);
+        }
+        job
+    }
+
+    /// Takes the job at `place` as served: its bucket goes to the back of the rotation.
+    pub(crate) fn take(&mut self, id: JobId) -> Option<ReadyJob> {
+        let place = self.index.get(&id)?.clone();
+        let job = self.remove(id)?;
+        if let Some(lane) = self.lanes.get_mut(&place.lane) {
+            lane.last = Some(place.bucket);
+        }
+        Some(job)
+    }
+
+    /// The best job a worker may take now: in each lane `serves` accepts, the first bucket in
+    /// round-robin order that `bucket_ok` accepts and whose head `can_start`; across lanes, the
+    /// one that goes first by order. A bucket whose head cannot start does not hold up the
+    /// others.
+    pub(crate) fn best(
+        &self,
+        mut serves: impl FnMut(&str, &str) -> bool,
+        mut bucket_ok: impl FnMut(&Bucket) -> bool,
+        mut can_start: impl FnMut(&ReadyJob) -> bool,
+    ) -> Option<JobId> {
+        let mut best: Option<(Order, JobId)> = None;
+        for ((queue, kind), lane) in &self.lanes {
+            if !serves(queue, kind) {
+                continue;
+            }
+            for bucket in lane.rotation() {
+                if !bucket_ok(bucket) {
+                    continue;
+                }
+                let Some((order, job)) = lane.buckets.get(bucket).and_then(|b| b.first_key_value())
+                else {
+                    continue;
+                };
+                if can_start(job) {
+                    if best.as_ref().is_none_or(|(b, _)| order < b) {
+                        best = Some((*order, job.id));
+                    }
+                    break;
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn job(id: u128, queue: &str, priority: i32, seq: i64) -> ReadyJob {
+        ReadyJob {
+            id: test_id(id),
+            queue: queue.into(),
+            kind: "k".into(),
+            priority,
+            run_at_ms: 0,
+            seq,
+            deadline_ms: None,
+            weight: 1,
+            tenant_id: None,
+            concurrency_key: None,
+            attempt: 0,
+        }
+    }
+
+    pub(crate) fn test_id(n: u128) -> JobId {
+        format!("{:08x}-0000-7000-8000-{:012x}", n >> 48, n & 0xffff_ffff_ffff)
+            .parse()
+            .expect("a job id")
+    }
+
+    fn take_all(lanes: &mut Lanes) -> Vec<JobId> {
+        let mut out = Vec::new();
+        while let Some(id) = lanes.best(|_, _| true, |_| true, |_| true) {
+            lanes.take(id);
+            out.push(id);
+        }
+        out
+    }
+
+    #[test]
+    fn priority_then_run_at_then_submission_order() {
+        let mut lanes = Lanes::default();
+        lanes.insert(job(1, "q", 0, 1));
+        lanes.insert(job(2, "q", 5, 2));
+        lanes.insert(job(3, "q", 0, 3));
+        lanes.insert(ReadyJob {
+            run_at_ms: 1,
+            ..job(4, "q", 0, 4)
+        });
+        assert_eq!(take_all(&mut lanes), [2, 1, 3, 4].map(test_id));
+        assert_eq!(lanes.len(), 0);
+    }
+
+    #[test]
+    fn buckets_take_turns_and_a_blocked_head_holds_up_only_its_bucket() {
+        let mut lanes = Lanes::default();
+        for i in 0..4 {
+            lanes.insert(ReadyJob {
+                tenant_id: Some("a".into()),
+                ..job(i, "q", 0, i as i64)
+            });
+        }
+        lanes.insert(ReadyJob {
+            tenant_id: Some("b".into()),
+            ..job(10, "q", 0, 10)
+        });
+        let first = lanes.best(|_, _| true, |_| true, |_| true);
+        assert_eq!(first, Some(test_id(0)));
+        lanes.take(test_id(0));
+        // a was served last: b goes next although its job is younger.
+        assert_eq!(lanes.best(|_, _| true, |_| true, |_| true), Some(test_id(10)));
+        // With b's head unable to start, a's next goes.
+        let blocked = test_id(10);
+        assert_eq!(
+            lanes.best(|_, _| true, |_| true, |j| j.id != blocked),
+            Some(test_id(1))
+        );
+        // A worker bound to tenant b sees only b's bucket.
+        assert_eq!(
+            lanes.best(|_, _| true, |b| b.0 == "b", |_| true),
+            Some(test_id(10))
+        );
+    }
+
+    #[test]
+    fn removed_jobs_are_gone_and_a_job_is_held_once() {
+        let mut lanes = Lanes::default();
+        lanes.insert(job(1, "q", 0, 1));
+        lanes.insert(job(1, "q", 9, 1));
+        assert_eq!(lanes.len(), 1);
+        assert!(lanes.remove(test_id(1)).is_some_and(|j| j.priority == 0));
+        assert!(!lanes.contains(test_id(1)));
+        assert!(lanes.remove(test_id(1)).is_none());
+        assert_eq!(lanes.best(|_, _| true, |_| true, |_| true), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! The embedded backend: SQLite in WAL mode.
+//!
+//! One writer thread owns the write connection (`writer.rs`): callers send it commands and
+//! await a reply, and it commits everything that is waiting in one transaction (group commit),
+//! so one fsync covers many jobs. The scheduler's commands come on a channel of their own that
+//! the writer always serves first and that never refuses, so client submits cannot starve
+//! dispatch. The SQL of each operation lives beside it: `submit.rs`, `cancel.rs`,
+//! `lifecycle.rs` (starts, finishes, recovery), `read.rs`. Reads go to a small pool of
+//! read-only connections that WAL lets run beside the writer.
+
+mod cancel;
+mod lifecycle;
+mod migrate;
+mod read;
+mod submit;
+mod writer;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use rusqlite::{
+    Connection, OpenFlags, ToSql,
+    types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    CancelTarget, Cancelled, ListFilter, ListPage, Recovered, Store, StoreConfig, Submit,
+    Submitted, SyncMode, TransitionOutcome, Transitions, WriterStats,
+};
+use crate::{
+    domain::{
+        AttemptOutcome, GroupEvent, GroupRecord, JobId, JobRecord, JobState, QueueCounts, Quota,
+        ReadyJob,
+    },
+    error::{Error, Result},
+    telemetry::Metrics,
+};
+use writer::{AdminOp, Command};
+
+/// Room on the scheduler's channel: it has one transition in flight at a time, so this is
+/// never full; it is bounded all the same.
+const SCHEDULER_QUEUE: usize = 64;
+
+/// A cheap handle to the SQLite store: clone it freely.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// Client commands: refused with `Overloaded` when full.
+    commands: mpsc::Sender<Command>,
+    /// The scheduler's commands: served first, waited for rather than refused.
+    priority: mpsc::Sender<Command>,
+    readers: Arc<read::Readers>,
+    counters: Arc<Counters>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database, applies migrations and starts the writer.
+    pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<SqliteStore> {
+        let mut conn = open_connection(&config.path, config.sync, false)?;
+        migrate::run(&mut conn)?;
+        let readers = read::Readers::open(&config.path, config.sync, config.readers.max(1))?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(config.write_queue.max(1));
+        let (priority, priority_rx) = mpsc::channel(SCHEDULER_QUEUE);
+        let thread_counters = counters.clone();
+        let handle = std::thread::Builder::new()
+            .name("switchyard-writer".into())
+            .spawn(move || {
+                writer::run(
+                    conn,
+                    writer::Inbox {
+                        priority: priority_rx,
+                        clients: rx,
+                    },
+                    &thread_counters,
+                    &metrics,
+                )
+            })?;
+        Ok(SqliteStore {
+            commands: tx,
+            priority,
+            readers: Arc::new(readers),
+            counters,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// A client command: refused at once when the write queue is full.
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .try_send(make(reply))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded("the store's write queue"),
+                mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+            })?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// A command of the scheduler's (or of shutdown): waits for room instead of failing.
+    async fn call_first<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.priority
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+}
+
+#[tonic::async_trait]
+impl Store for SqliteStore {
+    async fn recover(&self) -> Result<Recovered> {
+        let ready = self.call_first(|reply| Command::Recover { reply }).await??;
+        Ok(Recovered {
+            ready,
+            quotas: self.readers.run(read::quotas).await?.into_iter().map(|(q, _)| q).collect(),
+            paused: self.readers.run(read::paused).await?,
+        })
+    }
+
+    async fn submit(&self, submit: Submit) -> Result<Vec<Submitted>> {
+        self.call(|reply| Command::Submit { submit, reply }).await?
+    }
+
+    async fn cancel(&self, target: CancelTarget, reason: String) -> Result<Cancelled> {
+        self.call(|reply| Command::Cancel {
+            target,
+            reason,
+            reply,
+        })
+        .await?
+    }
+
+    async fn requeue(&self, id: JobId, max_attempts: Option<u32>) -> Result<Option<ReadyJob>> {
+        self.call(|reply| Command::Requeue {
+            id,
+            max_attempts,
+            reply,
+        })
+        .await?
+    }
+
+    async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome> {
+        self.call_first(|reply| Command::Transition { ops, reply })
+            .await?
+    }
+
+    async fn set_quota(&self, quota: Quota) -> Result<()> {
+        self.call(|reply| Command::Admin {
+            op: AdminOp::SetQuota(quota),
+            reply,
+        })
+        .await?
+    }
+
+    async fn pause(&self, queue: String, paused: bool) -> Result<()> {
+        self.call(|reply| Command::Admin {
+            op: AdminOp::Pause { queue, paused },
+            reply,
+        })
+        .await?
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        self.readers.run(move |conn| read::get(conn, id)).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<ListPage> {
+        self.readers
+            .run(move |conn| read::list(conn, &filter))
+            .await
+    }
+
+    async fn group(&self, id: String) -> Result<Option<GroupRecord>> {
+        self.readers.run(move |conn| read::group(conn, &id)).await
+    }
+
+    async fn group_events(
+        &self,
+        group: String,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
+        self.readers
+            .run(move |conn| read::group_events(conn, &group, after, limit))
+            .await
+    }
+
+    async fn quotas(&self) -> Result<Vec<(Quota, u64)>> {
+        self.readers.run(read::quotas).await
+    }
+
+    async fn paused(&self) -> Result<Vec<String>> {
+        self.readers.run(read::paused).await
+    }
+
+    async fn queue_counts(&self) -> Result<Vec<QueueCounts>> {
+        self.readers.run(read::queue_counts).await
+    }
+
+    fn writer_stats(&self) -> WriterStats {
+        self.counters.snapshot()
+    }
+
+    async fn close(&self) -> Result<()> {
+        // A send error means the writer is already gone: closing twice is fine.
+        let _ = self.call_first(|reply| Command::Close { reply }).await;
+        let handle = self
+            .writer
+            .lock()
+            .map_err(|_| Error::Corrupt("writer handle lock poisoned".into()))?
+            .take();
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+                .map_err(|_| Error::Io(std::io::Error::other("writer thread panicked")))?;
+        }
+        self.readers.close();
+        Ok(())
+    }
+}
+
+/// Counters of the writer.
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    commands: AtomicU64,
+    rows_written: AtomicU64,
+    max_batch: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, commands: u64, rows: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands, Ordering::Relaxed);
+        self.rows_written.fetch_add(rows, Ordering::Relaxed);
+        self.max_batch.fetch_max(commands, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+            rows_written: self.rows_written.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Opens one connection with the per-connection pragmas on it.
+fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let wrap = |source| Error::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(wrap)?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+    }
+    let sync = match sync {
+        SyncMode::Full => "FULL",
+        SyncMode::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(wrap)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+// How domain values are stored: ids as their hyphenated text, states by their names.
+
+impl ToSql for JobId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl FromSql for JobId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|_| FromSqlError::Other("not a job id".into()))
+    }
+}
+
+impl ToSql for JobState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for JobState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        JobState::parse(value.as_str()?).ok_or(FromSqlError::InvalidType)
+    }
+}
+
+impl ToSql for AttemptOutcome {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for AttemptOutcome {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        AttemptOutcome::parse(value.as_str()?).ok_or(FromSqlError::InvalidType)
+    }
+}
+
+/// The columns `ready_from_row` reads, in order (prefix `j.` where joined).
+const READY_COLUMNS: &str = "id, queue, kind, priority, coalesce(run_at_ms, 0), seq,
+    deadline_ms, weight, tenant_id, concurrency_key, attempt";
+const READY_COLUMNS_J: &str = "j.id, j.queue, j.kind, j.priority,
+    coalesce(j.run_at_ms, 0), j.seq, j.deadline_ms, j.weight, j.tenant_id, j.concurrency_key,
+    j.attempt";
+
+fn ready_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReadyJob> {
+    Ok(ReadyJob {
+        id: row.get(0)?,
+        queue: row.get(1)?,
+        kind: row.get(2)?,
+        priority: row.get(3)?,
+        run_at_ms: row.get(4)?,
+        seq: row.get(5)?,
+        deadline_ms: row.get(6)?,
+        weight: row.get(7)?,
+        tenant_id: row.get(8)?,
+        concurrency_key: row.get(9)?,
+        attempt: row.get(10)?,
+    })
+}
+
+fn json_ids(ids: &[JobId]) -> String {
+    let ids: Vec<String> = ids.iter().map(JobId::to_string).collect();
+    serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_json_ids(text: &str) -> Vec<JobId> {
+    serde_json::from_str::<Vec<String>>(text)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| id.parse().ok())
+        .collect()
+}

@@ -1,0 +1,317 @@
+//! Reads: a small pool of read-only connections, each query run on the blocking pool.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter, types::Value};
+use tokio::sync::Semaphore;
+
+use super::{SyncMode, json_ids, open_connection, parse_json_ids};
+use crate::{
+    domain::{
+        AttemptRecord, GroupEvent, GroupRecord, JobId, JobRecord, JobState, QueueCounts, Quota,
+    },
+    error::{Error, Result},
+    store::{ListFilter, ListPage},
+};
+
+pub(super) struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Readers {
+    pub(super) fn open(path: &Path, sync: SyncMode, size: usize) -> Result<Readers> {
+        let idle = (0..size)
+            .map(|_| open_connection(path, sync, true))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Readers {
+            idle: Mutex::new(idle),
+            permits: Arc::new(Semaphore::new(size)),
+        })
+    }
+
+    /// Runs `f` on an idle connection, waiting for one if all are busy.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let conn = self
+            .idle
+            .lock()
+            .map_err(|_| Error::Corrupt("read pool lock poisoned".into()))?
+            .pop()
+            .ok_or(Error::ShuttingDown)?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&conn);
+            (conn, result)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Closes the pool: waiting callers fail, idle connections are dropped.
+    pub(super) fn close(&self) {
+        self.permits.close();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+const JOB_COLUMNS: &str = "seq, id, queue, kind, payload, priority, max_attempts, timeout_ms,
+    deadline_ms, run_at_ms, idempotency_key, concurrency_key, weight, depends_on, group_id,
+    labels, tenant_id, parent_job_id, trace_id, state, attempt, output, error, created_at_ms,
+    started_at_ms, finished_at_ms, worker_id";
+
+/// The dependencies of a job that have not succeeded yet.
+const WAITING_FOR: &str = "SELECT id FROM jobs
+    WHERE id IN (SELECT value FROM json_each(?1)) AND state != 'succeeded' ORDER BY seq";
+
+/// For a queued job with dependencies: those that have not succeeded yet.
+fn fill_waiting_for(conn: &Connection, job: &mut JobRecord) -> Result<()> {
+    if job.state != JobState::Queued || job.depends_on.is_empty() {
+        return Ok(());
+    }
+    job.waiting_for = conn
+        .prepare_cached(WAITING_FOR)?
+        .query_map(params![json_ids(&job.depends_on)], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<JobId>>>()?;
+    Ok(())
+}
+
+const ATTEMPTS: &str = "SELECT number, worker_id, started_at_ms, finished_at_ms, outcome, error
+    FROM attempts WHERE job_seq = ?1 ORDER BY number";
+
+pub(super) fn get(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
+    let Some(mut job) = conn
+        .prepare_cached(&sql)?
+        .query_row(params![id], job_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    job.attempts = conn
+        .prepare_cached(ATTEMPTS)?
+        .query_map([job.seq], |row| {
+            Ok(AttemptRecord {
+                number: row.get(0)?,
+                worker_id: row.get(1)?,
+                started_at_ms: row.get(2)?,
+                finished_at_ms: row.get(3)?,
+                outcome: row.get(4)?,
+                error: row.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    fill_waiting_for(conn, &mut job)?;
+    Ok(Some(job))
+}
+
+pub(super) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
+    let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ?");
+    let mut args = vec![Value::Integer(filter.after_seq)];
+    let mut add = |clause: &str, value: Value| {
+        sql.push_str(clause);
+        args.push(value);
+    };
+    if let Some(queue) = &filter.queue {
+        add(" AND queue = ?", Value::Text(queue.clone()));
+    }
+    if let Some(state) = filter.state {
+        add(" AND state = ?", Value::Text(state.as_str().to_owned()));
+    }
+    if let Some(kind) = &filter.kind {
+        add(" AND kind = ?", Value::Text(kind.clone()));
+    }
+    if let Some(group) = &filter.group_id {
+        add(" AND group_id = ?", Value::Text(group.clone()));
+    }
+    if let Some(parent) = &filter.parent_job_id {
+        add(" AND parent_job_id = ?", Value::Text(parent.to_string()));
+    }
+    if let Some(tenant) = &filter.tenant_id {
+        add(" AND tenant_id = ?", Value::Text(tenant.clone()));
+    }
+    // One row more than the page tells whether another page follows.
+    add(
+        " ORDER BY seq LIMIT ?",
+        Value::Integer(filter.page_size as i64 + 1),
+    );
+    let mut jobs = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(args), job_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let more = jobs.len() > filter.page_size as usize;
+    jobs.truncate(filter.page_size as usize);
+    let next_after_seq = more.then(|| jobs.last().map(|job| job.seq)).flatten();
+    for job in &mut jobs {
+        fill_waiting_for(conn, job)?;
+    }
+    Ok(ListPage {
+        jobs,
+        next_after_seq,
+    })
+}
+
+pub(super) fn queue_counts(conn: &Connection) -> Result<Vec<QueueCounts>> {
+    let mut out: Vec<QueueCounts> = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let queue: String = row.get(0)?;
+        let state: JobState = row.get(1)?;
+        let count = row.get::<_, i64>(2)?.max(0) as u64;
+        if out.last().is_none_or(|q| q.queue != queue) {
+            out.push(QueueCounts {
+                queue,
+                ..Default::default()
+            });
+        }
+        if let Some(counts) = out.last_mut() {
+            counts.count(state, count);
+        }
+    }
+    Ok(out)
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let depends_on: Option<String> = row.get(13)?;
+    let labels: Option<String> = row.get(15)?;
+    Ok(JobRecord {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        queue: row.get(2)?,
+        kind: row.get(3)?,
+        payload: row.get(4)?,
+        priority: row.get(5)?,
+        max_attempts: row.get(6)?,
+        timeout_ms: row.get(7)?,
+        deadline_ms: row.get(8)?,
+        run_at_ms: row.get(9)?,
+        idempotency_key: row.get(10)?,
+        concurrency_key: row.get(11)?,
+        weight: row.get(12)?,
+        depends_on: depends_on.as_deref().map(parse_json_ids).unwrap_or_default(),
+        group_id: row.get(14)?,
+        labels: labels
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
+        tenant_id: row.get(16)?,
+        parent_job_id: row.get(17)?,
+        trace_id: row.get(18)?,
+        state: row.get(19)?,
+        attempt: row.get(20)?,
+        output: row.get::<_, Option<Vec<u8>>>(21)?.unwrap_or_default(),
+        error: row.get(22)?,
+        created_at_ms: row.get(23)?,
+        started_at_ms: row.get(24)?,
+        finished_at_ms: row.get(25)?,
+        worker_id: row.get(26)?,
+        attempts: vec![],
+        waiting_for: vec![],
+    })
+}
+
+const GROUP: &str = "SELECT id, size, cancel_on_failure, created_at_ms, failed_job_id, error,
+        tenant_id
+    FROM groups WHERE id = ?1";
+const GROUP_COUNTS: &str = "SELECT state, count(*) FROM jobs WHERE group_id = ?1 GROUP BY state";
+
+/// A group with its counts by state, if it exists.
+pub(super) fn group(conn: &Connection, id: &str) -> Result<Option<GroupRecord>> {
+    let Some(mut group) = conn
+        .prepare_cached(GROUP)?
+        .query_row([id], |row| {
+            Ok(GroupRecord {
+                id: row.get(0)?,
+                size: row.get(1)?,
+                cancel_on_failure: row.get(2)?,
+                created_at_ms: row.get(3)?,
+                failed_job_id: row.get(4)?,
+                error: row.get(5)?,
+                tenant_id: row.get(6)?,
+                ..Default::default()
+            })
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(GROUP_COUNTS)?;
+    let mut rows = stmt.query([id])?;
+    while let Some(row) = rows.next()? {
+        group.count(row.get(0)?, row.get(1)?);
+    }
+    Ok(Some(group))
+}
+
+const GROUP_EVENTS: &str = "SELECT e.seq, j.id, j.state, j.output, j.error
+    FROM group_events e JOIN jobs j ON j.id = e.job_id
+    WHERE e.group_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3";
+
+/// Up to `limit` results of a group's jobs that ended after cursor `after`, in order.
+pub(super) fn group_events(
+    conn: &Connection,
+    group: &str,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<GroupEvent>> {
+    Ok(conn
+        .prepare_cached(GROUP_EVENTS)?
+        .query_map(params![group, after, limit], |row| {
+            Ok(GroupEvent {
+                cursor: row.get(0)?,
+                job_id: row.get(1)?,
+                state: row.get(2)?,
+                output: row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+                error: row.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+const QUOTAS: &str = "SELECT q.scope, q.max_in_flight, q.max_queued, q.rate_per_second, q.burst,
+        coalesce(c.queued, 0)
+    FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope ORDER BY q.scope";
+
+/// Every quota, with the jobs queued in its scope now.
+pub(super) fn quotas(conn: &Connection) -> Result<Vec<(Quota, u64)>> {
+    Ok(conn
+        .prepare_cached(QUOTAS)?
+        .query_map([], |row| {
+            Ok((
+                Quota {
+                    scope: row.get(0)?,
+                    max_in_flight: row.get(1)?,
+                    max_queued: row.get(2)?,
+                    rate_per_second: row.get(3)?,
+                    burst: row.get(4)?,
+                },
+                row.get::<_, i64>(5)?.max(0) as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub(super) fn paused(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached("SELECT queue FROM paused_queues ORDER BY queue")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}

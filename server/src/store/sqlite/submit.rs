@@ -1,0 +1,261 @@
+//! Storing submitted jobs: idempotency keys, admission (`max_queued`), dependencies and
+//! groups. Runs on the writer thread, inside its transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::json_ids;
+use crate::{
+    domain::{JobId, JobState, ReadyJob, now_ms, scopes},
+    error::{Error, Result},
+    store::{NewJob, Origin, Submit, Submitted},
+    telemetry::Tally,
+};
+
+/// Counts the jobs a submit stored: each new one, and those that ended at once (`CANCELLED`,
+/// a dependency having already ended badly).
+pub(super) fn tally(tally: &mut Tally, jobs: &[NewJob], done: &[Submitted]) {
+    // `submit` answers each job in order, a repeated idempotency key included.
+    for (job, submitted) in jobs.iter().zip(done).filter(|(_, s)| !s.duplicate) {
+        tally.submitted(&job.queue);
+        tally.finished(&job.queue, submitted.state);
+    }
+}
+
+/// The `max_queued` limits that apply to these jobs, with how many are queued now: refuses
+/// the whole submit if any scope would go past its limit.
+const QUEUED_LIMITS: &str = "SELECT q.scope, q.max_queued, coalesce(c.queued, 0)
+    FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope
+    WHERE q.max_queued IS NOT NULL AND q.scope IN (SELECT value FROM json_each(?1))";
+
+fn admit(conn: &Connection, jobs: &[&NewJob]) -> Result<()> {
+    let mut adding: HashMap<String, u64> = HashMap::new();
+    for job in jobs {
+        let scopes = scopes(
+            &job.queue,
+            job.concurrency_key.as_deref(),
+            job.tenant_id.as_deref(),
+        );
+        for scope in scopes {
+            *adding.entry(scope).or_default() += 1;
+        }
+    }
+    let scopes: Vec<&String> = adding.keys().collect();
+    let scopes = serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".into());
+    let limits = conn
+        .prepare_cached(QUEUED_LIMITS)?
+        .query_map(params![scopes], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (scope, max, queued) in limits {
+        let more = adding.get(&scope).copied().unwrap_or(0) as i64;
+        if queued + more > max {
+            return Err(Error::QueueFull {
+                scope,
+                queued: queued.max(0) as u64,
+                max: max.max(0) as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+const FIND_IDEMPOTENT: &str = "SELECT id, state FROM jobs
+    WHERE queue = ?1 AND coalesce(tenant_id, '') = ?2 AND idempotency_key = ?3";
+const JOB_STATE: &str = "SELECT state FROM jobs WHERE id = ?1";
+const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE id = ?1";
+const INSERT_GROUP: &str =
+    "INSERT INTO groups (id, size, cancel_on_failure, created_at_ms, tenant_id)
+        VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT_JOB: &str = "INSERT INTO jobs (
+        id, queue, kind, payload, priority, max_attempts, timeout_ms, deadline_ms, run_at_ms,
+        idempotency_key, concurrency_key, weight, depends_on, group_id, labels, tenant_id,
+        parent_job_id, traceparent, tracestate, trace_id, state, error, created_at_ms,
+        finished_at_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+        ?19, ?20, ?21, ?22, ?23, ?24)";
+const INSERT_DEPENDENCY: &str =
+    "INSERT OR IGNORE INTO dependencies (depends_on, job_id) VALUES (?1, ?2)";
+
+pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted>> {
+    let Submit {
+        origin,
+        jobs,
+        group,
+    } = submit;
+    let now = now_ms();
+    if let Some(group) = group {
+        if conn
+            .prepare_cached(GROUP_EXISTS)?
+            .exists(params![group.id])?
+        {
+            return Err(Error::GroupExists(group.id.clone()));
+        }
+        conn.prepare_cached(INSERT_GROUP)?.execute(params![
+            group.id,
+            jobs.len() as i64,
+            group.cancel_on_failure,
+            now,
+            jobs.first().and_then(|j| j.tenant_id.as_deref())
+        ])?;
+    }
+
+    // First pass: which jobs repeat an idempotency key, of an earlier job or of an earlier
+    // entry of this batch. Their dependents then point at that job instead.
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut replaced: HashMap<JobId, JobId> = HashMap::new();
+    let mut keys: HashMap<(&str, &str, &str), JobId> = HashMap::new();
+    {
+        let mut find = conn.prepare_cached(FIND_IDEMPOTENT)?;
+        for job in jobs {
+            let existing = match &job.idempotency_key {
+                Some(key) => {
+                    let tenant = job.tenant_id.as_deref().unwrap_or("");
+                    match keys.get(&(job.queue.as_str(), tenant, key.as_str())) {
+                        Some(id) => Some((*id, JobState::Queued)),
+                        None => {
+                            keys.insert((&job.queue, tenant, key), job.id);
+                            find.query_row(params![job.queue, tenant, key], |row| {
+                                Ok((row.get::<_, JobId>(0)?, row.get::<_, JobState>(1)?))
+                            })
+                            .optional()?
+                        }
+                    }
+                }
+                None => None,
+            };
+            results.push(match existing {
+                Some((id, state)) => {
+                    replaced.insert(job.id, id);
+                    Submitted {
+                        id,
+                        duplicate: true,
+                        state,
+                        ready: None,
+                    }
+                }
+                None => Submitted {
+                    id: job.id,
+                    duplicate: false,
+                    state: JobState::Queued,
+                    ready: None,
+                },
+            });
+        }
+    }
+
+    // Admission counts only the jobs that will be stored: a repeat of an idempotency key
+    // returns the first job even when its queue is full.
+    let new_jobs: Vec<&NewJob> = jobs
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| !r.duplicate)
+        .map(|(j, _)| j)
+        .collect();
+    admit(conn, &new_jobs)?;
+    let in_batch: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+    let mut state_of = conn.prepare_cached(JOB_STATE)?;
+    let mut insert = conn.prepare_cached(INSERT_JOB)?;
+    let mut insert_dependency = conn.prepare_cached(INSERT_DEPENDENCY)?;
+    for (index, (job, result)) in jobs.iter().zip(results.iter_mut()).enumerate() {
+        if result.duplicate {
+            continue;
+        }
+        let mut depends_on = Vec::with_capacity(job.depends_on.len());
+        // A dependency that already ended other than SUCCEEDED dooms this job at once.
+        let mut doomed = None;
+        let mut waits = false;
+        for (d, dep) in job.depends_on.iter().enumerate() {
+            let dep = *replaced.get(dep).unwrap_or(dep);
+            let state = if in_batch.contains(&dep) {
+                JobState::Queued
+            } else {
+                match state_of
+                    .query_row(params![dep], |row| row.get::<_, JobState>(0))
+                    .optional()?
+                {
+                    Some(state) => state,
+                    None => {
+                        let field = match origin {
+                            Origin::Submit => format!("depends_on[{d}]"),
+                            Origin::Batch => format!("jobs[{index}].depends_on[{d}]"),
+                        };
+                        return Err(Error::invalid(field, format!("no job {dep}")));
+                    }
+                }
+            };
+            if state.is_bad_end() {
+                doomed.get_or_insert_with(|| dependency_failed(dep, state));
+            } else if state != JobState::Succeeded {
+                waits = true;
+            }
+            depends_on.push(dep);
+        }
+        let depends_json = (!depends_on.is_empty()).then(|| json_ids(&depends_on));
+        let labels = (!job.labels.is_empty())
+            .then(|| serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into()));
+        let state = if doomed.is_some() {
+            JobState::Cancelled
+        } else {
+            JobState::Queued
+        };
+        insert.execute(params![
+            job.id,
+            job.queue,
+            job.kind,
+            job.payload,
+            job.priority,
+            job.max_attempts,
+            job.timeout_ms,
+            job.deadline_ms,
+            job.run_at_ms,
+            job.idempotency_key,
+            job.concurrency_key,
+            job.weight,
+            depends_json,
+            group.as_ref().map(|g| g.id.as_str()),
+            labels,
+            job.tenant_id,
+            job.parent_job_id,
+            job.traceparent,
+            job.tracestate,
+            job.trace_id,
+            state,
+            doomed,
+            now,
+            doomed.as_ref().map(|_| now),
+        ])?;
+        let seq = conn.last_insert_rowid();
+        for dep in &depends_on {
+            insert_dependency.execute(params![dep, job.id])?;
+        }
+        result.state = state;
+        if state == JobState::Queued && !waits {
+            result.ready = Some(ReadyJob {
+                id: job.id,
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+                priority: job.priority,
+                run_at_ms: job.run_at_ms.unwrap_or(0),
+                seq,
+                deadline_ms: job.deadline_ms,
+                weight: job.weight,
+                tenant_id: job.tenant_id.clone(),
+                concurrency_key: job.concurrency_key.clone(),
+                attempt: 0,
+            });
+        }
+    }
+    Ok(results)
+}
+
+/// Why a job cannot run: a dependency of it ended badly.
+pub(super) fn dependency_failed(dep: JobId, end: JobState) -> String {
+    format!("dependency {dep} ended {}", end.wire_name())
+}

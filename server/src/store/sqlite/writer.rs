@@ -1,0 +1,321 @@
+//! The writer thread: the only code that writes to the database, and only the group-commit
+//! loop. The rules of each command are in `submit.rs`, `cancel.rs` and `lifecycle.rs`.
+//!
+//! It blocks until a command arrives on either of its two channels, then takes every
+//! scheduler command waiting and the client commands waiting (up to [`MAX_BATCH`]), applies
+//! each inside its own savepoint (one bad command does not spoil the others) and commits them
+//! all in one `BEGIN IMMEDIATE` transaction. Replies go out only after the commit: an
+//! acknowledged write is durable.
+
+use std::time::Instant;
+
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Counters, cancel, lifecycle, submit};
+use crate::{
+    domain::{JobId, Quota, ReadyJob},
+    error::{Error, Result},
+    store::{CancelTarget, Cancelled, Submit, Submitted, TransitionOutcome, Transitions},
+    telemetry::{Metrics, Tally},
+};
+
+/// The most client commands one transaction carries (the scheduler's are always all taken).
+const MAX_BATCH: usize = 2048;
+
+pub(super) enum Command {
+    Submit {
+        submit: Submit,
+        reply: oneshot::Sender<Result<Vec<Submitted>>>,
+    },
+    Cancel {
+        target: CancelTarget,
+        reason: String,
+        reply: oneshot::Sender<Result<Cancelled>>,
+    },
+    Transition {
+        ops: Transitions,
+        reply: oneshot::Sender<Result<TransitionOutcome>>,
+    },
+    Requeue {
+        id: JobId,
+        max_attempts: Option<u32>,
+        reply: oneshot::Sender<Result<Option<ReadyJob>>>,
+    },
+    Admin {
+        op: AdminOp,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Recover {
+        reply: oneshot::Sender<Result<Vec<ReadyJob>>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Run-time control, persisted.
+#[derive(Debug, Clone)]
+pub(super) enum AdminOp {
+    SetQuota(Quota),
+    Pause { queue: String, paused: bool },
+}
+
+/// The writer's two inputs.
+pub(super) struct Inbox {
+    /// The scheduler's (and shutdown's): always served first.
+    pub priority: mpsc::Receiver<Command>,
+    pub clients: mpsc::Receiver<Command>,
+}
+
+impl Inbox {
+    /// Blocks for the next command, the scheduler's first; `None` once both are closed.
+    fn next(&mut self) -> Option<Command> {
+        futures::executor::block_on(async {
+            tokio::select! {
+                biased;
+                Some(command) = self.priority.recv() => Some(command),
+                Some(command) = self.clients.recv() => Some(command),
+                else => None,
+            }
+        })
+    }
+
+    /// Adds what is already waiting: every scheduler command, then clients' up to the limit.
+    fn fill(&mut self, batch: &mut Vec<Command>) {
+        while let Ok(command) = self.priority.try_recv() {
+            batch.push(command);
+        }
+        while batch.len() < MAX_BATCH {
+            match self.clients.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// A command's result, held until its transaction commits.
+enum Pending {
+    Submit(oneshot::Sender<Result<Vec<Submitted>>>, Result<Vec<Submitted>>),
+    Cancel(oneshot::Sender<Result<Cancelled>>, Result<Cancelled>),
+    Transition(oneshot::Sender<Result<TransitionOutcome>>, Result<TransitionOutcome>),
+    Requeue(oneshot::Sender<Result<Option<ReadyJob>>>, Result<Option<ReadyJob>>),
+    Admin(oneshot::Sender<Result<()>>, Result<()>),
+    Recover(oneshot::Sender<Result<Vec<ReadyJob>>>, Result<Vec<ReadyJob>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Sends `result` if the commit held; the commit's error otherwise. A caller that hung up
+/// no longer wants the answer: a failed send is fine.
+fn answer<T>(tx: oneshot::Sender<Result<T>>, result: Result<T>, commit: &Result<(), String>) {
+    let _ = tx.send(match commit {
+        Ok(()) => result,
+        Err(e) => Err(Error::CommitFailed(e.clone())),
+    });
+}
+
+impl Pending {
+    fn send(self, commit: &Result<(), String>) {
+        match self {
+            Pending::Submit(tx, r) => answer(tx, r, commit),
+            Pending::Cancel(tx, r) => answer(tx, r, commit),
+            Pending::Transition(tx, r) => answer(tx, r, commit),
+            Pending::Requeue(tx, r) => answer(tx, r, commit),
+            Pending::Admin(tx, r) => answer(tx, r, commit),
+            Pending::Recover(tx, r) => answer(tx, r, commit),
+            Pending::Close(tx) => drop(tx.send(())),
+        }
+    }
+}
+
+/// The writer loop. Returns when both channels close or a `Close` command is committed.
+pub(super) fn run(mut conn: Connection, mut inbox: Inbox, counters: &Counters, metrics: &Metrics) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut closing = false;
+    while !closing {
+        let Some(first) = inbox.next() else {
+            break;
+        };
+        batch.push(first);
+        inbox.fill(&mut batch);
+        closing = batch.iter().any(|c| matches!(c, Command::Close { .. }));
+        commit_batch(&mut conn, &mut batch, counters, metrics);
+    }
+    // Fold the WAL back into the main file so the database is whole on its own.
+    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(cause = %err, "final WAL checkpoint failed");
+    }
+    if let Err((_, err)) = conn.close() {
+        tracing::warn!(cause = %err, "closing the database failed");
+    }
+    tracing::info!("store closed");
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Command>,
+    counters: &Counters,
+    metrics: &Metrics,
+) {
+    // Taking stock at start is the store's own work, not a command of anyone's.
+    let commands = batch
+        .iter()
+        .filter(|c| !matches!(c, Command::Recover { .. }))
+        .count() as u64;
+    let mut rows = 0u64;
+    // Held until the commit: a command that rolls back, or a failed commit, counts nothing.
+    let mut tally = Tally::default();
+    let mut pending = Vec::with_capacity(batch.len());
+    let began = Instant::now();
+    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = Err(err.to_string());
+        for command in batch.drain(..) {
+            refuse(command, &err);
+        }
+        return;
+    }
+    for command in batch.drain(..) {
+        pending.push(apply(conn, command, &mut rows, &mut tally));
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(|err| {
+        tracing::error!(cause = %err, "commit failed; rolling back");
+        // The transaction may still be open after a failed COMMIT; end it.
+        let _ = conn.execute_batch("ROLLBACK");
+        err.to_string()
+    });
+    if commit.is_ok() && commands > 0 {
+        counters.record(commands, rows);
+        // Before the replies: whoever hears of a write can already see it counted.
+        metrics.store_committed(began.elapsed(), commands);
+        metrics.record(tally);
+    }
+    for reply in pending {
+        reply.send(&commit);
+    }
+}
+
+/// Applies one command in its savepoint; its reply waits for the commit.
+fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally) -> Pending {
+    match command {
+        Command::Submit { submit, reply } => {
+            let result = savepoint(conn, |c| submit::submit(c, &submit));
+            if let Ok(done) = &result {
+                *rows += done.iter().filter(|s| !s.duplicate).count() as u64;
+                submit::tally(tally, &submit.jobs, done);
+            }
+            Pending::Submit(reply, result)
+        }
+        Command::Cancel {
+            target,
+            reason,
+            reply,
+        } => {
+            let mut result = savepoint(conn, |c| cancel::cancel(c, &target, &reason));
+            if let Ok(done) = &mut result {
+                *rows += (done.ids.len() + done.dependents.len()) as u64;
+                tally.append(&mut done.metrics);
+            }
+            Pending::Cancel(reply, result)
+        }
+        Command::Transition { ops, reply } => {
+            let mut result = savepoint(conn, |c| lifecycle::transition(c, &ops));
+            if let Ok(done) = &mut result {
+                *rows +=
+                    (ops.finishes.len() + done.started.len() + done.cancelled_dependents.len())
+                        as u64;
+                tally.append(&mut done.metrics);
+            }
+            Pending::Transition(reply, result)
+        }
+        Command::Requeue {
+            id,
+            max_attempts,
+            reply,
+        } => {
+            let result = savepoint(conn, |c| lifecycle::requeue(c, id, max_attempts));
+            *rows += u64::from(result.is_ok());
+            Pending::Requeue(reply, result)
+        }
+        Command::Admin { op, reply } => {
+            let result = savepoint(conn, |c| admin(c, &op));
+            *rows += u64::from(result.is_ok());
+            Pending::Admin(reply, result)
+        }
+        Command::Recover { reply } => {
+            Pending::Recover(reply, savepoint(conn, lifecycle::recover))
+        }
+        Command::Close { reply } => Pending::Close(reply),
+    }
+}
+
+/// Answers a command of a batch that could not begin.
+fn refuse(command: Command, err: &Result<(), String>) {
+    let pending = match command {
+        Command::Submit { reply, .. } => Pending::Submit(reply, Ok(vec![])),
+        Command::Cancel { reply, .. } => {
+            Pending::Cancel(reply, Err(Error::ShuttingDown))
+        }
+        Command::Transition { reply, .. } => {
+            Pending::Transition(reply, Ok(TransitionOutcome::default()))
+        }
+        Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
+        Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
+        Command::Recover { reply } => Pending::Recover(reply, Ok(vec![])),
+        Command::Close { reply } => Pending::Close(reply),
+    };
+    pending.send(err);
+}
+
+/// Runs `f` in a savepoint: its writes are kept if it succeeds and undone if it fails.
+fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.prepare_cached("SAVEPOINT command")?.execute([])?;
+    match f(conn) {
+        Ok(value) => {
+            conn.prepare_cached("RELEASE command")?.execute([])?;
+            Ok(value)
+        }
+        Err(err) => {
+            conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+            conn.prepare_cached("RELEASE command")?.execute([])?;
+            Err(err)
+        }
+    }
+}
+
+fn admin(conn: &Connection, op: &AdminOp) -> Result<()> {
+    match op {
+        AdminOp::SetQuota(q) if q.is_empty() => {
+            conn.prepare_cached("DELETE FROM quotas WHERE scope = ?1")?
+                .execute(params![q.scope])?;
+        }
+        AdminOp::SetQuota(q) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO quotas (scope, max_in_flight, max_queued,
+                    rate_per_second, burst) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                q.scope,
+                q.max_in_flight,
+                q.max_queued,
+                q.rate_per_second,
+                q.burst
+            ])?;
+        }
+        AdminOp::Pause {
+            queue,
+            paused: true,
+        } => {
+            conn.prepare_cached("INSERT OR IGNORE INTO paused_queues (queue) VALUES (?1)")?
+                .execute(params![queue])?;
+        }
+        AdminOp::Pause {
+            queue,
+            paused: false,
+        } => {
+            conn.prepare_cached("DELETE FROM paused_queues WHERE queue = ?1")?
+                .execute(params![queue])?;
+        }
+    }
+    Ok(())
+}
