@@ -571,4 +571,14 @@ impl Core {
     pub(crate) fn queued(&self) -> usize {
         self.lanes.len() + self.delayed.len()
     }
+
+    #[cfg(test)]
+    pub(crate) fn is_queued(&self, id: JobId) -> bool {
+        self.lanes.contains(id) || self.delayed.contains_key(&id)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
 }
