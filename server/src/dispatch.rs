@@ -148,19 +148,22 @@ impl WorkerService for WorkerApi {
             kill: kill.clone(),
         };
         self.scheduler
-            .connect(SessionInfo {
-                id,
-                worker_id: hello.worker_id.clone(),
-                queues: hello.queues.iter().cloned().collect(),
-                kinds: hello.kinds.iter().cloned().collect(),
-                // A token that names a tenant binds its worker to that tenant's jobs.
-                tenant: identity
-                    .authenticated
-                    .then(|| identity.tenant.clone())
-                    .flatten(),
-                slots: hello.slots,
-                peer,
-            }, link)
+            .connect(
+                SessionInfo {
+                    id,
+                    worker_id: hello.worker_id.clone(),
+                    queues: hello.queues.iter().cloned().collect(),
+                    kinds: hello.kinds.iter().cloned().collect(),
+                    // A token that names a tenant binds its worker to that tenant's jobs.
+                    tenant: identity
+                        .authenticated
+                        .then(|| identity.tenant.clone())
+                        .flatten(),
+                    slots: hello.slots,
+                    peer,
+                },
+                link,
+            )
             .await?;
         self.sessions.spawn(session(
             self.scheduler.clone(),
@@ -277,7 +280,9 @@ async fn session(
 /// What the scheduler sends, as the wire carries it.
 fn to_wire(out: ToWorker) -> CoordinatorMessage {
     message(match out {
-        ToWorker::Assign(dispatch) => coordinator_message::Message::Assignment(assignment(dispatch)),
+        ToWorker::Assign(dispatch) => {
+            coordinator_message::Message::Assignment(assignment(dispatch))
+        }
         ToWorker::Stop {
             job_id,
             attempt,

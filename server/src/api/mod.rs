@@ -31,7 +31,8 @@ use crate::{
 
 /// A job id from a request: text that is not one names no job.
 fn job_id(text: &str) -> Result<JobId> {
-    text.parse().map_err(|_| Error::JobNotFound(text.to_owned()))
+    text.parse()
+        .map_err(|_| Error::JobNotFound(text.to_owned()))
 }
 
 /// `JobService`: what clients call.
@@ -295,7 +296,6 @@ impl Drop for CancelOnDrop {
         });
     }
 }
-
 
 /// Reads `x-tenant-id` and the W3C trace context from the request's metadata.
 fn context(metadata: &MetadataMap) -> Result<validate::Context> {

@@ -113,7 +113,9 @@ pub enum Blocked {
     /// Ready; waiting for a free worker slot.
     Ready,
     /// Waiting for its `run_at` time or a retry backoff.
-    Scheduled { until_ms: i64 },
+    Scheduled {
+        until_ms: i64,
+    },
     /// Waiting for `weight` permits of `scope`, of which `held` of `limit` are out.
     Permit {
         scope: String,
@@ -122,12 +124,23 @@ pub enum Blocked {
         weight: u32,
     },
     /// Waiting for a token of `scope`'s rate limit, due at `until_ms`.
-    RateLimit { scope: String, until_ms: i64 },
+    RateLimit {
+        scope: String,
+        until_ms: i64,
+    },
     /// Waiting for `waiting_for` (of its `of` dependencies) to succeed.
-    Dependencies { waiting_for: Vec<JobId>, of: usize },
+    Dependencies {
+        waiting_for: Vec<JobId>,
+        of: usize,
+    },
     /// No connected worker serves its queue and kind.
-    NoWorker { queue: String, kind: String },
-    QueuePaused { queue: String },
+    NoWorker {
+        queue: String,
+        kind: String,
+    },
+    QueuePaused {
+        queue: String,
+    },
 }
 
 /// A group with its jobs counted by state.

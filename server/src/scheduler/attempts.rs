@@ -142,7 +142,11 @@ mod tests {
         t.set_phase(&a, Phase::Running);
         assert_eq!(t.busy(7), 2);
         t.set_phase(&a, Phase::Stopping);
-        assert_eq!(t.busy(7), 1, "a stopping attempt's slot is the worker's to give back");
+        assert_eq!(
+            t.busy(7),
+            1,
+            "a stopping attempt's slot is the worker's to give back"
+        );
         assert_eq!(t.of_session(7), {
             let mut k = vec![a, b];
             k.sort();

@@ -112,7 +112,8 @@ impl Core {
         }
         *self.depth.entry(job.queue.clone()).or_default() += 1;
         if job.run_at_ms > self.clock.now_ms() {
-            self.promote.set(job.id, self.clock.instant_at(job.run_at_ms));
+            self.promote
+                .set(job.id, self.clock.instant_at(job.run_at_ms));
             self.delayed.insert(job.id, job);
         } else {
             self.lanes.insert(job);
@@ -178,7 +179,10 @@ impl Core {
         }
         for id in self.promote.pop_due(now) {
             if let Some(job) = self.delayed.remove(&id) {
-                self.lanes.insert(ReadyJob { run_at_ms: 0, ..job });
+                self.lanes.insert(ReadyJob {
+                    run_at_ms: 0,
+                    ..job
+                });
             }
         }
     }
@@ -234,7 +238,8 @@ impl Core {
             .filter(|s| s.open())
             .map(|s| s.info.id)
             .collect();
-        open.into_iter().any(|id| self.best_for(id, now_ms).is_some())
+        open.into_iter()
+            .any(|id| self.best_for(id, now_ms).is_some())
     }
 
     /// Hands ready jobs to sessions with credit, one at a time round-robin, so that work
@@ -300,10 +305,7 @@ impl Core {
             let Some(session) = self.attempts.get(&key).map(|e| e.session) else {
                 continue;
             };
-            let Some(worker_id) = self
-                .sessions
-                .get(session)
-                .map(|s| s.info.worker_id.clone())
+            let Some(worker_id) = self.sessions.get(session).map(|s| s.info.worker_id.clone())
             else {
                 // The session died while its start was committing: not the worker's fault.
                 self.retire(key);
@@ -387,7 +389,11 @@ impl Core {
     /// Ends a running attempt here while its handler may still run: it stops being current,
     /// but keeps its permits until its worker reports it (or is lost).
     fn fence(&mut self, key: Key) -> bool {
-        if self.attempts.get(&key).is_none_or(|e| e.phase != Phase::Running) {
+        if self
+            .attempts
+            .get(&key)
+            .is_none_or(|e| e.phase != Phase::Running)
+        {
             return false;
         }
         self.attempt_ends.cancel(key);

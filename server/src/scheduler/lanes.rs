@@ -41,7 +41,11 @@ impl Lane {
             Some(last) => keys.partition_point(|k| *k <= last),
             None => 0,
         };
-        keys[start..].iter().chain(&keys[..start]).copied().collect()
+        keys[start..]
+            .iter()
+            .chain(&keys[..start])
+            .copied()
+            .collect()
     }
 }
 
@@ -166,9 +170,13 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn test_id(n: u128) -> JobId {
-        format!("{:08x}-0000-7000-8000-{:012x}", n >> 48, n & 0xffff_ffff_ffff)
-            .parse()
-            .expect("a job id")
+        format!(
+            "{:08x}-0000-7000-8000-{:012x}",
+            n >> 48,
+            n & 0xffff_ffff_ffff
+        )
+        .parse()
+        .expect("a job id")
     }
 
     fn take_all(lanes: &mut Lanes) -> Vec<JobId> {
@@ -211,7 +219,10 @@ pub(crate) mod tests {
         assert_eq!(first, Some(test_id(0)));
         lanes.take(test_id(0));
         // a was served last: b goes next although its job is younger.
-        assert_eq!(lanes.best(|_, _| true, |_| true, |_| true), Some(test_id(10)));
+        assert_eq!(
+            lanes.best(|_, _| true, |_| true, |_| true),
+            Some(test_id(10))
+        );
         // With b's head unable to start, a's next goes.
         let blocked = test_id(10);
         assert_eq!(

@@ -309,8 +309,7 @@ impl Runner {
     async fn run(mut self) {
         let mut messages = Vec::with_capacity(ROUND);
         loop {
-            let busy =
-                self.core.can_dispatch() || self.core.has_pending() || !self.dead.is_empty();
+            let busy = self.core.can_dispatch() || self.core.has_pending() || !self.dead.is_empty();
             if !busy {
                 let wake = self.core.next_wake();
                 let sleep = async {
@@ -454,7 +453,8 @@ impl Runner {
     /// Sends an assignment in the job's trace: how long it waited, and its dispatch, whose
     /// context the worker's span for the attempt joins.
     fn assign(&mut self, session: u64, worker_id: &str, mut dispatch: Dispatch, since_ms: i64) {
-        let parent = switchyard_telemetry::context_from(&dispatch.traceparent, &dispatch.tracestate);
+        let parent =
+            switchyard_telemetry::context_from(&dispatch.traceparent, &dispatch.tracestate);
         let attributes = || {
             vec![
                 Attribute::new("switchyard.job.id", dispatch.job_id.to_string()),

@@ -115,7 +115,11 @@ impl Sessions {
         }
         self.turn = self.turn.wrapping_add(1);
         let offset = (self.turn % ids.len() as u64) as usize;
-        ids[offset..].iter().chain(&ids[..offset]).copied().collect()
+        ids[offset..]
+            .iter()
+            .chain(&ids[..offset])
+            .copied()
+            .collect()
     }
 
     /// Slots of every session together.

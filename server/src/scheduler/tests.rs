@@ -98,7 +98,11 @@ async fn a_saturated_key_waits_without_holding_up_other_keys() {
     core.connect(info(1, &["q"], &[], 10));
     let mut ids: Vec<JobId> = picked(&mut core).into_iter().map(|(id, _)| id).collect();
     ids.sort();
-    assert_eq!(ids, [test_id(1), test_id(3)], "one permit of key:busy, and the free key goes");
+    assert_eq!(
+        ids,
+        [test_id(1), test_id(3)],
+        "one permit of key:busy, and the free key goes"
+    );
     assert_eq!(core.held("key:busy"), 1);
 }
 
@@ -225,7 +229,11 @@ async fn a_lost_session_gives_its_jobs_back_as_lost_attempts() {
     let ops = core.plan(RETRY).expect("a lost attempt to commit");
     assert!(matches!(
         ops.finishes.as_slice(),
-        [crate::store::Finish { attempt: 1, outcome: Outcome::Lost(_), .. }]
+        [crate::store::Finish {
+            attempt: 1,
+            outcome: Outcome::Lost(_),
+            ..
+        }]
     ));
     assert_eq!(core.parts().0.len(), 0);
 }
@@ -242,7 +250,10 @@ async fn a_session_that_dies_while_its_start_commits_gives_the_job_back_unblamed
     let ops = core.plan(RETRY).expect("a release");
     assert!(matches!(
         ops.finishes.as_slice(),
-        [crate::store::Finish { outcome: Outcome::Released(_), .. }]
+        [crate::store::Finish {
+            outcome: Outcome::Released(_),
+            ..
+        }]
     ));
 }
 
@@ -320,7 +331,11 @@ async fn a_running_attempt_past_its_end_is_stopped_on_its_worker() {
     let ops = core.plan(RETRY).expect("the attempt ends");
     assert!(matches!(
         ops.finishes.as_slice(),
-        [crate::store::Finish { attempt: 1, outcome: Outcome::Expired, .. }]
+        [crate::store::Finish {
+            attempt: 1,
+            outcome: Outcome::Expired,
+            ..
+        }]
     ));
     assert!(matches!(
         core.take_effects().as_slice(),
@@ -347,7 +362,10 @@ async fn a_rate_limit_wakes_the_scheduler_when_its_next_token_is_due() {
     assert_eq!(picked(&mut core).len(), 1, "the burst");
     assert!(picked(&mut core).is_empty());
     let wake = core.next_wake().expect("a wake for the next token");
-    assert_eq!(wake - tokio::time::Instant::now(), Duration::from_millis(100));
+    assert_eq!(
+        wake - tokio::time::Instant::now(),
+        Duration::from_millis(100)
+    );
     tokio::time::sleep_until(wake).await;
     assert_eq!(picked(&mut core).len(), 1, "one token per 100 ms at 10/s");
 }
@@ -378,9 +396,7 @@ async fn the_attempts_table_and_the_permits_agree_over_random_schedules() {
                 // Submit.
                 0 | 1 => {
                     let key = ["a", "b"][rng.usize(..2)];
-                    let deadline = rng
-                        .bool()
-                        .then(|| core.now_ms() + rng.i64(50..2_000));
+                    let deadline = rng.bool().then(|| core.now_ms() + rng.i64(50..2_000));
                     core.enqueue(ReadyJob {
                         deadline_ms: deadline,
                         tenant_id: rng.bool().then(|| "t".to_string()),
@@ -475,7 +491,11 @@ fn check(core: &Core, limits: &HashMap<String, u32>, held_before: &HashMap<Strin
     let mut expected: HashMap<String, u32> = HashMap::new();
     let mut busy: HashMap<u64, u32> = HashMap::new();
     for (key, entry) in attempts.iter() {
-        assert_eq!(key.1, entry.job.attempt + 1, "an entry is its job's next attempt");
+        assert_eq!(
+            key.1,
+            entry.job.attempt + 1,
+            "an entry is its job's next attempt"
+        );
         for scope in entry.job.scopes() {
             *expected.entry(scope).or_default() += entry.job.weight;
         }
@@ -486,10 +506,17 @@ fn check(core: &Core, limits: &HashMap<String, u32>, held_before: &HashMap<Strin
     }
     for scope in ["queue:q", "key:a", "key:b", "tenant:t"] {
         let want = expected.get(scope).copied().unwrap_or(0);
-        assert_eq!(quotas.held(scope), want, "permits of {scope} match the table");
+        assert_eq!(
+            quotas.held(scope),
+            want,
+            "permits of {scope} match the table"
+        );
     }
     for (scope, max) in limits {
-        let (before, now) = (held_before.get(scope).copied().unwrap_or(0), quotas.held(scope));
+        let (before, now) = (
+            held_before.get(scope).copied().unwrap_or(0),
+            quotas.held(scope),
+        );
         assert!(
             now <= before.max(*max),
             "{scope}: a pick took it to {now} past its limit {max}"

@@ -1,1 +1,501 @@
-//! placeholder
+//! The storage conformance suite: what every backend must do, written against the [`Store`]
+//! trait alone. Each check is a plain async function over a [`Backend`]; the `suite!` macro
+//! at the bottom runs all of them against each backend (SQLite today; a second backend adds
+//! one line there).
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use super::{
+    CancelTarget, Finish, NewGroup, NewJob, Origin, RetryPolicy, Start, Store, Submit, Submitted,
+    Transitions,
+};
+use crate::{
+    domain::{AttemptOutcome, JobId, JobState, Outcome, Quota, ReadyJob},
+    error::Error,
+    telemetry::Metrics,
+};
+
+type Opened = Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>>;
+
+/// A backend under test: a store, and a way to open it again on the same data (a restart).
+pub(crate) struct Backend {
+    pub store: Arc<dyn Store>,
+    reopen: Box<dyn Fn() -> Opened + Send + Sync>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    /// Closes the store and opens it again, as a restarted coordinator would.
+    async fn restart(&mut self) {
+        self.store.close().await.expect("close");
+        self.store = (self.reopen)().await;
+    }
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = super::StoreConfig {
+        path: dir.path().join("conformance.db"),
+        sync: super::SyncMode::Normal,
+        readers: 2,
+        write_queue: 64,
+    };
+    let open = move || -> Opened {
+        let config = config.clone();
+        Box::pin(async move {
+            let store: Arc<dyn Store> = Arc::new(
+                super::sqlite::SqliteStore::open(&config, Metrics::new()).expect("open sqlite"),
+            );
+            store
+        })
+    };
+    let store = open().await;
+    Backend {
+        store,
+        reopen: Box::new(open),
+        _dir: Some(dir),
+    }
+}
+
+const RETRY: RetryPolicy = RetryPolicy {
+    base_ms: 1,
+    cap_ms: 1,
+};
+
+fn new_job(queue: &str) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        queue: queue.into(),
+        kind: "echo".into(),
+        payload: b"in".to_vec(),
+        priority: 0,
+        max_attempts: 2,
+        timeout_ms: None,
+        deadline_ms: None,
+        run_at_ms: None,
+        idempotency_key: None,
+        concurrency_key: None,
+        weight: 1,
+        depends_on: vec![],
+        labels: Default::default(),
+        tenant_id: None,
+        parent_job_id: None,
+        traceparent: None,
+        tracestate: None,
+        trace_id: None,
+    }
+}
+
+async fn submit(store: &dyn Store, jobs: Vec<NewJob>, group: Option<&str>) -> Vec<Submitted> {
+    store
+        .submit(Submit {
+            origin: Origin::Batch,
+            jobs,
+            group: group.map(|id| NewGroup {
+                id: id.into(),
+                cancel_on_failure: false,
+            }),
+        })
+        .await
+        .expect("submit")
+}
+
+fn transitions(finishes: Vec<Finish>, starts: Vec<Start>) -> Transitions {
+    Transitions {
+        finishes,
+        expire: vec![],
+        starts,
+        retry: RETRY,
+    }
+}
+
+fn start(job: &ReadyJob) -> Start {
+    Start {
+        job_id: job.id,
+        attempt: job.attempt + 1,
+        session: 1,
+        worker_id: "w1".into(),
+    }
+}
+
+fn finish(id: JobId, attempt: u32, outcome: Outcome) -> Finish {
+    Finish {
+        job_id: id,
+        attempt,
+        outcome,
+    }
+}
+
+fn failure(retryable: bool) -> Outcome {
+    Outcome::Failed {
+        message: "boom".into(),
+        retryable,
+        retry_after_ms: None,
+        cancelled: false,
+    }
+}
+
+async fn state(store: &dyn Store, id: JobId) -> JobState {
+    store.get(id).await.expect("get").expect("the job").state
+}
+
+/// Submit, start, succeed: each step is visible, and the attempt is recorded.
+async fn a_job_moves_through_its_states(b: Backend) {
+    let store = &*b.store;
+    let done = submit(store, vec![new_job("q")], None).await;
+    let ready = done[0].ready.clone().expect("ready at once");
+    assert_eq!(state(store, ready.id).await, JobState::Queued);
+
+    let out = store
+        .transition(transitions(vec![], vec![start(&ready)]))
+        .await
+        .expect("start");
+    assert_eq!(out.started.len(), 1);
+    let dispatch = &out.started[0].dispatch;
+    assert_eq!(
+        (dispatch.attempt, dispatch.payload.as_slice()),
+        (1, &b"in"[..])
+    );
+    assert_eq!(state(store, ready.id).await, JobState::Running);
+
+    let out = store
+        .transition(transitions(
+            vec![finish(ready.id, 1, Outcome::Succeeded(b"out".to_vec()))],
+            vec![],
+        ))
+        .await
+        .expect("finish");
+    assert_eq!(out.terminal, [ready.id]);
+    let job = store.get(ready.id).await.expect("get").expect("the job");
+    assert_eq!(
+        (job.state, job.output.as_slice()),
+        (JobState::Succeeded, &b"out"[..])
+    );
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(job.attempts[0].outcome, AttemptOutcome::Succeeded);
+    assert!(store.get(JobId::new()).await.expect("get").is_none());
+}
+
+/// Only the current attempt finishes a job; a start names the attempt it starts.
+async fn stale_attempts_are_fenced_out(b: Backend) {
+    let store = &*b.store;
+    let ready = submit(store, vec![new_job("q")], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    let wrong = Start {
+        attempt: 2,
+        ..start(&ready)
+    };
+    let out = store
+        .transition(transitions(vec![], vec![wrong]))
+        .await
+        .expect("start");
+    assert_eq!(
+        out.not_started,
+        [(1, ready.id, 2)],
+        "attempt 2 is not the next one"
+    );
+    store
+        .transition(transitions(vec![], vec![start(&ready)]))
+        .await
+        .expect("start");
+    let out = store
+        .transition(transitions(
+            vec![finish(ready.id, 7, Outcome::Succeeded(vec![]))],
+            vec![],
+        ))
+        .await
+        .expect("finish");
+    assert_eq!(out.stale, [(ready.id, 7)]);
+    assert_eq!(
+        state(store, ready.id).await,
+        JobState::Running,
+        "nothing changed"
+    );
+    // A retryable failure re-queues it; the next start is attempt 2, and its failure (the
+    // last allowed) ends it FAILED.
+    let out = store
+        .transition(transitions(
+            vec![finish(ready.id, 1, failure(true))],
+            vec![],
+        ))
+        .await
+        .expect("fail once");
+    let again = out.ready.first().cloned().expect("re-queued");
+    assert_eq!(again.attempt, 1);
+    store
+        .transition(transitions(vec![], vec![start(&again)]))
+        .await
+        .expect("start again");
+    store
+        .transition(transitions(
+            vec![finish(ready.id, 2, failure(true))],
+            vec![],
+        ))
+        .await
+        .expect("fail twice");
+    let job = store.get(ready.id).await.expect("get").expect("the job");
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.error.as_deref(), Some("boom (after 2 attempts)"));
+}
+
+/// A key binds to the first job, in the same queue and tenant only.
+async fn idempotency_keys_return_the_first_job(b: Backend) {
+    let store = &*b.store;
+    let keyed = |tenant: Option<&str>| NewJob {
+        idempotency_key: Some("k".into()),
+        tenant_id: tenant.map(String::from),
+        ..new_job("q")
+    };
+    let first = submit(store, vec![keyed(None)], None).await;
+    let again = submit(store, vec![keyed(None), keyed(None)], None).await;
+    assert!(again.iter().all(|s| s.duplicate && s.id == first[0].id));
+    let other = submit(store, vec![keyed(Some("t"))], None).await;
+    assert!(!other[0].duplicate, "another tenant's key is its own");
+}
+
+/// `max_queued` refuses the whole submit, storing nothing; a repeat still finds its job.
+async fn admission_refuses_past_max_queued(b: Backend) {
+    let store = &*b.store;
+    store
+        .set_quota(Quota {
+            scope: "queue:q".into(),
+            max_queued: Some(2),
+            ..Default::default()
+        })
+        .await
+        .expect("quota");
+    let keyed = NewJob {
+        idempotency_key: Some("k".into()),
+        ..new_job("q")
+    };
+    let first = submit(store, vec![keyed.clone(), new_job("q")], None).await;
+    let refused = store
+        .submit(Submit {
+            origin: Origin::Submit,
+            jobs: vec![new_job("q")],
+            group: None,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::QueueFull { max: 2, .. })),
+        "{refused:?}"
+    );
+    let repeat = submit(
+        store,
+        vec![NewJob {
+            id: JobId::new(),
+            ..keyed
+        }],
+        None,
+    )
+    .await;
+    assert_eq!(repeat[0].id, first[0].id);
+    let counts = store.queue_counts().await.expect("counts");
+    assert_eq!(counts[0].queued, 2, "nothing more was stored");
+    let quotas = store.quotas().await.expect("quotas");
+    assert_eq!(quotas[0].1, 2, "its scope counts two queued");
+}
+
+/// A group's ends are events in commit order, with cursors to resume after.
+async fn group_events_follow_each_end(b: Backend) {
+    let store = &*b.store;
+    let done = submit(store, vec![new_job("q"), new_job("q")], Some("g")).await;
+    let ready: Vec<ReadyJob> = done.iter().filter_map(|s| s.ready.clone()).collect();
+    store
+        .transition(transitions(vec![], ready.iter().map(start).collect()))
+        .await
+        .expect("start");
+    store
+        .transition(transitions(
+            vec![finish(ready[1].id, 1, Outcome::Succeeded(b"b".to_vec()))],
+            vec![],
+        ))
+        .await
+        .expect("one ends");
+    let events = store.group_events("g".into(), 0, 10).await.expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].job_id, ready[1].id);
+    let group = store
+        .group("g".into())
+        .await
+        .expect("group")
+        .expect("exists");
+    assert_eq!(
+        (group.running, group.succeeded, group.state()),
+        (1, 1, JobState::Running)
+    );
+    store
+        .transition(transitions(
+            vec![finish(ready[0].id, 1, failure(false))],
+            vec![],
+        ))
+        .await
+        .expect("the other ends");
+    let later = store
+        .group_events("g".into(), events[0].cursor, 10)
+        .await
+        .expect("events after the cursor");
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        (later[0].job_id, later[0].state),
+        (ready[0].id, JobState::Failed)
+    );
+    let group = store
+        .group("g".into())
+        .await
+        .expect("group")
+        .expect("exists");
+    assert_eq!(group.state(), JobState::Failed);
+    let twice = store
+        .submit(Submit {
+            origin: Origin::Batch,
+            jobs: vec![new_job("q")],
+            group: Some(NewGroup {
+                id: "g".into(),
+                cancel_on_failure: false,
+            }),
+        })
+        .await;
+    assert!(matches!(twice, Err(Error::GroupExists(_))));
+}
+
+/// Cancelling a queued job cancels its dependents; a running one is fenced; an ended one is
+/// refused.
+async fn cancels_reach_dependents_and_fence_running_attempts(b: Backend) {
+    let store = &*b.store;
+    let parent = new_job("q");
+    let child = NewJob {
+        depends_on: vec![parent.id],
+        ..new_job("q")
+    };
+    let (parent_id, child_id) = (parent.id, child.id);
+    let done = submit(store, vec![parent, child], None).await;
+    assert!(done[1].ready.is_none(), "the dependent waits");
+    let cancelled = store
+        .cancel(CancelTarget::Job(parent_id), "stop".into())
+        .await
+        .expect("cancel");
+    assert_eq!(
+        (cancelled.ids, cancelled.dependents),
+        (vec![parent_id], vec![child_id])
+    );
+    assert_eq!(state(store, child_id).await, JobState::Cancelled);
+
+    let running = submit(store, vec![new_job("q")], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    store
+        .transition(transitions(vec![], vec![start(&running)]))
+        .await
+        .expect("start");
+    let cancelled = store
+        .cancel(CancelTarget::Job(running.id), "stop".into())
+        .await
+        .expect("cancel running");
+    assert_eq!(cancelled.running, [(running.id, 1)]);
+    let out = store
+        .transition(transitions(
+            vec![finish(running.id, 1, Outcome::Succeeded(vec![]))],
+            vec![],
+        ))
+        .await
+        .expect("late result");
+    assert_eq!(out.stale, [(running.id, 1)], "its late result is refused");
+    let again = store
+        .cancel(CancelTarget::Job(JobId::new()), "stop".into())
+        .await;
+    assert!(matches!(again, Err(Error::JobNotFound(_))));
+}
+
+/// A restart finds running attempts interrupted (not counted) and every queued job ready.
+async fn a_restart_requeues_what_was_running(mut b: Backend) {
+    let done = submit(&*b.store, vec![new_job("q"), new_job("q")], None).await;
+    let first = done[0].ready.clone().expect("ready");
+    b.store
+        .transition(transitions(vec![], vec![start(&first)]))
+        .await
+        .expect("start");
+    b.restart().await;
+    let recovered = b.store.recover().await.expect("recover");
+    let mut ids: Vec<JobId> = recovered.ready.iter().map(|j| j.id).collect();
+    ids.sort();
+    let mut want = vec![done[0].id, done[1].id];
+    want.sort();
+    assert_eq!(ids, want);
+    let job = b.store.get(first.id).await.expect("get").expect("the job");
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts[0].outcome, AttemptOutcome::Interrupted);
+    let again = recovered
+        .ready
+        .iter()
+        .find(|j| j.id == first.id)
+        .expect("the interrupted job");
+    assert_eq!(again.attempt, 1, "its next attempt is number 2");
+}
+
+/// Quotas and paused queues are kept across restarts.
+async fn control_survives_a_restart(mut b: Backend) {
+    b.store
+        .set_quota(Quota {
+            scope: "key:k".into(),
+            max_in_flight: Some(3),
+            ..Default::default()
+        })
+        .await
+        .expect("quota");
+    b.store.pause("q".into(), true).await.expect("pause");
+    b.restart().await;
+    let recovered = b.store.recover().await.expect("recover");
+    assert_eq!(recovered.quotas.len(), 1);
+    assert_eq!(recovered.quotas[0].max_in_flight, Some(3));
+    assert_eq!(recovered.paused, ["q"]);
+    b.store.pause("q".into(), false).await.expect("resume");
+    assert!(b.store.paused().await.expect("paused").is_empty());
+}
+
+/// Every check, as a test against one backend: `suite!(name)` runs them against the backend
+/// that `async fn name() -> Backend` opens.
+macro_rules! suite {
+    ($backend:ident) => {
+        mod $backend {
+            #[tokio::test]
+            async fn a_job_moves_through_its_states() {
+                super::a_job_moves_through_its_states(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn stale_attempts_are_fenced_out() {
+                super::stale_attempts_are_fenced_out(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn idempotency_keys_return_the_first_job() {
+                super::idempotency_keys_return_the_first_job(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn admission_refuses_past_max_queued() {
+                super::admission_refuses_past_max_queued(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn group_events_follow_each_end() {
+                super::group_events_follow_each_end(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn cancels_reach_dependents_and_fence_running_attempts() {
+                super::cancels_reach_dependents_and_fence_running_attempts(super::$backend().await)
+                    .await;
+            }
+            #[tokio::test]
+            async fn a_restart_requeues_what_was_running() {
+                super::a_restart_requeues_what_was_running(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn control_survives_a_restart() {
+                super::control_survives_a_restart(super::$backend().await).await;
+            }
+        }
+    };
+}
+
+suite!(sqlite);

@@ -13,8 +13,8 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use crate::{
     domain::{
-        Dispatch, GroupEvent, GroupRecord, JobId, JobRecord, JobState, Outcome, QueueCounts,
-        Quota, ReadyJob,
+        Dispatch, GroupEvent, GroupRecord, JobId, JobRecord, JobState, Outcome, QueueCounts, Quota,
+        ReadyJob,
     },
     error::Result,
     telemetry::{Metrics, Tally},
@@ -81,8 +81,7 @@ pub trait Store: Send + Sync + 'static {
     async fn group(&self, id: String) -> Result<Option<GroupRecord>>;
 
     /// Up to `limit` results of the group's jobs that ended after cursor `after`, in order.
-    async fn group_events(&self, group: String, after: i64, limit: u32)
-    -> Result<Vec<GroupEvent>>;
+    async fn group_events(&self, group: String, after: i64, limit: u32) -> Result<Vec<GroupEvent>>;
 
     /// Every quota, with the jobs queued in its scope now.
     async fn quotas(&self) -> Result<Vec<(Quota, u64)>>;

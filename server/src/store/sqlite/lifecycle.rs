@@ -62,7 +62,9 @@ pub(super) fn transition(conn: &Connection, ops: &Transitions) -> Result<Transit
                     queued_since_ms,
                 })
             }
-            None => out.not_started.push((start.session, start.job_id, start.attempt)),
+            None => out
+                .not_started
+                .push((start.session, start.job_id, start.attempt)),
         }
     }
     Ok(out)
@@ -305,8 +307,12 @@ fn finish(
             if state == JobState::Queued {
                 let delay = retry_after_ms.unwrap_or_else(|| retry.backoff_ms(failures));
                 let run_at = now + delay;
-                conn.prepare_cached(RETRY)?
-                    .execute(params![message, failures, run_at, current.seq])?;
+                conn.prepare_cached(RETRY)?.execute(params![
+                    message,
+                    failures,
+                    run_at,
+                    current.seq
+                ])?;
                 out.ready.push(current.ready(id, run_at));
             } else {
                 let error = if state == JobState::Failed && *retryable {
@@ -383,7 +389,12 @@ struct Ended<'a> {
 }
 
 /// A terminal end other than success: the job, and every queued job that waited for it.
-fn end_job(conn: &Connection, ended: &Ended<'_>, now: i64, out: &mut TransitionOutcome) -> Result<()> {
+fn end_job(
+    conn: &Connection,
+    ended: &Ended<'_>,
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<()> {
     conn.prepare_cached(FAIL)?.execute(params![
         ended.state,
         ended.error,
@@ -404,33 +415,36 @@ fn end_job(conn: &Connection, ended: &Ended<'_>, now: i64, out: &mut TransitionO
 fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch, i64)>> {
     let row = conn
         .prepare_cached(START)?
-        .query_row(params![start.worker_id, now, start.job_id, start.attempt], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                Dispatch {
-                    job_id: start.job_id,
-                    attempt: row.get(1)?,
-                    queue: row.get(2)?,
-                    kind: row.get(3)?,
-                    payload: row.get(4)?,
-                    ends_ms: None,
-                    traceparent: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
-                    tracestate: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                    labels: row
-                        .get::<_, Option<String>>(8)?
-                        .and_then(|t| serde_json::from_str(&t).ok())
-                        .unwrap_or_default(),
-                    group_id: row.get(9)?,
-                    tenant_id: row.get(10)?,
-                    max_attempts: row.get(11)?,
-                    dependency_outputs: Vec::new(),
-                },
-                row.get::<_, Option<String>>(12)?,
-                row.get::<_, Option<i64>>(5)?,
-                row.get::<_, Option<i64>>(13)?,
-                row.get::<_, i64>(14)?,
-            ))
-        })
+        .query_row(
+            params![start.worker_id, now, start.job_id, start.attempt],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    Dispatch {
+                        job_id: start.job_id,
+                        attempt: row.get(1)?,
+                        queue: row.get(2)?,
+                        kind: row.get(3)?,
+                        payload: row.get(4)?,
+                        ends_ms: None,
+                        traceparent: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                        tracestate: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                        labels: row
+                            .get::<_, Option<String>>(8)?
+                            .and_then(|t| serde_json::from_str(&t).ok())
+                            .unwrap_or_default(),
+                        group_id: row.get(9)?,
+                        tenant_id: row.get(10)?,
+                        max_attempts: row.get(11)?,
+                        dependency_outputs: Vec::new(),
+                    },
+                    row.get::<_, Option<String>>(12)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<i64>>(13)?,
+                    row.get::<_, i64>(14)?,
+                ))
+            },
+        )
         .optional()?;
     let Some((seq, mut dispatch, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
         return Ok(None);
@@ -439,8 +453,12 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
         (Some(d), Some(t)) => Some(d.min(t)),
         (d, t) => d.or(t),
     };
-    conn.prepare_cached(INSERT_ATTEMPT)?
-        .execute(params![seq, dispatch.attempt, start.worker_id, now])?;
+    conn.prepare_cached(INSERT_ATTEMPT)?.execute(params![
+        seq,
+        dispatch.attempt,
+        start.worker_id,
+        now
+    ])?;
     if let Some(depends_on) = depends_on {
         let outputs = conn
             .prepare_cached(DEPENDENCY_OUTPUTS)?

@@ -19,7 +19,12 @@ pub fn run(conn: &mut Connection) -> Result<()> {
 /// Applies migrations up to version `to`.
 fn upgrade(conn: &mut Connection, to: usize) -> Result<()> {
     let current: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    for (index, sql) in MIGRATIONS.iter().enumerate().take(to).skip(current as usize) {
+    for (index, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(to)
+        .skip(current as usize)
+    {
         let version = index as u32 + 1;
         let wrap = |source| Error::Migration { version, source };
         let tx = conn.transaction().map_err(wrap)?;
@@ -87,7 +92,10 @@ mod tests {
         let events: i64 = conn
             .query_row("SELECT count(*) FROM group_events", [], |r| r.get(0))
             .expect("group events");
-        assert_eq!(events, 1, "the first schema's trigger recorded the group's end");
+        assert_eq!(
+            events, 1,
+            "the first schema's trigger recorded the group's end"
+        );
         // The new triggers work on the names: the queued job leaves the admission count.
         conn.execute("UPDATE jobs SET state = 'cancelled' WHERE seq = 3", [])
             .expect("cancel");
@@ -100,6 +108,9 @@ mod tests {
             .expect("count");
         assert_eq!(queued, 0);
         // And a number is no longer a state.
-        assert!(conn.execute("UPDATE jobs SET state = 1 WHERE seq = 2", []).is_err());
+        assert!(
+            conn.execute("UPDATE jobs SET state = 1 WHERE seq = 2", [])
+                .is_err()
+        );
     }
 }

@@ -117,10 +117,18 @@ impl SqliteStore {
 #[tonic::async_trait]
 impl Store for SqliteStore {
     async fn recover(&self) -> Result<Recovered> {
-        let ready = self.call_first(|reply| Command::Recover { reply }).await??;
+        let ready = self
+            .call_first(|reply| Command::Recover { reply })
+            .await??;
         Ok(Recovered {
             ready,
-            quotas: self.readers.run(read::quotas).await?.into_iter().map(|(q, _)| q).collect(),
+            quotas: self
+                .readers
+                .run(read::quotas)
+                .await?
+                .into_iter()
+                .map(|(q, _)| q)
+                .collect(),
             paused: self.readers.run(read::paused).await?,
         })
     }
@@ -182,12 +190,7 @@ impl Store for SqliteStore {
         self.readers.run(move |conn| read::group(conn, &id)).await
     }
 
-    async fn group_events(
-        &self,
-        group: String,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<GroupEvent>> {
+    async fn group_events(&self, group: String, after: i64, limit: u32) -> Result<Vec<GroupEvent>> {
         self.readers
             .run(move |conn| read::group_events(conn, &group, after, limit))
             .await

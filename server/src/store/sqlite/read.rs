@@ -207,7 +207,10 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         idempotency_key: row.get(10)?,
         concurrency_key: row.get(11)?,
         weight: row.get(12)?,
-        depends_on: depends_on.as_deref().map(parse_json_ids).unwrap_or_default(),
+        depends_on: depends_on
+            .as_deref()
+            .map(parse_json_ids)
+            .unwrap_or_default(),
         group_id: row.get(14)?,
         labels: labels
             .and_then(|text| serde_json::from_str(&text).ok())

@@ -110,7 +110,9 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
     // entry of this batch. Their dependents then point at that job instead.
     let mut results = Vec::with_capacity(jobs.len());
     let mut replaced: HashMap<JobId, JobId> = HashMap::new();
-    let mut keys: HashMap<(&str, &str, &str), JobId> = HashMap::new();
+    // Each key of this batch, bound to the job it names: an earlier job's, or this batch's
+    // first job with it.
+    let mut keys: HashMap<(&str, &str, &str), (JobId, JobState)> = HashMap::new();
     {
         let mut find = conn.prepare_cached(FIND_IDEMPOTENT)?;
         for job in jobs {
@@ -118,13 +120,16 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
                 Some(key) => {
                     let tenant = job.tenant_id.as_deref().unwrap_or("");
                     match keys.get(&(job.queue.as_str(), tenant, key.as_str())) {
-                        Some(id) => Some((*id, JobState::Queued)),
+                        Some(bound) => Some(*bound),
                         None => {
-                            keys.insert((&job.queue, tenant, key), job.id);
-                            find.query_row(params![job.queue, tenant, key], |row| {
-                                Ok((row.get::<_, JobId>(0)?, row.get::<_, JobState>(1)?))
-                            })
-                            .optional()?
+                            let found = find
+                                .query_row(params![job.queue, tenant, key], |row| {
+                                    Ok((row.get::<_, JobId>(0)?, row.get::<_, JobState>(1)?))
+                                })
+                                .optional()?;
+                            let bound = found.unwrap_or((job.id, JobState::Queued));
+                            keys.insert((&job.queue, tenant, key), bound);
+                            found
                         }
                     }
                 }

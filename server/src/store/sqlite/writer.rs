@@ -97,12 +97,24 @@ impl Inbox {
 
 /// A command's result, held until its transaction commits.
 enum Pending {
-    Submit(oneshot::Sender<Result<Vec<Submitted>>>, Result<Vec<Submitted>>),
+    Submit(
+        oneshot::Sender<Result<Vec<Submitted>>>,
+        Result<Vec<Submitted>>,
+    ),
     Cancel(oneshot::Sender<Result<Cancelled>>, Result<Cancelled>),
-    Transition(oneshot::Sender<Result<TransitionOutcome>>, Result<TransitionOutcome>),
-    Requeue(oneshot::Sender<Result<Option<ReadyJob>>>, Result<Option<ReadyJob>>),
+    Transition(
+        oneshot::Sender<Result<TransitionOutcome>>,
+        Result<TransitionOutcome>,
+    ),
+    Requeue(
+        oneshot::Sender<Result<Option<ReadyJob>>>,
+        Result<Option<ReadyJob>>,
+    ),
     Admin(oneshot::Sender<Result<()>>, Result<()>),
-    Recover(oneshot::Sender<Result<Vec<ReadyJob>>>, Result<Vec<ReadyJob>>),
+    Recover(
+        oneshot::Sender<Result<Vec<ReadyJob>>>,
+        Result<Vec<ReadyJob>>,
+    ),
     Close(oneshot::Sender<()>),
 }
 
@@ -221,9 +233,8 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
         Command::Transition { ops, reply } => {
             let mut result = savepoint(conn, |c| lifecycle::transition(c, &ops));
             if let Ok(done) = &mut result {
-                *rows +=
-                    (ops.finishes.len() + done.started.len() + done.cancelled_dependents.len())
-                        as u64;
+                *rows += (ops.finishes.len() + done.started.len() + done.cancelled_dependents.len())
+                    as u64;
                 tally.append(&mut done.metrics);
             }
             Pending::Transition(reply, result)
@@ -242,9 +253,7 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             *rows += u64::from(result.is_ok());
             Pending::Admin(reply, result)
         }
-        Command::Recover { reply } => {
-            Pending::Recover(reply, savepoint(conn, lifecycle::recover))
-        }
+        Command::Recover { reply } => Pending::Recover(reply, savepoint(conn, lifecycle::recover)),
         Command::Close { reply } => Pending::Close(reply),
     }
 }
@@ -253,9 +262,7 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
 fn refuse(command: Command, err: &Result<(), String>) {
     let pending = match command {
         Command::Submit { reply, .. } => Pending::Submit(reply, Ok(vec![])),
-        Command::Cancel { reply, .. } => {
-            Pending::Cancel(reply, Err(Error::ShuttingDown))
-        }
+        Command::Cancel { reply, .. } => Pending::Cancel(reply, Err(Error::ShuttingDown)),
         Command::Transition { reply, .. } => {
             Pending::Transition(reply, Ok(TransitionOutcome::default()))
         }
