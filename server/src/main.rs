@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::Parser;
 use switchyard_server::ServerArgs;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -44,30 +43,13 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(%addr, db = %args.db.display(), sync = ?args.sync, "coordinator starting");
 
-    let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    // SIGINT and SIGTERM both start a drain.
+    let shutdown = switchyard_telemetry::shutdown::on_signals();
     let result =
         switchyard_server::run_with(listener, metrics, args.config(), shutdown.clone()).await;
+    // Also ends the signal task when the coordinator stopped for another reason.
     shutdown.cancel();
-    signals.abort();
     result.context("coordinator failed")?;
     tracing::info!("coordinator stopped");
     Ok(())
-}
-
-/// SIGINT and SIGTERM both start a drain.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::error!(cause = %err, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = shutdown.cancelled() => {}
-    }
-    shutdown.cancel();
 }

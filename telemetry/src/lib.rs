@@ -1,9 +1,14 @@
+//! The process glue every Switchyard binary shares: trace export and context (here) and
+//! shutdown on SIGINT/SIGTERM ([`shutdown`]).
+//!
 //! Traces across processes. The coordinator and the workers create their spans with the
 //! OpenTelemetry API; the parent of each comes from a W3C `traceparent` carried in gRPC
 //! metadata or in the job itself, so that a client's span, the coordinator's spans and the
 //! worker's span for a job form one trace. Export is OTLP over gRPC, configured by the
 //! standard `OTEL_EXPORTER_OTLP_*` (and `OTEL_BSP_*`) environment variables, and off when no
 //! endpoint is set: then every span is a no-op and costs next to nothing.
+
+pub mod shutdown;
 
 use std::collections::HashMap;
 

@@ -163,7 +163,8 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(wait_for_signal(shutdown.clone()));
+    // SIGINT and SIGTERM both drain.
+    tasks.spawn(switchyard_telemetry::shutdown::signalled(shutdown.clone()));
     tasks.spawn(announce(worker.state(), worker_id));
     let result = worker.run(shutdown.clone()).await;
     // `run` has returned: the announcer sees its state channel close; the signal task stops.
@@ -195,23 +196,6 @@ async fn announce(mut state: watch::Receiver<ConnectionState>, worker_id: String
             return;
         }
     }
-}
-
-/// SIGINT and SIGTERM both start a drain.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::error!(cause = %err, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        () = shutdown.cancelled() => {}
-    }
-    shutdown.cancel();
 }
 
 /// `<hostname>-<pid>`: the hostname from `HOSTNAME`, else `/etc/hostname`, else `worker`.

@@ -132,6 +132,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await?;
         workers.push(worker);
     }
+    // SIGINT (Ctrl-C) and SIGTERM both stop the fleet, workers first so that they drain.
+    // Listening from before the banner: a Ctrl-C as soon as it shows still stops cleanly.
+    let stopping = switchyard_telemetry::shutdown::on_signals();
     println!("Switchyard is running.");
     println!("  coordinator  http://{addr}   (gRPC; health and reflection on)");
     println!("  database     {}", args.db);
@@ -152,11 +155,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Ctrl-C stops everything.");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        status = coordinator.wait() => bail!("the coordinator exited: {}", status?),
+        () = stopping.cancelled() => {}
+        status = coordinator.wait() => {
+            stopping.cancel();
+            bail!("the coordinator exited: {}", status?)
+        }
     }
     println!("stopping…");
     for worker in &mut workers {
