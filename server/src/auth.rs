@@ -5,9 +5,17 @@
 //! worker streams need the worker (or admin) role. Health and reflection stay open, for load
 //! balancers and tools.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use tonic::{Request, Status, service::Interceptor};
+use tonic::{Request, Status, body::Body, codegen::http};
+use tower::{Layer, Service};
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +28,7 @@ pub enum Role {
     Admin,
 }
 
-/// The caller of a request, put in its extensions by [`Auth`].
+/// The caller of a request, put in its extensions by [`AuthLayer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The tenant whose jobs and quotas apply; `None` for an admin acting for everyone.
@@ -31,7 +39,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Of a request that went through [`Auth`]; an open coordinator's identity otherwise.
+    /// Of a request that went through [`AuthLayer`]; an open coordinator's identity otherwise.
     pub fn of<T>(request: &Request<T>) -> Identity {
         request
             .extensions()
@@ -136,38 +144,83 @@ impl Tokens {
     }
 }
 
-/// The interceptor on every service but health and reflection.
+impl Tokens {
+    /// Who the `authorization` header names.
+    fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, Status> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        self.0
+            .get(token.trim())
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("unknown token"))
+    }
+}
+
+/// The tower layer that checks tokens on every service but health and reflection, and puts
+/// the caller's [`Identity`] in the request's extensions.
 #[derive(Debug, Clone, Default)]
-pub struct Auth {
+pub struct AuthLayer {
     tokens: Option<Arc<Tokens>>,
 }
 
-impl Auth {
-    pub fn new(tokens: Option<Tokens>) -> Auth {
-        Auth {
+impl AuthLayer {
+    pub fn new(tokens: Option<Tokens>) -> AuthLayer {
+        AuthLayer {
             tokens: tokens.map(Arc::new),
         }
     }
 }
 
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(tokens) = &self.tokens else {
-            return Ok(request);
-        };
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
-        let identity = tokens
-            .0
-            .get(token.trim())
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
-        request.extensions_mut().insert(identity);
-        Ok(request)
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    tokens: Option<Arc<Tokens>>,
+}
+
+/// Switchyard's own services; health and reflection stay open for load balancers and tools.
+fn guarded(path: &str) -> bool {
+    path.starts_with("/switchyard.")
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if let Some(tokens) = &self.tokens
+            && guarded(request.uri().path())
+        {
+            match tokens.identify(request.headers()) {
+                Ok(identity) => {
+                    request.extensions_mut().insert(identity);
+                }
+                Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+            }
+        }
+        Box::pin(self.inner.call(request))
     }
 }
 

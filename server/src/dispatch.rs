@@ -281,7 +281,7 @@ async fn session(
 fn to_wire(out: ToWorker) -> CoordinatorMessage {
     message(match out {
         ToWorker::Assign(dispatch) => {
-            coordinator_message::Message::Assignment(assignment(dispatch))
+            coordinator_message::Message::Assignment(assignment(*dispatch))
         }
         ToWorker::Stop {
             job_id,

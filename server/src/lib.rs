@@ -13,6 +13,7 @@ pub mod fanin;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 
 use std::time::Duration;
 
@@ -25,11 +26,9 @@ use switchyard_proto::{
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
 
 pub use config::{Config, ServerArgs};
 pub use error::{Error, Result};
@@ -185,29 +184,31 @@ async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let limit = config.max_message_bytes;
-    // Every service but health and reflection needs a token when the server has tokens.
-    let auth = auth::Auth::new(match &config.tokens {
+    let jobs = JobServiceServer::new(services.jobs)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let admin = AdminServiceServer::new(services.admin)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let workers = WorkerServiceServer::new(services.workers)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let tokens = match &config.tokens {
         Some(path) => Some(auth::Tokens::load(path).map_err(Error::Config)?),
         None => None,
-    });
-    let jobs = InterceptedService::new(
-        JobServiceServer::new(services.jobs)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
-        auth.clone(),
-    );
-    let admin = InterceptedService::new(
-        AdminServiceServer::new(services.admin)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
-        auth.clone(),
-    );
-    let workers = InterceptedService::new(
-        WorkerServiceServer::new(services.workers)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
-        auth,
-    );
+    };
+    // Every call passes these layers, outermost first:
+    // 1. admission: a call past the ceiling is refused before it costs anything, not even a
+    //    token check;
+    // 2. auth: an unauthenticated call is refused before anything is read from it (every
+    //    service but health and reflection needs a token when the server has tokens);
+    // 3. trace context: the caller's traceparent is parsed once, only for calls that will be
+    //    served, and handed to the api with the caller's identity.
+    let stack = ServiceBuilder::new()
+        .layer(admission::AdmissionLayer::new(config.max_in_flight))
+        .layer(auth::AuthLayer::new(tokens))
+        .layer(trace::TraceContextLayer)
+        .into_inner();
 
     // Small responses must not wait on Nagle's algorithm for the peer's delayed ACK.
     let incoming = TcpIncoming::from(listener)
@@ -236,8 +237,7 @@ async fn serve(
         .http2_max_header_list_size(Some(64 * 1024))
         .initial_stream_window_size(Some(1 << 20))
         .initial_connection_window_size(Some(4 << 20))
-        // Outermost: a call past the ceiling is refused before it costs anything.
-        .layer(admission::AdmissionLayer::new(config.max_in_flight))
+        .layer(stack)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)

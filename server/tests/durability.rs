@@ -7,13 +7,13 @@ use std::{collections::HashMap, sync::Arc};
 
 use switchyard_client::{Batch, Client, JobSpec};
 use switchyard_proto::v1::JobState;
-use switchyard_testkit::Coordinator;
+use switchyard_testkit::{Coordinator, Worker};
 use tokio::{
     sync::{Barrier, mpsc},
     task::JoinSet,
 };
 
-use support::{all_jobs, connect, ids, start, stats};
+use support::{COORDINATOR_FLAGS, all_jobs, connect, finished_all, ids, start, stats};
 
 /// Submitters that keep submitting until the coordinator goes away.
 const SUBMITTERS: usize = 32;
@@ -386,5 +386,77 @@ async fn batches_are_whole_or_absent_after_sigkill() {
         "{} groups stored for {} acknowledged",
         sizes.len(),
         acked.len()
+    );
+}
+
+/// The scheduler's commits have a path of their own into the writer: while clients flood a
+/// write queue of one and are refused, jobs already queued keep starting and finishing, and
+/// no scheduler commit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submit_flood_does_not_stop_dispatch() {
+    const QUEUED: usize = 200;
+    const FLOODERS: usize = 32;
+    let mut flags = COORDINATOR_FLAGS.to_vec();
+    flags.extend(["--write-queue", "1"]);
+    let coordinator = Coordinator::start_with(&flags).await;
+    let client = connect(&coordinator).await;
+    let batch = Batch::new()
+        .jobs((0..QUEUED).map(|i| JobSpec::new("work", "echo").payload(format!("{i}"))));
+    let queued: Vec<String> = client
+        .submit_batch(batch)
+        .await
+        .expect("the jobs to run, queued before the flood")
+        .jobs
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut flood = JoinSet::new();
+    for f in 0..FLOODERS {
+        let (client, stop) = (client.clone(), stop.clone());
+        flood.spawn(async move {
+            let (mut accepted, mut refused) = (0u64, 0u64);
+            // Bounded: the flood ends when the queued jobs are done (or after this many).
+            for i in 0..1_000_000u64 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                // Nobody serves `flood`: these only load the write queue.
+                match client
+                    .submit(JobSpec::new("flood", "echo").payload(format!("{f}/{i}")))
+                    .await
+                {
+                    Ok(_) => accepted += 1,
+                    Err(err) => {
+                        assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+                        refused += 1;
+                    }
+                }
+            }
+            (accepted, refused)
+        });
+    }
+    let _worker = Worker::start(
+        &coordinator.url(),
+        &["--queues", "work", "--concurrency", "16"],
+    )
+    .await;
+    let done = finished_all(&client, &queued).await;
+    stop.cancel();
+    let (mut accepted, mut refused) = (0, 0);
+    for (a, r) in flood.join_all().await {
+        accepted += a;
+        refused += r;
+    }
+    assert!(done.iter().all(|j| j.state() == JobState::Succeeded));
+    assert!(
+        refused > 0,
+        "the flood never filled the write queue ({accepted} accepted)"
+    );
+    let log = coordinator.log();
+    assert!(
+        !log.contains("committing scheduler transitions failed"),
+        "a scheduler commit was refused behind client submits:\n{log}"
     );
 }

@@ -101,6 +101,33 @@ pub fn context_from(traceparent: &str, tracestate: &str) -> Context {
     TraceContextPropagator::new().extract(&carrier)
 }
 
+/// A caller's W3C trace context, as the OpenTelemetry propagator reads it: the
+/// `traceparent` and `tracestate` to carry on, and the trace's id (32 lowercase hex digits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteParent {
+    pub traceparent: String,
+    pub tracestate: String,
+    pub trace_id: String,
+}
+
+/// The caller's trace context, if `traceparent` is well formed (the W3C spec asks that a
+/// malformed one be ignored: the work starts a new trace).
+pub fn remote_parent(traceparent: &str, tracestate: &str) -> Option<RemoteParent> {
+    let cx = context_from(traceparent, tracestate);
+    let span = cx.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    Some(RemoteParent {
+        traceparent: carrier.remove("traceparent")?,
+        tracestate: carrier.remove("tracestate").unwrap_or_default(),
+        trace_id: span_context.trace_id().to_string(),
+    })
+}
+
 /// The `traceparent` and `tracestate` of a span, to carry it to another process. Empty when
 /// the span is not recorded (export off).
 pub fn traceparent_of(span: &BoxedSpan) -> (String, String) {
@@ -152,3 +179,31 @@ pub use opentelemetry::{
     global::{BoxedSpan, BoxedTracer},
     trace::{Span, SpanKind as Kind, Status},
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_traceparents_name_a_parent() {
+        let parent = remote_parent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "a=b",
+        )
+        .expect("a parent");
+        assert_eq!(parent.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            parent.traceparent,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(parent.tracestate, "a=b");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "garbage",
+            "",
+        ] {
+            assert_eq!(remote_parent(bad, ""), None, "{bad:?}");
+        }
+    }
+}

@@ -68,13 +68,13 @@ impl JobApi {
 
     /// The request's context, with what travels from the caller: its deadline (for `Run`,
     /// and for any call from inside a handler) and its parent job.
-    async fn call_context(
+    async fn call_context<T>(
         &self,
-        identity: &Identity,
-        metadata: &MetadataMap,
+        request: &Request<T>,
         deadline_binds: bool,
     ) -> Result<validate::Context> {
-        let mut ctx = context(metadata)?;
+        let (identity, metadata) = (&Identity::of(request), request.metadata());
+        let mut ctx = context(metadata, crate::trace::of(request))?;
         // A token vouches for its tenant; only an admin token acting for all may name one.
         if identity.authenticated && identity.tenant.is_some() {
             ctx.tenant_id = identity.tenant.clone();
@@ -147,8 +147,8 @@ impl JobApi {
             ],
         );
         let (traceparent, tracestate) = switchyard_telemetry::traceparent_of(&span);
-        if !traceparent.is_empty() {
-            let trace = trace_id(&traceparent);
+        if let Some(parent) = switchyard_telemetry::remote_parent(&traceparent, &tracestate) {
+            let trace = Some(parent.trace_id);
             for job in &mut jobs {
                 job.traceparent = Some(traceparent.clone());
                 job.tracestate = (!tracestate.is_empty()).then(|| tracestate.clone());
@@ -297,55 +297,31 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Reads `x-tenant-id` and the W3C trace context from the request's metadata.
-fn context(metadata: &MetadataMap) -> Result<validate::Context> {
-    let text = |key: &str| -> Result<Option<String>> {
-        match metadata.get(key) {
-            None => Ok(None),
-            Some(value) => value
+/// The tenant (`x-tenant-id`) and trace context (from the trace layer) of a call.
+fn context(
+    metadata: &MetadataMap,
+    trace: Option<switchyard_telemetry::RemoteParent>,
+) -> Result<validate::Context> {
+    let tenant_id = match metadata.get("x-tenant-id") {
+        None => None,
+        Some(value) => {
+            let tenant = value
                 .to_str()
-                .map(|s| Some(s.to_owned()))
-                .map_err(|_| Error::invalid(key, "must be printable ASCII")),
+                .map_err(|_| Error::invalid("x-tenant-id", "must be printable ASCII"))?;
+            validate::optional_name("x-tenant-id", tenant)?
         }
     };
-    let tenant_id = match text("x-tenant-id")? {
-        Some(tenant) => validate::optional_name("x-tenant-id", &tenant)?,
-        None => None,
-    };
-    // An invalid traceparent is ignored, as the W3C spec asks: the job starts a new trace.
-    let traceparent = text("traceparent")
-        .ok()
-        .flatten()
-        .filter(|tp| trace_id(tp).is_some());
-    let trace_id = traceparent.as_deref().and_then(trace_id);
-    let tracestate = traceparent
-        .as_ref()
-        .and_then(|_| text("tracestate").ok().flatten());
     Ok(validate::Context {
         tenant_id,
-        traceparent,
-        tracestate,
-        trace_id,
+        traceparent: trace.as_ref().map(|t| t.traceparent.clone()),
+        tracestate: trace
+            .as_ref()
+            .map(|t| t.tracestate.clone())
+            .filter(|t| !t.is_empty()),
+        trace_id: trace.map(|t| t.trace_id),
         parent_job_id: None,
         deadline_ms: None,
     })
-}
-
-/// The trace id of a `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.
-fn trace_id(traceparent: &str) -> Option<String> {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let [version, trace, span, flags] = parts[..] else {
-        return None;
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(span, 16)
-        && span.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then(|| trace.to_ascii_lowercase())
 }
 
 fn submit_response(s: Submitted) -> SubmitResponse {
@@ -532,9 +508,7 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
-        let ctx = self
-            .call_context(&Identity::of(&request), request.metadata(), false)
-            .await?;
+        let ctx = self.call_context(&request, false).await?;
         let req = request.into_inner();
         if !req.group_id.is_empty() {
             return Err(Error::invalid("group_id", "is set by SubmitBatch, not Submit").into());
@@ -555,9 +529,7 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchResponse>, Status> {
-        let ctx = self
-            .call_context(&Identity::of(&request), request.metadata(), false)
-            .await?;
+        let ctx = self.call_context(&request, false).await?;
         let req = request.into_inner();
         if req.jobs.is_empty() {
             return Err(Error::invalid("jobs", "must hold at least one job").into());
@@ -609,9 +581,7 @@ impl JobService for JobApi {
     #[tracing::instrument(skip_all)]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let timeout = deadline::timeout(request.metadata())?;
-        let ctx = self
-            .call_context(&Identity::of(&request), request.metadata(), true)
-            .await?;
+        let ctx = self.call_context(&request, true).await?;
         let req = request.into_inner();
         let Some(job) = req.job else {
             return Err(Error::invalid("job", "is required").into());
@@ -953,19 +923,6 @@ impl AdminService for AdminApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trace_ids_come_only_from_well_formed_traceparents() {
-        assert_eq!(
-            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(
-            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(trace_id("garbage"), None);
-    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_forgeries() {

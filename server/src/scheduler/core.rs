@@ -27,7 +27,7 @@ pub(crate) enum Effect {
     Assign {
         session: u64,
         worker_id: String,
-        dispatch: Dispatch,
+        dispatch: Box<Dispatch>,
         queued_since_ms: i64,
     },
     /// Tell a session's worker to stop an attempt.
@@ -323,7 +323,7 @@ impl Core {
             self.effects.push(Effect::Assign {
                 session,
                 worker_id,
-                dispatch: started.dispatch,
+                dispatch: Box::new(started.dispatch),
                 queued_since_ms: started.queued_since_ms,
             });
         }

@@ -58,7 +58,7 @@ const ROUND: usize = 4096;
 /// What goes to a worker session, in the coordinator's terms; its stream converts it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToWorker {
-    Assign(Dispatch),
+    Assign(Box<Dispatch>),
     Stop {
         job_id: JobId,
         attempt: u32,
@@ -452,7 +452,13 @@ impl Runner {
 
     /// Sends an assignment in the job's trace: how long it waited, and its dispatch, whose
     /// context the worker's span for the attempt joins.
-    fn assign(&mut self, session: u64, worker_id: &str, mut dispatch: Dispatch, since_ms: i64) {
+    fn assign(
+        &mut self,
+        session: u64,
+        worker_id: &str,
+        mut dispatch: Box<Dispatch>,
+        since_ms: i64,
+    ) {
         let parent =
             switchyard_telemetry::context_from(&dispatch.traceparent, &dispatch.tracestate);
         let attributes = || {
