@@ -8,7 +8,10 @@ use super::{
     Finish, Outcome, READY_COLUMNS, READY_COLUMNS_J, ReadyJob, RetryPolicy, Start, Started,
     TransitionOutcome, Transitions, now_ms, timestamp,
 };
-use crate::error::{Error, Result};
+use crate::{
+    domain,
+    error::{Error, Result},
+};
 
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
     priority, deadline_ms, timeout_ms, started_at_ms, weight, tenant_id, concurrency_key
@@ -86,7 +89,8 @@ fn expire(conn: &Connection, id: &str, now: i64, out: &mut TransitionOutcome) ->
         )
         .optional()?;
     if let Some(queue) = expired {
-        out.metrics.finished(&queue, JobState::DeadlineExceeded);
+        out.metrics
+            .finished(&queue, domain::JobState::DeadlineExceeded);
         out.terminal.push(id.to_owned());
         end_descendants(conn, id, JobState::DeadlineExceeded, now, out)?;
         fail_group(
@@ -207,8 +211,12 @@ fn finish(
         return Ok(());
     };
     let end_attempt = |out: &mut TransitionOutcome, outcome, error: Option<&str>| -> Result<()> {
-        out.metrics
-            .ended(&current.queue, outcome, current.started_at_ms, now);
+        out.metrics.ended(
+            &current.queue,
+            domain_outcome(outcome),
+            current.started_at_ms,
+            now,
+        );
         conn.prepare_cached(END_ATTEMPT)?.execute(params![
             now,
             outcome as i32,
@@ -295,7 +303,8 @@ fn finish(
             ])?;
             end_attempt(out, AttemptOutcome::Succeeded, None)?;
             out.terminal.push(finish.job_id.clone());
-            out.metrics.finished(&current.queue, JobState::Succeeded);
+            out.metrics
+                .finished(&current.queue, domain::JobState::Succeeded);
             let ready_now = conn
                 .prepare_cached(&format!("SELECT {READY_COLUMNS_J} {NOW_READY_DEPENDENTS}"))?
                 .query_map(
@@ -430,7 +439,7 @@ fn end_job(
     conn.prepare_cached(FAIL)?
         .execute(params![state as i32, error, failures, now, seq])?;
     out.terminal.push(id.to_owned());
-    out.metrics.finished(queue, state);
+    out.metrics.finished(queue, domain_state(state));
     end_descendants(conn, id, state, now, out)?;
     if matches!(state, JobState::Failed | JobState::DeadlineExceeded) {
         fail_group(conn, id, error, now, out)?;
@@ -630,4 +639,32 @@ pub(crate) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ready)
+}
+
+/// A wire state as the metrics count it, until the store speaks domain types. `Unspecified`
+/// ends no job, so it counts as `Queued`: not counted, as before.
+pub(super) fn domain_state(state: JobState) -> domain::JobState {
+    match state {
+        JobState::Unspecified | JobState::Queued => domain::JobState::Queued,
+        JobState::Running => domain::JobState::Running,
+        JobState::Succeeded => domain::JobState::Succeeded,
+        JobState::Failed => domain::JobState::Failed,
+        JobState::Cancelled => domain::JobState::Cancelled,
+        JobState::DeadlineExceeded => domain::JobState::DeadlineExceeded,
+    }
+}
+
+/// A wire outcome as the metrics count it, until the store speaks domain types.
+/// `Unspecified` is no end, so it counts as `Running`: not counted, as before.
+fn domain_outcome(outcome: AttemptOutcome) -> domain::AttemptOutcome {
+    match outcome {
+        AttemptOutcome::Unspecified | AttemptOutcome::Running => domain::AttemptOutcome::Running,
+        AttemptOutcome::Succeeded => domain::AttemptOutcome::Succeeded,
+        AttemptOutcome::Failed => domain::AttemptOutcome::Failed,
+        AttemptOutcome::Cancelled => domain::AttemptOutcome::Cancelled,
+        AttemptOutcome::DeadlineExceeded => domain::AttemptOutcome::DeadlineExceeded,
+        AttemptOutcome::Lost => domain::AttemptOutcome::Lost,
+        AttemptOutcome::Released => domain::AttemptOutcome::Released,
+        AttemptOutcome::Interrupted => domain::AttemptOutcome::Interrupted,
+    }
 }

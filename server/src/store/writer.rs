@@ -20,6 +20,7 @@ use super::{
     WriterCounters, lifecycle, now_ms,
 };
 use crate::{
+    domain,
     error::{Error, Result},
     telemetry::{Metrics, Tally},
 };
@@ -143,7 +144,7 @@ fn tally_submitted(tally: &mut Tally, jobs: &[NewJob], done: &[Submitted]) {
     // `submit` answers each job in order, a repeated idempotency key included.
     for (job, submitted) in jobs.iter().zip(done).filter(|(_, s)| !s.duplicate) {
         tally.submitted(&job.queue);
-        tally.finished(&job.queue, submitted.state);
+        tally.finished(&job.queue, lifecycle::domain_state(submitted.state));
     }
 }
 
@@ -583,7 +584,7 @@ pub(crate) fn cancel_group_jobs(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut ids = Vec::with_capacity(queued.len());
     for (id, queue) in queued {
-        tally.finished(&queue, JobState::Cancelled);
+        tally.finished(&queue, domain::JobState::Cancelled);
         ids.push(id);
     }
     let running = conn
@@ -600,8 +601,13 @@ pub(crate) fn cancel_group_jobs(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut running_now = Vec::with_capacity(running.len());
     for (id, seq, attempt, queue, started_at_ms) in running {
-        tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
-        tally.finished(&queue, JobState::Cancelled);
+        tally.ended(
+            &queue,
+            domain::AttemptOutcome::Cancelled,
+            started_at_ms,
+            now,
+        );
+        tally.finished(&queue, domain::JobState::Cancelled);
         cancel_running(conn, seq, attempt, reason, now)?;
         running_now.push((id.clone(), attempt));
         ids.push(id);
@@ -661,7 +667,7 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                             "job {id}: vanished while cancelled"
                         )));
                     }
-                    tally.finished(&queue, JobState::Cancelled);
+                    tally.finished(&queue, domain::JobState::Cancelled);
                     (vec![id.clone()], JobState::Cancelled)
                 }
                 // Cancelling twice is not an error: the caller's wish already holds.
@@ -671,8 +677,13 @@ fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> Result<Canc
                     // refused. The scheduler tells the worker to stop.
                     cancel_running(conn, seq, attempt, reason, now)?;
                     running_now.push((id.clone(), attempt));
-                    tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
-                    tally.finished(&queue, JobState::Cancelled);
+                    tally.ended(
+                        &queue,
+                        domain::AttemptOutcome::Cancelled,
+                        started_at_ms,
+                        now,
+                    );
+                    tally.finished(&queue, domain::JobState::Cancelled);
                     (vec![id.clone()], JobState::Cancelled)
                 }
                 other => {
@@ -752,7 +763,7 @@ pub(crate) fn end_descendants(
         let next: Vec<String> = next
             .into_iter()
             .map(|(id, queue)| {
-                tally.finished(&queue, JobState::Cancelled);
+                tally.finished(&queue, domain::JobState::Cancelled);
                 id
             })
             .collect();
@@ -775,9 +786,14 @@ pub(crate) fn end_descendants(
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             for (id, seq, kid_state, attempt, queue, started_at_ms) in kids {
                 end_child.execute(params![JobState::Cancelled as i32, reason, now, seq])?;
-                tally.finished(&queue, JobState::Cancelled);
+                tally.finished(&queue, domain::JobState::Cancelled);
                 if kid_state == JobState::Running as i32 {
-                    tally.ended(&queue, v1::AttemptOutcome::Cancelled, started_at_ms, now);
+                    tally.ended(
+                        &queue,
+                        domain::AttemptOutcome::Cancelled,
+                        started_at_ms,
+                        now,
+                    );
                     end_attempt.execute(params![
                         now,
                         v1::AttemptOutcome::Cancelled as i32,
