@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod fanin;
+pub mod http;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
@@ -73,7 +74,7 @@ pub async fn run_with(
     let telemetry_stop = shutdown.child_token();
     let telemetry = TaskTracker::new();
     if let Some(listener) = metrics_listener {
-        telemetry::serve(
+        http::serve(
             listener,
             metrics.clone(),
             telemetry_stop.clone(),

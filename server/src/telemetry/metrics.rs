@@ -1,16 +1,31 @@
-//! The coordinator's metrics: a small registry of counters, gauges and histograms with labels,
-//! rendered in the Prometheus text exposition format 0.0.4, and [`Metrics`], the handle the
-//! rest of the coordinator records through, with one method per thing worth counting.
+//! The coordinator's metrics: [`Metrics`], the handle the rest of the coordinator records
+//! through, with one method per thing worth counting, over a `prometheus-client` registry
+//! that renders the Prometheus text format 0.0.4.
 //!
-//! Recording never waits on I/O: each metric family sits behind its own short
-//! `std::sync::Mutex` (a binary search and an add), and rendering takes the same locks one
-//! family at a time, so a scrape never holds up the store's writer for long.
+//! Two things the crate does not do are added here: [`Bounded`] caps the label sets of a
+//! family (queue names come from clients), folding those past [`MAX_SERIES`] into one
+//! [`OVERFLOW`] set; and [`Described`] shows a family before its first series, so a scrape
+//! always lists every family. Recording never waits on I/O: a known label set costs a read
+//! lock, a hash of its labels and an atomic add (a histogram's buckets have their own short
+//! lock).
 
 use std::{
-    cmp::Ordering,
-    fmt::{self, Write as _},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    fmt,
+    hash::Hash,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, prometheus_text},
+    metrics::{
+        MetricType,
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::Histogram,
+    },
+    registry::{Metric, Registry},
 };
 
 use crate::domain::{AttemptOutcome, JobState};
@@ -22,6 +37,9 @@ const MAX_SERIES: usize = 1000;
 /// The value every label takes for label sets past [`MAX_SERIES`]. `~` is not allowed in
 /// queue names, so it cannot be mistaken for a real queue.
 pub const OVERFLOW: &str = "~other";
+
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Seconds from a job becoming ready to its assignment going out: mostly milliseconds, but a
 /// queue with no free worker waits as long as the fleet is busy.
@@ -42,21 +60,143 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    queue: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    queue: String,
+    outcome: &'static str,
+}
+
+/// Label sets that can stand aside for [`OVERFLOW`].
+trait Overflow {
+    fn overflow() -> Self;
+}
+
+impl Overflow for QueueLabels {
+    fn overflow() -> Self {
+        QueueLabels {
+            queue: OVERFLOW.into(),
+        }
+    }
+}
+
+impl Overflow for StateLabels {
+    fn overflow() -> Self {
+        StateLabels {
+            queue: OVERFLOW.into(),
+            state: OVERFLOW,
+        }
+    }
+}
+
+impl Overflow for OutcomeLabels {
+    fn overflow() -> Self {
+        OutcomeLabels {
+            queue: OVERFLOW.into(),
+            outcome: OVERFLOW,
+        }
+    }
+}
+
+/// A [`Family`] that keeps at most [`MAX_SERIES`] label sets; later ones are counted under
+/// the [`OVERFLOW`] set.
+struct Bounded<S, M, C = fn() -> M> {
+    name: &'static str,
+    family: Family<S, M, C>,
+    /// Label sets created. Every set is created through [`Bounded::with`], under this lock,
+    /// so that two new ones cannot both take the last place.
+    created: Mutex<usize>,
+}
+
+impl<S, M, C> Bounded<S, M, C>
+where
+    S: Clone + Hash + Eq + Overflow,
+    M: Clone,
+    C: MetricConstructor<M> + Clone,
+    Described<Family<S, M, C>>: Metric,
+{
+    fn register(
+        registry: &mut Registry,
+        name: &'static str,
+        help: &'static str,
+        family: Family<S, M, C>,
+    ) -> Self {
+        registry.register(name, help, Described(family.clone()));
+        Bounded {
+            name,
+            family,
+            created: Mutex::new(0),
+        }
+    }
+
+    /// Applies `f` to the metric of `labels`, or of the [`OVERFLOW`] set once the family is
+    /// full.
+    fn with(&self, labels: S, f: impl FnOnce(&M)) {
+        if let Some(metric) = self.family.get(&labels) {
+            return f(&metric);
+        }
+        // A count is whole after any panic: a poisoned lock is still good.
+        let mut created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
+        let labels = if self.family.get(&labels).is_some() {
+            labels
+        } else if *created < MAX_SERIES {
+            *created += 1;
+            labels
+        } else {
+            let overflow = S::overflow();
+            if self.family.get(&overflow).is_none() {
+                tracing::warn!(
+                    metric = self.name,
+                    "too many label sets; counting new ones as {OVERFLOW:?}"
+                );
+            }
+            overflow
+        };
+        f(&self.family.get_or_create(&labels));
+    }
+}
+
+/// A family shown (its HELP and TYPE) before it has any series, so that a scrape always
+/// lists every family; the crate leaves an empty family out.
+#[derive(Debug)]
+struct Described<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Described<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
 /// A cheap handle to the coordinator's metrics: clone it freely. Every method records at
 /// once, in memory; [`Metrics::render`] produces the text a scrape returns.
 #[derive(Clone)]
 pub struct Metrics {
-    families: Arc<Families>,
+    inner: Arc<Inner>,
 }
 
-struct Families {
-    jobs_submitted: Counter,
-    jobs_finished: Counter,
-    attempts: Counter,
-    queue_depth: Gauge,
-    jobs_running: Gauge,
+struct Inner {
+    registry: Registry,
+    jobs_submitted: Bounded<QueueLabels, Counter>,
+    jobs_finished: Bounded<StateLabels, Counter>,
+    attempts: Bounded<OutcomeLabels, Counter>,
+    queue_depth: Bounded<QueueLabels, Gauge>,
+    jobs_running: Bounded<QueueLabels, Gauge>,
     dispatch_latency: Histogram,
-    run_time: Histogram,
+    run_time: Bounded<QueueLabels, Histogram>,
     workers: Gauge,
     worker_slots: Gauge,
     store_commit: Histogram,
@@ -76,132 +216,176 @@ impl fmt::Debug for Metrics {
     }
 }
 
+/// Registers an unlabelled metric and returns it.
+fn unlabelled<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let families = Families {
-            jobs_submitted: Counter::new(
-                "switchyard_jobs_submitted_total",
-                "Jobs stored by Submit, SubmitBatch and Run (a repeated idempotency key is not a new job).",
-                &["queue"],
+        // Names and help as `prometheus-client` wants them: a counter's name without its
+        // `_total` (the encoder adds it), help without its final period (the registry adds it).
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        // A family's constructor is a plain `fn`: the buckets are fixed at compile time.
+        let run_time: fn() -> Histogram = || Histogram::new(RUN_TIME_BUCKETS.to_vec());
+        let inner = Inner {
+            jobs_submitted: Bounded::register(
+                r,
+                "switchyard_jobs_submitted",
+                "Jobs stored by Submit, SubmitBatch and Run (a repeated idempotency key is not a new job)",
+                Family::default(),
             ),
-            jobs_finished: Counter::new(
-                "switchyard_jobs_finished_total",
-                "Jobs that reached a terminal state, by queue and state.",
-                &["queue", "state"],
+            jobs_finished: Bounded::register(
+                r,
+                "switchyard_jobs_finished",
+                "Jobs that reached a terminal state, by queue and state",
+                Family::default(),
             ),
-            attempts: Counter::new(
-                "switchyard_attempts_total",
-                "Attempts that ended, by queue and outcome.",
-                &["queue", "outcome"],
+            attempts: Bounded::register(
+                r,
+                "switchyard_attempts",
+                "Attempts that ended, by queue and outcome",
+                Family::default(),
             ),
-            queue_depth: Gauge::new(
+            queue_depth: Bounded::register(
+                r,
                 "switchyard_queue_depth",
-                "Ready jobs waiting in the scheduler's memory for a worker, by queue.",
-                &["queue"],
+                "Ready jobs waiting in the scheduler's memory for a worker, by queue",
+                Family::default(),
             ),
-            jobs_running: Gauge::new(
+            jobs_running: Bounded::register(
+                r,
                 "switchyard_jobs_running",
-                "Attempts running now (leased to a worker), by queue.",
-                &["queue"],
+                "Attempts running now (leased to a worker), by queue",
+                Family::default(),
             ),
-            dispatch_latency: Histogram::new(
+            dispatch_latency: unlabelled(
+                r,
                 "switchyard_dispatch_latency_seconds",
-                "Time from a job becoming ready to its assignment being sent to a worker.",
-                &[],
-                DISPATCH_BUCKETS,
+                "Time from a job becoming ready to its assignment being sent to a worker",
+                Histogram::new(DISPATCH_BUCKETS.to_vec()),
             ),
-            run_time: Histogram::new(
+            run_time: Bounded::register(
+                r,
                 "switchyard_run_time_seconds",
-                "Time from an attempt's start to its result, by queue.",
-                &["queue"],
-                RUN_TIME_BUCKETS,
+                "Time from an attempt's start to its result, by queue",
+                Family::new_with_constructor(run_time),
             ),
-            workers: Gauge::new("switchyard_workers", "Connected worker sessions.", &[]),
-            worker_slots: Gauge::new(
+            workers: unlabelled(
+                r,
+                "switchyard_workers",
+                "Connected worker sessions",
+                Gauge::default(),
+            ),
+            worker_slots: unlabelled(
+                r,
                 "switchyard_worker_slots",
-                "Slots (concurrent jobs) of all connected worker sessions together.",
-                &[],
+                "Slots (concurrent jobs) of all connected worker sessions together",
+                Gauge::default(),
             ),
-            store_commit: Histogram::new(
+            store_commit: unlabelled(
+                r,
                 "switchyard_store_commit_seconds",
-                "Time of one store transaction, from BEGIN to a durable COMMIT.",
-                &[],
-                COMMIT_BUCKETS,
+                "Time of one store transaction, from BEGIN to a durable COMMIT",
+                Histogram::new(COMMIT_BUCKETS.to_vec()),
             ),
-            store_batch: Histogram::new(
+            store_batch: unlabelled(
+                r,
                 "switchyard_store_commit_batch_size",
-                "Commands carried by one store transaction (group commit).",
-                &[],
-                BATCH_BUCKETS,
+                "Commands carried by one store transaction (group commit)",
+                Histogram::new(BATCH_BUCKETS.to_vec()),
             ),
-            store_commits: Counter::new(
-                "switchyard_store_commits_total",
-                "Store transactions committed.",
-                &[],
+            store_commits: unlabelled(
+                r,
+                "switchyard_store_commits",
+                "Store transactions committed",
+                Counter::default(),
             ),
+            registry,
         };
         Metrics {
-            families: Arc::new(families),
+            inner: Arc::new(inner),
         }
     }
 
     /// A job was stored (not a repeat of an idempotency key). Call after the commit.
     pub fn job_submitted(&self, queue: &str) {
-        self.families.jobs_submitted.add(&[queue], 1);
+        self.inner.jobs_submitted.with(queue_labels(queue), |c| {
+            c.inc();
+        });
     }
 
     /// A job reached a terminal state. Call after the commit. A state that is not terminal is
     /// not counted.
     pub fn job_finished(&self, queue: &str, state: JobState) {
-        if let Some(state) = state_label(state) {
-            self.families.jobs_finished.add(&[queue, state], 1);
+        if !state.is_terminal() {
+            return;
         }
+        let labels = StateLabels {
+            queue: queue.to_owned(),
+            state: state.as_str(),
+        };
+        self.inner.jobs_finished.with(labels, |c| {
+            c.inc();
+        });
     }
 
     /// An attempt started (its start committed): one more running in `queue`.
     pub fn attempt_started(&self, queue: &str) {
-        self.families.jobs_running.add(&[queue], 1);
+        self.inner.jobs_running.with(queue_labels(queue), |g| {
+            g.inc();
+        });
     }
 
     /// An attempt ended after running for `run_time`: counted by outcome, one fewer running in
-    /// `queue`. An outcome that is not an end (`RUNNING`) is not counted.
+    /// `queue`. An outcome that is not an end (`Running`) is not counted.
     pub fn attempt_ended(&self, queue: &str, outcome: AttemptOutcome, run_time: Duration) {
-        let Some(outcome) = outcome_label(outcome) else {
+        if outcome == AttemptOutcome::Running {
             return;
+        }
+        let inner = &self.inner;
+        let labels = OutcomeLabels {
+            queue: queue.to_owned(),
+            outcome: outcome.as_str(),
         };
-        let families = &self.families;
-        families.attempts.add(&[queue, outcome], 1);
-        families.jobs_running.add(&[queue], -1);
-        families.run_time.observe(&[queue], run_time.as_secs_f64());
+        inner.attempts.with(labels, |c| {
+            c.inc();
+        });
+        inner.jobs_running.with(queue_labels(queue), |g| {
+            g.dec();
+        });
+        inner
+            .run_time
+            .with(queue_labels(queue), |h| h.observe(run_time.as_secs_f64()));
     }
 
     /// An assignment went out `latency` after its job became ready.
     pub fn dispatched(&self, latency: Duration) {
-        self.families
-            .dispatch_latency
-            .observe(&[], latency.as_secs_f64());
+        self.inner.dispatch_latency.observe(latency.as_secs_f64());
     }
 
     /// Sets how many ready jobs wait in `queue`. Set 0 when a queue empties: a queue once seen
     /// keeps its series.
     pub fn set_queue_depth(&self, queue: &str, depth: u64) {
-        self.families
-            .queue_depth
-            .set(&[queue], saturating_i64(depth));
+        self.inner.queue_depth.with(queue_labels(queue), |g| {
+            g.set(saturating_i64(depth));
+        });
     }
 
     /// Sets the connected worker sessions and their slots in all.
     pub fn set_workers(&self, sessions: u64, slots: u64) {
-        self.families.workers.set(&[], saturating_i64(sessions));
-        self.families.worker_slots.set(&[], saturating_i64(slots));
+        self.inner.workers.set(saturating_i64(sessions));
+        self.inner.worker_slots.set(saturating_i64(slots));
     }
 
     /// The store committed one transaction of `commands` commands in `took`.
     pub fn store_committed(&self, took: Duration, commands: u64) {
-        let families = &self.families;
-        families.store_commits.add(&[], 1);
-        families.store_commit.observe(&[], took.as_secs_f64());
-        families.store_batch.observe(&[], commands as f64);
+        let inner = &self.inner;
+        inner.store_commits.inc();
+        inner.store_commit.observe(took.as_secs_f64());
+        inner.store_batch.observe(commands as f64);
     }
 
     /// Counts what a committed transaction did.
@@ -220,23 +404,20 @@ impl Metrics {
         }
     }
 
-    /// Every metric in the Prometheus text format 0.0.4.
+    /// Every metric in the Prometheus text format 0.0.4 (see [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let f = &self.families;
         let mut out = String::with_capacity(8 * 1024);
-        f.jobs_submitted.render(&mut out);
-        f.jobs_finished.render(&mut out);
-        f.attempts.render(&mut out);
-        f.queue_depth.render(&mut out);
-        f.jobs_running.render(&mut out);
-        f.dispatch_latency.render(&mut out);
-        f.run_time.render(&mut out);
-        f.workers.render(&mut out);
-        f.worker_slots.render(&mut out);
-        f.store_commit.render(&mut out);
-        f.store_batch.render(&mut out);
-        f.store_commits.render(&mut out);
+        // Writing into a `String` cannot fail, and the encoder adds no errors of its own.
+        if let Err(err) = prometheus_text::encode(&mut out, &self.inner.registry) {
+            tracing::error!(cause = %err, "metrics: encoding failed");
+        }
         out
+    }
+}
+
+fn queue_labels(queue: &str) -> QueueLabels {
+    QueueLabels {
+        queue: queue.to_owned(),
     }
 }
 
@@ -288,323 +469,8 @@ impl Tally {
     }
 }
 
-/// The `state` label of a terminal job state.
-fn state_label(state: JobState) -> Option<&'static str> {
-    match state {
-        JobState::Succeeded => Some("succeeded"),
-        JobState::Failed => Some("failed"),
-        JobState::Cancelled => Some("cancelled"),
-        JobState::DeadlineExceeded => Some("deadline_exceeded"),
-        JobState::Queued | JobState::Running => None,
-    }
-}
-
-/// The `outcome` label of an attempt's end.
-fn outcome_label(outcome: AttemptOutcome) -> Option<&'static str> {
-    match outcome {
-        AttemptOutcome::Succeeded => Some("succeeded"),
-        AttemptOutcome::Failed => Some("failed"),
-        AttemptOutcome::Cancelled => Some("cancelled"),
-        AttemptOutcome::DeadlineExceeded => Some("deadline_exceeded"),
-        AttemptOutcome::Lost => Some("lost"),
-        AttemptOutcome::Released => Some("released"),
-        AttemptOutcome::Interrupted => Some("interrupted"),
-        AttemptOutcome::Running => None,
-    }
-}
-
 fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// One metric family: its name, help, label names, and a value per label set, kept sorted by
-/// label values so that lookups need no allocation and the output order is stable.
-struct Family<V> {
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-    series: Mutex<Vec<(Box<[String]>, V)>>,
-}
-
-impl<V> Family<V> {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-        unlabelled: impl FnOnce() -> V,
-    ) -> Self {
-        // A family without labels has exactly one series, shown (as zero) from the start.
-        let series = if labels.is_empty() {
-            vec![(Box::default(), unlabelled())]
-        } else {
-            Vec::new()
-        };
-        Family {
-            name,
-            help,
-            labels,
-            series: Mutex::new(series),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<(Box<[String]>, V)>> {
-        // The values are plain numbers, whole after any panic: a poisoned lock is still good.
-        self.series.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Applies `f` to the value of the label set `values`, creating it with `make` if new.
-    fn with(&self, values: &[&str], make: impl FnOnce() -> V, f: impl FnOnce(&mut V)) {
-        debug_assert_eq!(
-            values.len(),
-            self.labels.len(),
-            "{}: label count",
-            self.name
-        );
-        let mut series = self.lock();
-        let at = match find(&series, values) {
-            Ok(at) => at,
-            Err(at) if series.len() < MAX_SERIES => {
-                series.insert(at, (values.iter().map(|v| v.to_string()).collect(), make()));
-                at
-            }
-            Err(_) => {
-                let overflow = vec![OVERFLOW; values.len()];
-                match find(&series, &overflow) {
-                    Ok(at) => at,
-                    Err(at) => {
-                        tracing::warn!(
-                            metric = self.name,
-                            "too many label sets; counting new ones as {OVERFLOW:?}"
-                        );
-                        series.insert(
-                            at,
-                            (overflow.iter().map(|v| v.to_string()).collect(), make()),
-                        );
-                        at
-                    }
-                }
-            }
-        };
-        f(&mut series[at].1);
-    }
-
-    fn header(&self, out: &mut String, kind: &str) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
-        let _ = writeln!(out, "# TYPE {} {kind}", self.name);
-    }
-}
-
-fn find<V>(series: &[(Box<[String]>, V)], values: &[&str]) -> Result<usize, usize> {
-    series.binary_search_by(|(key, _)| compare(key, values))
-}
-
-fn compare(key: &[String], values: &[&str]) -> Ordering {
-    key.iter().map(String::as_str).cmp(values.iter().copied())
-}
-
-/// A monotonically increasing count.
-struct Counter(Family<u64>);
-
-impl Counter {
-    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Counter(Family::new(name, help, labels, || 0))
-    }
-
-    fn add(&self, values: &[&str], n: u64) {
-        self.0.with(values, || 0, |v| *v = v.saturating_add(n));
-    }
-
-    fn render(&self, out: &mut String) {
-        self.0.header(out, "counter");
-        for (values, value) in self.0.lock().iter() {
-            sample(out, self.0.name, "", self.0.labels, values, None, value);
-        }
-    }
-}
-
-/// A value that goes up and down.
-struct Gauge(Family<i64>);
-
-impl Gauge {
-    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Gauge(Family::new(name, help, labels, || 0))
-    }
-
-    fn set(&self, values: &[&str], n: i64) {
-        self.0.with(values, || 0, |v| *v = n);
-    }
-
-    fn add(&self, values: &[&str], n: i64) {
-        self.0.with(values, || 0, |v| *v = v.saturating_add(n));
-    }
-
-    fn render(&self, out: &mut String) {
-        self.0.header(out, "gauge");
-        for (values, value) in self.0.lock().iter() {
-            sample(out, self.0.name, "", self.0.labels, values, None, value);
-        }
-    }
-}
-
-/// Observations counted into fixed buckets, with their sum and count.
-struct Histogram {
-    family: Family<Buckets>,
-    /// Upper bounds, ascending; the `+Inf` bucket is implied.
-    bounds: &'static [f64],
-}
-
-struct Buckets {
-    /// Observations per bucket (not cumulative): one per bound, then one past the last.
-    counts: Box<[u64]>,
-    sum: f64,
-    count: u64,
-}
-
-impl Buckets {
-    fn new(bounds: usize) -> Self {
-        Buckets {
-            counts: vec![0; bounds + 1].into_boxed_slice(),
-            sum: 0.0,
-            count: 0,
-        }
-    }
-}
-
-impl Histogram {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-        bounds: &'static [f64],
-    ) -> Self {
-        debug_assert!(
-            bounds.windows(2).all(|w| w[0] < w[1]),
-            "{name}: bounds ascend"
-        );
-        Histogram {
-            family: Family::new(name, help, labels, || Buckets::new(bounds.len())),
-            bounds,
-        }
-    }
-
-    fn observe(&self, values: &[&str], value: f64) {
-        // `le` is inclusive: a value equal to a bound falls in that bound's bucket.
-        let bucket = self.bounds.partition_point(|bound| *bound < value);
-        self.family.with(
-            values,
-            || Buckets::new(self.bounds.len()),
-            |b| {
-                b.counts[bucket] += 1;
-                b.sum += value;
-                b.count += 1;
-            },
-        );
-    }
-
-    fn render(&self, out: &mut String) {
-        let family = &self.family;
-        family.header(out, "histogram");
-        for (values, buckets) in family.lock().iter() {
-            let mut cumulative = 0u64;
-            for (bound, n) in self.bounds.iter().zip(buckets.counts.iter()) {
-                cumulative += n;
-                let le = float(*bound);
-                let label = Some(("le", le.as_str()));
-                sample(
-                    out,
-                    family.name,
-                    "_bucket",
-                    family.labels,
-                    values,
-                    label,
-                    &cumulative,
-                );
-            }
-            let label = Some(("le", "+Inf"));
-            sample(
-                out,
-                family.name,
-                "_bucket",
-                family.labels,
-                values,
-                label,
-                &buckets.count,
-            );
-            let sum = float(buckets.sum);
-            sample(out, family.name, "_sum", family.labels, values, None, &sum);
-            sample(
-                out,
-                family.name,
-                "_count",
-                family.labels,
-                values,
-                None,
-                &buckets.count,
-            );
-        }
-    }
-}
-
-/// One sample line: `name{a="x",le="0.5"} value`.
-fn sample(
-    out: &mut String,
-    name: &str,
-    suffix: &str,
-    labels: &[&str],
-    values: &[String],
-    extra: Option<(&str, &str)>,
-    value: &dyn fmt::Display,
-) {
-    out.push_str(name);
-    out.push_str(suffix);
-    let mut pairs = labels
-        .iter()
-        .zip(values.iter().map(String::as_str))
-        .map(|(label, value)| (*label, value))
-        .chain(extra)
-        .peekable();
-    if pairs.peek().is_some() {
-        out.push('{');
-        for (i, (label, value)) in pairs.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(label);
-            out.push_str("=\"");
-            escape_label_value(out, value);
-            out.push('"');
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// A label value inside double quotes: backslash, double quote and line feed are escaped.
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// HELP text: backslash and line feed are escaped (a double quote is not).
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// A float as Prometheus reads it: `+Inf`, `-Inf`, `NaN`, or a plain decimal.
-fn float(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        value.to_string()
-    }
 }
 
 #[cfg(test)]
@@ -618,41 +484,12 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let counter = Counter::new(
-            "t_total",
-            "Help with a \\ and a\nnewline \"quoted\".",
-            &["q"],
-        );
-        counter.add(&["a\\b\"c\nd"], 2);
-        let mut out = String::new();
-        counter.render(&mut out);
+        let metrics = Metrics::new();
+        metrics.job_submitted("a\\b\"c\nd");
+        let out = metrics.render();
         assert_eq!(
-            out,
-            "# HELP t_total Help with a \\\\ and a\\nnewline \"quoted\".\n\
-             # TYPE t_total counter\n\
-             t_total{q=\"a\\\\b\\\"c\\nd\"} 2\n"
-        );
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative_with_inf_sum_and_count() {
-        // Dyadic values, so that the sum is exact.
-        let histogram = Histogram::new("t_seconds", "Help.", &["q"], &[0.25, 1.0, 10.0]);
-        for value in [0.125, 0.25, 0.5, 2.0, 20.0] {
-            histogram.observe(&["a"], value);
-        }
-        let mut out = String::new();
-        histogram.render(&mut out);
-        assert_eq!(
-            out,
-            "# HELP t_seconds Help.\n\
-             # TYPE t_seconds histogram\n\
-             t_seconds_bucket{q=\"a\",le=\"0.25\"} 2\n\
-             t_seconds_bucket{q=\"a\",le=\"1\"} 3\n\
-             t_seconds_bucket{q=\"a\",le=\"10\"} 4\n\
-             t_seconds_bucket{q=\"a\",le=\"+Inf\"} 5\n\
-             t_seconds_sum{q=\"a\"} 22.875\n\
-             t_seconds_count{q=\"a\"} 5\n"
+            lines(&out, "switchyard_jobs_submitted_total{"),
+            ["switchyard_jobs_submitted_total{queue=\"a\\\\b\\\"c\\nd\"} 1"]
         );
     }
 
@@ -698,7 +535,10 @@ mod tests {
                 let (name, kind) = rest.split_once(' ').expect("name and type");
                 assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
                 typed.push((name, kind));
-            } else if !line.starts_with("# HELP ") {
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (_, help) = rest.split_once(' ').expect("name and help");
+                assert!(help.ends_with('.') && !help.ends_with(".."), "{line}");
+            } else {
                 let (series, value) = line.rsplit_once(' ').expect("series and value");
                 assert!(series.starts_with("switchyard_"), "{line}");
                 assert!(value.parse::<f64>().is_ok(), "{line}");
@@ -724,36 +564,61 @@ mod tests {
         assert!(out.contains("switchyard_run_time_seconds_count{queue=\"a\"} 1\n"));
         assert!(out.contains("switchyard_run_time_seconds_bucket{queue=\"a\",le=\"0.001\"} 0\n"));
         assert!(out.contains("switchyard_run_time_seconds_bucket{queue=\"a\",le=\"0.005\"} 1\n"));
+        assert!(out.contains("switchyard_run_time_seconds_bucket{queue=\"a\",le=\"3600\"} 1\n"));
         assert!(out.contains("switchyard_queue_depth{queue=\"a\"} 4\n"));
         assert!(out.contains("switchyard_workers 2\n"));
         assert!(out.contains("switchyard_worker_slots 16\n"));
         assert!(out.contains("switchyard_store_commits_total 1\n"));
         assert!(out.contains("switchyard_store_commit_batch_size_bucket{le=\"4\"} 0\n"));
         assert!(out.contains("switchyard_store_commit_batch_size_bucket{le=\"8\"} 1\n"));
-        assert!(out.contains("switchyard_store_commit_batch_size_sum 5\n"));
+        assert!(out.contains("switchyard_store_commit_batch_size_sum 5"));
+        assert!(out.contains("switchyard_store_commit_seconds_bucket{le=\"0.0005\"} 0\n"));
         assert!(out.contains("switchyard_store_commit_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(out.contains("switchyard_dispatch_latency_seconds_bucket{le=\"300\"} 1\n"));
     }
 
     #[test]
-    fn series_are_sorted_by_label_values() {
+    fn histogram_buckets_are_cumulative_and_a_bound_is_inclusive() {
         let metrics = Metrics::new();
-        for queue in ["c", "a", "b", "a"] {
-            metrics.job_submitted(queue);
+        // Dyadic batch sizes, so that the sum is exact; 2 falls in `le="2"`.
+        for commands in [1, 2, 3, 3000] {
+            metrics.store_committed(Duration::ZERO, commands);
         }
         let out = metrics.render();
+        let batch = "switchyard_store_commit_batch_size";
+        assert!(
+            out.contains(&format!("{batch}_bucket{{le=\"1\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{batch}_bucket{{le=\"2\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{batch}_bucket{{le=\"4\"}} 3\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{batch}_bucket{{le=\"2048\"}} 3\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{batch}_bucket{{le=\"+Inf\"}} 4\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{batch}_count 4\n")), "{out}");
+        let sum = lines(&out, &format!("{batch}_sum "));
+        assert_eq!(sum.len(), 1, "{out}");
         assert_eq!(
-            lines(&out, "switchyard_jobs_submitted_total{"),
-            [
-                "switchyard_jobs_submitted_total{queue=\"a\"} 2",
-                "switchyard_jobs_submitted_total{queue=\"b\"} 1",
-                "switchyard_jobs_submitted_total{queue=\"c\"} 1",
-            ]
+            sum[0].rsplit_once(' ').map(|(_, v)| v.parse::<f64>()),
+            Some(Ok(3006.0))
         );
     }
 
     #[test]
     fn non_terminal_states_are_not_counted() {
         let metrics = Metrics::new();
+        metrics.job_finished("a", JobState::Queued);
         metrics.job_finished("a", JobState::Running);
         metrics.attempt_ended("a", AttemptOutcome::Running, Duration::ZERO);
         let out = metrics.render();
@@ -766,6 +631,42 @@ mod tests {
             "{out}"
         );
         assert!(lines(&out, "switchyard_jobs_running{").is_empty(), "{out}");
+        assert!(
+            lines(&out, "switchyard_run_time_seconds_count{").is_empty(),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn every_end_is_labelled_by_its_stored_name() {
+        let metrics = Metrics::new();
+        let mut tally = Tally::default();
+        for state in JobState::ALL {
+            tally.finished("a", state);
+        }
+        for outcome in AttemptOutcome::ALL {
+            tally.ended("a", outcome, Some(1_000), 1_250);
+        }
+        metrics.record(tally);
+        let out = metrics.render();
+        for state in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            let series =
+                format!("switchyard_jobs_finished_total{{queue=\"a\",state=\"{state}\"}} 1\n");
+            assert!(out.contains(&series), "{series} in {out}");
+        }
+        assert_eq!(lines(&out, "switchyard_jobs_finished_total{").len(), 4);
+        for outcome in AttemptOutcome::ALL
+            .into_iter()
+            .filter(|o| *o != AttemptOutcome::Running)
+        {
+            let series =
+                format!("switchyard_attempts_total{{queue=\"a\",outcome=\"{outcome}\"}} 1\n");
+            assert!(out.contains(&series), "{series} in {out}");
+        }
+        assert_eq!(lines(&out, "switchyard_attempts_total{").len(), 7);
+        // Seven ends of attempts never counted as started: the gauge goes below zero, as it
+        // did before; run time is 250 ms each.
+        assert!(out.contains("switchyard_run_time_seconds_bucket{queue=\"a\",le=\"0.5\"} 7\n"));
     }
 
     #[test]
@@ -774,6 +675,8 @@ mod tests {
         for i in 0..MAX_SERIES + 50 {
             metrics.job_submitted(&format!("q{i}"));
         }
+        // A queue seen before the bound keeps its own series.
+        metrics.job_submitted("q0");
         let out = metrics.render();
         let series = lines(&out, "switchyard_jobs_submitted_total{");
         assert_eq!(series.len(), MAX_SERIES + 1);
@@ -781,14 +684,60 @@ mod tests {
             series.contains(&"switchyard_jobs_submitted_total{queue=\"~other\"} 50"),
             "{series:?}"
         );
+        assert!(
+            series.contains(&"switchyard_jobs_submitted_total{queue=\"q0\"} 2"),
+            "{series:?}"
+        );
+        // Each family has its own bound.
+        metrics.job_finished("q5000", JobState::Failed);
+        let out = metrics.render();
+        assert_eq!(
+            lines(&out, "switchyard_jobs_finished_total{"),
+            ["switchyard_jobs_finished_total{queue=\"q5000\",state=\"failed\"} 1"]
+        );
     }
 
     #[test]
-    fn floats_render_as_prometheus_reads_them() {
-        assert_eq!(float(0.0005), "0.0005");
-        assert_eq!(float(1.0), "1");
-        assert_eq!(float(f64::INFINITY), "+Inf");
-        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(float(f64::NAN), "NaN");
+    #[ignore = "timing: cargo test --release -p switchyard-server --lib cost -- --ignored --nocapture"]
+    fn hot_path_cost() {
+        use std::time::Instant;
+        const N: u32 = 1_000_000;
+        let metrics = Metrics::new();
+        let queues: Vec<String> = (0..8).map(|i| format!("queue-{i}")).collect();
+        for q in &queues {
+            metrics.job_finished(q, JobState::Succeeded);
+        }
+        let start = Instant::now();
+        for i in 0..N as usize {
+            metrics.job_finished(&queues[i % 8], JobState::Succeeded);
+        }
+        eprintln!("job_finished: {:?}/call", start.elapsed() / N);
+        let start = Instant::now();
+        for i in 0..N as usize {
+            metrics.attempt_ended(
+                &queues[i % 8],
+                AttemptOutcome::Succeeded,
+                Duration::from_millis(3),
+            );
+        }
+        eprintln!("attempt_ended: {:?}/call", start.elapsed() / N);
+        let start = Instant::now();
+        for _ in 0..N {
+            metrics.store_committed(Duration::from_micros(700), 5);
+        }
+        eprintln!("store_committed: {:?}/call", start.elapsed() / N);
+        for i in 0..1000 {
+            metrics.job_submitted(&format!("q{i}"));
+        }
+        let start = Instant::now();
+        let mut len = 0;
+        for _ in 0..100 {
+            len += metrics.render().len();
+        }
+        eprintln!(
+            "render (1000 queues): {:?}/scrape, {} bytes",
+            start.elapsed() / 100,
+            len / 100
+        );
     }
 }

@@ -1,9 +1,7 @@
 //! What the coordinator tells operators besides its logs: Prometheus metrics, recorded through
-//! a [`Metrics`] handle and served by [`serve`] at `http://ADDR/metrics` when the server is
-//! started with `--metrics ADDR`.
+//! a [`Metrics`] handle and served by [`crate::http::serve`] at `http://ADDR/metrics` when the
+//! server is started with `--metrics ADDR`.
 
-mod http;
 mod metrics;
 
-pub use http::serve;
-pub use metrics::{Metrics, OVERFLOW, Tally};
+pub use metrics::{CONTENT_TYPE, Metrics, OVERFLOW, Tally};
