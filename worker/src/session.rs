@@ -689,7 +689,6 @@ async fn handshake(
     }
 }
 
-/// Runs one handler; fires its token when the job's deadline passes (and lets it return).
 /// Runs a handler until it returns. Its token fires when its deadline passes or the
 /// coordinator cancels it; from then on it has `grace` to return by itself, and is abandoned
 /// (its future dropped, which stops it at its next await) after that.

@@ -813,7 +813,7 @@ impl JobService for JobApi {
     }
 }
 
-/// `AdminService`: numbers and workers; quotas and queue control arrive with their issue.
+/// `AdminService`: quotas, queue control, workers and numbers.
 #[derive(Clone)]
 pub struct AdminApi {
     store: Arc<dyn Store>,
