@@ -1,7 +1,8 @@
 //! The coordinator's own model of jobs, attempts and their ends. The store and the scheduler
 //! speak these types; protobuf messages exist only at the edges (`api/` and the worker
-//! stream), which convert. The database keeps each state by its name here ([`JobState::as_str`]),
-//! not by a protobuf number, so the wire contract and the schema can change apart.
+//! stream), which convert. The database keeps each state by its code here
+//! ([`JobState::code`]), not by a protobuf number, so the wire contract and the schema can
+//! change apart.
 
 mod job;
 
@@ -77,7 +78,23 @@ impl JobState {
         JobState::DeadlineExceeded,
     ];
 
-    /// The stored name (also the metrics label and the CLI's word).
+    /// How the database stores it: this mapping is the schema's, and never changes.
+    pub const fn code(self) -> i64 {
+        match self {
+            JobState::Queued => 10,
+            JobState::Running => 20,
+            JobState::Succeeded => 30,
+            JobState::Failed => 40,
+            JobState::Cancelled => 50,
+            JobState::DeadlineExceeded => 60,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// The name (the metrics label and the CLI's word).
     pub const fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -152,7 +169,25 @@ impl AttemptOutcome {
         AttemptOutcome::Interrupted,
     ];
 
-    /// The stored name (also the metrics label).
+    /// How the database stores it: this mapping is the schema's, and never changes.
+    pub const fn code(self) -> i64 {
+        match self {
+            AttemptOutcome::Running => 10,
+            AttemptOutcome::Succeeded => 20,
+            AttemptOutcome::Failed => 30,
+            AttemptOutcome::Cancelled => 40,
+            AttemptOutcome::DeadlineExceeded => 50,
+            AttemptOutcome::Lost => 60,
+            AttemptOutcome::Released => 70,
+            AttemptOutcome::Interrupted => 80,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<AttemptOutcome> {
+        AttemptOutcome::ALL.into_iter().find(|o| o.code() == code)
+    }
+
+    /// The name (the metrics label).
     pub const fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Running => "running",
@@ -225,12 +260,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn states_and_outcomes_round_trip_through_their_stored_names() {
+    fn states_and_outcomes_round_trip_through_their_codes_and_names() {
         for state in JobState::ALL {
             assert_eq!(JobState::parse(state.as_str()), Some(state));
+            assert_eq!(JobState::from_code(state.code()), Some(state));
+            // The triggers in the schema count on it.
+            assert_eq!(state.is_terminal(), state.code() >= 30);
         }
         for outcome in AttemptOutcome::ALL {
             assert_eq!(AttemptOutcome::parse(outcome.as_str()), Some(outcome));
+            assert_eq!(AttemptOutcome::from_code(outcome.code()), Some(outcome));
         }
         assert_eq!(JobState::parse("1"), None);
     }

@@ -12,28 +12,30 @@ use crate::{
     telemetry::Tally,
 };
 
-const CANCEL_JOB: &str = "UPDATE jobs SET state = 'cancelled', error = ?1, finished_at_ms = ?2
-    WHERE id = ?3 AND state = 'queued'";
-const CANCEL_GROUP: &str = "UPDATE jobs SET state = 'cancelled', error = ?1, finished_at_ms = ?2
-    WHERE group_id = ?3 AND state = 'queued' RETURNING id, queue";
+const CANCEL_JOB: &str =
+    "UPDATE jobs SET state = 50 /* cancelled */, error = ?1, finished_at_ms = ?2
+    WHERE id = ?3 AND state = 10 /* queued */";
+const CANCEL_GROUP: &str =
+    "UPDATE jobs SET state = 50 /* cancelled */, error = ?1, finished_at_ms = ?2
+    WHERE group_id = ?3 AND state = 10 /* queued */ RETURNING id, queue";
 /// Queued dependents of one job: they can no longer run.
-const CANCEL_DEPENDENTS: &str = "UPDATE jobs SET state = 'cancelled', error = ?1,
+const CANCEL_DEPENDENTS: &str = "UPDATE jobs SET state = 50 /* cancelled */, error = ?1,
         finished_at_ms = ?2
-    WHERE state = 'queued' AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?3)
+    WHERE state = 10 /* queued */ AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?3)
     RETURNING id, queue";
-const CANCEL_RUNNING: &str = "UPDATE jobs SET state = 'cancelled', error = ?1,
+const CANCEL_RUNNING: &str = "UPDATE jobs SET state = 50 /* cancelled */, error = ?1,
         finished_at_ms = ?2
     WHERE seq = ?3";
 const RUNNING_OF_GROUP: &str = "SELECT id, seq, attempt, queue, started_at_ms FROM jobs
-    WHERE group_id = ?1 AND state = 'running'";
+    WHERE group_id = ?1 AND state = 20 /* running */";
 /// What cancelling one job needs to know of it.
 const JOB_TO_CANCEL: &str = "SELECT state, seq, attempt, queue, started_at_ms FROM jobs
     WHERE id = ?1";
 const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE id = ?1";
 const CHILDREN: &str = "SELECT id, seq, state, attempt, queue, started_at_ms FROM jobs
-    WHERE parent_job_id = ?1 AND state IN ('queued', 'running')";
+    WHERE parent_job_id = ?1 AND state IN (10 /* queued */, 20 /* running */)";
 const END_CHILD: &str =
-    "UPDATE jobs SET state = 'cancelled', error = ?1, finished_at_ms = ?2 WHERE seq = ?3";
+    "UPDATE jobs SET state = 50 /* cancelled */, error = ?1, finished_at_ms = ?2 WHERE seq = ?3";
 const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3
     WHERE job_seq = ?4 AND number = ?5";
 

@@ -13,12 +13,13 @@ use crate::{
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
     priority, deadline_ms, timeout_ms, started_at_ms, weight, tenant_id, concurrency_key
     FROM jobs WHERE id = ?1";
-const SUCCEED: &str = "UPDATE jobs SET state = 'succeeded', output = ?1, error = NULL,
+const SUCCEED: &str = "UPDATE jobs SET state = 30 /* succeeded */, output = ?1, error = NULL,
         finished_at_ms = ?2
     WHERE seq = ?3";
 const FAIL: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, finished_at_ms = ?4
     WHERE seq = ?5";
-const RETRY: &str = "UPDATE jobs SET state = 'queued', error = ?1, failures = ?2, run_at_ms = ?3,
+const RETRY: &str =
+    "UPDATE jobs SET state = 10 /* queued */, error = ?1, failures = ?2, run_at_ms = ?3,
     worker_id = NULL WHERE seq = ?4";
 const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2, error = ?3
     WHERE job_seq = ?4 AND number = ?5";
@@ -26,19 +27,19 @@ const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = ?1, outcome = ?2
 /// go first).
 const NOW_READY_DEPENDENTS: &str = "
     FROM dependencies d JOIN jobs j ON j.id = d.job_id
-    WHERE d.depends_on = ?1 AND j.state = 'queued'
+    WHERE d.depends_on = ?1 AND j.state = 10 /* queued */
       AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
-                      WHERE d2.job_id = j.id AND p.state != 'succeeded')";
+                      WHERE d2.job_id = j.id AND p.state != 30 /* succeeded */)";
 /// The scheduler names the attempt it starts: the job's next one. A start that finds the job
 /// no longer queued, or at another attempt, does nothing.
-const START: &str = "UPDATE jobs SET state = 'running', attempt = ?4, worker_id = ?1,
+const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = ?4, worker_id = ?1,
         started_at_ms = ?2
-    WHERE id = ?3 AND state = 'queued' AND attempt = ?4 - 1
+    WHERE id = ?3 AND state = 10 /* queued */ AND attempt = ?4 - 1
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
         group_id, tenant_id, max_attempts, depends_on, timeout_ms,
         max(created_at_ms, coalesce(run_at_ms, 0))";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
-    outcome) VALUES (?1, ?2, ?3, ?4, 'running')";
+    outcome) VALUES (?1, ?2, ?3, ?4, 10 /* running */)";
 const DEPENDENCY_OUTPUTS: &str =
     "SELECT id, output FROM jobs WHERE id IN (SELECT value FROM json_each(?1))";
 
@@ -70,9 +71,9 @@ pub(super) fn transition(conn: &Connection, ops: &Transitions) -> Result<Transit
     Ok(out)
 }
 
-const EXPIRE: &str = "UPDATE jobs SET state = 'deadline_exceeded', error = ?1,
+const EXPIRE: &str = "UPDATE jobs SET state = 60 /* deadline_exceeded */, error = ?1,
         finished_at_ms = ?2
-    WHERE id = ?3 AND state = 'queued' RETURNING queue";
+    WHERE id = ?3 AND state = 10 /* queued */ RETURNING queue";
 const EXPIRED_BEFORE_RUNNING: &str = "its deadline passed before it could run";
 
 /// A queued job whose deadline passed: it ends without ever running.
@@ -478,16 +479,16 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
     Ok(Some((dispatch, queued_since)))
 }
 
-const REQUEUE: &str = "UPDATE jobs SET state = 'queued', failures = 0, max_attempts = ?1,
+const REQUEUE: &str = "UPDATE jobs SET state = 10 /* queued */, failures = 0, max_attempts = ?1,
         error = NULL, output = NULL, finished_at_ms = NULL, run_at_ms = NULL, worker_id = NULL
     WHERE seq = ?2
     RETURNING id, queue, kind, priority, 0, seq, deadline_ms, weight, tenant_id,
         concurrency_key, attempt";
 const FAILED_DEPENDENCY: &str = "SELECT p.id, p.state FROM dependencies d
     JOIN jobs p ON p.id = d.depends_on
-    WHERE d.job_id = ?1 AND p.state IN ('failed', 'cancelled', 'deadline_exceeded') LIMIT 1";
+    WHERE d.job_id = ?1 AND p.state IN (40 /* failed */, 50 /* cancelled */, 60 /* deadline_exceeded */) LIMIT 1";
 const UNFINISHED_DEPENDENCIES: &str = "SELECT count(*) FROM dependencies d
-    JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = ?1 AND p.state != 'succeeded'";
+    JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = ?1 AND p.state != 30 /* succeeded */";
 
 /// Puts a job that ended badly back in its queue, with a fresh count of attempts. Returns it
 /// as ready when its dependencies have all succeeded.
@@ -541,12 +542,12 @@ pub(super) fn requeue(
 pub(super) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
     let now = now_ms();
     let interrupted = conn.execute(
-        "UPDATE attempts SET finished_at_ms = ?1, outcome = 'interrupted', error = ?2
-            WHERE outcome = 'running'",
+        "UPDATE attempts SET finished_at_ms = ?1, outcome = 80 /* interrupted */, error = ?2
+            WHERE outcome = 10 /* running */",
         params![now, "the coordinator restarted"],
     )?;
     let requeued = conn.execute(
-        "UPDATE jobs SET state = 'queued', worker_id = NULL WHERE state = 'running'",
+        "UPDATE jobs SET state = 10 /* queued */, worker_id = NULL WHERE state = 20 /* running */",
         [],
     )?;
     if requeued > 0 || interrupted > 0 {
@@ -558,9 +559,9 @@ pub(super) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
     let ready = conn
         .prepare(&format!(
             "SELECT {READY_COLUMNS} FROM jobs j
-             WHERE state = 'queued' AND NOT EXISTS (
+             WHERE state = 10 /* queued */ AND NOT EXISTS (
                 SELECT 1 FROM dependencies d JOIN jobs p ON p.id = d.depends_on
-                WHERE d.job_id = j.id AND p.state != 'succeeded')"
+                WHERE d.job_id = j.id AND p.state != 30 /* succeeded */)"
         ))?
         .query_map([], ready_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -40,6 +40,7 @@ fn upgrade(conn: &mut Connection, to: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{AttemptOutcome, JobState};
 
     /// A database made by the first schema, which stored states as protobuf numbers, keeps
     /// every job, attempt and trigger-maintained count through the upgrade.
@@ -70,7 +71,7 @@ mod tests {
 
         run(&mut conn).expect("upgrade");
 
-        let states: Vec<(i64, String)> = conn
+        let states: Vec<(i64, i64)> = conn
             .prepare("SELECT seq, state FROM jobs ORDER BY seq")
             .and_then(|mut s| {
                 s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -80,15 +81,15 @@ mod tests {
         assert_eq!(
             states,
             [
-                (1, "succeeded".to_string()),
-                (2, "running".to_string()),
-                (3, "queued".to_string())
+                (1, JobState::Succeeded.code()),
+                (2, JobState::Running.code()),
+                (3, JobState::Queued.code())
             ]
         );
-        let outcome: String = conn
+        let outcome: i64 = conn
             .query_row("SELECT outcome FROM attempts", [], |r| r.get(0))
             .expect("the attempt");
-        assert_eq!(outcome, "succeeded");
+        assert_eq!(outcome, AttemptOutcome::Succeeded.code());
         let events: i64 = conn
             .query_row("SELECT count(*) FROM group_events", [], |r| r.get(0))
             .expect("group events");
@@ -97,8 +98,11 @@ mod tests {
             "the first schema's trigger recorded the group's end"
         );
         // The new triggers work on the names: the queued job leaves the admission count.
-        conn.execute("UPDATE jobs SET state = 'cancelled' WHERE seq = 3", [])
-            .expect("cancel");
+        conn.execute(
+            "UPDATE jobs SET state = ?1 WHERE seq = 3",
+            [JobState::Cancelled.code()],
+        )
+        .expect("cancel");
         let queued: i64 = conn
             .query_row(
                 "SELECT queued FROM queued_counts WHERE scope = 'tenant:t'",
@@ -107,10 +111,7 @@ mod tests {
             )
             .expect("count");
         assert_eq!(queued, 0);
-        // And a number is no longer a state.
-        assert!(
-            conn.execute("UPDATE jobs SET state = 1 WHERE seq = 2", [])
-                .is_err()
-        );
+        // A protobuf number names no stored state.
+        assert_eq!(JobState::from_code(1), None);
     }
 }

@@ -288,7 +288,8 @@ fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> Result<Conne
     Ok(conn)
 }
 
-// How domain values are stored: ids as their hyphenated text, states by their names.
+// How domain values are stored: ids as their hyphenated text, states and outcomes by their
+// codes (the SQL here writes a code with its name beside it: `10 /* queued */`).
 
 impl ToSql for JobId {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -307,25 +308,27 @@ impl FromSql for JobId {
 
 impl ToSql for JobState {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+        Ok(ToSqlOutput::from(self.code()))
     }
 }
 
 impl FromSql for JobState {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        JobState::parse(value.as_str()?).ok_or(FromSqlError::InvalidType)
+        let code = value.as_i64()?;
+        JobState::from_code(code).ok_or(FromSqlError::OutOfRange(code))
     }
 }
 
 impl ToSql for AttemptOutcome {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+        Ok(ToSqlOutput::from(self.code()))
     }
 }
 
 impl FromSql for AttemptOutcome {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        AttemptOutcome::parse(value.as_str()?).ok_or(FromSqlError::InvalidType)
+        let code = value.as_i64()?;
+        AttemptOutcome::from_code(code).ok_or(FromSqlError::OutOfRange(code))
     }
 }
 

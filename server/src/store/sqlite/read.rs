@@ -78,7 +78,7 @@ const JOB_COLUMNS: &str = "seq, id, queue, kind, payload, priority, max_attempts
 
 /// The dependencies of a job that have not succeeded yet.
 const WAITING_FOR: &str = "SELECT id FROM jobs
-    WHERE id IN (SELECT value FROM json_each(?1)) AND state != 'succeeded' ORDER BY seq";
+    WHERE id IN (SELECT value FROM json_each(?1)) AND state != 30 /* succeeded */ ORDER BY seq";
 
 /// For a queued job with dependencies: those that have not succeeded yet.
 fn fill_waiting_for(conn: &Connection, job: &mut JobRecord) -> Result<()> {
@@ -132,7 +132,7 @@ pub(super) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
         add(" AND queue = ?", Value::Text(queue.clone()));
     }
     if let Some(state) = filter.state {
-        add(" AND state = ?", Value::Text(state.as_str().to_owned()));
+        add(" AND state = ?", Value::Integer(state.code()));
     }
     if let Some(kind) = &filter.kind {
         add(" AND kind = ?", Value::Text(kind.clone()));
