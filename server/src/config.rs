@@ -46,6 +46,11 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub write_queue: u64,
 
+    /// How long a write waits for the database's lock when another process holds it, before
+    /// it is refused with UNAVAILABLE (retryable); health answers NOT_SERVING meanwhile.
+    #[arg(long, env = "SWITCHYARD_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub busy_timeout: Duration,
+
     /// How often the coordinator pings each worker stream. A stream silent for three
     /// intervals (or whose worker stops acknowledging) is dead and its jobs go back to the
     /// queue.
@@ -125,6 +130,7 @@ impl ServerArgs {
                 sync: self.sync,
                 readers: 4,
                 write_queue: self.write_queue as usize,
+                busy_timeout: self.busy_timeout,
             },
             max_message_bytes: self.max_message_bytes as usize,
             max_concurrent_streams: self.max_concurrent_streams,

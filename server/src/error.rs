@@ -31,8 +31,11 @@ pub enum Error {
     Overloaded(&'static str),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// The store cannot write now, for a reason the caller can act on; nothing was stored.
+    #[error("{}", .fault.explain())]
+    Store { fault: StoreFault, detail: String },
     #[error("database: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
     #[error("migration {version}: {source}")]
     Migration {
         version: u32,
@@ -59,6 +62,56 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// Why the store cannot write, as a caller can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreFault {
+    /// The disk (or the database's size cap) is full: free space, then retry.
+    Full,
+    /// Another process holds the database's write lock: retry with backoff.
+    Busy,
+}
+
+impl StoreFault {
+    fn explain(self) -> &'static str {
+        match self {
+            StoreFault::Full => {
+                "the coordinator's database or disk is full; nothing was stored (retry once space is freed)"
+            }
+            StoreFault::Busy => {
+                "the coordinator's database is locked by another process; nothing was stored (retry with backoff)"
+            }
+        }
+    }
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreFault::Full => "full",
+            StoreFault::Busy => "busy",
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    /// A full disk and a locked database are told apart from other database errors: the
+    /// caller can act on them.
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        let fault = match err.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => Some(StoreFault::Full),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Some(StoreFault::Busy),
+            _ => None,
+        };
+        match fault {
+            Some(fault) => Error::Store {
+                fault,
+                detail: err.to_string(),
+            },
+            None => Error::Database(err),
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Self {
         Error::InvalidArgument {
@@ -78,6 +131,13 @@ impl From<Error> for Status {
             Error::DeadlinePassed => Code::DeadlineExceeded,
             Error::Overloaded(_) | Error::ShuttingDown => Code::Unavailable,
             Error::QueueFull { .. } => Code::ResourceExhausted,
+            Error::Store { fault, detail } => {
+                tracing::warn!(fault = fault.as_str(), cause = %detail, "the store cannot write");
+                match fault {
+                    StoreFault::Full => Code::ResourceExhausted,
+                    StoreFault::Busy => Code::Unavailable,
+                }
+            }
             Error::Database(_)
             | Error::Migration { .. }
             | Error::Open { .. }

@@ -73,6 +73,12 @@ pub async fn run_with(
     // The endpoint stops when the drain starts, or when `run` ends for any other reason.
     let telemetry_stop = shutdown.child_token();
     let telemetry = TaskTracker::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    telemetry.spawn(follow_store_health(
+        store.clone(),
+        health.clone(),
+        telemetry_stop.clone(),
+    ));
     if let Some(listener) = metrics_listener {
         http::serve(
             listener,
@@ -118,7 +124,14 @@ pub async fn run_with(
         shutdown.cancelled().await;
         drain.cancel();
     };
-    let result = serve(listener, &config, services, stopping).await;
+    let result = serve(
+        listener,
+        &config,
+        services,
+        (health, health_service),
+        stopping,
+    )
+    .await;
     inner.cancel();
     sessions.close();
     sessions.wait().await;
@@ -153,19 +166,84 @@ struct Services {
     workers: dispatch::WorkerApi,
 }
 
+/// The names health reports on: the server as a whole, and each service.
+const SERVICE_NAMES: [&str; 4] = [
+    "",
+    "switchyard.v1.JobService",
+    "switchyard.v1.WorkerService",
+    "switchyard.v1.AdminService",
+];
+
+/// How often a store that cannot commit is tried again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Health follows the store: `NOT_SERVING` while it cannot commit (a full disk, a lock held by
+/// another process), so that a load balancer sends work elsewhere, and `SERVING` again on its
+/// own once a probe write commits. Stops at the drain, which then owns the status.
+async fn follow_store_health(
+    store: std::sync::Arc<dyn store::Store>,
+    reporter: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut health = store.health();
+    let mut was = None;
+    loop {
+        let fault = *health.borrow_and_update();
+        if fault != was {
+            let status = match fault {
+                None => {
+                    tracing::info!("the store commits again: health SERVING");
+                    ServingStatus::Serving
+                }
+                Some(fault) => {
+                    tracing::warn!(
+                        fault = fault.as_str(),
+                        "the store cannot commit: health NOT_SERVING until it can"
+                    );
+                    ServingStatus::NotServing
+                }
+            };
+            if stop.is_cancelled() {
+                break;
+            }
+            for name in SERVICE_NAMES {
+                reporter.set_service_status(name, status).await;
+            }
+            was = fault;
+        }
+        let probe = async {
+            match fault {
+                Some(_) => {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    // Its outcome arrives through `health`.
+                    let _ = store.probe().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = health.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = probe => {}
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     config: &Config,
     services: Services,
+    (health, health_service): (
+        tonic_health::server::HealthReporter,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let service_names = [
-        "",
-        "switchyard.v1.JobService",
-        "switchyard.v1.WorkerService",
-        "switchyard.v1.AdminService",
-    ];
+    let service_names = SERVICE_NAMES;
     for name in service_names {
         health
             .set_service_status(name, ServingStatus::Serving)

@@ -32,6 +32,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("switchyard_store_commit_seconds", "histogram"),
     ("switchyard_store_commit_batch_size", "histogram"),
     ("switchyard_store_commits_total", "counter"),
+    ("switchyard_store_faults_total", "counter"),
+    ("switchyard_store_healthy", "gauge"),
 ];
 
 async fn coordinator(extra: &[&str]) -> (Coordinator, Client, SocketAddr) {

@@ -46,6 +46,7 @@ pub struct Coordinator {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     dir: Arc<TempDir>,
+    db: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -64,20 +65,32 @@ impl Coordinator {
     /// Starts a coordinator with extra flags and environment variables (say,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`) on a fresh temporary database.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Coordinator {
+        Self::start_in(None, args, env).await
+    }
+
+    /// Starts a coordinator whose database lives in `db_dir` (say, a small filesystem the test
+    /// made), or in the coordinator's own temporary directory.
+    pub async fn start_in(
+        db_dir: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Coordinator {
         let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let db = db_dir.unwrap_or(dir.path()).join("switchyard.db");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let (child, stdout, addr, metrics_addr) =
-            spawn(dir.path(), &args, &env, "127.0.0.1:0").await;
+            spawn(dir.path(), &db, &args, &env, "127.0.0.1:0").await;
         Coordinator {
             child: Some(child),
             _stdout: Some(stdout),
             addr,
             metrics_addr,
             dir,
+            db,
             args,
             env,
         }
@@ -98,7 +111,7 @@ impl Coordinator {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("switchyard.db")
+        self.db.clone()
     }
 
     /// Everything the coordinator has logged (stderr), across restarts.
@@ -142,6 +155,7 @@ impl Coordinator {
         );
         let (child, stdout, addr, metrics_addr) = spawn(
             self.dir.path(),
+            &self.db,
             &self.args,
             &self.env,
             &self.addr.to_string(),
@@ -177,6 +191,7 @@ pub fn signal(pid: u32, name: &str) {
 /// second when `--metrics` is among `args`.
 async fn spawn(
     dir: &Path,
+    db: &Path,
     args: &[String],
     env: &[(String, String)],
     listen: &str,
@@ -190,7 +205,7 @@ async fn spawn(
         .arg("--listen")
         .arg(listen)
         .arg("--db")
-        .arg(format!("sqlite://{}", dir.join("switchyard.db").display()))
+        .arg(format!("sqlite://{}", db.display()))
         .args(args)
         .env("SWITCHYARD_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)))

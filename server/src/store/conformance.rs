@@ -39,6 +39,7 @@ async fn sqlite() -> Backend {
         sync: super::SyncMode::Normal,
         readers: 2,
         write_queue: 64,
+        busy_timeout: std::time::Duration::from_secs(5),
     };
     let open = move || -> Opened {
         let config = config.clone();

@@ -39,6 +39,9 @@ pub struct StoreConfig {
     /// Client commands that may wait for the writer before submitters are pushed back. The
     /// scheduler's own writes do not count against it.
     pub write_queue: usize,
+    /// How long a write waits for a lock another process holds before it is refused
+    /// (`UNAVAILABLE`, retryable).
+    pub busy_timeout: std::time::Duration,
 }
 
 /// Opens the configured backend.
@@ -92,6 +95,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// What the writer has done since start.
     fn writer_stats(&self) -> WriterStats;
+
+    /// Whether the store can commit: `None` while it can, the fault while it cannot (a full
+    /// disk, a lock held by another process). Changes as commits succeed or fail.
+    fn health(&self) -> tokio::sync::watch::Receiver<Option<crate::error::StoreFault>>;
+
+    /// A small real write, to learn whether the store can commit again; its outcome moves
+    /// `health`.
+    async fn probe(&self) -> Result<()>;
 
     /// Finishes what was sent before and closes; later calls fail with `ShuttingDown`.
     async fn close(&self) -> Result<()>;

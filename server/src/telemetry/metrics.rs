@@ -72,6 +72,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    fault: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     queue: String,
     outcome: &'static str,
@@ -202,6 +207,8 @@ struct Inner {
     store_commit: Histogram,
     store_batch: Histogram,
     store_commits: Counter,
+    store_faults: Family<FaultLabels, Counter>,
+    store_healthy: Gauge,
 }
 
 impl Default for Metrics {
@@ -303,6 +310,22 @@ impl Metrics {
                 "Store transactions committed",
                 Counter::default(),
             ),
+            store_faults: {
+                // Two label values at most: no bound needed, but shown before its first fault.
+                let family = Family::default();
+                r.register(
+                    "switchyard_store_faults",
+                    "Store transactions that could not commit for a reason a caller can act on, by fault (full: the disk or the database's size cap; busy: another process holds the write lock)",
+                    Described(family.clone()),
+                );
+                family
+            },
+            store_healthy: unlabelled(
+                r,
+                "switchyard_store_healthy",
+                "1 while the store can commit, 0 while it cannot (health answers NOT_SERVING then)",
+                Gauge::default(),
+            ),
             registry,
         };
         Metrics {
@@ -386,6 +409,19 @@ impl Metrics {
         inner.store_commits.inc();
         inner.store_commit.observe(took.as_secs_f64());
         inner.store_batch.observe(commands as f64);
+    }
+
+    /// The store met a fault (`full`, `busy`) and could not commit.
+    pub fn store_fault(&self, fault: &'static str) {
+        self.inner
+            .store_faults
+            .get_or_create(&FaultLabels { fault })
+            .inc();
+    }
+
+    /// Whether the store can commit now.
+    pub fn set_store_healthy(&self, healthy: bool) {
+        self.inner.store_healthy.set(i64::from(healthy));
     }
 
     /// Counts what a committed transaction did.

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0001_jobs.sql"),
     include_str!("../../../../migrations/sqlite/0002_domain_states.sql"),
+    include_str!("../../../../migrations/sqlite/0003_store_probe.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

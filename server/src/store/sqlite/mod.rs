@@ -15,19 +15,16 @@ mod read;
 mod submit;
 mod writer;
 
-use std::{
-    path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
 };
 
 use rusqlite::{
     Connection, OpenFlags, ToSql,
     types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     CancelTarget, Cancelled, ListFilter, ListPage, Recovered, Store, StoreConfig, Submit,
@@ -56,19 +53,22 @@ pub struct SqliteStore {
     priority: mpsc::Sender<Command>,
     readers: Arc<read::Readers>,
     counters: Arc<Counters>,
+    health: watch::Receiver<Option<crate::error::StoreFault>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database, applies migrations and starts the writer.
     pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<SqliteStore> {
-        let mut conn = open_connection(&config.path, config.sync, false)?;
+        let mut conn = open_connection(config, false)?;
         migrate::run(&mut conn)?;
-        let readers = read::Readers::open(&config.path, config.sync, config.readers.max(1))?;
+        let readers = read::Readers::open(config, config.readers.max(1))?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
         let (priority, priority_rx) = mpsc::channel(SCHEDULER_QUEUE);
         let thread_counters = counters.clone();
+        let (health_tx, health) = watch::channel(None);
+        metrics.set_store_healthy(true);
         let handle = std::thread::Builder::new()
             .name("switchyard-writer".into())
             .spawn(move || {
@@ -80,6 +80,7 @@ impl SqliteStore {
                     },
                     &thread_counters,
                     &metrics,
+                    &health_tx,
                 )
             })?;
         Ok(SqliteStore {
@@ -87,6 +88,7 @@ impl SqliteStore {
             priority,
             readers: Arc::new(readers),
             counters,
+            health,
             writer: Arc::new(Mutex::new(Some(handle))),
         })
     }
@@ -212,6 +214,14 @@ impl Store for SqliteStore {
         self.counters.snapshot()
     }
 
+    fn health(&self) -> watch::Receiver<Option<crate::error::StoreFault>> {
+        self.health.clone()
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.call_first(|reply| Command::Probe { reply }).await?
+    }
+
     async fn close(&self) -> Result<()> {
         // A send error means the writer is already gone: closing twice is fine.
         let _ = self.call_first(|reply| Command::Close { reply }).await;
@@ -259,7 +269,8 @@ impl Counters {
 }
 
 /// Opens one connection with the per-connection pragmas on it.
-fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> Result<Connection> {
+fn open_connection(config: &StoreConfig, read_only: bool) -> Result<Connection> {
+    let (path, sync) = (config.path.as_path(), config.sync);
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -272,8 +283,7 @@ fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> Result<Conne
         source,
     };
     let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(wrap)?;
+    conn.busy_timeout(config.busy_timeout).map_err(wrap)?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(wrap)?;

@@ -1,20 +1,17 @@
 //! Reads: a small pool of read-only connections, each query run on the blocking pool.
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter, types::Value};
 use tokio::sync::Semaphore;
 
-use super::{SyncMode, json_ids, open_connection, parse_json_ids};
+use super::{json_ids, open_connection, parse_json_ids};
 use crate::{
     domain::{
         AttemptRecord, GroupEvent, GroupRecord, JobId, JobRecord, JobState, QueueCounts, Quota,
     },
     error::{Error, Result},
-    store::{ListFilter, ListPage},
+    store::{ListFilter, ListPage, StoreConfig},
 };
 
 pub(super) struct Readers {
@@ -23,9 +20,9 @@ pub(super) struct Readers {
 }
 
 impl Readers {
-    pub(super) fn open(path: &Path, sync: SyncMode, size: usize) -> Result<Readers> {
+    pub(super) fn open(config: &StoreConfig, size: usize) -> Result<Readers> {
         let idle = (0..size)
-            .map(|_| open_connection(path, sync, true))
+            .map(|_| open_connection(config, true))
             .collect::<Result<Vec<_>>>()?;
         Ok(Readers {
             idle: Mutex::new(idle),

@@ -10,12 +10,12 @@
 use std::time::Instant;
 
 use rusqlite::{Connection, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Counters, cancel, lifecycle, submit};
 use crate::{
-    domain::{JobId, Quota, ReadyJob},
-    error::{Error, Result},
+    domain::{JobId, Quota, ReadyJob, now_ms},
+    error::{Error, Result, StoreFault},
     store::{CancelTarget, Cancelled, Submit, Submitted, TransitionOutcome, Transitions},
     telemetry::{Metrics, Tally},
 };
@@ -48,6 +48,10 @@ pub(super) enum Command {
     },
     Recover {
         reply: oneshot::Sender<Result<Vec<ReadyJob>>>,
+    },
+    /// A small real write: can the store commit again?
+    Probe {
+        reply: oneshot::Sender<Result<()>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -115,20 +119,49 @@ enum Pending {
         oneshot::Sender<Result<Vec<ReadyJob>>>,
         Result<Vec<ReadyJob>>,
     ),
+    Probe(oneshot::Sender<Result<()>>, Result<()>),
     Close(oneshot::Sender<()>),
+}
+
+/// Why a whole batch failed (BEGIN or COMMIT did), told to each of its commands.
+#[derive(Debug, Clone)]
+enum Failed {
+    Store(StoreFault, String),
+    Other(String),
+}
+
+impl From<rusqlite::Error> for Failed {
+    fn from(err: rusqlite::Error) -> Self {
+        match Error::from(err) {
+            Error::Store { fault, detail } => Failed::Store(fault, detail),
+            other => Failed::Other(other.to_string()),
+        }
+    }
 }
 
 /// Sends `result` if the commit held; the commit's error otherwise. A caller that hung up
 /// no longer wants the answer: a failed send is fine.
-fn answer<T>(tx: oneshot::Sender<Result<T>>, result: Result<T>, commit: &Result<(), String>) {
+fn answer<T>(tx: oneshot::Sender<Result<T>>, result: Result<T>, commit: &Result<(), Failed>) {
     let _ = tx.send(match commit {
         Ok(()) => result,
-        Err(e) => Err(Error::CommitFailed(e.clone())),
+        Err(Failed::Store(fault, detail)) => Err(Error::Store {
+            fault: *fault,
+            detail: detail.clone(),
+        }),
+        Err(Failed::Other(e)) => Err(Error::CommitFailed(e.clone())),
     });
 }
 
+/// The store fault a command's own result carries, if any.
+fn fault_of<T>(result: &Result<T>) -> Option<StoreFault> {
+    match result {
+        Err(Error::Store { fault, .. }) => Some(*fault),
+        _ => None,
+    }
+}
+
 impl Pending {
-    fn send(self, commit: &Result<(), String>) {
+    fn send(self, commit: &Result<(), Failed>) {
         match self {
             Pending::Submit(tx, r) => answer(tx, r, commit),
             Pending::Cancel(tx, r) => answer(tx, r, commit),
@@ -136,13 +169,36 @@ impl Pending {
             Pending::Requeue(tx, r) => answer(tx, r, commit),
             Pending::Admin(tx, r) => answer(tx, r, commit),
             Pending::Recover(tx, r) => answer(tx, r, commit),
+            Pending::Probe(tx, r) => answer(tx, r, commit),
             Pending::Close(tx) => drop(tx.send(())),
+        }
+    }
+
+    fn fault(&self) -> Option<StoreFault> {
+        match self {
+            Pending::Submit(_, r) => fault_of(r),
+            Pending::Cancel(_, r) => fault_of(r),
+            Pending::Transition(_, r) => fault_of(r),
+            Pending::Requeue(_, r) => fault_of(r),
+            Pending::Admin(_, r) => fault_of(r),
+            Pending::Recover(_, r) => fault_of(r),
+            Pending::Probe(_, r) => fault_of(r),
+            Pending::Close(_) => None,
         }
     }
 }
 
+/// Whether the store can commit: `None` while it can, the fault while it cannot.
+pub(super) type Health = watch::Sender<Option<StoreFault>>;
+
 /// The writer loop. Returns when both channels close or a `Close` command is committed.
-pub(super) fn run(mut conn: Connection, mut inbox: Inbox, counters: &Counters, metrics: &Metrics) {
+pub(super) fn run(
+    mut conn: Connection,
+    mut inbox: Inbox,
+    counters: &Counters,
+    metrics: &Metrics,
+    health: &Health,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
     while !closing {
@@ -152,7 +208,17 @@ pub(super) fn run(mut conn: Connection, mut inbox: Inbox, counters: &Counters, m
         batch.push(first);
         inbox.fill(&mut batch);
         closing = batch.iter().any(|c| matches!(c, Command::Close { .. }));
-        commit_batch(&mut conn, &mut batch, counters, metrics);
+        let fault = commit_batch(&mut conn, &mut batch, counters, metrics);
+        if let Some(fault) = fault {
+            metrics.store_fault(fault.as_str());
+        }
+        // Told only when it changes: health checks and the gauge follow it.
+        health.send_if_modified(|now| {
+            let changed = *now != fault;
+            *now = fault;
+            changed
+        });
+        metrics.set_store_healthy(fault.is_none());
     }
     // Fold the WAL back into the main file so the database is whole on its own.
     if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
@@ -164,16 +230,18 @@ pub(super) fn run(mut conn: Connection, mut inbox: Inbox, counters: &Counters, m
     tracing::info!("store closed");
 }
 
+/// Commits one batch; returns the store fault it met, if any (then the store cannot commit
+/// now).
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Command>,
     counters: &Counters,
     metrics: &Metrics,
-) {
-    // Taking stock at start is the store's own work, not a command of anyone's.
+) -> Option<StoreFault> {
+    // Taking stock at start, and probing, are the store's own work, not anyone's commands.
     let commands = batch
         .iter()
-        .filter(|c| !matches!(c, Command::Recover { .. }))
+        .filter(|c| !matches!(c, Command::Recover { .. } | Command::Probe { .. }))
         .count() as u64;
     let mut rows = 0u64;
     // Held until the commit: a command that rolls back, or a failed commit, counts nothing.
@@ -181,11 +249,14 @@ fn commit_batch(
     let mut pending = Vec::with_capacity(batch.len());
     let began = Instant::now();
     if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let err = Err(err.to_string());
+        let err = Err(Failed::from(err));
         for command in batch.drain(..) {
             refuse(command, &err);
         }
-        return;
+        return match err {
+            Err(Failed::Store(fault, _)) => Some(fault),
+            _ => None,
+        };
     }
     for command in batch.drain(..) {
         pending.push(apply(conn, command, &mut rows, &mut tally));
@@ -194,8 +265,13 @@ fn commit_batch(
         tracing::error!(cause = %err, "commit failed; rolling back");
         // The transaction may still be open after a failed COMMIT; end it.
         let _ = conn.execute_batch("ROLLBACK");
-        err.to_string()
+        Failed::from(err)
     });
+    let fault = match &commit {
+        Err(Failed::Store(fault, _)) => Some(*fault),
+        Err(Failed::Other(_)) => None,
+        Ok(()) => pending.iter().find_map(Pending::fault),
+    };
     if commit.is_ok() && commands > 0 {
         counters.record(commands, rows);
         // Before the replies: whoever hears of a write can already see it counted.
@@ -205,6 +281,7 @@ fn commit_batch(
     for reply in pending {
         reply.send(&commit);
     }
+    fault
 }
 
 /// Applies one command in its savepoint; its reply waits for the commit.
@@ -254,12 +331,33 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             Pending::Admin(reply, result)
         }
         Command::Recover { reply } => Pending::Recover(reply, savepoint(conn, lifecycle::recover)),
+        Command::Probe { reply } => Pending::Probe(reply, savepoint(conn, probe)),
         Command::Close { reply } => Pending::Close(reply),
     }
 }
 
+/// Pages a write needs free at least, for the store to count as able to commit again.
+const PROBE_ROOM_PAGES: i64 = 16;
+
+/// A real write, and room for more: whether the store can take writes again.
+fn probe(conn: &Connection) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO store_probe (id, at_ms) VALUES (1, ?1)")?
+        .execute(params![now_ms()])?;
+    let pragma = |name: &str| -> Result<i64> {
+        Ok(conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))?)
+    };
+    let room = pragma("max_page_count")? - pragma("page_count")? + pragma("freelist_count")?;
+    if room < PROBE_ROOM_PAGES {
+        return Err(Error::Store {
+            fault: StoreFault::Full,
+            detail: format!("{room} pages left under the database's size cap"),
+        });
+    }
+    Ok(())
+}
+
 /// Answers a command of a batch that could not begin.
-fn refuse(command: Command, err: &Result<(), String>) {
+fn refuse(command: Command, err: &Result<(), Failed>) {
     let pending = match command {
         Command::Submit { reply, .. } => Pending::Submit(reply, Ok(vec![])),
         Command::Cancel { reply, .. } => Pending::Cancel(reply, Err(Error::ShuttingDown)),
@@ -269,6 +367,7 @@ fn refuse(command: Command, err: &Result<(), String>) {
         Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
         Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
         Command::Recover { reply } => Pending::Recover(reply, Ok(vec![])),
+        Command::Probe { reply } => Pending::Probe(reply, Ok(())),
         Command::Close { reply } => Pending::Close(reply),
     };
     pending.send(err);
