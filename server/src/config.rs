@@ -41,6 +41,13 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_in_flight: u64,
 
+    /// Long-polls (`Wait`, `Run`, `WatchGroup`) open at once; past it one is refused with
+    /// UNAVAILABLE. They have a bound of their own, apart from --max-in-flight, so that idle
+    /// waiters never shed submits; health and reflection are never shed.
+    #[arg(long, env = "SWITCHYARD_MAX_LONG_POLLS", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_long_polls: u64,
+
     /// Writes that may wait for the store's writer before submitters get UNAVAILABLE.
     #[arg(long, env = "SWITCHYARD_WRITE_QUEUE", default_value_t = 16_384,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -111,6 +118,7 @@ pub struct Config {
     pub max_deadline: Duration,
     pub tokens: Option<PathBuf>,
     pub max_in_flight: usize,
+    pub max_long_polls: usize,
     pub tls: Option<Tls>,
 }
 
@@ -139,6 +147,7 @@ impl ServerArgs {
             max_deadline: self.max_deadline,
             tokens: self.tokens.clone(),
             max_in_flight: self.max_in_flight as usize,
+            max_long_polls: self.max_long_polls as usize,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(Tls {
                     cert: cert.clone(),

@@ -282,11 +282,17 @@ async fn serve(
     // 2. auth: an unauthenticated call is refused before anything is read from it (every
     //    service but health and reflection needs a token when the server has tokens);
     // 3. trace context: the caller's traceparent is parsed once, only for calls that will be
-    //    served, and handed to the api with the caller's identity.
+    //    served, and handed to the api with the caller's identity;
+    // 4. deadline: `grpc-timeout` is read the same way for every job and admin call, and a
+    //    malformed one refused before the call runs.
     let stack = ServiceBuilder::new()
-        .layer(admission::AdmissionLayer::new(config.max_in_flight))
+        .layer(admission::AdmissionLayer::new(
+            config.max_in_flight,
+            config.max_long_polls,
+        ))
         .layer(auth::AuthLayer::new(tokens))
         .layer(trace::TraceContextLayer)
+        .layer(api::deadline::DeadlineLayer)
         .into_inner();
 
     // Small responses must not wait on Nagle's algorithm for the peer's delayed ACK.

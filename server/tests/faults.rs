@@ -163,3 +163,100 @@ async fn a_database_locked_by_another_process_is_unavailable_until_released() {
     acked.sort();
     assert_eq!(stored, acked);
 }
+
+/// Idle long-polls have a bound of their own: they neither shed submits nor fail health
+/// checks, however many are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_long_polls_neither_shed_real_work_nor_fail_health() {
+    const WAITS: usize = 8;
+    let coordinator =
+        Coordinator::start_with(&["--max-in-flight", "4", "--max-long-polls", "8"]).await;
+    let client = connect(&coordinator).await;
+    // Nobody serves this queue: a Wait on its job stays open.
+    let job = client
+        .submit(JobSpec::new("nobody", "echo"))
+        .await
+        .expect("a job to wait on")
+        .job_id;
+    let mut waits = tokio::task::JoinSet::new();
+    for _ in 0..WAITS {
+        let (client, job) = (client.clone(), job.clone());
+        waits.spawn(async move {
+            // A wait refused because the probe below held a permit just then tries again.
+            loop {
+                match client
+                    .wait(&job, Some(std::time::Duration::from_secs(60)))
+                    .await
+                {
+                    Err(err) if err.code() == Some(Code::Unavailable) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    other => return other,
+                }
+            }
+        });
+    }
+    // Once every long-poll permit is taken, one more Wait is refused: the eight are open.
+    eventually("the long-poll bound full", || async {
+        match client
+            .wait(&job, Some(std::time::Duration::from_millis(200)))
+            .await
+        {
+            Err(err) if err.code() == Some(Code::Unavailable) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    for i in 0..20 {
+        client
+            .submit(JobSpec::new("q", "echo").payload(format!("{i}")))
+            .await
+            .expect("a submit beside the idle waits");
+    }
+    assert_eq!(health(&coordinator).await, ServingStatus::Serving);
+    waits.abort_all();
+}
+
+/// `grpc-timeout` is read the same way on every call: a malformed one is refused (and
+/// nothing stored), and one beyond `--max-deadline` is brought in to it, not dropped.
+#[tokio::test]
+async fn grpc_timeout_is_handled_the_same_way_on_every_call() {
+    use switchyard_proto::v1::{RunRequest, SubmitRequest, job_service_client::JobServiceClient};
+    let coordinator = Coordinator::start().await;
+    let client = connect(&coordinator).await;
+    let mut raw = JobServiceClient::new(client.channel().clone());
+    let job = || SubmitRequest {
+        queue: "nobody".into(),
+        kind: "echo".into(),
+        ..Default::default()
+    };
+    let mut submit = tonic::Request::new(job());
+    submit
+        .metadata_mut()
+        .insert("grpc-timeout", "5s".parse().expect("ascii"));
+    let refused = raw
+        .submit(submit)
+        .await
+        .expect_err("a malformed grpc-timeout");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("grpc-timeout"), "{refused:?}");
+    assert!(all_jobs(&client).await.is_empty(), "nothing was stored");
+
+    // 99999999 hours: far past the 366-day maximum. The job still gets a deadline, at the
+    // maximum; the call is detached so that hanging up does not cancel it.
+    let mut run = tonic::Request::new(RunRequest {
+        job: Some(job()),
+        detach: true,
+    });
+    run.metadata_mut()
+        .insert("grpc-timeout", "99999999H".parse().expect("ascii"));
+    let call = tokio::spawn(async move { raw.run(run).await });
+    let stored = eventually("the Run's job stored", || async {
+        all_jobs(&client).await.into_iter().next()
+    })
+    .await;
+    call.abort();
+    let deadline = stored.deadline.expect("the job has a deadline");
+    let ahead_days = (deadline.seconds - support::now_ms() / 1000) / 86_400;
+    assert!((365..=366).contains(&ahead_days), "{ahead_days} days ahead");
+}

@@ -1,16 +1,34 @@
 //! The caller's deadline, from `grpc-timeout`. tonic does not hand it to handlers and ignores a
-//! malformed one; we parse it ourselves and refuse what is malformed.
+//! malformed one; we parse it ourselves, in one tower layer ([`DeadlineLayer`]) for every call
+//! to the job and admin services, and refuse what is malformed before the call runs.
 
-use std::time::Duration;
+use std::{
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tonic::metadata::MetadataMap;
+use tonic::{
+    Status,
+    body::Body,
+    codegen::http::{self, HeaderMap},
+};
+use tower::{Layer, Service};
 
 use crate::error::{Error, Result};
 
+/// The call's timeout, as the layer read it.
+#[derive(Debug, Clone, Copy)]
+struct CallTimeout(Duration);
+
+/// The call's timeout, if the caller set one (the layer has refused a malformed one).
+pub fn of<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    request.extensions().get::<CallTimeout>().map(|t| t.0)
+}
+
 /// The call's timeout, if the caller set one. Format (gRPC over HTTP/2): 1 to 8 ASCII digits
 /// and a unit, `H` `M` `S` `m` `u` or `n`.
-pub fn timeout(metadata: &MetadataMap) -> Result<Option<Duration>> {
-    let Some(value) = metadata.get("grpc-timeout") else {
+pub fn timeout(headers: &HeaderMap) -> Result<Option<Duration>> {
+    let Some(value) = headers.get("grpc-timeout") else {
         return Ok(None);
     };
     let malformed = || {
@@ -47,14 +65,74 @@ pub fn answer_before(timeout: Duration) -> Duration {
     timeout.saturating_sub((timeout / 20).min(Duration::from_millis(20)))
 }
 
+/// The tower layer that reads `grpc-timeout` once for every call to the job and admin
+/// services: a malformed one is `INVALID_ARGUMENT` before the call runs; a well-formed one is
+/// handed to the api in the request's extensions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer;
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+}
+
+/// The services whose calls a deadline binds (a worker's `Connect` stream has none).
+fn bound(path: &str) -> bool {
+    path.starts_with("/switchyard.v1.JobService/")
+        || path.starts_with("/switchyard.v1.AdminService/")
+}
+
+impl<S, B> Service<http::Request<B>> for Deadline<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::Ready<Result<http::Response<Body>, S::Error>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if bound(request.uri().path()) {
+            match timeout(request.headers()) {
+                Ok(Some(t)) => {
+                    request.extensions_mut().insert(CallTimeout(t));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let status = Status::from(err);
+                    return futures::future::Either::Right(futures::future::ready(Ok(
+                        status.into_http()
+                    )));
+                }
+            }
+        }
+        futures::future::Either::Left(self.inner.call(request))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(value: &str) -> Result<Option<Duration>> {
-        let mut metadata = MetadataMap::new();
-        metadata.insert("grpc-timeout", value.parse().expect("ascii"));
-        timeout(&metadata)
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().expect("ascii"));
+        timeout(&headers)
     }
 
     #[test]
@@ -69,7 +147,7 @@ mod tests {
             parse("99999999n").ok().flatten(),
             Some(Duration::from_nanos(99_999_999))
         );
-        assert_eq!(timeout(&MetadataMap::new()).ok().flatten(), None);
+        assert_eq!(timeout(&HeaderMap::new()).ok().flatten(), None);
     }
 
     #[test]

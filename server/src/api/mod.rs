@@ -1,7 +1,7 @@
 //! The gRPC face: turns requests into store calls, validates them, and maps errors once.
 
 pub(crate) mod convert;
-mod deadline;
+pub(crate) mod deadline;
 pub(crate) mod validate;
 
 use std::{pin::Pin, sync::Arc};
@@ -101,20 +101,24 @@ impl JobApi {
             }
         };
         let mut bound = now.saturating_add(self.max_deadline.as_millis() as i64);
+        // The server's maximum alone does not give a job a deadline; a caller's does, brought
+        // in to that maximum if it lies beyond it.
+        let mut bound_by_caller = false;
         if (deadline_binds || parent.is_some())
-            && let Some(timeout) = deadline::timeout(metadata)?
+            && let Some(timeout) = deadline::of(request)
         {
-            bound = bound.min(now.saturating_add(timeout.as_millis() as i64));
+            let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+            bound = bound.min(now.saturating_add(ms));
+            bound_by_caller = true;
         }
         if let Some(d) = parent.as_ref().and_then(|p| p.deadline_ms) {
             bound = bound.min(d);
+            bound_by_caller = true;
         }
         if bound <= now {
             return Err(Error::DeadlinePassed);
         }
-        // The server's maximum alone does not give a job a deadline; a caller's does.
-        let capped_only = bound == now.saturating_add(self.max_deadline.as_millis() as i64);
-        ctx.deadline_ms = (!capped_only).then_some(bound);
+        ctx.deadline_ms = bound_by_caller.then_some(bound);
         ctx.parent_job_id = parent.map(|p| p.id);
         Ok(ctx)
     }
@@ -580,7 +584,7 @@ impl JobService for JobApi {
 
     #[tracing::instrument(skip_all)]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
-        let timeout = deadline::timeout(request.metadata())?;
+        let timeout = deadline::of(&request);
         let ctx = self.call_context(&request, true).await?;
         let req = request.into_inner();
         let Some(job) = req.job else {
@@ -701,7 +705,7 @@ impl JobService for JobApi {
 
     async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
         let identity = Identity::of(&request);
-        let timeout = deadline::timeout(request.metadata())?;
+        let timeout = deadline::of(&request);
         let id = request.into_inner().job_id;
         if id.is_empty() {
             return Err(Error::invalid("job_id", "is required").into());
