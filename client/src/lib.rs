@@ -125,7 +125,9 @@ pub struct ListFilter {
 }
 
 impl Client {
-    /// Connects to a coordinator at `url` (`http://host:port`).
+    /// Connects to a coordinator at `url`: `http://host:port`, `https://host:port` (then
+    /// use [`Client::connect_with`] and a CA), or `host:port`, which means `http://host:port`
+    /// (the form grpcurl takes).
     pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
         Client::connect_with(url, None).await
     }
@@ -134,29 +136,17 @@ impl Client {
     /// coordinator's certificate and, for mutual TLS, this client's certificate and key.
     pub async fn connect_with(url: impl Into<String>, tls: Option<&Tls>) -> Result<Client, Error> {
         let url = url.into();
-        let mut endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|source| Error::InvalidUrl {
-                url: url.clone(),
-                source,
-            })?;
-        if let Some(tls) = tls {
-            endpoint =
-                endpoint
-                    .tls_config(tls.client_config())
-                    .map_err(|source| Error::InvalidUrl {
-                        url: url.clone(),
-                        source,
-                    })?;
-        }
-        let endpoint = endpoint
+        let endpoint = endpoint(&url, tls)?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { url, source })?;
+        let url = endpoint.uri().to_string();
+        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
+            reason: innermost(&source),
+            url: url.trim_end_matches('/').to_owned(),
+            source,
+        })?;
         Ok(Client::from_channel(channel))
     }
 
@@ -262,6 +252,7 @@ impl Client {
 
     /// Submits one job; returns once it is durable.
     pub async fn submit(&self, job: JobSpec) -> Result<SubmitResponse, Error> {
+        check_payload(job.payload_bytes())?;
         let response = self.jobs().submit(self.request(job.into_request())).await?;
         Ok(response.into_inner())
     }
@@ -269,6 +260,9 @@ impl Client {
     /// Submits many jobs in one transaction: all of them, or none.
     pub async fn submit_batch(&self, batch: Batch) -> Result<SubmitBatchResponse, Error> {
         let request: SubmitBatchRequest = batch.into_request();
+        for job in &request.jobs {
+            check_payload(&job.payload)?;
+        }
         let response = self.jobs().submit_batch(self.request(request)).await?;
         Ok(response.into_inner())
     }
@@ -302,6 +296,7 @@ impl Client {
     /// Submits a job and waits for its result. `timeout` bounds the call (sent as
     /// `grpc-timeout`) and becomes the job's deadline.
     pub async fn run(&self, job: JobSpec, timeout: Option<Duration>) -> Result<Job, Error> {
+        check_payload(job.payload_bytes())?;
         let mut request = self.request(v1::RunRequest {
             job: Some(job.into_request()),
             detach: false,
@@ -433,6 +428,87 @@ impl Client {
             .stats(self.request(StatsRequest {}))
             .await?
             .into_inner())
+    }
+}
+
+/// The largest payload a job may carry; the coordinator refuses more (`INVALID_ARGUMENT`).
+/// Checked here too, so that a payload far past it is refused with these words rather than
+/// by the transport's message-size limit.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+fn check_payload(payload: &[u8]) -> Result<(), Error> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "payload: is {}; the limit is {MAX_PAYLOAD_BYTES} bytes (1 MiB) per job",
+            error::size(payload.len() as u64)
+        )));
+    }
+    Ok(())
+}
+
+/// The endpoint for a coordinator address, with the rules every Switchyard client and worker
+/// follows: `host:port` means `http://host:port`; only `http` and `https` are accepted; an
+/// `https` address needs `tls` (its CA), since system roots are not used.
+pub fn endpoint(url: &str, tls: Option<&Tls>) -> Result<Endpoint, Error> {
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let text = url.trim();
+    if text.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    let full = match text.split_once("://") {
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => text.to_owned(),
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+            if tls.is_none() {
+                return Err(Error::TlsWithoutCa {
+                    url: text.to_owned(),
+                });
+            }
+            text.to_owned()
+        }
+        Some((scheme, _)) => {
+            return Err(invalid(&format!(
+                "the scheme is {scheme:?}; expected http://HOST:PORT, https://HOST:PORT or HOST:PORT"
+            )));
+        }
+        None => format!("http://{text}"),
+    };
+    let mut endpoint = Endpoint::from_shared(full)
+        .map_err(|_| invalid("expected http://HOST:PORT, https://HOST:PORT or HOST:PORT"))?;
+    if endpoint.uri().host().is_none_or(str::is_empty) {
+        return Err(invalid("it names no host"));
+    }
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.client_config())
+            .map_err(|source| invalid(&innermost(&source)))?;
+    }
+    Ok(endpoint)
+}
+
+/// The last cause in an error's chain, in lower case without the `(os error N)` tail: what
+/// actually went wrong (`connection refused`), not the layers it passed through.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if let Some(io) = cause.downcast_ref::<std::io::Error>()
+        && io.kind() == std::io::ErrorKind::ConnectionRefused
+    {
+        return "connection refused".to_owned();
+    }
+    let text = cause.to_string();
+    let text = match text.find(" (os error") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text.to_owned(),
     }
 }
 

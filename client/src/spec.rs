@@ -24,6 +24,11 @@ impl JobSpec {
         }
     }
 
+    /// The payload as it will be sent.
+    pub fn payload_bytes(&self) -> &[u8] {
+        &self.request.payload
+    }
+
     /// The handler's input (at most 1 MiB).
     pub fn payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
         self.request.payload = payload.into();

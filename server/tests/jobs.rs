@@ -396,10 +396,20 @@ async fn cancelling_a_queued_job() {
     assert_eq!(job.blocked_on, None, "only queued jobs are blocked");
     assert_eq!(client.get(&keep).await.expect("get").state, QUEUED);
 
-    // Again: the wish already holds, so it is not an error, and nothing more changes.
-    let again = client.cancel(&id).await.expect("cancel again");
-    assert!(again.cancelled.is_empty(), "{again:?}");
-    assert_eq!(again.state, CANCELLED);
+    // Again: a cancelled job has finished, and cancelling a finished job is
+    // FAILED_PRECONDITION (as the README says), naming the state; nothing more changes.
+    let again = jobs(&client)
+        .cancel(CancelRequest {
+            target: Some(Target::JobId(id.clone())),
+            reason: "again".into(),
+        })
+        .await
+        .expect_err("a cancelled job has already ended");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert!(
+        again.message().ends_with("already ended (cancelled)"),
+        "{again:?}"
+    );
     let job = client.get(&id).await.expect("get");
     assert_eq!(job.error, "changed my mind");
 }
@@ -655,6 +665,27 @@ async fn stats_count_jobs_per_queue_and_state() {
     assert_eq!(store.commands, 6, "{store:?}");
     assert_eq!(store.rows_written, 6, "{store:?}");
     assert!(store.commits >= 1 && store.commits <= 6, "{store:?}");
+
+    // A paused queue says so, even one that has no jobs yet.
+    client.pause_queue("beta", true).await.expect("pause beta");
+    client
+        .pause_queue("gamma", true)
+        .await
+        .expect("pause gamma");
+    let paused: Vec<(String, bool)> = support::stats(&client)
+        .await
+        .queues
+        .into_iter()
+        .map(|q| (q.queue, q.paused))
+        .collect();
+    assert_eq!(
+        paused,
+        [
+            ("alpha".to_owned(), false),
+            ("beta".to_owned(), true),
+            ("gamma".to_owned(), true)
+        ]
+    );
 }
 
 /// `Timestamp` and `Duration` carry nanoseconds; what `JobSpec::run_at(SystemTime::now() + …)`

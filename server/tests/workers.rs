@@ -151,6 +151,7 @@ async fn a_failing_job_ends_failed_after_exactly_max_attempts_and_can_be_requeue
             .all(|a| a.outcome() == AttemptOutcome::Failed)
     );
     assert!(job.error.contains("fail"), "{}", job.error);
+    assert!(job.error.ends_with("(after 3 attempts)"), "{}", job.error);
 
     let failed = client
         .list(switchyard_client::ListFilter {
@@ -170,6 +171,8 @@ async fn a_failing_job_ends_failed_after_exactly_max_attempts_and_can_be_requeue
     assert_eq!(job.state(), JobState::Failed);
     assert_eq!(job.attempt, 4, "one more attempt after the requeue");
     assert_eq!(job.attempts.len(), 4);
+    // The count is of the fresh attempts the requeue gave, in words a person writes.
+    assert!(job.error.ends_with("(after 1 attempt)"), "{}", job.error);
 }
 
 #[tokio::test]

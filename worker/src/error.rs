@@ -7,13 +7,10 @@ pub enum Error {
     /// The configuration cannot work (empty worker id, no queues, zero slots, …).
     #[error("invalid worker configuration: {0}")]
     InvalidConfig(String),
-    /// The coordinator address does not parse as a URL.
-    #[error("{url:?} is not a valid coordinator address: {source}")]
-    InvalidUrl {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The coordinator address cannot be used (not a URL, a scheme other than `http` or
+    /// `https`, or `https` without a CA); the same rules as the client's.
+    #[error("{0}")]
+    InvalidUrl(#[source] switchyard_client::Error),
     /// The coordinator refused this worker's `Hello` as invalid (a queue or kind name it does
     /// not accept, too many slots, …): connecting again would be refused again.
     #[error("the coordinator at {coordinator} refused this worker: {message}")]

@@ -2,23 +2,27 @@
 //! runs a handler for each job it is assigned, never more at once than its slots.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), switchyard_worker::Error> {
 //! use switchyard_worker::{JobContext, JobError, Worker, WorkerConfig};
-//! use tokio_util::sync::CancellationToken;
 //!
+//! # async fn demo() -> Result<(), switchyard_worker::Error> {
+//! switchyard_worker::init_logging();
 //! let config = WorkerConfig::new("http://127.0.0.1:50051", "resizer-1");
 //! let worker = Worker::new(config).handle("shout", |ctx: JobContext| async move {
 //!     let text = String::from_utf8(ctx.payload).map_err(JobError::fatal)?;
 //!     Ok(text.to_uppercase().into_bytes())
 //! });
-//! let shutdown = CancellationToken::new();
-//! // Cancel `shutdown` (say, on SIGTERM) to drain: running handlers get `drain_grace` to finish.
-//! worker.run(shutdown).await?;
+//! // SIGINT or SIGTERM drains: running handlers get `drain_grace` to finish, the rest go
+//! // back to the queue. Any other `CancellationToken` works too.
+//! worker.run(switchyard_worker::shutdown_on_signals()).await?;
 //! # Ok(()) }
 //! ```
 //!
 //! The worker reconnects by itself (exponential backoff with jitter) after a failed connect, a
 //! lost or silent stream, or a coordinator that drains; `run` returns only once shut down.
+//!
+//! Logging: the SDK logs through [`tracing`] (connects, drains, failed handlers) and installs
+//! no subscriber, as a library should. A program that has none of its own calls
+//! [`init_logging`]; one that has its own sees the SDK's events in it.
 
 pub mod backoff;
 pub mod builtins;
@@ -31,11 +35,47 @@ mod slots;
 use std::{collections::HashMap, fmt, future::Future};
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 pub use config::WorkerConfig;
 pub use error::Error;
 pub use job::{BoxJobFuture, JobContext, JobError, JobResult};
+/// What [`Worker::run`] stops on and what a handler's context watches: re-exported so that a
+/// worker needs no `tokio-util` of its own.
+pub use tokio_util::sync::CancellationToken;
+
+/// A token cancelled on the first SIGINT or SIGTERM (later ones are ignored rather than
+/// killing the process half-way through its drain). Pass it to [`Worker::run`] for the drain
+/// a process manager expects: no new work, running handlers get
+/// [`WorkerConfig::drain_grace`], the rest go back to the queue uncounted.
+///
+/// Call it inside a Tokio runtime; the signal handlers are installed by this call.
+pub fn shutdown_on_signals() -> CancellationToken {
+    switchyard_telemetry::shutdown::on_signals()
+}
+
+/// Installs a `tracing` subscriber that writes the SDK's logs (and the program's) to stderr:
+/// level from `SWITCHYARD_LOG`, else `RUST_LOG` (tracing's `EnvFilter` syntax), else `info`;
+/// colour only when stderr is a terminal. Does nothing when a subscriber is already set.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = ["SWITCHYARD_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|key| EnvFilter::try_from_env(key).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let stderr = std::io::stderr();
+    // `try_init`: a program (or a test) that installed its own subscriber keeps it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&stderr))
+        .try_init();
+}
+
+/// The README's Rust snippets, compiled as doc-tests: the README's own text, so that a snippet
+/// that stops compiling fails `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 /// Where the worker's connection to the coordinator stands; see [`Worker::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! `switchyard-worker`: serves the built-in kinds (`echo`, `sleep`, `fail`, `panic`,
-//! `sha256`) to a coordinator. Parses flags, installs logging, and runs the worker SDK until
+//! `sha256`, `hang`, `fanout`) to a coordinator. Parses flags, installs logging, and runs the worker SDK until
 //! SIGINT or SIGTERM, which drain it.
 //!
 //! Stdout carries exactly one kind of line, `switchyard-worker <worker_id> connected`, printed
@@ -16,9 +16,20 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing_subscriber::EnvFilter;
 
-/// A Switchyard worker process serving the built-in kinds: echo (output = payload), sleep
-/// (payload = milliseconds; honours cancellation), fail (always a retryable error), panic, and
-/// sha256 (output = hex digest of the payload).
+/// A Switchyard worker process serving the built-in kinds: echo, sleep, fail, panic, sha256,
+/// hang and fanout.
+///
+/// echo: output = payload. sleep: payload = milliseconds; stops when cancelled. fail: always a
+/// retryable error. panic: the handler panics (the attempt fails, the worker lives on).
+/// sha256: output = hex digest of the payload. hang: payload = milliseconds; ignores
+/// cancellation (for seeing the worker abandon it). fanout: payload = `N KIND [PAYLOAD]`;
+/// submits N child jobs of KIND and outputs their outputs, one per line.
+///
+/// An empty payload on a job with exactly one dependency is that dependency's output, so the
+/// kinds chain into pipelines.
+///
+/// SIGINT and SIGTERM drain: no new work, running jobs get --drain-grace, the rest go back
+/// to the queue.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-worker", version, args_override_self = true)]
 struct Args {
@@ -269,6 +280,17 @@ mod tests {
             assert!(
                 Args::try_parse_from(bad).is_err(),
                 "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn help_names_every_built_in_kind() {
+        let help = Args::command().render_long_help().to_string();
+        for kind in builtins::KINDS {
+            assert!(
+                help.contains(&format!("{kind}:")),
+                "{kind} missing from --help:\n{help}"
             );
         }
     }

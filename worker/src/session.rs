@@ -93,22 +93,10 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         // take every job and fail it.
         return Err(Error::InvalidConfig("no handlers registered".into()));
     }
-    let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|source| Error::InvalidUrl {
-            url: config.coordinator.clone(),
-            source,
-        })?
+    let endpoint = switchyard_client::endpoint(&config.coordinator, config.tls.as_ref())
+        .map_err(Error::InvalidUrl)?
         .connect_timeout(HANDSHAKE_TIMEOUT)
         .tcp_nodelay(true);
-    if let Some(tls) = &config.tls {
-        endpoint =
-            endpoint
-                .tls_config(tls.client_config())
-                .map_err(|source| Error::InvalidUrl {
-                    url: config.coordinator.clone(),
-                    source,
-                })?;
-    }
     let mut kinds: Vec<String> = handlers.keys().cloned().collect();
     kinds.sort();
 

@@ -441,10 +441,7 @@ async fn invalid_setups_fail_fast() {
 
     let (worker, _) = worker("not a url", 1);
     let result = worker.run(CancellationToken::new()).await;
-    assert!(
-        matches!(result, Err(Error::InvalidUrl { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(Error::InvalidUrl(_))), "{result:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@ use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
     fmt,
     io::BufRead,
-    process::ExitCode,
     time::Duration,
 };
 
@@ -15,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_client::{Batch, Client, JobSpec, SubmitResponse};
 
-use crate::{output, watch};
+use crate::{exit::Exit, output, watch};
 
 /// The most jobs one `SubmitBatch` stores (all or none).
 pub const MAX_BATCH: usize = 10_000;
@@ -38,8 +37,8 @@ pub struct BatchArgs {
     /// errgroup: the first job of the group that ends badly cancels the others.
     #[arg(long)]
     cancel_on_failure: bool,
-    /// Then follow the group to its outcome, as `switchyard watch` does (exit code 1 unless it
-    /// succeeded).
+    /// Then follow the group to its outcome, as `switchyard watch` does (the exit code follows
+    /// the group's outcome).
     #[arg(long)]
     watch: bool,
 }
@@ -311,7 +310,7 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-pub async fn run(client: &Client, args: BatchArgs, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(client: &Client, args: BatchArgs, json: bool) -> anyhow::Result<Exit> {
     let jobs = if args.file == "-" {
         parse_jobs(std::io::stdin().lock(), &args.queue)?
     } else {
@@ -381,16 +380,16 @@ pub async fn run(client: &Client, args: BatchArgs, json: bool) -> anyhow::Result
                 })
             })
             .collect();
-        println!("{}", json!({ "group_id": group, "jobs": listed }));
+        outln!("{}", json!({ "group_id": group, "jobs": listed }));
     } else {
         if let Some(group) = &group {
-            println!("group {group} ({} jobs)", submitted.len());
+            outln!("group {group} ({} jobs)", submitted.len());
         }
         for answer in &submitted {
             if answer.duplicate {
-                println!("{} (duplicate of an earlier submit)", answer.job_id);
+                outln!("{} (duplicate of an earlier submit)", answer.job_id);
             } else {
-                println!("{}", answer.job_id);
+                outln!("{}", answer.job_id);
             }
         }
     }
@@ -403,11 +402,12 @@ pub async fn run(client: &Client, args: BatchArgs, json: bool) -> anyhow::Result
                 total: Some(fresh),
                 json,
                 indent: "",
+                already_finished: false,
             };
             let finish = watch::follow(client, group, None, view, |_| {}).await?;
             Ok(finish.exit_code())
         }
-        _ => Ok(ExitCode::SUCCESS),
+        _ => Ok(Exit::Success),
     }
 }
 

@@ -199,8 +199,8 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
 
 /// A coordinator on a fresh database and worker processes, all started by the bench.
 struct Fleet {
-    coordinator: tokio::process::Child,
-    workers: Vec<tokio::process::Child>,
+    coordinator: crate::dev::Process,
+    workers: Vec<crate::dev::Process>,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -368,20 +368,20 @@ async fn fleet(args: FleetBench, with_quotas: bool, json_out: bool) -> anyhow::R
     }
     fleet.stop().await?;
     if json_out {
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!(
+        outln!(
             "switchyard bench {}: {} no-op (echo) jobs, {} workers x {} slots, coordinator started here",
             if with_quotas { "quota" } else { "group" },
             args.count,
             args.workers,
             args.concurrency
         );
-        println!(
+        outln!(
             "baseline     {:>8.0} calls/s  (grpc.health.v1.Health/Check, 100 in flight)",
             baseline.rate()
         );
-        println!(
+        outln!(
             "group        {:>8.0} jobs/s   ({:.2} of baseline); submitted in {:.2} s, last result after {:.2} s",
             rate,
             rate / baseline.rate(),
@@ -389,7 +389,7 @@ async fn fleet(args: FleetBench, with_quotas: bool, json_out: bool) -> anyhow::R
             total.as_secs_f64()
         );
         if !quota_line.is_empty() {
-            println!("{quota_line}");
+            outln!("{quota_line}");
         }
     }
     Ok(())
@@ -472,7 +472,7 @@ async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
     let commands = after.commands - before.commands;
     let ratio = submits.rate() / baseline.rate();
     if json_out {
-        println!(
+        outln!(
             "{}",
             json!({
                 "bench": "submit",
@@ -489,7 +489,7 @@ async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!(
+        outln!(
             "switchyard bench submit: {} calls each, {} in flight, {} connection(s), {}-byte payloads, coordinator {}",
             args.count,
             args.concurrency,
@@ -500,20 +500,25 @@ async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
                 None => format!("started here (--sync {:?})", args.sync).to_lowercase(),
             }
         );
-        println!(
+        outln!(
             "{:<42} {:>9} {:>9} {:>9} {:>9} {:>7}",
-            "", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors"
+            "",
+            "calls/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "errors"
         );
-        println!("{}", baseline.row("baseline  grpc.health.v1.Health/Check"));
-        println!(
+        outln!("{}", baseline.row("baseline  grpc.health.v1.Health/Check"));
+        outln!(
             "{}",
             submits.row("submit    switchyard.v1.JobService/Submit")
         );
-        println!(
+        outln!(
             "ratio     submit/baseline throughput {ratio:.2}; submit p99 {:.2} ms",
             ms(submits.percentile(0.99))
         );
-        println!(
+        outln!(
             "store     {commands} commands in {commits} commits ({:.1} per commit)",
             commands as f64 / commits.max(1) as f64
         );

@@ -6,7 +6,6 @@
 use std::{
     collections::HashMap,
     future::Future,
-    process::ExitCode,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -17,6 +16,7 @@ use sha2::{Digest, Sha256};
 use switchyard_client::{Batch, Client, GroupOutcome, GroupUpdate, JobResult, JobSpec, JobState};
 
 use crate::{
+    exit::Exit,
     output,
     watch::{self, Finish, format_duration, format_rate, outcome_text},
 };
@@ -37,7 +37,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long each `sleep` job of the errgroup would run if nothing stopped it.
 const SLEEP_MS: u64 = 30_000;
 
-pub async fn run(client: &Client, args: DemoArgs, coordinator: &str) -> anyhow::Result<ExitCode> {
+pub async fn run(client: &Client, args: DemoArgs, coordinator: &str) -> anyhow::Result<Exit> {
     let workers = client
         .workers()
         .await
@@ -49,7 +49,7 @@ pub async fn run(client: &Client, args: DemoArgs, coordinator: &str) -> anyhow::
         );
     }
     let slots: u32 = workers.iter().map(|w| w.slots).sum();
-    println!(
+    outln!(
         "Switchyard demo on {coordinator}: {} worker(s), {slots} slots in all; jobs go to queue \
          {:?}.",
         workers.len(),
@@ -60,13 +60,13 @@ pub async fn run(client: &Client, args: DemoArgs, coordinator: &str) -> anyhow::
     step(2, errgroup(client, queue, slots)).await?;
     step(3, collect_all(client, queue)).await?;
     step(4, pipeline(client, queue)).await?;
-    println!("\nAll four patterns behaved as described.");
-    Ok(ExitCode::SUCCESS)
+    outln!("\nAll four patterns behaved as described.");
+    Ok(Exit::Success)
 }
 
 /// Runs one step within [`STEP_TIMEOUT`].
 async fn step(number: u32, work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    println!();
+    outln!();
     tokio::time::timeout(STEP_TIMEOUT, work)
         .await
         .with_context(|| {
@@ -79,7 +79,7 @@ async fn step(number: u32, work: impl Future<Output = anyhow::Result<()>>) -> an
 }
 
 async fn fan_out(client: &Client, queue: &str, n: u64) -> anyhow::Result<()> {
-    println!("1. Fan-out, fan-in: {n} sha256 jobs as one group, gathered as they finish.");
+    outln!("1. Fan-out, fan-in: {n} sha256 jobs as one group, gathered as they finish.");
     let payloads: Vec<String> = (0..n).map(|i| format!("piece {i}")).collect();
     let batch = Batch::new().jobs(
         payloads
@@ -89,7 +89,7 @@ async fn fan_out(client: &Client, queue: &str, n: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let submitted = client.submit_group(batch).await?;
     let group = submitted.group_id.as_str();
-    println!(
+    outln!(
         "   Submitted in one transaction as group {group} ({}). Results stream back:",
         format_duration(started.elapsed())
     );
@@ -104,6 +104,7 @@ async fn fan_out(client: &Client, queue: &str, n: u64) -> anyhow::Result<()> {
         total: Some(n),
         json: false,
         indent: "   ",
+        already_finished: false,
     };
     let finish = watch::follow(client, group, None, view, |result| {
         if result.state() == JobState::Succeeded
@@ -121,7 +122,7 @@ async fn fan_out(client: &Client, queue: &str, n: u64) -> anyhow::Result<()> {
     ensure!(
         outcome.state() == JobState::Succeeded && u64::from(outcome.succeeded) == n,
         "expected all {n} jobs to succeed; the group ended {}",
-        outcome_text(&outcome, took)
+        outcome_text(&outcome, Some(took))
     );
     ensure!(
         mismatched.is_empty(),
@@ -129,7 +130,7 @@ async fn fan_out(client: &Client, queue: &str, n: u64) -> anyhow::Result<()> {
         mismatched.len(),
         mismatched[0]
     );
-    println!(
+    outln!(
         "   Every one of the {n} digests matches the one computed here: {} from submit to the \
          last result.",
         format_rate(n as f64 / took.as_secs_f64())
@@ -141,7 +142,7 @@ async fn errgroup(client: &Client, queue: &str, slots: u32) -> anyhow::Result<()
     // Every sleeper and the failing job get a slot at once, so the failure stops jobs that
     // are running, not only queued ones.
     let sleepers = slots.saturating_sub(1).clamp(1, 5);
-    println!(
+    outln!(
         "2. errgroup: {sleepers} `sleep {SLEEP_MS}` jobs and one `fail` job (max_attempts 1, \
          starting half a second later) in a group with cancel_on_failure."
     );
@@ -163,7 +164,7 @@ async fn errgroup(client: &Client, queue: &str, slots: u32) -> anyhow::Result<()
         }
     });
     let outcome = gather(client, &submitted.group_id, |result| {
-        println!("   {}", result_line(result, &kinds));
+        outln!("   {}", result_line(result, &kinds));
     })
     .await?;
     let took = started.elapsed();
@@ -182,7 +183,7 @@ async fn errgroup(client: &Client, queue: &str, slots: u32) -> anyhow::Result<()
         "the group took {} although its first failure should have stopped it",
         format_duration(took)
     );
-    println!(
+    outln!(
         "   It stopped after {} instead of {}: the failure cancelled its running siblings.",
         format_duration(took),
         format_duration(Duration::from_millis(SLEEP_MS))
@@ -193,7 +194,7 @@ async fn errgroup(client: &Client, queue: &str, slots: u32) -> anyhow::Result<()
 async fn collect_all(client: &Client, queue: &str) -> anyhow::Result<()> {
     const ECHOES: u32 = 12;
     const FAILS: u32 = 3;
-    println!(
+    outln!(
         "3. Collect-all: {ECHOES} `echo` and {FAILS} `fail` jobs (max_attempts 1) in a group \
          without cancel_on_failure: everything runs, the outcome counts."
     );
@@ -207,7 +208,7 @@ async fn collect_all(client: &Client, queue: &str) -> anyhow::Result<()> {
     });
     let outcome = gather(client, &submitted.group_id, |result| {
         if result.state() != JobState::Succeeded {
-            println!("   {}", result_line(result, &kinds));
+            outln!("   {}", result_line(result, &kinds));
         }
     })
     .await?;
@@ -216,12 +217,12 @@ async fn collect_all(client: &Client, queue: &str) -> anyhow::Result<()> {
         (outcome.succeeded, outcome.failed, outcome.cancelled) == (ECHOES, FAILS, 0),
         "expected {ECHOES} succeeded, {FAILS} failed and none cancelled"
     );
-    println!("   No failure stopped the others: {ECHOES} succeeded and {FAILS} failed.");
+    outln!("   No failure stopped the others: {ECHOES} succeeded and {FAILS} failed.");
     Ok(())
 }
 
 async fn pipeline(client: &Client, queue: &str) -> anyhow::Result<()> {
-    println!(
+    outln!(
         "4. Pipeline: echo \"hello\" → sha256 → sha256, chained by refs; each stage has an \
          empty payload and receives its dependency's output."
     );
@@ -258,7 +259,7 @@ async fn pipeline(client: &Client, queue: &str) -> anyhow::Result<()> {
     let mut last_output = None;
     let outcome = gather(client, &submitted.group_id, |result| {
         let stage = stages.get(result.job_id.as_str()).copied().unwrap_or(0);
-        println!(
+        outln!(
             "   stage {stage} {}: {}",
             output::state_name(result.state),
             if result.state() == JobState::Succeeded {
@@ -285,7 +286,7 @@ async fn pipeline(client: &Client, queue: &str) -> anyhow::Result<()> {
         "the last stage output {:?}, but sha256(sha256(\"hello\")) is {expected}",
         String::from_utf8_lossy(&got)
     );
-    println!("   The last output equals sha256(sha256(\"hello\")) computed here: {expected}.");
+    outln!("   The last output equals sha256(sha256(\"hello\")) computed here: {expected}.");
     Ok(())
 }
 
@@ -310,8 +311,8 @@ async fn gather(
 
 /// The outcome, nested in the narration.
 fn print_outcome(outcome: &GroupOutcome, took: Duration) {
-    for line in outcome_text(outcome, took).lines() {
-        println!("   {line}");
+    for line in outcome_text(outcome, Some(took)).lines() {
+        outln!("   {line}");
     }
 }
 

@@ -1,47 +1,65 @@
 //! `switchyard`: the command line for a Switchyard coordinator.
 
+#[macro_use]
+mod say;
+
 mod batch;
 mod bench;
 mod demo;
 mod dev;
+mod exit;
 mod output;
 mod watch;
 
-use std::{collections::HashMap, process::ExitCode, time::Duration};
+use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use exit::{Exit, Usage};
 use futures::StreamExt;
 use switchyard_client::{Client, JobSpec, JobState, ListFilter};
 use switchyard_proto::text::parse_duration;
+
+/// The heading of the options every command takes, apart from each command's own.
+const GLOBAL: &str = "Global options";
 
 /// Switchyard: a distributed, durable work queue with a gRPC face.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version)]
 struct Cli {
-    /// The coordinator to talk to.
+    /// The coordinator to talk to: http://HOST:PORT, https://HOST:PORT (with --ca-cert), or
+    /// HOST:PORT for http.
     #[arg(
         long,
         global = true,
         env = "SWITCHYARD_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL",
+        help_heading = GLOBAL
     )]
     coordinator: String,
 
     /// Print JSON (one object, or one object per line for lists) instead of text.
-    #[arg(long, global = true, env = "SWITCHYARD_JSON")]
+    #[arg(long, global = true, env = "SWITCHYARD_JSON", help_heading = GLOBAL)]
     json: bool,
 
     /// Sent as `x-tenant-id` on every call.
-    #[arg(long, global = true, env = "SWITCHYARD_TENANT")]
+    #[arg(long, global = true, env = "SWITCHYARD_TENANT", help_heading = GLOBAL)]
     tenant: Option<String>,
 
     /// Sent as `authorization: Bearer <token>` (for a coordinator started with --tokens).
-    #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_TOKEN",
+        hide_env_values = true,
+        help_heading = GLOBAL
+    )]
     token: Option<String>,
 
-    /// For an `https://` coordinator: the CA certificate (PEM) that signed its certificate.
-    #[arg(long, global = true, env = "SWITCHYARD_CA_CERT")]
+    /// For an `https://` coordinator: the CA certificate (PEM) that signed its certificate
+    /// (system roots are not used).
+    #[arg(long, global = true, env = "SWITCHYARD_CA_CERT", value_name = "FILE", help_heading = GLOBAL)]
     ca_cert: Option<std::path::PathBuf>,
 
     /// For mutual TLS: this client's certificate (PEM); needs --client-key.
@@ -49,7 +67,9 @@ struct Cli {
         long,
         global = true,
         env = "SWITCHYARD_CLIENT_CERT",
-        requires = "client_key"
+        requires = "client_key",
+        value_name = "FILE",
+        help_heading = GLOBAL
     )]
     client_cert: Option<std::path::PathBuf>,
 
@@ -58,7 +78,9 @@ struct Cli {
         long,
         global = true,
         env = "SWITCHYARD_CLIENT_KEY",
-        requires = "client_cert"
+        requires = "client_cert",
+        value_name = "FILE",
+        help_heading = GLOBAL
     )]
     client_key: Option<std::path::PathBuf>,
 
@@ -73,9 +95,13 @@ enum Command {
     /// Submit one job.
     Submit(SubmitArgs),
     /// Show one job, with its attempts and why it waits.
-    Get { job_id: String },
-    /// Block until a job is terminal and show it.
+    Get {
+        /// The job's id (as `submit` printed it).
+        job_id: String,
+    },
+    /// Block until a job is terminal and show it; the exit code follows its outcome.
     Wait {
+        /// The job's id.
         job_id: String,
         /// Give up after this long (e.g. 30s, 5m).
         #[arg(long, value_parser = parse_duration)]
@@ -87,11 +113,13 @@ enum Command {
     Cancel {
         /// A job id, or a group id with --group.
         id: String,
+        /// ID is a group: cancel its queued and running jobs.
         #[arg(long)]
         group: bool,
     },
     /// Put a job that ended FAILED, CANCELLED or DEADLINE_EXCEEDED back in its queue.
     Requeue {
+        /// The job's id.
         job_id: String,
         /// Attempts it gets from now on (default: its max_attempts).
         #[arg(long)]
@@ -103,10 +131,16 @@ enum Command {
     #[command(subcommand)]
     Quota(QuotaCommand),
     /// Stop dispatching from a queue (submits still land; running jobs go on).
-    Pause { queue: String },
+    Pause {
+        /// The queue's name.
+        queue: String,
+    },
     /// Dispatch from a paused queue again.
-    Resume { queue: String },
-    /// Queue counts and the store's commit numbers.
+    Resume {
+        /// The queue's name.
+        queue: String,
+    },
+    /// Queue counts, paused queues, refused stale results and the store's commit numbers.
     Stats,
     /// Measure the coordinator against a baseline in the same run.
     Bench(bench::BenchArgs),
@@ -144,39 +178,48 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct SubmitArgs {
+    /// The queue it goes to (workers serve queues by name).
     #[arg(long, default_value = "default")]
     queue: String,
+    /// What to run: the handler a worker registered under this name (the built-ins of
+    /// `switchyard-worker`: echo, sleep, fail, panic, sha256, hang, fanout).
     #[arg(long)]
     kind: String,
-    /// The payload as text.
+    /// The payload as text (at most 1 MiB).
     #[arg(long, conflicts_with = "payload_file")]
     payload: Option<String>,
     /// Read the payload from a file (`-` for stdin).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     payload_file: Option<String>,
+    /// Higher runs first, -1000..=1000.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i32,
+    /// Attempts before it ends FAILED (1..=100; the coordinator's default is 3).
     #[arg(long)]
     max_attempts: Option<u32>,
-    /// Per-attempt timeout (e.g. 30s).
+    /// Per-attempt timeout (e.g. 30s); an attempt past it is a retryable failure.
     #[arg(long, value_parser = parse_duration)]
     attempt_timeout: Option<Duration>,
     /// Do not run before this long from now (e.g. 10m).
     #[arg(long, value_parser = parse_duration)]
     delay: Option<Duration>,
+    /// A repeated submit with the same key returns the first job instead of a new one.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Jobs with the same key share the quota `key:<KEY>` (say, at most 5 at once).
     #[arg(long)]
     concurrency_key: Option<String>,
+    /// Permits it holds of each quota that applies while it runs (1..=1000; default 1).
     #[arg(long)]
     weight: Option<u32>,
     /// A job id this job waits for (repeatable).
-    #[arg(long)]
+    #[arg(long, value_name = "JOB_ID")]
     depends_on: Vec<String>,
     /// key=value (repeatable).
-    #[arg(long, value_parser = parse_label)]
+    #[arg(long, value_parser = parse_label, value_name = "KEY=VALUE")]
     label: Vec<(String, String)>,
-    /// Wait for the result (the job runs with --timeout as its deadline).
+    /// Wait for the result (the job runs with --timeout as its deadline); the exit code
+    /// follows its outcome.
     #[arg(long)]
     wait: bool,
     /// With --wait: how long to wait; it becomes the job's deadline.
@@ -188,6 +231,7 @@ struct SubmitArgs {
 enum QuotaCommand {
     /// Set a scope's limits (`queue:<q>`, `key:<k>`, `tenant:<t>`); with none, remove them.
     Set {
+        /// `queue:<name>`, `key:<concurrency_key>` or `tenant:<id>`.
         scope: String,
         /// Permits held by running jobs at most (a job holds its weight).
         #[arg(long)]
@@ -208,13 +252,17 @@ enum QuotaCommand {
 
 #[derive(Debug, Args)]
 struct ListArgs {
+    /// Only jobs of this queue.
     #[arg(long)]
     queue: Option<String>,
-    /// queued, running, succeeded, failed, cancelled or deadline_exceeded.
+    /// Only jobs in this state: queued, running, succeeded, failed, cancelled or
+    /// deadline_exceeded.
     #[arg(long, value_parser = parse_state)]
     state: Option<JobState>,
+    /// Only jobs of this kind.
     #[arg(long)]
     kind: Option<String>,
+    /// Only jobs of this group.
     #[arg(long)]
     group: Option<String>,
     /// Show at most this many jobs.
@@ -223,19 +271,48 @@ struct ListArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    // The exit code table is part of `--help`, built from the one place it is decided.
+    let matches = Cli::command().after_help(Exit::help()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let stderr = std::io::stderr();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(stderr.is_terminal())
+        // Its own report of a failed write is `eprintln!`, which panics on a closed stderr.
+        .log_internal_errors(false)
         .init();
+    // The error is reported here, as one line, rather than returned from `main`: that would
+    // print its `Debug` form, with a backtrace under RUST_BACKTRACE=1.
+    let exit = match run(cli).await {
+        Ok(exit) => exit,
+        Err(err) => {
+            errln!("error: {}", exit::report(&err));
+            Exit::of_error(&err)
+        }
+    };
+    match say::failure() {
+        Some(failure) if exit == Exit::Success => {
+            errln!("error: writing to stdout: {failure}");
+            Exit::Error.into()
+        }
+        _ => exit.into(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Dev(args) => return dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Dev(args) => return dev::run(args).await.map(|()| Exit::Success),
         Command::Bench(args) => {
-            return bench::run(args, cli.json).await.map(|()| ExitCode::SUCCESS);
+            return bench::run(args, cli.json).await.map(|()| Exit::Success);
         }
         _ => {}
     }
@@ -260,7 +337,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Batch(args) => return batch::run(&client, args, cli.json).await,
         Command::Watch(args) => return watch::run(&client, args, cli.json).await,
         Command::Demo(args) => return demo::run(&client, args, &cli.coordinator).await,
-        Command::Submit(args) => submit(&client, args, cli.json).await,
+        Command::Submit(args) => return submit(&client, args, cli.json).await,
         Command::Get { job_id } => {
             let job = client.get(&job_id).await?;
             print_job(&job, cli.json);
@@ -269,7 +346,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Wait { job_id, timeout } => {
             let job = client.wait(&job_id, timeout).await?;
             print_job(&job, cli.json);
-            Ok(())
+            return Ok(Exit::of_state(job.state()));
         }
         Command::List(args) => list(&client, args, cli.json).await,
         Command::Cancel { id, group } => {
@@ -279,14 +356,14 @@ async fn main() -> anyhow::Result<ExitCode> {
                 client.cancel(&id).await?
             };
             if cli.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "cancelled": done.cancelled, "state": output::state_name(done.state) })
                 );
             } else if group {
-                println!("cancelled {} jobs of group {id}", done.cancelled.len());
+                outln!("cancelled {} jobs of group {id}", done.cancelled.len());
             } else {
-                println!("{id} {}", output::state_name(done.state));
+                outln!("{id} {}", output::state_name(done.state));
             }
             Ok(())
         }
@@ -302,10 +379,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             let workers = client.workers().await?;
             if cli.json {
                 for w in &workers {
-                    println!("{}", output::worker_json(w));
+                    outln!("{}", output::worker_json(w));
                 }
             } else {
-                print!("{}", output::workers_text(&workers));
+                out!("{}", output::workers_text(&workers));
             }
             Ok(())
         }
@@ -326,48 +403,48 @@ async fn main() -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 })
                 .await?;
-            println!("{}", output::quota_line(&quota, cli.json));
+            outln!("{}", output::quota_line(&quota, cli.json));
             Ok(())
         }
         Command::Quota(QuotaCommand::List) => {
             for quota in client.quotas().await? {
-                println!("{}", output::quota_line(&quota, cli.json));
+                outln!("{}", output::quota_line(&quota, cli.json));
             }
             Ok(())
         }
         Command::Pause { queue } => {
             let paused = client.pause_queue(&queue, true).await?;
-            println!("paused: {}", paused.join(", "));
+            outln!("{}", output::paused_text(&queue, true, &paused, cli.json));
             Ok(())
         }
         Command::Resume { queue } => {
             let paused = client.pause_queue(&queue, false).await?;
-            println!("paused: {}", paused.join(", "));
+            outln!("{}", output::paused_text(&queue, false, &paused, cli.json));
             Ok(())
         }
         Command::Stats => {
             let stats = client.stats().await?;
             if cli.json {
-                println!("{}", output::stats_json(&stats));
+                outln!("{}", output::stats_json(&stats));
             } else {
-                print!("{}", output::stats_text(&stats));
+                out!("{}", output::stats_text(&stats));
             }
             Ok(())
         }
         Command::Dev(_) | Command::Bench(_) => unreachable!("handled before connecting"),
     };
-    done.map(|()| ExitCode::SUCCESS)
+    done.map(|()| Exit::Success)
 }
 
 fn print_job(job: &switchyard_client::Job, json: bool) {
     if json {
-        println!("{}", output::job_json(job));
+        outln!("{}", output::job_json(job));
     } else {
-        print!("{}", output::job_text(job));
+        out!("{}", output::job_text(job));
     }
 }
 
-async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result<()> {
+async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result<Exit> {
     let payload = match (&args.payload, &args.payload_file) {
         (Some(text), _) => text.clone().into_bytes(),
         (None, Some(path)) if path == "-" => {
@@ -378,6 +455,16 @@ async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result
         (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
         (None, None) => Vec::new(),
     };
+    // Checked here, before a large payload is sent at all, in the words of the limit.
+    if payload.len() > switchyard_client::MAX_PAYLOAD_BYTES {
+        return Err(Usage(format!(
+            "the payload is {} bytes; a job's payload may be at most {} bytes (1 MiB): store \
+             large data elsewhere and pass a reference to it",
+            payload.len(),
+            switchyard_client::MAX_PAYLOAD_BYTES
+        ))
+        .into());
+    }
     let mut spec = JobSpec::new(&args.queue, &args.kind)
         .payload(payload)
         .priority(args.priority)
@@ -406,20 +493,20 @@ async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result
     if args.wait {
         let job = client.run(spec, args.timeout).await?;
         print_job(&job, json);
-        return Ok(());
+        return Ok(Exit::of_state(job.state()));
     }
     let done = client.submit(spec).await?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "job_id": done.job_id, "duplicate": done.duplicate, "state": output::state_name(done.state) })
         );
     } else if done.duplicate {
-        println!("{} (duplicate of an earlier submit)", done.job_id);
+        outln!("{} (duplicate of an earlier submit)", done.job_id);
     } else {
-        println!("{}", done.job_id);
+        outln!("{}", done.job_id);
     }
-    Ok(())
+    Ok(Exit::Success)
 }
 
 async fn list(client: &Client, args: ListArgs, json: bool) -> anyhow::Result<()> {
@@ -433,14 +520,14 @@ async fn list(client: &Client, args: ListArgs, json: bool) -> anyhow::Result<()>
     };
     let mut jobs = Box::pin(client.list(filter).take(args.limit));
     if !json {
-        println!("{}", output::LIST_HEADER);
+        outln!("{}", output::LIST_HEADER);
     }
     while let Some(job) = jobs.next().await {
         let job = job?;
         if json {
-            println!("{}", output::job_json(&job));
+            outln!("{}", output::job_json(&job));
         } else {
-            println!("{}", output::job_row(&job));
+            outln!("{}", output::job_row(&job));
         }
     }
     Ok(())

@@ -125,6 +125,16 @@ pub fn job_text(job: &Job) -> String {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
+        // `attempt` counts every attempt ever started; `max_attempts` bounds only those that
+        // count, since the last requeue. Side by side, 4 of 2 reads like a bug without this.
+        let shown = if key == "attempt" && job.attempt > job.max_attempts {
+            format!(
+                "{shown} (started in all; max_attempts counts the failed and lost ones since the \
+                 last requeue, not released or interrupted ones)"
+            )
+        } else {
+            shown
+        };
         out.push_str(&format!("{key:>16}: {shown}\n"));
     }
     out
@@ -235,6 +245,12 @@ pub fn stats_text(stats: &StatsResponse) -> String {
             if q.paused { "  (paused)" } else { "" }
         ));
     }
+    let paused: Vec<&str> = stats
+        .queues
+        .iter()
+        .filter(|q| q.paused)
+        .map(|q| q.queue.as_str())
+        .collect();
     let store = stats.store.unwrap_or_default();
     let per_commit = if store.commits == 0 {
         0.0
@@ -242,15 +258,86 @@ pub fn stats_text(stats: &StatsResponse) -> String {
         store.commands as f64 / store.commits as f64
     };
     out.push_str(&format!(
-        "\nworkers: {}\nstore: {} commits, {} commands ({per_commit:.1} per commit, at most {}), {} rows written\n",
-        stats.workers, store.commits, store.commands, store.max_batch, store.rows_written
+        "\npaused queues: {}\nworkers: {}\nrefused results: {} (from stale attempts: after a cancel, a deadline or a lost stream)\nstore: {} commits, {} commands ({per_commit:.1} per commit, at most {}), {} rows written\n",
+        if paused.is_empty() { "none".to_owned() } else { paused.join(", ") },
+        stats.workers,
+        stats.refused_results,
+        store.commits,
+        store.commands,
+        store.max_batch,
+        store.rows_written
     ));
     out
+}
+
+/// What `pause` and `resume` print: what changed, then every queue still paused.
+pub fn paused_text(queue: &str, pause: bool, paused: &[String], json_out: bool) -> String {
+    if json_out {
+        return json!({ "queue": queue, "paused": pause, "paused_queues": paused }).to_string();
+    }
+    let now = if pause { "paused" } else { "resumed" };
+    if paused.is_empty() {
+        format!("queue {queue} {now}; no queue is paused")
+    } else {
+        format!("queue {queue} {now}; paused queues: {}", paused.join(", "))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pause_and_resume_say_what_changed() {
+        assert_eq!(
+            paused_text("emails", false, &[], false),
+            "queue emails resumed; no queue is paused"
+        );
+        assert_eq!(
+            paused_text("emails", true, &["emails".into(), "sms".into()], false),
+            "queue emails paused; paused queues: emails, sms"
+        );
+    }
+
+    #[test]
+    fn stats_show_paused_queues_and_refused_results() {
+        let stats = StatsResponse {
+            queues: vec![switchyard_proto::v1::QueueStats {
+                queue: "emails".into(),
+                paused: true,
+                ..Default::default()
+            }],
+            refused_results: 3,
+            ..Default::default()
+        };
+        let text = stats_text(&stats);
+        assert!(
+            text.contains("emails") && text.contains("(paused)"),
+            "{text}"
+        );
+        assert!(text.contains("\npaused queues: emails\n"), "{text}");
+        assert!(text.contains("\nrefused results: 3 "), "{text}");
+    }
+
+    #[test]
+    fn attempts_past_max_attempts_are_explained() {
+        let job = Job {
+            attempt: 4,
+            max_attempts: 2,
+            ..Default::default()
+        };
+        let text = job_text(&job);
+        assert!(
+            text.contains("attempt: 4 (started in all; max_attempts counts"),
+            "{text}"
+        );
+        let job = Job {
+            attempt: 1,
+            max_attempts: 2,
+            ..Default::default()
+        };
+        assert!(job_text(&job).contains("attempt: 1\n"));
+    }
 
     #[test]
     fn times_are_rfc3339() {

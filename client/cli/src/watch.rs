@@ -5,7 +5,6 @@
 use std::{
     collections::VecDeque,
     io::{IsTerminal, Write},
-    process::ExitCode,
     time::{Duration, Instant},
 };
 
@@ -15,7 +14,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard_client::{Client, GroupOutcome, GroupUpdate, JobResult, JobState};
 
-use crate::output;
+use crate::{exit::Exit, output};
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -36,33 +35,42 @@ pub enum Finish {
 }
 
 impl Finish {
-    /// 0 when the group succeeded, 130 on Ctrl-C (as a shell reports SIGINT), 1 otherwise.
-    pub fn exit_code(&self) -> ExitCode {
+    /// The group's outcome as a job's would be ([`Exit::of_state`]); Ctrl-C is
+    /// [`Exit::Interrupted`].
+    pub fn exit_code(&self) -> Exit {
         match self {
-            Finish::Outcome(outcome) if outcome.state() == JobState::Succeeded => ExitCode::SUCCESS,
-            Finish::Outcome(_) => ExitCode::FAILURE,
-            Finish::Interrupted => ExitCode::from(130),
+            Finish::Outcome(outcome) => Exit::of_state(outcome.state()),
+            Finish::Interrupted => Exit::Interrupted,
         }
     }
 }
 
-pub async fn run(client: &Client, args: WatchArgs, json: bool) -> anyhow::Result<ExitCode> {
-    // The size of the group, for the bar and the ETA. After a cursor the counts start from
-    // zero, so a total would only mislead.
-    let total = match (&args.cursor, json) {
-        (None, false) => {
-            let group = client
-                .group(&args.group_id)
-                .await
-                .with_context(|| format!("group {}", args.group_id))?;
-            Some(u64::from(group.size))
-        }
-        _ => None,
+pub async fn run(client: &Client, args: WatchArgs, json: bool) -> anyhow::Result<Exit> {
+    // The group as it stands: its size for the bar and the ETA, and whether it has already
+    // finished (then the time the watch took says nothing about the group). After a cursor
+    // the counts start from zero, so a total would only mislead.
+    let (total, already_finished) = if json {
+        (None, false)
+    } else {
+        let group = client
+            .group(&args.group_id)
+            .await
+            .with_context(|| format!("group {}", args.group_id))?;
+        let total = args.cursor.is_none().then_some(u64::from(group.size));
+        let ended = matches!(
+            group.state(),
+            JobState::Succeeded
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::DeadlineExceeded
+        );
+        (total, ended)
     };
     let view = View {
         total,
         json,
         indent: "",
+        already_finished,
     };
     let finish = follow(client, &args.group_id, args.cursor, view, |_| {}).await?;
     Ok(finish.exit_code())
@@ -77,6 +85,8 @@ pub struct View {
     pub json: bool,
     /// Put before every text line (not the JSON ones), to nest them in a narration.
     pub indent: &'static str,
+    /// The group had ended before the watch began: its outcome shows no duration.
+    pub already_finished: bool,
 }
 
 /// Follows a group to its outcome, showing it as `view` says, and calls `on_result` for each
@@ -116,10 +126,10 @@ pub async fn follow(
             _ = &mut interrupt => {
                 screen.clear();
                 match last_cursor {
-                    Some(cursor) => eprintln!(
+                    Some(cursor) => errln!(
                         "interrupted; resume with: switchyard watch {group_id} --cursor {cursor}"
                     ),
-                    None => eprintln!("interrupted; resume with: switchyard watch {group_id}"),
+                    None => errln!("interrupted; resume with: switchyard watch {group_id}"),
                 }
                 return Ok(Finish::Interrupted);
             }
@@ -147,6 +157,7 @@ struct Screen {
     indent: &'static str,
     progress: Progress,
     started: Instant,
+    already_finished: bool,
     /// A bar is on the terminal's last line, to be cleared before anything else is printed.
     drawn: bool,
     /// Finished jobs at the last progress line (Lines style), to print only on change.
@@ -167,6 +178,7 @@ impl Screen {
             indent: view.indent,
             progress: Progress::new(view.total),
             started: Instant::now(),
+            already_finished: view.already_finished,
             drawn: false,
             printed: 0,
         }
@@ -182,7 +194,7 @@ impl Screen {
     fn result(&mut self, result: &JobResult, cursor: &str) {
         self.progress.record(result.state());
         match self.style {
-            Style::Json => println!("{}", result_json(result, cursor)),
+            Style::Json => outln!("{}", result_json(result, cursor)),
             Style::Bar | Style::Lines => {
                 let state = result.state();
                 let shown = match state {
@@ -192,7 +204,7 @@ impl Screen {
                 };
                 if shown {
                     self.clear();
-                    eprintln!(
+                    errln!(
                         "{}job {} {}: {}",
                         self.indent,
                         result.job_id,
@@ -200,7 +212,7 @@ impl Screen {
                         result.error
                     );
                     if state == JobState::Cancelled && self.progress.cancelled == CANCELLED_SHOWN {
-                        eprintln!("{}(further cancelled jobs are only counted)", self.indent);
+                        errln!("{}(further cancelled jobs are only counted)", self.indent);
                     }
                 }
             }
@@ -227,7 +239,7 @@ impl Screen {
             Style::Lines => {
                 if self.progress.finished() != self.printed {
                     self.printed = self.progress.finished();
-                    eprintln!("{}{}", self.indent, self.progress.text_line());
+                    errln!("{}{}", self.indent, self.progress.text_line());
                 }
             }
         }
@@ -236,14 +248,14 @@ impl Screen {
     /// Takes the bar off the terminal's last line.
     fn clear(&mut self) {
         if self.drawn {
-            eprint!("\r\x1b[2K");
+            err!("\r\x1b[2K");
             self.drawn = false;
         }
     }
 
     fn outcome(&mut self, outcome: &GroupOutcome, cursor: &str) {
         if self.style == Style::Json {
-            println!("{}", outcome_json(outcome, cursor));
+            outln!("{}", outcome_json(outcome, cursor));
             return;
         }
         self.progress.total = Some(u64::from(outcome.size));
@@ -253,9 +265,10 @@ impl Screen {
             Style::Bar => self.progress.bar_line(BAR_WIDTH),
             Style::Lines | Style::Json => self.progress.text_line(),
         };
-        eprintln!("{}{last}", self.indent);
-        let text = outcome_text(outcome, self.started.elapsed());
-        println!(
+        errln!("{}{last}", self.indent);
+        let took = (!self.already_finished).then(|| self.started.elapsed());
+        let text = outcome_text(outcome, took);
+        outln!(
             "{}{}",
             self.indent,
             text.replace('\n', &format!("\n{}", self.indent))
@@ -264,8 +277,9 @@ impl Screen {
 }
 
 /// `group G succeeded: 50 done, 0 failed, 0 cancelled, 0 deadline exceeded, of 50 (1.2s)`,
-/// and the group's error on a second line when it has one.
-pub fn outcome_text(outcome: &GroupOutcome, took: Duration) -> String {
+/// and the group's error on a second line when it has one. `took` is how long the watch
+/// followed it; `None` for a group that had finished before: `(had already finished)`.
+pub fn outcome_text(outcome: &GroupOutcome, took: Option<Duration>) -> String {
     let mut text = format!(
         "group {} {}: {} done, {} failed, {} cancelled, {} deadline exceeded, of {} ({})",
         outcome.group_id,
@@ -275,7 +289,7 @@ pub fn outcome_text(outcome: &GroupOutcome, took: Duration) -> String {
         outcome.cancelled,
         outcome.deadline_exceeded,
         outcome.size,
-        format_duration(took),
+        took.map_or_else(|| "had already finished".to_owned(), format_duration),
     );
     if !outcome.error.is_empty() {
         text.push_str(&format!("\n  error: {}", outcome.error));
@@ -628,10 +642,10 @@ mod tests {
                 ..GroupOutcome::default()
             })
         };
-        assert_eq!(outcome(JobState::Succeeded).exit_code(), ExitCode::SUCCESS);
-        assert_eq!(outcome(JobState::Failed).exit_code(), ExitCode::FAILURE);
-        assert_eq!(outcome(JobState::Cancelled).exit_code(), ExitCode::FAILURE);
-        assert_eq!(Finish::Interrupted.exit_code(), ExitCode::from(130));
+        assert_eq!(outcome(JobState::Succeeded).exit_code(), Exit::Success);
+        assert_eq!(outcome(JobState::Failed).exit_code(), Exit::Failed);
+        assert_eq!(outcome(JobState::Cancelled).exit_code(), Exit::Cancelled);
+        assert_eq!(Finish::Interrupted.exit_code(), Exit::Interrupted);
     }
 
     #[test]
@@ -658,8 +672,12 @@ mod tests {
         assert_eq!(line["state"], "succeeded");
         assert_eq!(line["size"], 2);
         assert_eq!(
-            outcome_text(&outcome, Duration::from_millis(1200)),
+            outcome_text(&outcome, Some(Duration::from_millis(1200))),
             "group g succeeded: 2 done, 0 failed, 0 cancelled, 0 deadline exceeded, of 2 (1.2s)"
+        );
+        assert_eq!(
+            outcome_text(&outcome, None),
+            "group g succeeded: 2 done, 0 failed, 0 cancelled, 0 deadline exceeded, of 2 (had already finished)"
         );
     }
 }

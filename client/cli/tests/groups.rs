@@ -197,7 +197,11 @@ async fn watch_json_lines_parse_and_end_with_the_outcome() {
         .collect();
 
     let output = cli(&coordinator, &["--json", "watch", "mixed"]).await;
-    assert_eq!(output.status.code(), Some(1), "a failed group exits 1");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a failed group exits 3 (FAILED)"
+    );
     let events = json_lines(&output);
     assert_eq!(events.len(), 21, "20 results and the outcome");
     let (outcome, results) = events.split_last().expect("events");
@@ -247,7 +251,7 @@ async fn watch_json_lines_parse_and_end_with_the_outcome() {
 
     // For people: each failure on stderr, the outcome on stdout.
     let output = cli(&coordinator, &["watch", "mixed"]).await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(3));
     let stderr = text(&output.stderr);
     for event in &failed {
         let id = event["job_id"].as_str().expect("job id");

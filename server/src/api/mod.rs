@@ -913,10 +913,27 @@ impl AdminService for AdminApi {
         request: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
         Identity::of(&request).require(Role::Admin)?;
-        let queues = self.store.queue_counts().await?;
+        let counts = self.store.queue_counts().await?;
+        let paused = self.store.paused().await?;
+        let mut queues: Vec<v1::QueueStats> =
+            counts.into_iter().map(convert::queue_stats).collect();
+        for queue in &mut queues {
+            queue.paused = paused.contains(&queue.queue);
+        }
+        // A paused queue with no jobs yet is still something an operator paused and must see.
+        for name in paused {
+            if !queues.iter().any(|q| q.queue == name) {
+                queues.push(v1::QueueStats {
+                    queue: name,
+                    paused: true,
+                    ..Default::default()
+                });
+            }
+        }
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
         let workers = self.scheduler.workers().await?.len() as u32;
         Ok(Response::new(v1::StatsResponse {
-            queues: queues.into_iter().map(convert::queue_stats).collect(),
+            queues,
             store: Some(convert::store_stats(self.store.writer_stats())),
             workers,
             refused_results: self.scheduler.refused_results(),

@@ -444,7 +444,9 @@ impl Runner {
                 }
                 Effect::Refused { job_id, attempt } => {
                     self.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(job.id = %job_id, attempt, "refused a result from a stale attempt");
+                    // Ordinary after a cancel, a deadline or a lost stream: the
+                    // fencing did its job. Counted in Stats.refused_results.
+                    tracing::info!(job.id = %job_id, attempt, "refused a result from a stale attempt");
                 }
             }
         }

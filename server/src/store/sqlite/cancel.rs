@@ -80,8 +80,6 @@ pub(super) fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> 
                     tally.finished(&queue, JobState::Cancelled);
                     (vec![*id], JobState::Cancelled)
                 }
-                // Cancelling twice is not an error: the caller's wish already holds.
-                JobState::Cancelled => (vec![], state),
                 JobState::Running => {
                     // The attempt is fenced out here: whatever its worker reports later is
                     // refused. The scheduler tells the worker to stop.
@@ -94,7 +92,7 @@ pub(super) fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> 
                 other => {
                     return Err(Error::FailedPrecondition {
                         id: id.to_string(),
-                        reason: format!("already ended {}", other.wire_name()),
+                        reason: format!("already ended ({})", other.as_str()),
                     });
                 }
             }

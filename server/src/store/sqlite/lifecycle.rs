@@ -317,7 +317,7 @@ fn finish(
                 out.ready.push(current.ready(id, run_at));
             } else {
                 let error = if state == JobState::Failed && *retryable {
-                    format!("{message} (after {failures} attempts)")
+                    format!("{message} (after {})", attempts(failures))
                 } else {
                     message.clone()
                 };
@@ -368,7 +368,7 @@ fn again_or_fail(
             .execute(params![message, failures, run_at, current.seq])?;
         return Ok(Some(run_at));
     }
-    let error = format!("{message} (after {failures} attempts)");
+    let error = format!("{message} (after {})", attempts(failures));
     let ended = Ended {
         id,
         current,
@@ -566,4 +566,14 @@ pub(super) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
         .query_map([], ready_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ready)
+}
+
+/// `1 attempt`, `3 attempts`: the count in a job's final error, as a person writes it.
+fn attempts(n: impl Into<u64>) -> String {
+    let n = n.into();
+    if n == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{n} attempts")
+    }
 }
