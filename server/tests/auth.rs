@@ -528,7 +528,8 @@ async fn admin_rpcs_need_the_admin_role_and_worker_streams_the_worker_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_past_the_ceiling_are_shed_at_once_and_the_admitted_ones_succeed() {
     let mut args = COORDINATOR_FLAGS.to_vec();
-    args.extend(["--max-in-flight", "2"]);
+    // `Run` is a long-poll: its ceiling is --max-long-polls (short calls have their own).
+    args.extend(["--max-long-polls", "2"]);
     let coordinator = Coordinator::start_with(&args).await;
     let client = support::connect(&coordinator).await;
     let worker = Worker::start(&coordinator.url(), &["--concurrency", "8"]).await;
@@ -560,7 +561,7 @@ async fn calls_past_the_ceiling_are_shed_at_once_and_the_admitted_ones_succeed()
             Err(err) => {
                 assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
                 assert!(
-                    err.to_string().contains("calls in flight"),
+                    err.to_string().contains("limit of waiting calls"),
                     "refused by the ceiling, not by the transport: {err}"
                 );
                 refused.push(took);

@@ -590,7 +590,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(typed.len(), 12, "{out}");
+        assert_eq!(typed.len(), 14, "{out}");
         assert!(out.contains("switchyard_jobs_submitted_total{queue=\"a\"} 1\n"));
         assert!(
             out.contains("switchyard_jobs_finished_total{queue=\"a\",state=\"succeeded\"} 1\n")
