@@ -608,3 +608,98 @@ async fn calls_past_the_ceiling_are_shed_at_once_and_the_admitted_ones_succeed()
         assert_eq!(job.state(), JobState::Succeeded);
     }
 }
+
+/// Every lookup a caller can steer is scoped to its tenant, and a foreign id reads exactly as
+/// a missing one: `depends_on` (which would hand over the other tenant's output), the parent
+/// header (which would take its deadline and cancellation), and group names (each tenant has
+/// its own).
+#[tokio::test]
+async fn a_tenant_cannot_reach_or_detect_another_tenants_jobs_and_groups() {
+    let secured = Secured::start().await;
+    let acme = secured.client(ACME);
+    let globex = secured.client(GLOBEX);
+    let _worker = Worker::start(&secured.coordinator.url(), &["--token", WORKER]).await;
+    let secret = acme
+        .run(
+            JobSpec::new("default", "echo").payload("acme's secret"),
+            Some(PATIENCE),
+        )
+        .await
+        .expect("acme's job runs");
+    assert_eq!(secret.state(), JobState::Succeeded);
+    let missing = "0190d3c0-0000-7000-8000-000000000000";
+    let refusal =
+        |err: switchyard_client::Error, id: &str| (err.code(), err.to_string().replace(id, "ID"));
+
+    // depends_on: acme's job is as absent as a job that never was.
+    let depending = |id: &str| JobSpec::new("default", "echo").depends_on(id);
+    let foreign = globex
+        .submit(depending(&secret.job_id))
+        .await
+        .expect_err("globex may not depend on acme's job");
+    let absent = globex
+        .submit(depending(missing))
+        .await
+        .expect_err("no such job");
+    assert_eq!(foreign.code(), Some(Code::InvalidArgument), "{foreign}");
+    assert_eq!(refusal(foreign, &secret.job_id), refusal(absent, missing));
+
+    // The parent header: the same.
+    let mut jobs = JobServiceClient::new(secured.channel.clone());
+    let as_child_of = |parent: &str| {
+        let mut request = call(new_job("default", "echo"), Some(GLOBEX));
+        request
+            .metadata_mut()
+            .insert("x-switchyard-parent-job", parent.parse().expect("ascii"));
+        request
+    };
+    let foreign = jobs
+        .submit(as_child_of(&secret.job_id))
+        .await
+        .expect_err("acme's job is no parent of globex's");
+    let absent = jobs
+        .submit(as_child_of(missing))
+        .await
+        .expect_err("no such job");
+    assert_eq!(foreign.code(), absent.code());
+    assert_eq!(
+        foreign.message().replace(&secret.job_id, "ID"),
+        absent.message().replace(missing, "ID")
+    );
+
+    // Group names: each tenant has its own `nightly`.
+    let group = |client: &Client| {
+        let client = client.clone();
+        async move {
+            client
+                .submit_batch(
+                    Batch::new()
+                        .group("nightly")
+                        .job(JobSpec::new("nobody", "echo")),
+                )
+                .await
+        }
+    };
+    group(&acme).await.expect("acme's nightly");
+    group(&globex)
+        .await
+        .expect("globex's nightly, though acme has one of that name");
+    let theirs = globex
+        .group("nightly")
+        .await
+        .expect("globex sees its group");
+    assert_eq!((theirs.size, theirs.tenant_id.as_str()), (1, "globex"));
+    let ours = acme.group("nightly").await.expect("acme sees its group");
+    assert_eq!(ours.tenant_id, "acme");
+    assert!(
+        globex
+            .submit_batch(
+                Batch::new()
+                    .group("nightly")
+                    .job(JobSpec::new("nobody", "echo"))
+            )
+            .await
+            .is_err(),
+        "a group name is still unique within its tenant"
+    );
+}

@@ -29,6 +29,16 @@ use crate::{
     store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submit, Submitted},
 };
 
+/// The tenant whose jobs and groups a caller may name (`None`: every tenant's, for an admin
+/// or an open coordinator).
+fn scope(identity: &Identity) -> Option<String> {
+    if identity.authenticated && identity.role != Role::Admin {
+        identity.tenant.clone()
+    } else {
+        None
+    }
+}
+
 /// A job id from a request: text that is not one names no job.
 fn job_id(text: &str) -> Result<JobId> {
     text.parse()
@@ -90,7 +100,13 @@ impl JobApi {
                     .ok_or_else(|| Error::invalid("x-switchyard-parent-job", "must be a job id"))?;
                 let no_job = || Error::invalid("x-switchyard-parent-job", format!("no job {id}"));
                 let parent_id = id.parse::<JobId>().map_err(|_| no_job())?;
-                let parent = self.store.get(parent_id).await?.ok_or_else(no_job)?;
+                // Another tenant's job is, to this caller, no job at all.
+                let parent = self
+                    .store
+                    .get(parent_id)
+                    .await?
+                    .filter(|p| identity.may_see(p.tenant_id.as_deref().unwrap_or("")))
+                    .ok_or_else(no_job)?;
                 if parent.state.is_terminal() {
                     return Err(Error::FailedPrecondition {
                         id: parent.id.to_string(),
@@ -131,6 +147,7 @@ impl JobApi {
         origin: Origin,
         mut jobs: Vec<crate::store::NewJob>,
         group: Option<NewGroup>,
+        scope: Option<String>,
     ) -> Result<Vec<Submitted>> {
         let first = jobs.first();
         let parent = switchyard_telemetry::context_from(
@@ -163,6 +180,7 @@ impl JobApi {
             origin,
             jobs,
             group,
+            scope,
         };
         let done = match self.store.submit(submit).await {
             Ok(done) => done,
@@ -246,7 +264,7 @@ impl JobApi {
     async fn visible_group(&self, identity: &Identity, id: String) -> Result<GroupRecord> {
         let group = self
             .store
-            .group(id.clone())
+            .group(id.clone(), scope(identity))
             .await?
             .ok_or_else(|| Error::GroupNotFound(id.clone()))?;
         if identity.may_see(group.tenant_id.as_deref().unwrap_or("")) {
@@ -365,7 +383,7 @@ struct GroupWatch {
     store: Arc<dyn Store>,
     ended: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
-    group: String,
+    group: crate::store::GroupKey,
     after: i64,
     page: std::collections::VecDeque<crate::domain::GroupEvent>,
     done: bool,
@@ -403,11 +421,17 @@ impl GroupWatch {
                 }
             }
             // Everything that ended is delivered: if nothing is left running, that's all.
-            let group = match self.store.group(self.group.clone()).await {
+            let key = &self.group;
+            let group = match self
+                .store
+                .group(key.id.clone(), Some(key.tenant.clone()))
+                .await
+            {
                 Ok(Some(group)) => group,
                 Ok(None) => {
                     self.done = true;
-                    return Some((Err(Error::GroupNotFound(self.group.clone()).into()), self));
+                    let missing = Error::GroupNotFound(self.group.id.clone());
+                    return Some((Err(missing.into()), self));
                 }
                 Err(err) => {
                     self.done = true;
@@ -513,6 +537,7 @@ impl JobService for JobApi {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
         let ctx = self.call_context(&request, false).await?;
+        let scope = scope(&Identity::of(&request));
         let req = request.into_inner();
         if !req.group_id.is_empty() {
             return Err(Error::invalid("group_id", "is set by SubmitBatch, not Submit").into());
@@ -521,7 +546,9 @@ impl JobService for JobApi {
             return Err(Error::invalid("ref", "only names jobs inside a SubmitBatch").into());
         }
         let job = validate::job("", req, JobId::new(), &Default::default(), &ctx, now_ms())?;
-        let mut done = self.store_jobs(Origin::Submit, vec![job], None).await?;
+        let mut done = self
+            .store_jobs(Origin::Submit, vec![job], None, scope)
+            .await?;
         let submitted = done
             .pop()
             .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
@@ -534,6 +561,7 @@ impl JobService for JobApi {
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchResponse>, Status> {
         let ctx = self.call_context(&request, false).await?;
+        let scope = scope(&Identity::of(&request));
         let req = request.into_inner();
         if req.jobs.is_empty() {
             return Err(Error::invalid("jobs", "must hold at least one job").into());
@@ -575,7 +603,7 @@ impl JobService for JobApi {
         }
         validate::acyclic(&jobs)?;
         let group_id = group.as_ref().map(|g| g.id.clone()).unwrap_or_default();
-        let done = self.store_jobs(Origin::Batch, jobs, group).await?;
+        let done = self.store_jobs(Origin::Batch, jobs, group, scope).await?;
         Ok(Response::new(SubmitBatchResponse {
             jobs: done.into_iter().map(submit_response).collect(),
             group_id,
@@ -586,6 +614,7 @@ impl JobService for JobApi {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let timeout = deadline::of(&request);
         let ctx = self.call_context(&request, true).await?;
+        let scope = scope(&Identity::of(&request));
         let req = request.into_inner();
         let Some(job) = req.job else {
             return Err(Error::invalid("job", "is required").into());
@@ -601,7 +630,9 @@ impl JobService for JobApi {
             &ctx,
             now_ms(),
         )?;
-        let mut done = self.store_jobs(Origin::Submit, vec![job], None).await?;
+        let mut done = self
+            .store_jobs(Origin::Submit, vec![job], None, scope)
+            .await?;
         let submitted = done
             .pop()
             .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
@@ -727,7 +758,7 @@ impl JobService for JobApi {
             .ok_or_else(|| Error::invalid("group_id", "is required"))?;
         let after = parse_cursor(&req.cursor)?;
         // Refuse an unknown (or another tenant's) group before the stream starts.
-        self.visible_group(&identity, group.clone()).await?;
+        let group = self.visible_group(&identity, group).await?.key();
         let watch = GroupWatch {
             store: self.store.clone(),
             ended: self.notifier.ended(),
@@ -805,8 +836,7 @@ impl JobService for JobApi {
         let target = match target {
             Target::JobId(id) => CancelTarget::Job(self.visible_job(&identity, &id).await?.id),
             Target::GroupId(id) => {
-                self.visible_group(&identity, id.clone()).await?;
-                CancelTarget::Group(id)
+                CancelTarget::Group(self.visible_group(&identity, id).await?.key())
             }
         };
         let (cancelled, state) = self.cancel_jobs(target, reason).await?;

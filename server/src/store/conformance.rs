@@ -96,6 +96,7 @@ async fn submit(store: &dyn Store, jobs: Vec<NewJob>, group: Option<&str>) -> Ve
                 id: id.into(),
                 cancel_on_failure: false,
             }),
+            scope: None,
         })
         .await
         .expect("submit")
@@ -277,6 +278,7 @@ async fn admission_refuses_past_max_queued(b: Backend) {
             origin: Origin::Submit,
             jobs: vec![new_job("q")],
             group: None,
+            scope: None,
         })
         .await;
     assert!(
@@ -302,6 +304,10 @@ async fn admission_refuses_past_max_queued(b: Backend) {
 /// A group's ends are events in commit order, with cursors to resume after.
 async fn group_events_follow_each_end(b: Backend) {
     let store = &*b.store;
+    let key = || super::GroupKey {
+        tenant: String::new(),
+        id: "g".into(),
+    };
     let done = submit(store, vec![new_job("q"), new_job("q")], Some("g")).await;
     let ready: Vec<ReadyJob> = done.iter().filter_map(|s| s.ready.clone()).collect();
     store
@@ -315,11 +321,11 @@ async fn group_events_follow_each_end(b: Backend) {
         ))
         .await
         .expect("one ends");
-    let events = store.group_events("g".into(), 0, 10).await.expect("events");
+    let events = store.group_events(key(), 0, 10).await.expect("events");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].job_id, ready[1].id);
     let group = store
-        .group("g".into())
+        .group("g".into(), Some(String::new()))
         .await
         .expect("group")
         .expect("exists");
@@ -335,7 +341,7 @@ async fn group_events_follow_each_end(b: Backend) {
         .await
         .expect("the other ends");
     let later = store
-        .group_events("g".into(), events[0].cursor, 10)
+        .group_events(key(), events[0].cursor, 10)
         .await
         .expect("events after the cursor");
     assert_eq!(later.len(), 1);
@@ -344,7 +350,7 @@ async fn group_events_follow_each_end(b: Backend) {
         (ready[0].id, JobState::Failed)
     );
     let group = store
-        .group("g".into())
+        .group("g".into(), Some(String::new()))
         .await
         .expect("group")
         .expect("exists");
@@ -357,6 +363,7 @@ async fn group_events_follow_each_end(b: Backend) {
                 id: "g".into(),
                 cancel_on_failure: false,
             }),
+            scope: None,
         })
         .await;
     assert!(matches!(twice, Err(Error::GroupExists(_))));
@@ -459,6 +466,69 @@ async fn control_survives_a_restart(mut b: Backend) {
 
 /// Every check, as a test against one backend: `suite!(name)` runs them against the backend
 /// that `async fn name() -> Backend` opens.
+/// A tenant-scoped submit cannot name another tenant's job, and group names are each
+/// tenant's own.
+async fn tenants_name_only_their_own_jobs_and_groups(b: Backend) {
+    let store = &*b.store;
+    let of = |tenant: &str| NewJob {
+        tenant_id: Some(tenant.into()),
+        ..new_job("q")
+    };
+    let submit_as = |tenant: &str, jobs: Vec<NewJob>, group: Option<&str>| Submit {
+        origin: Origin::Submit,
+        jobs,
+        group: group.map(|id| NewGroup {
+            id: id.into(),
+            cancel_on_failure: false,
+        }),
+        scope: Some(tenant.into()),
+    };
+    let a = store
+        .submit(submit_as("a", vec![of("a")], Some("nightly")))
+        .await
+        .expect("a's batch")[0]
+        .id;
+    let foreign = store
+        .submit(submit_as(
+            "b",
+            vec![NewJob {
+                depends_on: vec![a],
+                ..of("b")
+            }],
+            None,
+        ))
+        .await
+        .expect_err("b names a's job");
+    let missing = JobId::new();
+    let absent = store
+        .submit(submit_as(
+            "b",
+            vec![NewJob {
+                depends_on: vec![missing],
+                ..of("b")
+            }],
+            None,
+        ))
+        .await
+        .expect_err("b names no job");
+    assert_eq!(
+        foreign.to_string().replace(&a.to_string(), "ID"),
+        absent.to_string().replace(&missing.to_string(), "ID"),
+        "another tenant's job reads as a missing one"
+    );
+    store
+        .submit(submit_as("b", vec![of("b")], Some("nightly")))
+        .await
+        .expect("b's own group of the same name");
+    let a_group = store
+        .group("nightly".into(), Some("a".into()))
+        .await
+        .expect("group")
+        .expect("a's");
+    assert_eq!((a_group.size, a_group.tenant_id.as_deref()), (1, Some("a")));
+    assert_eq!(a_group.queued, 1, "only a's job counts in a's group");
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -494,6 +564,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn control_survives_a_restart() {
                 super::control_survives_a_restart(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn tenants_name_only_their_own_jobs_and_groups() {
+                super::tenants_name_only_their_own_jobs_and_groups(super::$backend().await).await;
             }
         }
     };

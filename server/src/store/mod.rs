@@ -81,10 +81,17 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list(&self, filter: ListFilter) -> Result<ListPage>;
 
-    async fn group(&self, id: String) -> Result<Option<GroupRecord>>;
+    /// A group by its name, in `tenant`'s namespace (`""` for no tenant), or in any (`None`,
+    /// an admin's view: the first namespace that has it).
+    async fn group(&self, id: String, tenant: Option<String>) -> Result<Option<GroupRecord>>;
 
     /// Up to `limit` results of the group's jobs that ended after cursor `after`, in order.
-    async fn group_events(&self, group: String, after: i64, limit: u32) -> Result<Vec<GroupEvent>>;
+    async fn group_events(
+        &self,
+        group: GroupKey,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>>;
 
     /// Every quota, with the jobs queued in its scope now.
     async fn quotas(&self) -> Result<Vec<(Quota, u64)>>;
@@ -162,6 +169,9 @@ pub struct Submit {
     pub origin: Origin,
     pub jobs: Vec<NewJob>,
     pub group: Option<NewGroup>,
+    /// The tenant whose jobs the caller may name in `depends_on` (`None`: any tenant's). A
+    /// job of another tenant is answered as if it did not exist.
+    pub scope: Option<String>,
 }
 
 /// What became of one submitted job.
@@ -262,11 +272,27 @@ pub struct TransitionOutcome {
     pub metrics: Tally,
 }
 
+/// A group: its name in its tenant's namespace (`""` for no tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupKey {
+    pub tenant: String,
+    pub id: String,
+}
+
+impl GroupRecord {
+    pub fn key(&self) -> GroupKey {
+        GroupKey {
+            tenant: self.tenant_id.clone().unwrap_or_default(),
+            id: self.id.clone(),
+        }
+    }
+}
+
 /// What to cancel.
 #[derive(Debug, Clone)]
 pub enum CancelTarget {
     Job(JobId),
-    Group(String),
+    Group(GroupKey),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use super::submit::dependency_failed;
 use crate::{
     domain::{AttemptOutcome, JobId, JobState, now_ms},
     error::{Error, Result},
-    store::{CancelTarget, Cancelled},
+    store::{CancelTarget, Cancelled, GroupKey},
     telemetry::Tally,
 };
 
@@ -17,7 +17,8 @@ const CANCEL_JOB: &str =
     WHERE id = ?3 AND state = 10 /* queued */";
 const CANCEL_GROUP: &str =
     "UPDATE jobs SET state = 50 /* cancelled */, error = ?1, finished_at_ms = ?2
-    WHERE group_id = ?3 AND state = 10 /* queued */ RETURNING id, queue";
+    WHERE group_id = ?3 AND coalesce(tenant_id, '') = ?4 AND state = 10 /* queued */
+    RETURNING id, queue";
 /// Queued dependents of one job: they can no longer run.
 const CANCEL_DEPENDENTS: &str = "UPDATE jobs SET state = 50 /* cancelled */, error = ?1,
         finished_at_ms = ?2
@@ -27,11 +28,11 @@ const CANCEL_RUNNING: &str = "UPDATE jobs SET state = 50 /* cancelled */, error 
         finished_at_ms = ?2
     WHERE seq = ?3";
 const RUNNING_OF_GROUP: &str = "SELECT id, seq, attempt, queue, started_at_ms FROM jobs
-    WHERE group_id = ?1 AND state = 20 /* running */";
+    WHERE group_id = ?1 AND coalesce(tenant_id, '') = ?2 AND state = 20 /* running */";
 /// What cancelling one job needs to know of it.
 const JOB_TO_CANCEL: &str = "SELECT state, seq, attempt, queue, started_at_ms FROM jobs
     WHERE id = ?1";
-const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE id = ?1";
+const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE tenant_key = ?1 AND id = ?2";
 const CHILDREN: &str = "SELECT id, seq, state, attempt, queue, started_at_ms FROM jobs
     WHERE parent_job_id = ?1 AND state IN (10 /* queued */, 20 /* running */)";
 const END_CHILD: &str =
@@ -98,8 +99,11 @@ pub(super) fn cancel(conn: &Connection, target: &CancelTarget, reason: &str) -> 
             }
         }
         CancelTarget::Group(group) => {
-            if !conn.prepare_cached(GROUP_EXISTS)?.exists(params![group])? {
-                return Err(Error::GroupNotFound(group.clone()));
+            if !conn
+                .prepare_cached(GROUP_EXISTS)?
+                .exists(params![group.tenant, group.id])?
+            {
+                return Err(Error::GroupNotFound(group.id.clone()));
             }
             let (ids, running) = cancel_group_jobs(conn, group, reason, now, &mut tally)?;
             running_now.extend(running);
@@ -138,14 +142,14 @@ fn finish_cancel(
 /// fenced out here). Returns the ids, and the running ones with their attempt.
 pub(super) fn cancel_group_jobs(
     conn: &Connection,
-    group: &str,
+    group: &GroupKey,
     reason: &str,
     now: i64,
     tally: &mut Tally,
 ) -> Result<Descendants> {
     let queued = conn
         .prepare_cached(CANCEL_GROUP)?
-        .query_map(params![reason, now, group], |row| {
+        .query_map(params![reason, now, group.id, group.tenant], |row| {
             Ok((row.get::<_, JobId>(0)?, row.get::<_, String>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -156,7 +160,7 @@ pub(super) fn cancel_group_jobs(
     }
     let running = conn
         .prepare_cached(RUNNING_OF_GROUP)?
-        .query_map(params![group], |row| {
+        .query_map(params![group.id, group.tenant], |row| {
             Ok((
                 row.get::<_, JobId>(0)?,
                 row.get::<_, i64>(1)?,

@@ -7,7 +7,7 @@ use super::{READY_COLUMNS, READY_COLUMNS_J, cancel, ready_from_row};
 use crate::{
     domain::{AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, now_ms},
     error::{Error, Result},
-    store::{Finish, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
+    store::{Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
 };
 
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
@@ -93,9 +93,11 @@ fn expire(conn: &Connection, id: JobId, now: i64, out: &mut TransitionOutcome) -
     Ok(())
 }
 
-const ERRGROUP_OF: &str = "SELECT g.id FROM jobs j JOIN groups g ON g.id = j.group_id
+const ERRGROUP_OF: &str = "SELECT g.id, g.tenant_key FROM jobs j
+    JOIN groups g ON g.id = j.group_id AND g.tenant_key = coalesce(j.tenant_id, '')
     WHERE j.id = ?1 AND g.cancel_on_failure = 1 AND g.failed_job_id IS NULL";
-const FAIL_GROUP: &str = "UPDATE groups SET failed_job_id = ?1, error = ?2 WHERE id = ?3";
+const FAIL_GROUP: &str =
+    "UPDATE groups SET failed_job_id = ?1, error = ?2 WHERE id = ?3 AND tenant_key = ?4";
 
 /// errgroup: the first job of a `cancel_on_failure` group to end badly cancels every other
 /// unfinished job of the group, and its error becomes the group's.
@@ -108,13 +110,18 @@ fn fail_group(
 ) -> Result<()> {
     let Some(group) = conn
         .prepare_cached(ERRGROUP_OF)?
-        .query_row(params![id], |row| row.get::<_, String>(0))
+        .query_row(params![id], |row| {
+            Ok(GroupKey {
+                id: row.get(0)?,
+                tenant: row.get(1)?,
+            })
+        })
         .optional()?
     else {
         return Ok(());
     };
     conn.prepare_cached(FAIL_GROUP)?
-        .execute(params![id, error, group])?;
+        .execute(params![id, error, group.id, group.tenant])?;
     let reason = format!("job {id} of its group failed: {error}");
     let (ids, running) = cancel::cancel_group_jobs(conn, &group, &reason, now, &mut out.metrics)?;
     for cancelled in &ids {

@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0001_jobs.sql"),
     include_str!("../../../../migrations/sqlite/0002_domain_states.sql"),
     include_str!("../../../../migrations/sqlite/0003_store_probe.sql"),
+    include_str!("../../../../migrations/sqlite/0004_groups_per_tenant.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

@@ -188,11 +188,18 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn group(&self, id: String) -> Result<Option<GroupRecord>> {
-        self.readers.run(move |conn| read::group(conn, &id)).await
+    async fn group(&self, id: String, tenant: Option<String>) -> Result<Option<GroupRecord>> {
+        self.readers
+            .run(move |conn| read::group(conn, &id, tenant.as_deref()))
+            .await
     }
 
-    async fn group_events(&self, group: String, after: i64, limit: u32) -> Result<Vec<GroupEvent>> {
+    async fn group_events(
+        &self,
+        group: super::GroupKey,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
         self.readers
             .run(move |conn| read::group_events(conn, &group, after, limit))
             .await

@@ -11,7 +11,7 @@ use crate::{
         AttemptRecord, GroupEvent, GroupRecord, JobId, JobRecord, JobState, QueueCounts, Quota,
     },
     error::{Error, Result},
-    store::{ListFilter, ListPage, StoreConfig},
+    store::{GroupKey, ListFilter, ListPage, StoreConfig},
 };
 
 pub(super) struct Readers {
@@ -230,14 +230,20 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 
 const GROUP: &str = "SELECT id, size, cancel_on_failure, created_at_ms, failed_job_id, error,
         tenant_id
-    FROM groups WHERE id = ?1";
-const GROUP_COUNTS: &str = "SELECT state, count(*) FROM jobs WHERE group_id = ?1 GROUP BY state";
+    FROM groups WHERE id = ?1 AND (?2 IS NULL OR tenant_key = ?2)
+    ORDER BY tenant_key LIMIT 1";
+const GROUP_COUNTS: &str = "SELECT state, count(*) FROM jobs
+    WHERE group_id = ?1 AND coalesce(tenant_id, '') = ?2 GROUP BY state";
 
-/// A group with its counts by state, if it exists.
-pub(super) fn group(conn: &Connection, id: &str) -> Result<Option<GroupRecord>> {
+/// A group with its counts by state, if it exists in `tenant`'s namespace (or any, for `None`).
+pub(super) fn group(
+    conn: &Connection,
+    id: &str,
+    tenant: Option<&str>,
+) -> Result<Option<GroupRecord>> {
     let Some(mut group) = conn
         .prepare_cached(GROUP)?
-        .query_row([id], |row| {
+        .query_row(params![id, tenant], |row| {
             Ok(GroupRecord {
                 id: row.get(0)?,
                 size: row.get(1)?,
@@ -254,7 +260,8 @@ pub(super) fn group(conn: &Connection, id: &str) -> Result<Option<GroupRecord>> 
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(GROUP_COUNTS)?;
-    let mut rows = stmt.query([id])?;
+    let tenant_key = group.tenant_id.clone().unwrap_or_default();
+    let mut rows = stmt.query(params![id, tenant_key])?;
     while let Some(row) = rows.next()? {
         group.count(row.get(0)?, row.get(1)?);
     }
@@ -263,18 +270,19 @@ pub(super) fn group(conn: &Connection, id: &str) -> Result<Option<GroupRecord>> 
 
 const GROUP_EVENTS: &str = "SELECT e.seq, j.id, j.state, j.output, j.error
     FROM group_events e JOIN jobs j ON j.id = e.job_id
-    WHERE e.group_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3";
+    WHERE e.group_id = ?1 AND coalesce(j.tenant_id, '') = ?4 AND e.seq > ?2
+    ORDER BY e.seq LIMIT ?3";
 
 /// Up to `limit` results of a group's jobs that ended after cursor `after`, in order.
 pub(super) fn group_events(
     conn: &Connection,
-    group: &str,
+    group: &GroupKey,
     after: i64,
     limit: u32,
 ) -> Result<Vec<GroupEvent>> {
     Ok(conn
         .prepare_cached(GROUP_EVENTS)?
-        .query_map(params![group, after, limit], |row| {
+        .query_map(params![group.id, after, limit, group.tenant], |row| {
             Ok(GroupEvent {
                 cursor: row.get(0)?,
                 job_id: row.get(1)?,

@@ -68,11 +68,11 @@ fn admit(conn: &Connection, jobs: &[&NewJob]) -> Result<()> {
 
 const FIND_IDEMPOTENT: &str = "SELECT id, state FROM jobs
     WHERE queue = ?1 AND coalesce(tenant_id, '') = ?2 AND idempotency_key = ?3";
-const JOB_STATE: &str = "SELECT state FROM jobs WHERE id = ?1";
-const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE id = ?1";
+const JOB_STATE: &str = "SELECT state, coalesce(tenant_id, '') FROM jobs WHERE id = ?1";
+const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE tenant_key = ?1 AND id = ?2";
 const INSERT_GROUP: &str =
-    "INSERT INTO groups (id, size, cancel_on_failure, created_at_ms, tenant_id)
-        VALUES (?1, ?2, ?3, ?4, ?5)";
+    "INSERT INTO groups (tenant_key, id, size, cancel_on_failure, created_at_ms, tenant_id)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const INSERT_JOB: &str = "INSERT INTO jobs (
         id, queue, kind, payload, priority, max_attempts, timeout_ms, deadline_ms, run_at_ms,
         idempotency_key, concurrency_key, weight, depends_on, group_id, labels, tenant_id,
@@ -88,16 +88,21 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
         origin,
         jobs,
         group,
+        scope,
     } = submit;
     let now = now_ms();
     if let Some(group) = group {
+        // The group is its tenant's: the batch's jobs all carry the caller's tenant.
+        let tenant = jobs.first().and_then(|j| j.tenant_id.as_deref());
+        let tenant_key = tenant.unwrap_or("");
         if conn
             .prepare_cached(GROUP_EXISTS)?
-            .exists(params![group.id])?
+            .exists(params![tenant_key, group.id])?
         {
             return Err(Error::GroupExists(group.id.clone()));
         }
         conn.prepare_cached(INSERT_GROUP)?.execute(params![
+            tenant_key,
             group.id,
             jobs.len() as i64,
             group.cancel_on_failure,
@@ -181,11 +186,15 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
             let state = if in_batch.contains(&dep) {
                 JobState::Queued
             } else {
-                match state_of
-                    .query_row(params![dep], |row| row.get::<_, JobState>(0))
+                // Another tenant's job is, to this caller, no job at all.
+                let found = state_of
+                    .query_row(params![dep], |row| {
+                        Ok((row.get::<_, JobState>(0)?, row.get::<_, String>(1)?))
+                    })
                     .optional()?
-                {
-                    Some(state) => state,
+                    .filter(|(_, tenant)| scope.as_ref().is_none_or(|s| s == tenant));
+                match found {
+                    Some((state, _)) => state,
                     None => {
                         let field = match origin {
                             Origin::Submit => format!("depends_on[{d}]"),
