@@ -30,6 +30,13 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u64).range(1024 * 1024 + 4096..=256 * 1024 * 1024))]
     pub max_message_bytes: u64,
 
+    /// Largest output a job's attempt may return, in bytes. A larger one fails its attempt
+    /// (not retried) with a clear error; the worker's stream and its other jobs go on. At
+    /// most --max-message-bytes less 64 KiB (the result must fit in one message).
+    #[arg(long, env = "SWITCHYARD_MAX_RESULT_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=256 * 1024 * 1024))]
+    pub max_result_bytes: u64,
+
     /// Most concurrent HTTP/2 streams (calls) on one connection.
     #[arg(long, env = "SWITCHYARD_MAX_CONCURRENT_STREAMS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -110,6 +117,7 @@ pub struct ServerArgs {
 pub struct Config {
     pub store: StoreConfig,
     pub max_message_bytes: usize,
+    pub max_result_bytes: usize,
     pub max_concurrent_streams: u32,
     pub heartbeat_interval: Duration,
     pub retry: RetryPolicy,
@@ -141,6 +149,9 @@ impl ServerArgs {
                 busy_timeout: self.busy_timeout,
             },
             max_message_bytes: self.max_message_bytes as usize,
+            // A result must fit in one message of the worker stream, with room for its frame.
+            max_result_bytes: (self.max_result_bytes as usize)
+                .min((self.max_message_bytes as usize).saturating_sub(64 * 1024)),
             max_concurrent_streams: self.max_concurrent_streams,
             heartbeat_interval: self.heartbeat_interval,
             metrics: self.metrics,

@@ -47,6 +47,8 @@ const MAX_QUEUES: usize = 256;
 pub struct WorkerApi {
     scheduler: Scheduler,
     heartbeat: Duration,
+    /// The largest output a result may carry; a larger one fails its attempt, not the stream.
+    max_result_bytes: usize,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     next_session: Arc<AtomicU64>,
@@ -56,12 +58,14 @@ impl WorkerApi {
     pub fn new(
         scheduler: Scheduler,
         heartbeat: Duration,
+        max_result_bytes: usize,
         shutdown: CancellationToken,
         sessions: TaskTracker,
     ) -> Self {
         WorkerApi {
             scheduler,
             heartbeat,
+            max_result_bytes,
             shutdown,
             sessions,
             next_session: Arc::new(AtomicU64::new(1)),
@@ -141,6 +145,7 @@ impl WorkerService for WorkerApi {
         let welcome = message(coordinator_message::Message::Welcome(v1::Welcome {
             session_id: id.to_string(),
             heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
+            max_result_bytes: self.max_result_bytes as u64,
         }));
         let kill = self.shutdown.child_token();
         let link = Link {
@@ -168,6 +173,7 @@ impl WorkerService for WorkerApi {
         self.sessions.spawn(session(
             self.scheduler.clone(),
             id,
+            self.max_result_bytes,
             inbound,
             control,
             interval,
@@ -196,6 +202,7 @@ impl WorkerService for WorkerApi {
 async fn session(
     scheduler: Scheduler,
     id: u64,
+    max_result_bytes: usize,
     mut inbound: Streaming<WorkerMessage>,
     outbound: mpsc::Sender<CoordinatorMessage>,
     interval: Duration,
@@ -234,7 +241,10 @@ async fn session(
                     }
                     Some(worker_message::Message::Credit(c)) => scheduler.credit(id, c.slots).await,
                     Some(worker_message::Message::Result(r)) => match r.job_id.parse::<JobId>() {
-                        Ok(job_id) => scheduler.result(id, job_id, r.attempt, outcome(r.outcome)).await,
+                        Ok(job_id) => {
+                            let outcome = bounded(outcome(r.outcome), max_result_bytes);
+                            scheduler.result(id, job_id, r.attempt, outcome).await
+                        }
                         Err(_) => {
                             tracing::warn!(session = id, job.id = %r.job_id, "ignoring a result for no job");
                             Ok(())
@@ -315,6 +325,23 @@ fn assignment(d: Dispatch) -> v1::Assignment {
         group_id: d.group_id.unwrap_or_default(),
         tenant_id: d.tenant_id.unwrap_or_default(),
         max_attempts: d.max_attempts,
+    }
+}
+
+/// An output over the limit fails its attempt, for good: storing it would make every read of
+/// the job too large to answer, and running it again would make the same output.
+fn bounded(outcome: Outcome, max_result_bytes: usize) -> Outcome {
+    match outcome {
+        Outcome::Succeeded(output) if output.len() > max_result_bytes => Outcome::Failed {
+            message: format!(
+                "its output of {} bytes is over the coordinator's limit of {max_result_bytes} bytes (--max-result-bytes)",
+                output.len()
+            ),
+            retryable: false,
+            retry_after_ms: None,
+            cancelled: false,
+        },
+        other => other,
     }
 }
 

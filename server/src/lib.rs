@@ -114,6 +114,7 @@ pub async fn run_with(
         workers: dispatch::WorkerApi::new(
             scheduler,
             config.heartbeat_interval,
+            config.max_result_bytes,
             inner.clone(),
             sessions.clone(),
         ),

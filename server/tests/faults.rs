@@ -260,3 +260,164 @@ async fn grpc_timeout_is_handled_the_same_way_on_every_call() {
     let ahead_days = (deadline.seconds - support::now_ms() / 1000) / 86_400;
     assert!((365..=366).contains(&ahead_days), "{ahead_days} days ahead");
 }
+
+/// One job's output too large to carry fails only that job's attempt, for good, with words
+/// that say so: the worker's stream and every other job on it go on (before, the stream was
+/// cut and all of its jobs were lost, again at each retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_result_fails_its_own_attempt_and_no_other() {
+    use support::{COORDINATOR_FLAGS, finished, running_on};
+    let coordinator = Coordinator::start_with(COORDINATOR_FLAGS).await;
+    let client = connect(&coordinator).await;
+    let worker =
+        switchyard_testkit::Worker::start(&coordinator.url(), &["--concurrency", "8"]).await;
+    let neighbour = client
+        .submit(JobSpec::new("default", "sleep").payload("4000"))
+        .await
+        .expect("a neighbour")
+        .job_id;
+    running_on(&client, worker.id(), 1).await;
+    // Three fanouts of seven children that each echo a megabyte: each gathers 7 MB (under
+    // the 8 MiB limit of a result), and the outer one 21 MB, past it (and past the 16 MiB a
+    // message may carry, which used to cut the whole stream).
+    let fanout = client
+        .submit(
+            JobSpec::new("default", "fanout").payload(format!("3 fanout 7 echo {}", "x".repeat(1_000_000))),
+        )
+        .await
+        .expect("the fanout")
+        .job_id;
+    let fanout = finished(&client, &fanout).await;
+    assert_eq!(
+        fanout.state(),
+        switchyard_proto::v1::JobState::Failed,
+        "{}",
+        fanout.error
+    );
+    assert_eq!(
+        fanout.attempts.len(),
+        1,
+        "not retried: the same output would come again: {:?}",
+        fanout.attempts
+    );
+    assert!(fanout.error.contains("over the limit"), "{}", fanout.error);
+    let neighbour = finished(&client, &neighbour).await;
+    assert_eq!(neighbour.state(), switchyard_proto::v1::JobState::Succeeded);
+    assert_eq!(neighbour.attempts.len(), 1, "the neighbour was not lost");
+}
+
+/// A worker that ignores the limit (one not built on the SDK) gets its attempt failed by the
+/// coordinator, and its stream stays up for the next job.
+#[tokio::test]
+async fn a_result_past_the_coordinators_limit_fails_the_attempt_not_the_stream() {
+    use switchyard_proto::v1::{
+        AttemptResult, Hello, WorkerMessage, attempt_result, coordinator_message, worker_message,
+        worker_service_client::WorkerServiceClient,
+    };
+    let coordinator = Coordinator::start_with(&["--max-result-bytes", "1048576"]).await;
+    let client = connect(&coordinator).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let send = |m: worker_message::Message| WorkerMessage { message: Some(m) };
+    tx.send(send(worker_message::Message::Hello(Hello {
+        worker_id: "raw".into(),
+        queues: vec!["default".into()],
+        slots: 1,
+        ..Default::default()
+    })))
+    .await
+    .expect("hello");
+    let mut inbound = WorkerServiceClient::new(client.channel().clone())
+        .max_encoding_message_size(16 << 20)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("the stream")
+        .into_inner();
+    let mut next_assignment = async || loop {
+        let message = inbound.message().await.expect("the stream").expect("open");
+        match message.message {
+            Some(coordinator_message::Message::Welcome(w)) => {
+                assert_eq!(w.max_result_bytes, 1 << 20, "the limit is told");
+            }
+            Some(coordinator_message::Message::Assignment(a)) => return a,
+            _ => {}
+        }
+    };
+    let result = |a: &switchyard_proto::v1::Assignment, output: Vec<u8>| {
+        send(worker_message::Message::Result(AttemptResult {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            outcome: Some(attempt_result::Outcome::Output(output)),
+        }))
+    };
+    let big = client
+        .submit(JobSpec::new("default", "echo"))
+        .await
+        .expect("submit")
+        .job_id;
+    let assignment = next_assignment().await;
+    tx.send(result(&assignment, vec![0; 2 << 20]))
+        .await
+        .expect("the big result");
+    tx.send(send(worker_message::Message::Credit(
+        switchyard_proto::v1::Credit { slots: 1 },
+    )))
+    .await
+    .expect("credit");
+    let big = client
+        .wait(&big, Some(std::time::Duration::from_secs(30)))
+        .await
+        .expect("wait");
+    assert_eq!(big.state(), switchyard_proto::v1::JobState::Failed);
+    assert!(
+        big.error.contains("over the coordinator's limit"),
+        "{}",
+        big.error
+    );
+
+    let small = client
+        .submit(JobSpec::new("default", "echo"))
+        .await
+        .expect("submit")
+        .job_id;
+    let assignment = next_assignment().await;
+    assert_eq!(
+        assignment.job_id, small,
+        "the same stream takes the next job"
+    );
+    tx.send(result(&assignment, b"ok".to_vec()))
+        .await
+        .expect("the small result");
+    let small = client
+        .wait(&small, Some(std::time::Duration::from_secs(30)))
+        .await
+        .expect("wait");
+    assert_eq!(small.state(), switchyard_proto::v1::JobState::Succeeded);
+}
+
+/// `List` pages are bounded in bytes: twenty jobs of a megabyte come in several pages, not in
+/// one answer too large to send.
+#[tokio::test]
+async fn list_pages_are_bounded_in_bytes() {
+    let coordinator = Coordinator::start().await;
+    let client = connect(&coordinator).await;
+    let payload = "x".repeat(1024 * 1024 - 16);
+    let mut submitted = Vec::new();
+    for _ in 0..20 {
+        submitted.push(
+            client
+                .submit(JobSpec::new("nobody", "echo").payload(payload.clone()))
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    let page = support::jobs(&client)
+        .list(switchyard_proto::v1::ListRequest::default())
+        .await
+        .expect("a page, not OUT_OF_RANGE")
+        .into_inner();
+    assert!(page.jobs.len() < 20, "{} jobs in one page", page.jobs.len());
+    assert!(!page.next_page_token.is_empty());
+    let all = ids(&all_jobs(&client).await);
+    assert_eq!(all, submitted, "every job once, in order, over the pages");
+}

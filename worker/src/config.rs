@@ -33,7 +33,14 @@ pub struct WorkerConfig {
     pub reconnect_min: Duration,
     /// The longest delay between reconnect attempts.
     pub reconnect_max: Duration,
+    /// The largest output a handler may return, in bytes; a larger one fails its attempt (not
+    /// retried) with a clear error instead of being sent. The coordinator's own limit (told in
+    /// its `Welcome`) applies too, whichever is smaller.
+    pub max_result_bytes: usize,
 }
+
+/// The output limit when neither side says otherwise: 8 MiB (the coordinator's default).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -49,6 +56,7 @@ impl Default for WorkerConfig {
             tls: None,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }

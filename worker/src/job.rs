@@ -299,6 +299,30 @@ pub(crate) fn attempt_result(
     }
 }
 
+/// A result whose output is over `limit` bytes becomes a failure (not retried: the same
+/// handler would make the same output), so that one large output cannot break the stream
+/// that carries every other job's results.
+pub(crate) fn fit(result: AttemptResult, limit: usize) -> AttemptResult {
+    match &result.outcome {
+        Some(Outcome::Output(output)) if output.len() > limit => {
+            let message = format!(
+                "its output of {} bytes is over the limit of {limit} bytes a result may carry",
+                output.len()
+            );
+            AttemptResult {
+                outcome: Some(Outcome::Failure(JobFailure {
+                    message,
+                    retryable: false,
+                    retry_after: None,
+                    cancelled: false,
+                })),
+                ..result
+            }
+        }
+        _ => result,
+    }
+}
+
 /// The failure sent for an assignment of a kind this worker has no handler for.
 pub(crate) fn no_handler(job_id: String, attempt: u32, kind: &str) -> AttemptResult {
     let error = JobError::fatal(format!("no handler for kind {kind}"));
@@ -318,6 +342,20 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_over_the_limit_fails_its_attempt_for_good() {
+        let small = attempt_result("j".into(), 1, Ok(Ok(vec![0; 10])));
+        assert_eq!(fit(small.clone(), 10), small);
+        let large = fit(attempt_result("j".into(), 1, Ok(Ok(vec![0; 11]))), 10);
+        match large.outcome {
+            Some(Outcome::Failure(f)) => {
+                assert!(!f.retryable);
+                assert!(f.message.contains("11 bytes"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn failure(result: AttemptResult) -> JobFailure {
         match result.outcome {

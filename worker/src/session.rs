@@ -117,6 +117,7 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         streams: 0,
         welcomes: 0,
         late: Vec::new(),
+        result_limit: config.max_result_bytes,
         config,
         kinds,
         handlers,
@@ -171,6 +172,8 @@ struct Runner {
     streams: u64,
     /// Streams welcomed so far.
     welcomes: u64,
+    /// The largest output a result may carry now: this worker's limit and the coordinator's.
+    result_limit: usize,
     /// Results of handlers that returned between streams. They go out after the next hello:
     /// the coordinator's fence refuses those whose attempt has moved on (bounded by the
     /// slots, since each was a running handler).
@@ -285,6 +288,11 @@ impl Runner {
         let send_every = peer.map_or(own, |peer| peer.min(own));
         let silence_limit = peer.unwrap_or(own).saturating_mul(MISSED_HEARTBEATS);
 
+        let theirs = match welcome.max_result_bytes {
+            0 => crate::config::DEFAULT_MAX_RESULT_BYTES,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        self.result_limit = self.config.max_result_bytes.min(theirs);
         self.welcomes += 1;
         self.state.send_replace(ConnectionState::Connected {
             connection: self.welcomes,
@@ -583,7 +591,10 @@ impl Runner {
             );
         }
         let panicked = matches!(&outcome, Err(err) if err.is_panic());
-        let result = job::attempt_result(job.job_id, job.attempt, outcome);
+        let result = job::fit(
+            job::attempt_result(job.job_id, job.attempt, outcome),
+            self.result_limit,
+        );
         log_outcome(&result, panicked);
         if let Err(err) = outbox.send(Message::Result(result.clone())).await {
             // The stream died under it: the result goes out on the next one.
@@ -623,7 +634,8 @@ impl Runner {
                         Err(err) => (err.id(), Err(err)),
                     };
                     if let Some(job) = self.slots.remove(id) {
-                        self.keep_late(job::attempt_result(job.job_id, job.attempt, outcome));
+                        let result = job::attempt_result(job.job_id, job.attempt, outcome);
+                        self.keep_late(job::fit(result, self.result_limit));
                     }
                 }
             }

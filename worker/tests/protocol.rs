@@ -41,6 +41,7 @@ fn config(url: &str, slots: u32) -> WorkerConfig {
         tls: None,
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
+        ..WorkerConfig::default()
     }
 }
 

@@ -373,6 +373,10 @@ fn explain(job: &JobRecord, now: i64) -> Option<Blocked> {
     })
 }
 
+/// Payload and output bytes a `List` page carries at most (a job past it starts the next
+/// page); well under the smallest message limit, with room for everything else.
+const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Group results read per query: memory per watcher stays bounded however large the group.
 const GROUP_PAGE: u32 = 256;
 
@@ -704,7 +708,19 @@ impl JobService for JobApi {
             after_seq: parse_page_token(&req.page_token)?,
             page_size,
         };
-        let page = self.store.list(filter).await?;
+        let mut page = self.store.list(filter).await?;
+        // A page is bounded in bytes as well as in count, so that large payloads and outputs
+        // make shorter pages rather than an answer too large to send: it ends after the job
+        // that reaches the budget (always with at least one job).
+        let mut bytes = 0usize;
+        if let Some(last) = page.jobs.iter().position(|job| {
+            bytes += job.payload.len() + job.output.len();
+            bytes >= LIST_PAGE_BYTES
+        }) && last + 1 < page.jobs.len()
+        {
+            page.jobs.truncate(last + 1);
+            page.next_after_seq = page.jobs.last().map(|job| job.seq);
+        }
         let mut jobs = Vec::with_capacity(page.jobs.len());
         // One question to the scheduler per distinct queue, kind, scopes and weight.
         let mut answers = std::collections::HashMap::new();

@@ -52,6 +52,7 @@ impl Session {
         self.send(coordinator_message::Message::Welcome(Welcome {
             session_id: "session-1".into(),
             heartbeat_interval: Some(interval.try_into().expect("small")),
+            ..Default::default()
         }))
         .await;
         if ping {
