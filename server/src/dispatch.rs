@@ -170,13 +170,16 @@ impl WorkerService for WorkerApi {
                 link,
             )
             .await?;
+        let terms = Terms {
+            id,
+            interval,
+            max_result_bytes: self.max_result_bytes,
+        };
         self.sessions.spawn(session(
             self.scheduler.clone(),
-            id,
-            self.max_result_bytes,
+            terms,
             inbound,
             control,
-            interval,
             kill.clone(),
             self.shutdown.clone(),
         ));
@@ -198,17 +201,28 @@ impl WorkerService for WorkerApi {
     }
 }
 
+/// What a session keeps to: its id, the heartbeat pace that judges silence, and the largest
+/// output a result may carry.
+struct Terms {
+    id: u64,
+    interval: Duration,
+    max_result_bytes: usize,
+}
+
 /// Forwards the worker's messages and watches the stream's liveness until it ends.
 async fn session(
     scheduler: Scheduler,
-    id: u64,
-    max_result_bytes: usize,
+    terms: Terms,
     mut inbound: Streaming<WorkerMessage>,
     outbound: mpsc::Sender<CoordinatorMessage>,
-    interval: Duration,
     kill: CancellationToken,
     shutdown: CancellationToken,
 ) {
+    let Terms {
+        id,
+        interval,
+        max_result_bytes,
+    } = terms;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();

@@ -282,7 +282,8 @@ async fn an_oversized_result_fails_its_own_attempt_and_no_other() {
     // message may carry, which used to cut the whole stream).
     let fanout = client
         .submit(
-            JobSpec::new("default", "fanout").payload(format!("3 fanout 7 echo {}", "x".repeat(1_000_000))),
+            JobSpec::new("default", "fanout")
+                .payload(format!("3 fanout 7 echo {}", "x".repeat(1_000_000))),
         )
         .await
         .expect("the fanout")
