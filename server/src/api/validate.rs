@@ -408,3 +408,227 @@ mod tests {
         assert!(duration_ms("t", &d(8 * 24 * 3600, 0), MAX_TIMEOUT_MS, "7d").is_err());
     }
 }
+
+/// Property tests over request decoding and validation: random requests (near and past every
+/// limit) and random bytes never panic; what is accepted keeps every documented rule, and what
+/// is refused names a field of the request.
+#[cfg(test)]
+mod properties {
+    use prost::Message;
+    use switchyard_proto::v1::SubmitRequest;
+
+    use super::*;
+
+    const FIELDS: &[&str] = &[
+        "queue",
+        "kind",
+        "payload",
+        "priority",
+        "max_attempts",
+        "timeout",
+        "deadline",
+        "run_at",
+        "idempotency_key",
+        "concurrency_key",
+        "weight",
+        "depends_on",
+        "labels",
+    ];
+
+    /// Mostly a valid value (so that whole requests pass often enough), sometimes one at or
+    /// past a limit, or with a character outside the rule.
+    fn text(rng: &mut fastrand::Rng, max: usize, may_be_empty: bool) -> String {
+        const ALPHABET: &[char] = &[
+            'a', 'Z', '0', '_', '.', ':', '-', ' ', '/', 'é', '\n', '\u{7f}',
+        ];
+        let hostile = rng.u8(0..10) == 0;
+        let len = match (hostile, rng.u8(0..3)) {
+            (true, 0) => 0,
+            (true, 1) => max + 1,
+            (true, _) => max,
+            (false, _) if may_be_empty && rng.bool() => 0,
+            (false, _) => rng.usize(1..=max.min(40)),
+        };
+        (0..len)
+            .map(|_| {
+                if hostile && rng.u8(0..4) == 0 {
+                    ALPHABET[rng.usize(..ALPHABET.len())]
+                } else {
+                    ALPHABET[rng.usize(..7)]
+                }
+            })
+            .collect()
+    }
+
+    fn sometimes(rng: &mut fastrand::Rng) -> bool {
+        rng.u8(0..10) == 0
+    }
+
+    fn request(rng: &mut fastrand::Rng, now: i64) -> SubmitRequest {
+        let ts = |rng: &mut fastrand::Rng| {
+            let ahead = if sometimes(rng) {
+                rng.i64(-100_000..40_000_000)
+            } else {
+                rng.i64(1..1_000_000)
+            };
+            prost_types::Timestamp {
+                seconds: now / 1000 + ahead,
+                nanos: if sometimes(rng) {
+                    rng.i32(-5..1_000_000_005)
+                } else {
+                    0
+                },
+            }
+        };
+        SubmitRequest {
+            queue: text(rng, MAX_NAME_LEN, false),
+            kind: text(rng, MAX_NAME_LEN, false),
+            payload: vec![
+                0;
+                if sometimes(rng) {
+                    [MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES + 1][rng.usize(..2)]
+                } else {
+                    rng.usize(0..100)
+                }
+            ],
+            priority: if sometimes(rng) {
+                rng.i32(-1100..1100)
+            } else {
+                rng.i32(-1000..=1000)
+            },
+            max_attempts: rng.bool().then(|| {
+                if sometimes(rng) {
+                    rng.u32(0..120)
+                } else {
+                    rng.u32(1..=100)
+                }
+            }),
+            timeout: rng.bool().then(|| prost_types::Duration {
+                seconds: if sometimes(rng) {
+                    rng.i64(-10..700_000)
+                } else {
+                    rng.i64(1..600_000)
+                },
+                nanos: if sometimes(rng) {
+                    rng.i32(-5..1_000_000_005)
+                } else {
+                    0
+                },
+            }),
+            deadline: rng.bool().then(|| ts(rng)),
+            run_at: rng.bool().then(|| ts(rng)),
+            idempotency_key: text(rng, MAX_IDEMPOTENCY_KEY_LEN, true),
+            concurrency_key: text(rng, MAX_NAME_LEN, true),
+            weight: rng.bool().then(|| {
+                if sometimes(rng) {
+                    rng.u32(0..1100)
+                } else {
+                    rng.u32(1..=1000)
+                }
+            }),
+            depends_on: (0..rng.usize(0..3))
+                .map(|_| {
+                    if sometimes(rng) {
+                        text(rng, MAX_NAME_LEN, false)
+                    } else {
+                        crate::domain::JobId::new().to_string()
+                    }
+                })
+                .collect(),
+            labels: (0..rng.usize(0..3))
+                .map(|_| {
+                    (
+                        text(rng, MAX_NAME_LEN, false),
+                        text(rng, MAX_LABEL_VALUE_LEN, true),
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_accepts_only_what_keeps_the_rules_and_names_what_it_refuses() {
+        let mut rng = fastrand::Rng::with_seed(23);
+        let now = crate::domain::now_ms();
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let req = request(&mut rng, now);
+            let copy = req.clone();
+            match job(
+                "",
+                req,
+                crate::domain::JobId::new(),
+                &HashMap::new(),
+                &Context::default(),
+                now,
+            ) {
+                Ok(job) => {
+                    accepted += 1;
+                    assert!(name("q", &job.queue).is_ok() && name("k", &job.kind).is_ok());
+                    assert!(job.payload.len() <= MAX_PAYLOAD_BYTES);
+                    assert!((-MAX_PRIORITY..=MAX_PRIORITY).contains(&job.priority));
+                    assert!((1..=MAX_ATTEMPTS).contains(&job.max_attempts));
+                    assert!((1..=MAX_WEIGHT).contains(&job.weight));
+                    assert!(
+                        job.timeout_ms
+                            .is_none_or(|t| (1..=MAX_TIMEOUT_MS).contains(&t))
+                    );
+                    assert!(
+                        job.deadline_ms
+                            .is_none_or(|d| d > now && d - now <= MAX_HORIZON_MS)
+                    );
+                    assert!(job.run_at_ms.is_none_or(|r| r - now <= MAX_HORIZON_MS));
+                    assert!(job.labels.len() <= MAX_LABELS);
+                    assert_eq!(job.depends_on.len(), copy.depends_on.len());
+                }
+                Err(Error::InvalidArgument { field, .. }) => {
+                    refused += 1;
+                    let base = field.split(['[', '.']).next().unwrap_or("");
+                    assert!(FIELDS.contains(&base), "refused naming {field:?}: {copy:?}");
+                }
+                Err(other) => panic!("{other} for {copy:?}"),
+            }
+        }
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn random_bytes_decode_or_not_and_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(29);
+        let now = crate::domain::now_ms();
+        let valid = SubmitRequest {
+            queue: "q".into(),
+            kind: "k".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        for _ in 0..5000 {
+            // Mostly mutations of a valid message, some noise.
+            let mut bytes = if rng.bool() {
+                valid.clone()
+            } else {
+                (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect()
+            };
+            for _ in 0..rng.usize(0..4) {
+                if !bytes.is_empty() {
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] = rng.u8(..);
+                }
+            }
+            if let Ok(req) = SubmitRequest::decode(bytes.as_slice()) {
+                let _ = job(
+                    "",
+                    req,
+                    crate::domain::JobId::new(),
+                    &HashMap::new(),
+                    &Context::default(),
+                    now,
+                );
+            }
+        }
+    }
+}
