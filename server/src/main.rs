@@ -15,6 +15,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when main returns.
     let _traces = switchyard_telemetry::init_from_env("switchyard-coordinator");
+    // Failpoints from FAILPOINTS, in a build made for tests (elsewhere there are none).
+    let _failpoints = fail::FailScenario::setup();
 
     // A bad tokens file stops the start before anything is bound.
     if let Some(path) = &args.tokens {

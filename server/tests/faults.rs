@@ -546,3 +546,92 @@ async fn the_history_holds_across_repeated_sigkills() {
         .expect("integrity_check");
     assert_eq!(check, "ok");
 }
+
+/// Failpoints (compiled in only for tests) crash the coordinator at the moments between its
+/// steps. After a commit, before the reply: the job that nobody heard of is kept, once, and a
+/// retry with its idempotency key finds it.
+#[tokio::test]
+async fn a_crash_between_commit_and_reply_keeps_the_job_once() {
+    // Commit 1 takes stock at start, commit 2 stores the first job; the third crashes.
+    let mut coordinator = Coordinator::start_in(
+        None,
+        &[],
+        &[("FAILPOINTS", "store-after-commit=2*off->return")],
+    )
+    .await;
+    let client = connect(&coordinator).await;
+    let keyed = |key: &str| JobSpec::new("nobody", "echo").idempotency_key(key);
+    let first = client
+        .submit(keyed("first"))
+        .await
+        .expect("acknowledged")
+        .job_id;
+    client
+        .submit(keyed("second"))
+        .await
+        .expect_err("the coordinator died before answering");
+    coordinator.kill().await;
+    coordinator.set_env(&[]);
+    coordinator.restart().await;
+    let client = connect(&coordinator).await;
+    let stored = all_jobs(&client).await;
+    let keys: Vec<&str> = stored.iter().map(|j| j.idempotency_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["first", "second"],
+        "committed is kept, though unanswered"
+    );
+    assert_eq!(stored[0].job_id, first);
+    let again = client.submit(keyed("second")).await.expect("the retry");
+    assert!(
+        again.duplicate,
+        "the retry finds the job it could not hear of"
+    );
+    assert_eq!(again.job_id, stored[1].job_id);
+}
+
+/// After a start commits, before its worker hears of it: the restart finds the attempt
+/// interrupted (not counted) and runs the job again, to success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_start_and_send_runs_the_job_again() {
+    use switchyard_proto::v1::AttemptOutcome;
+    let mut coordinator = Coordinator::start_in(
+        None,
+        support::COORDINATOR_FLAGS,
+        &[("FAILPOINTS", "scheduler-before-send=return")],
+    )
+    .await;
+    let client = connect(&coordinator).await;
+    let mut worker = switchyard_testkit::Worker::start(&coordinator.url(), &[]).await;
+    let job = client
+        .submit(JobSpec::new("default", "echo").payload("again"))
+        .await
+        .expect("acknowledged")
+        .job_id;
+    // The coordinator dies at the dispatch; the worker reconnects once it is back.
+    eventually("the coordinator gone", || async {
+        connect_quietly(&coordinator).await.is_none().then_some(())
+    })
+    .await;
+    coordinator.kill().await;
+    coordinator.set_env(&[]);
+    coordinator.restart().await;
+    worker.next_connected().await;
+    let client = connect(&coordinator).await;
+    let done = support::finished(&client, &job).await;
+    assert_eq!(done.state(), switchyard_proto::v1::JobState::Succeeded);
+    let outcomes: Vec<AttemptOutcome> = done.attempts.iter().map(|a| a.outcome()).collect();
+    assert_eq!(
+        outcomes,
+        [AttemptOutcome::Interrupted, AttemptOutcome::Succeeded]
+    );
+    assert_eq!(done.output, b"again");
+}
+
+/// A connection and one call, or `None` when nothing answers.
+async fn connect_quietly(coordinator: &Coordinator) -> Option<()> {
+    let client = switchyard_client::Client::connect(coordinator.url())
+        .await
+        .ok()?;
+    client.stats().await.ok().map(drop)
+}

@@ -146,6 +146,15 @@ impl Coordinator {
         status
     }
 
+    /// Replaces the environment the coordinator is started with from now on (say, to start it
+    /// again without a failpoint).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     /// Starts the coordinator again on the same database (after `kill` or `terminate`), on the
     /// same port so that clients reconnect.
     pub async fn restart(&mut self) {

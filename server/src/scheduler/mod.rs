@@ -491,6 +491,9 @@ impl Runner {
             dispatch.traceparent = traceparent;
             dispatch.tracestate = tracestate;
         }
+        // A crash after the start committed, before the worker heard of it: the restart finds
+        // the attempt interrupted and runs the job again.
+        fail::fail_point!("scheduler-before-send", |_| std::process::abort());
         let waited = (now_ms() - since_ms).max(0) as u64;
         self.metrics.dispatched(Duration::from_millis(waited));
         if let Some(reason) = self.send(session, ToWorker::Assign(dispatch)) {

@@ -272,6 +272,11 @@ fn commit_batch(
         Err(Failed::Other(_)) => None,
         Ok(()) => pending.iter().find_map(Pending::fault),
     };
+    // A crash after the commit, before any reply: what committed must be found after a
+    // restart, though nobody heard of it.
+    fail::fail_point!("store-after-commit", |_| -> Option<StoreFault> {
+        std::process::abort()
+    });
     if commit.is_ok() && commands > 0 {
         counters.record(commands, rows);
         // Before the replies: whoever hears of a write can already see it counted.
