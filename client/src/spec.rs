@@ -69,6 +69,26 @@ impl JobSpec {
         self
     }
 
+    /// With an idempotency key: the key binds only this long after the first submit; a repeat
+    /// later makes a new job.
+    pub fn unique_for(mut self, window: std::time::Duration) -> Self {
+        self.request.unique_for = window.try_into().ok();
+        self
+    }
+
+    /// With an idempotency key: the key binds only while its job is queued or running.
+    pub fn unique_while_active(mut self) -> Self {
+        self.request.unique_while_active = true;
+        self
+    }
+
+    /// With an idempotency key: a repeat that finds its job still queued gives it this
+    /// payload (the last submit's payload runs).
+    pub fn debounce(mut self) -> Self {
+        self.request.debounce = true;
+        self
+    }
+
     pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
         self.request.concurrency_key = key.into();
         self

@@ -97,8 +97,15 @@ impl From<rusqlite::Error> for Error {
     /// caller can act on them.
     fn from(err: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
+        // SQLITE_IOERR_SHMSIZE: the WAL's shared-memory index could not grow, which on a
+        // full disk is where a write may stop first.
+        const IOERR_SHMSIZE: std::ffi::c_int = 10 | (19 << 8);
+        let extended = err.sqlite_error().map(|e| e.extended_code);
         let fault = match err.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => Some(StoreFault::Full),
+            Some(ErrorCode::SystemIoFailure) if extended == Some(IOERR_SHMSIZE) => {
+                Some(StoreFault::Full)
+            }
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Some(StoreFault::Busy),
             _ => None,
         };

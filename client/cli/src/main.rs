@@ -206,6 +206,15 @@ struct SubmitArgs {
     /// A repeated submit with the same key returns the first job instead of a new one.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// With --idempotency-key: the key binds only this long after the first submit (e.g. 10m).
+    #[arg(long, value_parser = parse_duration, requires = "idempotency_key")]
+    unique_for: Option<Duration>,
+    /// With --idempotency-key: the key binds only while its job is queued or running.
+    #[arg(long, requires = "idempotency_key")]
+    unique_while_active: bool,
+    /// With --idempotency-key: a repeat that finds its job still queued gives it this payload.
+    #[arg(long, requires = "idempotency_key")]
+    debounce: bool,
     /// Jobs with the same key share the quota `key:<KEY>` (say, at most 5 at once).
     #[arg(long)]
     concurrency_key: Option<String>,
@@ -481,6 +490,15 @@ async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result
     if let Some(key) = args.idempotency_key {
         spec = spec.idempotency_key(key);
     }
+    if let Some(window) = args.unique_for {
+        spec = spec.unique_for(window);
+    }
+    if args.unique_while_active {
+        spec = spec.unique_while_active();
+    }
+    if args.debounce {
+        spec = spec.debounce();
+    }
     if let Some(key) = args.concurrency_key {
         spec = spec.concurrency_key(key);
     }
@@ -499,10 +517,21 @@ async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result
     if json {
         outln!(
             "{}",
-            serde_json::json!({ "job_id": done.job_id, "duplicate": done.duplicate, "state": output::state_name(done.state) })
+            serde_json::json!({
+                "job_id": done.job_id,
+                "duplicate": done.duplicate,
+                "payload_differs": done.payload_differs,
+                "debounced": done.debounced,
+                "state": output::state_name(done.state),
+            })
         );
     } else if done.duplicate {
-        outln!("{} (duplicate of an earlier submit)", done.job_id);
+        let how = match (done.debounced, done.payload_differs) {
+            (true, _) => "; it takes this payload",
+            (false, true) => "; its payload differs from this one",
+            (false, false) => "",
+        };
+        outln!("{} (duplicate of an earlier submit{how})", done.job_id);
     } else {
         outln!("{}", done.job_id);
     }

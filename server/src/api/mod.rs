@@ -351,6 +351,8 @@ fn submit_response(s: Submitted) -> SubmitResponse {
         job_id: s.id.to_string(),
         duplicate: s.duplicate,
         state: convert::state(s.state) as i32,
+        payload_differs: s.payload_differs,
+        debounced: s.debounced,
     }
 }
 

@@ -153,6 +153,24 @@ pub fn job(
     } else {
         Some(req.idempotency_key)
     };
+    let unique = crate::store::Uniqueness {
+        for_ms: req
+            .unique_for
+            .map(|d| duration_ms(&field("unique_for"), &d, MAX_HORIZON_MS, "366 days"))
+            .transpose()?,
+        while_active: req.unique_while_active,
+        debounce: req.debounce,
+    };
+    if idempotency_key.is_none() {
+        let asked = [
+            ("unique_for", unique.for_ms.is_some()),
+            ("unique_while_active", unique.while_active),
+            ("debounce", unique.debounce),
+        ];
+        if let Some((name, _)) = asked.iter().find(|(_, set)| *set) {
+            return Err(Error::invalid(field(name), "needs an idempotency_key"));
+        }
+    }
     let concurrency_key = optional_name(&field("concurrency_key"), &req.concurrency_key)?;
     let weight = match req.weight {
         None => 1,
@@ -208,6 +226,7 @@ pub fn job(
         },
         run_at_ms,
         idempotency_key,
+        unique,
         concurrency_key,
         weight,
         depends_on,
@@ -420,6 +439,9 @@ mod properties {
     use super::*;
 
     const FIELDS: &[&str] = &[
+        "unique_for",
+        "unique_while_active",
+        "debounce",
         "queue",
         "kind",
         "payload",

@@ -75,6 +75,7 @@ fn new_job(queue: &str) -> NewJob {
         deadline_ms: None,
         run_at_ms: None,
         idempotency_key: None,
+        unique: Default::default(),
         concurrency_key: None,
         weight: 1,
         depends_on: vec![],
@@ -464,6 +465,65 @@ async fn control_survives_a_restart(mut b: Backend) {
     assert!(b.store.paused().await.expect("paused").is_empty());
 }
 
+/// Keys bind for a window, or while their job is live; a repeat says whether its payload
+/// differs, and with debounce gives a queued job its payload.
+async fn keys_bind_for_a_window_or_while_their_job_is_live(b: Backend) {
+    use super::Uniqueness;
+    let store = &*b.store;
+    let keyed = |key: &str, payload: &str, unique: Uniqueness| NewJob {
+        idempotency_key: Some(key.into()),
+        payload: payload.as_bytes().to_vec(),
+        unique,
+        ..new_job("q")
+    };
+    // A window that has already passed frees the key at once; a long one holds it.
+    let gone = Uniqueness {
+        for_ms: Some(0),
+        ..Default::default()
+    };
+    let first = submit(store, vec![keyed("w", "a", gone)], None).await[0].id;
+    let second = submit(store, vec![keyed("w", "a", gone)], None).await;
+    assert!(
+        !second[0].duplicate && second[0].id != first,
+        "the window passed"
+    );
+    let long = Uniqueness {
+        for_ms: Some(3_600_000),
+        ..Default::default()
+    };
+    let held = submit(store, vec![keyed("l", "a", long)], None).await[0].id;
+    let repeat = submit(store, vec![keyed("l", "b", long)], None).await;
+    assert!(repeat[0].duplicate && repeat[0].id == held);
+    assert!(repeat[0].payload_differs, "a different payload is reported");
+    assert!(!repeat[0].debounced);
+
+    // While active: bound while queued, free once the job has ended.
+    let live = Uniqueness {
+        while_active: true,
+        ..Default::default()
+    };
+    let queued = submit(store, vec![keyed("a", "x", live)], None).await[0].id;
+    let same = submit(store, vec![keyed("a", "x", live)], None).await;
+    assert!(same[0].duplicate && !same[0].payload_differs);
+    store
+        .cancel(CancelTarget::Job(queued), "done".into())
+        .await
+        .expect("cancel");
+    let after = submit(store, vec![keyed("a", "x", live)], None).await;
+    assert!(!after[0].duplicate, "the key is free once its job ended");
+
+    // Debounce: the repeat's payload replaces the queued job's.
+    let bounce = Uniqueness {
+        debounce: true,
+        ..Default::default()
+    };
+    let job = submit(store, vec![keyed("d", "old", bounce)], None).await[0].id;
+    let again = submit(store, vec![keyed("d", "new", bounce)], None).await;
+    assert!(again[0].duplicate && again[0].debounced);
+    let stored = store.get(job).await.expect("get").expect("the job");
+    assert_eq!(stored.payload, b"new");
+}
+
 /// Every check, as a test against one backend: `suite!(name)` runs them against the backend
 /// that `async fn name() -> Backend` opens.
 /// A tenant-scoped submit cannot name another tenant's job, and group names are each
@@ -564,6 +624,11 @@ macro_rules! suite {
             #[tokio::test]
             async fn control_survives_a_restart() {
                 super::control_survives_a_restart(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn keys_bind_for_a_window_or_while_their_job_is_live() {
+                super::keys_bind_for_a_window_or_while_their_job_is_live(super::$backend().await)
+                    .await;
             }
             #[tokio::test]
             async fn tenants_name_only_their_own_jobs_and_groups() {

@@ -137,6 +137,8 @@ pub struct NewJob {
     pub deadline_ms: Option<i64>,
     pub run_at_ms: Option<i64>,
     pub idempotency_key: Option<String>,
+    /// How long, and while what, the idempotency key binds.
+    pub unique: Uniqueness,
     pub concurrency_key: Option<String>,
     pub weight: u32,
     /// Jobs that must succeed first: earlier jobs, or other jobs of the same batch.
@@ -147,6 +149,17 @@ pub struct NewJob {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub trace_id: Option<String>,
+}
+
+/// How an idempotency key binds to its job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uniqueness {
+    /// Only this long after the job's submit (`None`: forever).
+    pub for_ms: Option<i64>,
+    /// Only while the job is queued or running.
+    pub while_active: bool,
+    /// A repeat that finds the job still queued gives it its own payload.
+    pub debounce: bool,
 }
 
 /// A group created by `SubmitBatch`.
@@ -180,6 +193,10 @@ pub struct Submitted {
     pub id: JobId,
     /// The idempotency key matched an earlier job; `id` is that job's.
     pub duplicate: bool,
+    /// For a duplicate: its payload differs from the matched job's.
+    pub payload_differs: bool,
+    /// For a duplicate with debounce: the matched (queued) job took this payload.
+    pub debounced: bool,
     pub state: JobState,
     /// Set when the job was stored ready to run (queued, with no unfinished dependencies).
     pub ready: Option<ReadyJob>,

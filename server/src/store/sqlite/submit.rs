@@ -66,8 +66,19 @@ fn admit(conn: &Connection, jobs: &[&NewJob]) -> Result<()> {
     Ok(())
 }
 
-const FIND_IDEMPOTENT: &str = "SELECT id, state FROM jobs
-    WHERE queue = ?1 AND coalesce(tenant_id, '') = ?2 AND idempotency_key = ?3";
+/// The job a key is bound to now, if the binding still holds at `?4` (now): its window has
+/// not passed, and (for unique_while_active) its job is queued or running.
+const FIND_IDEMPOTENT: &str = "SELECT j.id, j.state, j.payload FROM idempotency_keys k
+    JOIN jobs j ON j.id = k.job_id
+    WHERE k.queue = ?1 AND k.tenant_key = ?2 AND k.key = ?3
+      AND (k.expires_at_ms IS NULL OR k.expires_at_ms > ?4)
+      AND (k.while_active = 0 OR j.state IN (10 /* queued */, 20 /* running */))";
+/// A new job takes the key (from a binding that no longer holds, if there was one).
+const BIND_KEY: &str = "INSERT OR REPLACE INTO idempotency_keys (queue, tenant_key, key, job_id,
+        expires_at_ms, while_active)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// Debounce: the repeat's payload replaces that of the job it found, while it is queued.
+const DEBOUNCE: &str = "UPDATE jobs SET payload = ?1 WHERE id = ?2 AND state = 10 /* queued */";
 const JOB_STATE: &str = "SELECT state, coalesce(tenant_id, '') FROM jobs WHERE id = ?1";
 const GROUP_EXISTS: &str = "SELECT 1 FROM groups WHERE tenant_key = ?1 AND id = ?2";
 const INSERT_GROUP: &str =
@@ -82,6 +93,11 @@ const INSERT_JOB: &str = "INSERT INTO jobs (
         ?19, ?20, ?21, ?22, ?23, ?24)";
 const INSERT_DEPENDENCY: &str =
     "INSERT OR IGNORE INTO dependencies (depends_on, job_id) VALUES (?1, ?2)";
+
+/// An idempotency key where it binds: queue, tenant, key.
+type KeyOf<'a> = (&'a str, &'a str, &'a str);
+/// The job a key of the batch binds to, its state and payload.
+type Bound<'a> = (JobId, JobState, &'a [u8]);
 
 pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted>> {
     let Submit {
@@ -117,7 +133,7 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
     let mut replaced: HashMap<JobId, JobId> = HashMap::new();
     // Each key of this batch, bound to the job it names: an earlier job's, or this batch's
     // first job with it.
-    let mut keys: HashMap<(&str, &str, &str), (JobId, JobState)> = HashMap::new();
+    let mut keys: HashMap<KeyOf<'_>, Bound<'_>> = HashMap::new();
     {
         let mut find = conn.prepare_cached(FIND_IDEMPOTENT)?;
         for job in jobs {
@@ -125,15 +141,23 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
                 Some(key) => {
                     let tenant = job.tenant_id.as_deref().unwrap_or("");
                     match keys.get(&(job.queue.as_str(), tenant, key.as_str())) {
-                        Some(bound) => Some(*bound),
+                        Some((id, state, payload)) => Some((*id, *state, payload.to_vec())),
                         None => {
                             let found = find
-                                .query_row(params![job.queue, tenant, key], |row| {
-                                    Ok((row.get::<_, JobId>(0)?, row.get::<_, JobState>(1)?))
+                                .query_row(params![job.queue, tenant, key, now], |row| {
+                                    Ok((
+                                        row.get::<_, JobId>(0)?,
+                                        row.get::<_, JobState>(1)?,
+                                        row.get::<_, Vec<u8>>(2)?,
+                                    ))
                                 })
                                 .optional()?;
-                            let bound = found.unwrap_or((job.id, JobState::Queued));
-                            keys.insert((&job.queue, tenant, key), bound);
+                            if found.is_none() {
+                                keys.insert(
+                                    (&job.queue, tenant, key),
+                                    (job.id, JobState::Queued, &job.payload),
+                                );
+                            }
                             found
                         }
                     }
@@ -141,11 +165,23 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
                 None => None,
             };
             results.push(match existing {
-                Some((id, state)) => {
+                Some((id, state, payload)) => {
                     replaced.insert(job.id, id);
+                    let payload_differs = payload != job.payload;
+                    // Debounce: the last repeat's payload is the one that runs, while the
+                    // job has not started.
+                    let debounced = job.unique.debounce
+                        && payload_differs
+                        && state == JobState::Queued
+                        && conn
+                            .prepare_cached(DEBOUNCE)?
+                            .execute(params![job.payload, id])?
+                            == 1;
                     Submitted {
                         id,
                         duplicate: true,
+                        payload_differs,
+                        debounced,
                         state,
                         ready: None,
                     }
@@ -153,6 +189,8 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
                 None => Submitted {
                     id: job.id,
                     duplicate: false,
+                    payload_differs: false,
+                    debounced: false,
                     state: JobState::Queued,
                     ready: None,
                 },
@@ -248,6 +286,16 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
         let seq = conn.last_insert_rowid();
         for dep in &depends_on {
             insert_dependency.execute(params![dep, job.id])?;
+        }
+        if let Some(key) = &job.idempotency_key {
+            conn.prepare_cached(BIND_KEY)?.execute(params![
+                job.queue,
+                job.tenant_id.as_deref().unwrap_or(""),
+                key,
+                job.id,
+                job.unique.for_ms.map(|ms| now.saturating_add(ms)),
+                job.unique.while_active,
+            ])?;
         }
         result.state = state;
         if state == JobState::Queued && !waits {
