@@ -34,6 +34,26 @@ enum BenchCommand {
     /// End-to-end throughput with quotas in force (not binding) against the same load
     /// without them, in the same run.
     Quota(FleetBench),
+    /// End to end, no-op jobs through local worker processes: `drain` (queue N jobs, then
+    /// start the workers), `flow` (submit while they run) or `rtt` (one `Run` at a time);
+    /// jobs/s and submit→start and submit→finish latency, against bare calls in the same run.
+    E2e(E2eBench),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum E2eMode {
+    Drain,
+    Flow,
+    Rtt,
+}
+
+#[derive(Debug, Args)]
+struct E2eBench {
+    #[arg(long, value_enum, default_value_t = E2eMode::Drain)]
+    mode: E2eMode,
+    /// `--count` is the jobs (for `rtt`: sequential `Run` calls).
+    #[command(flatten)]
+    fleet: FleetBench,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +214,7 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
         BenchCommand::Submit(bench) => submit(bench, json_out).await,
         BenchCommand::Group(bench) => fleet(bench, false, json_out).await,
         BenchCommand::Quota(bench) => fleet(bench, true, json_out).await,
+        BenchCommand::E2e(bench) => e2e(bench, json_out).await,
     }
 }
 
@@ -207,6 +228,13 @@ struct Fleet {
 
 impl Fleet {
     async fn start(args: &FleetBench) -> anyhow::Result<Fleet> {
+        let mut fleet = Fleet::coordinator(args).await?;
+        fleet.add_workers(args).await?;
+        Ok(fleet)
+    }
+
+    /// The coordinator alone, on a fresh database.
+    async fn coordinator(args: &FleetBench) -> anyhow::Result<Fleet> {
         let dir = match &args.db_dir {
             Some(dir) => tempfile::tempdir_in(dir),
             None => tempfile::tempdir(),
@@ -222,9 +250,19 @@ impl Fleet {
         ])
         .await?;
         let url = format!("http://{addr}");
-        let mut workers = Vec::new();
+        Ok(Fleet {
+            coordinator,
+            workers: Vec::new(),
+            url,
+            _dir: dir,
+        })
+    }
+
+    /// Starts the worker processes `args` asks for.
+    async fn add_workers(&mut self, args: &FleetBench) -> anyhow::Result<()> {
+        let url = self.url.clone();
         for i in 0..args.workers {
-            workers.push(
+            self.workers.push(
                 crate::dev::start_worker(&[
                     "--coordinator".into(),
                     url.clone(),
@@ -240,12 +278,7 @@ impl Fleet {
                 .await?,
             );
         }
-        Ok(Fleet {
-            coordinator,
-            workers,
-            url,
-            _dir: dir,
-        })
+        Ok(())
     }
 
     async fn stop(mut self) -> anyhow::Result<()> {
@@ -525,6 +558,191 @@ async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
     }
     if let Some(mut child) = own {
         crate::dev::stop(&mut child).await?;
+    }
+    Ok(())
+}
+
+/// Bare unary calls on the fleet's coordinator, 100 in flight: the baseline of a run.
+async fn baseline(client: &Client, count: u64) -> Measure {
+    let channel = client.channel().clone();
+    drive(100, count, move |_| {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Submits `count` echo jobs in batches of 1,000, 4 batches in flight; returns their ids.
+async fn submit_batches(client: &Client, count: u64) -> anyhow::Result<Vec<String>> {
+    use futures::{StreamExt, TryStreamExt};
+    const BATCH: u64 = 1_000;
+    let batches = (0..count.div_ceil(BATCH)).map(|b| {
+        let client = client.clone();
+        async move {
+            let from = b * BATCH;
+            let to = (from + BATCH).min(count);
+            let batch = switchyard_client::Batch::new()
+                .jobs((from..to).map(|i| JobSpec::new("bench", "echo").payload(format!("{i}"))));
+            let done = client.submit_batch(batch).await?;
+            anyhow::Ok(done.jobs.into_iter().map(|j| j.job_id).collect::<Vec<_>>())
+        }
+    });
+    let ids: Vec<Vec<String>> = futures::stream::iter(batches)
+        .buffered(4)
+        .try_collect()
+        .await?;
+    Ok(ids.into_iter().flatten().collect())
+}
+
+/// Waits until `count` jobs of queue `bench` have succeeded (polling `Stats`: a bench may
+/// look at numbers on a timer).
+async fn all_succeeded(client: &Client, count: u64) -> anyhow::Result<()> {
+    loop {
+        let stats = client.stats().await?;
+        let done: u64 = stats
+            .queues
+            .iter()
+            .filter(|q| q.queue == "bench")
+            .map(|q| q.succeeded + q.failed + q.cancelled + q.deadline_exceeded)
+            .sum();
+        if done >= count {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Submit→start and submit→finish of every succeeded job, in ms, sorted.
+async fn job_latencies(client: &Client) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    use futures::TryStreamExt;
+    let jobs: Vec<switchyard_client::Job> = client
+        .list(switchyard_client::ListFilter {
+            queue: Some("bench".into()),
+            page_size: Some(1000),
+            ..Default::default()
+        })
+        .try_collect()
+        .await?;
+    let ms = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .map(|t| t.seconds as f64 * 1000.0 + f64::from(t.nanos) / 1e6)
+    };
+    let (mut to_start, mut to_finish) = (Vec::new(), Vec::new());
+    for job in &jobs {
+        if let (Some(c), Some(s), Some(f)) = (
+            ms(&job.created_at),
+            ms(&job.started_at),
+            ms(&job.finished_at),
+        ) {
+            to_start.push(s - c);
+            to_finish.push(f - c);
+        }
+    }
+    to_start.sort_by(f64::total_cmp);
+    to_finish.sort_by(f64::total_cmp);
+    Ok((to_start, to_finish))
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+async fn e2e(args: E2eBench, json_out: bool) -> anyhow::Result<()> {
+    let mut fleet = Fleet::coordinator(&args.fleet).await?;
+    let client = Client::connect(fleet.url.clone()).await?;
+    let base = baseline(&client, 20_000).await;
+    let mut report = json!({
+        "bench": "e2e",
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "jobs": args.fleet.count,
+        "workers": args.fleet.workers,
+        "concurrency": args.fleet.concurrency,
+        "baseline_calls_per_second": base.rate(),
+    });
+    let line = match args.mode {
+        E2eMode::Drain | E2eMode::Flow => {
+            let started;
+            if args.mode == E2eMode::Drain {
+                submit_batches(&client, args.fleet.count).await?;
+                started = Instant::now();
+                fleet.add_workers(&args.fleet).await?;
+            } else {
+                fleet.add_workers(&args.fleet).await?;
+                started = Instant::now();
+                submit_batches(&client, args.fleet.count).await?;
+            }
+            all_succeeded(&client, args.fleet.count).await?;
+            let took = started.elapsed();
+            let rate = args.fleet.count as f64 / took.as_secs_f64();
+            let (to_start, to_finish) = job_latencies(&client).await?;
+            let stats = client.stats().await?;
+            let commits = stats.store.map_or(0, |s| s.commits);
+            report["jobs_per_second"] = json!(rate);
+            report["seconds"] = json!(took.as_secs_f64());
+            report["ratio_to_baseline"] = json!(rate / base.rate());
+            report["submit_to_start_ms"] =
+                json!({"p50": pct(&to_start, 0.5), "p99": pct(&to_start, 0.99)});
+            report["submit_to_finish_ms"] =
+                json!({"p50": pct(&to_finish, 0.5), "p99": pct(&to_finish, 0.99)});
+            report["commits_per_job"] = json!(commits as f64 / args.fleet.count as f64);
+            format!(
+                "{:<6} {:>8.0} jobs/s ({:.2} of baseline) in {:.2} s; submit→start p50 {:.1} p99 {:.1} ms, submit→finish p50 {:.1} p99 {:.1} ms; {:.2} commits/job",
+                report["mode"].as_str().unwrap_or(""),
+                rate,
+                rate / base.rate(),
+                took.as_secs_f64(),
+                pct(&to_start, 0.5),
+                pct(&to_start, 0.99),
+                pct(&to_finish, 0.5),
+                pct(&to_finish, 0.99),
+                commits as f64 / args.fleet.count as f64,
+            )
+        }
+        E2eMode::Rtt => {
+            fleet.add_workers(&args.fleet).await?;
+            let client_for = client.clone();
+            let runs = drive(1, args.fleet.count, move |i| {
+                let client = client_for.clone();
+                async move {
+                    client
+                        .run(
+                            JobSpec::new("bench", "echo").payload(format!("{i}")),
+                            Some(Duration::from_secs(30)),
+                        )
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await;
+            report["run"] = runs.json();
+            runs.row("rtt    switchyard.v1.JobService/Run (1 in flight)")
+        }
+    };
+    fleet.stop().await?;
+    if json_out {
+        outln!("{report}");
+    } else {
+        outln!(
+            "switchyard bench e2e: {} no-op jobs, {} workers x {} slots, coordinator started here",
+            args.fleet.count,
+            args.fleet.workers,
+            args.fleet.concurrency
+        );
+        outln!(
+            "baseline {:>8.0} calls/s (grpc.health.v1.Health/Check, 100 in flight)",
+            base.rate()
+        );
+        outln!("{line}");
     }
     Ok(())
 }
