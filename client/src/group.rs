@@ -11,7 +11,10 @@ use futures::{Stream, stream};
 use switchyard_proto::v1::{self, GroupOutcome, JobResult, WatchGroupRequest, group_event};
 use tonic::{Code, Status, Streaming};
 
-use crate::{Client, Error};
+use crate::{
+    Client, Error,
+    trace::{self, Call},
+};
 
 /// One event of [`Client::watch_group`].
 #[derive(Debug, Clone, PartialEq)]
@@ -93,13 +96,19 @@ pub(crate) fn is_transient(status: &Status) -> bool {
 }
 
 /// The state behind the stream [`Client::watch_group_with`] returns.
+/// An open `WatchGroup` stream and its client span, which lasts as long as the stream.
+struct Open {
+    events: Streaming<v1::GroupEvent>,
+    call: Call,
+}
+
 struct Watch {
     client: Client,
     group_id: String,
     /// The cursor of the last event yielded (empty: from the start).
     cursor: String,
     resume: Resume,
-    stream: Option<Streaming<v1::GroupEvent>>,
+    stream: Option<Open>,
     /// Failed (re)opens and broken streams since the last event.
     failures: u32,
     done: bool,
@@ -111,17 +120,17 @@ impl Watch {
             if self.done {
                 return None;
             }
-            let stream = match &mut self.stream {
-                Some(stream) => stream,
+            let open = match &mut self.stream {
+                Some(open) => open,
                 None => match self.open().await {
-                    Ok(stream) => self.stream.insert(stream),
+                    Ok(open) => self.stream.insert(open),
                     Err(status) => match self.retry(status).await {
                         Ok(()) => continue,
                         Err(error) => return Some(Err(error)),
                     },
                 },
             };
-            let broken = match stream.message().await {
+            let broken = match open.events.message().await {
                 Ok(Some(event)) => {
                     self.failures = 0;
                     // An event without a cursor cannot be resumed after; keep the last one.
@@ -132,6 +141,7 @@ impl Watch {
                         Some(group_event::Event::Result(result)) => GroupUpdate::Result(result),
                         Some(group_event::Event::Outcome(outcome)) => {
                             self.done = true;
+                            open.call.status(None);
                             self.stream = None;
                             GroupUpdate::Outcome(outcome)
                         }
@@ -148,6 +158,7 @@ impl Watch {
                 Ok(None) => Status::unavailable("the stream ended before the group's outcome"),
                 Err(status) => status,
             };
+            open.call.status(Some(&broken));
             self.stream = None;
             if let Err(error) = self.retry(broken).await {
                 return Some(Err(error));
@@ -155,12 +166,31 @@ impl Watch {
         }
     }
 
-    async fn open(&self) -> Result<Streaming<v1::GroupEvent>, Status> {
-        let request = self.client.request(WatchGroupRequest {
-            group_id: self.group_id.clone(),
-            cursor: self.cursor.clone(),
+    async fn open(&self) -> Result<Open, Status> {
+        let mut call = self.client.call(trace::WATCH_GROUP);
+        call.attributes(|| {
+            vec![opentelemetry::KeyValue::new(
+                "switchyard.group.id",
+                self.group_id.clone(),
+            )]
         });
-        Ok(self.client.jobs().watch_group(request).await?.into_inner())
+        let request = self.client.request(
+            &call,
+            WatchGroupRequest {
+                group_id: self.group_id.clone(),
+                cursor: self.cursor.clone(),
+            },
+        );
+        match self.client.jobs().watch_group(request).await {
+            Ok(response) => Ok(Open {
+                events: response.into_inner(),
+                call,
+            }),
+            Err(status) => {
+                call.status(Some(&status));
+                Err(status)
+            }
+        }
     }
 
     /// Waits out the backoff when `status` is transient and retries remain; otherwise ends the

@@ -38,16 +38,19 @@
 mod error;
 mod group;
 mod spec;
+mod trace;
 
 use std::time::Duration;
 
 use futures::{Stream, TryStreamExt, stream};
+use opentelemetry::KeyValue;
 use switchyard_proto::v1::{
     self, CancelRequest, GetRequest, ListRequest, StatsRequest, SubmitBatchRequest,
     admin_service_client::AdminServiceClient, cancel_request::Target,
     job_service_client::JobServiceClient,
 };
 use tonic::transport::{Channel, Endpoint};
+use trace::Call;
 
 pub use error::Error;
 pub use group::{GroupEvent, GroupUpdate, Resume};
@@ -200,8 +203,17 @@ impl Client {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    /// The span of a call to `rpc`, under the parent job's trace when there is one.
+    fn call(&self, rpc: trace::Rpc) -> Call {
+        Call::start(rpc, self.parent.as_ref())
+    }
+
+    /// A request with this client's metadata and `call`'s trace context.
+    fn request<T>(&self, call: &Call, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        // The call's own span when tracing is on; otherwise the parent's context is passed on
+        // as it came, so that a child job still joins its parent's trace.
+        let traced = call.inject(request.metadata_mut());
         if let Some(parent) = &self.parent {
             if let Some(left) = parent.deadline.map(|d| {
                 d.duration_since(std::time::SystemTime::now())
@@ -211,12 +223,16 @@ impl Client {
                 request.set_timeout(left.max(Duration::from_millis(1)));
             }
             let metadata = request.metadata_mut();
-            let pairs = [
+            let mut pairs = vec![
                 ("x-switchyard-parent-job", &parent.job_id),
-                ("traceparent", &parent.traceparent),
-                ("tracestate", &parent.tracestate),
                 ("x-tenant-id", &parent.tenant_id),
             ];
+            if !traced {
+                pairs.extend([
+                    ("traceparent", &parent.traceparent),
+                    ("tracestate", &parent.tracestate),
+                ]);
+            }
             for (key, value) in pairs {
                 // A value that is not valid metadata is left out rather than failing the call.
                 if let (false, Ok(value)) = (value.is_empty(), value.parse()) {
@@ -253,8 +269,19 @@ impl Client {
     /// Submits one job; returns once it is durable.
     pub async fn submit(&self, job: JobSpec) -> Result<SubmitResponse, Error> {
         check_payload(job.payload_bytes())?;
-        let response = self.jobs().submit(self.request(job.into_request())).await?;
-        Ok(response.into_inner())
+        let message = job.into_request();
+        let mut call = self.call(trace::SUBMIT);
+        call.attributes(|| job_attributes(&message));
+        let result = self.jobs().submit(self.request(&call, message)).await;
+        call.record(&result);
+        let response = result?.into_inner();
+        call.attributes(|| {
+            vec![
+                KeyValue::new("switchyard.job.id", response.job_id.clone()),
+                KeyValue::new("switchyard.duplicate", response.duplicate),
+            ]
+        });
+        Ok(response)
     }
 
     /// Submits many jobs in one transaction: all of them, or none.
@@ -263,8 +290,20 @@ impl Client {
         for job in &request.jobs {
             check_payload(&job.payload)?;
         }
-        let response = self.jobs().submit_batch(self.request(request)).await?;
-        Ok(response.into_inner())
+        let mut call = self.call(trace::SUBMIT_BATCH);
+        call.attributes(|| {
+            let mut attributes = vec![KeyValue::new("switchyard.jobs", request.jobs.len() as i64)];
+            if !request.group_id.is_empty() {
+                attributes.push(KeyValue::new(
+                    "switchyard.group.id",
+                    request.group_id.clone(),
+                ));
+            }
+            attributes
+        });
+        let result = self.jobs().submit_batch(self.request(&call, request)).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
 
     /// Submits the batch as a group, in one transaction: under the batch's group id, or a
@@ -279,30 +318,55 @@ impl Client {
     }
 
     pub async fn get(&self, job_id: &str) -> Result<Job, Error> {
-        let request = self.request(GetRequest {
-            job_id: job_id.to_owned(),
-        });
-        Ok(self.jobs().get(request).await?.into_inner())
+        let mut call = self.call(trace::GET);
+        call.attributes(|| job_id_attribute(job_id));
+        let request = self.request(
+            &call,
+            GetRequest {
+                job_id: job_id.to_owned(),
+            },
+        );
+        let result = self.jobs().get(request).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
 
     /// A group as it stands: its size, policy and how many of its jobs are in each state.
     pub async fn group(&self, group_id: &str) -> Result<Group, Error> {
-        let request = self.request(v1::GetGroupRequest {
-            group_id: group_id.to_owned(),
-        });
-        Ok(self.jobs().get_group(request).await?.into_inner())
+        let mut call = self.call(trace::GET_GROUP);
+        call.attributes(|| vec![KeyValue::new("switchyard.group.id", group_id.to_owned())]);
+        let request = self.request(
+            &call,
+            v1::GetGroupRequest {
+                group_id: group_id.to_owned(),
+            },
+        );
+        let result = self.jobs().get_group(request).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
 
     /// Submits a job and waits for its result. `timeout` bounds the call (sent as
     /// `grpc-timeout`) and becomes the job's deadline.
     pub async fn run(&self, job: JobSpec, timeout: Option<Duration>) -> Result<Job, Error> {
         check_payload(job.payload_bytes())?;
-        let mut request = self.request(v1::RunRequest {
-            job: Some(job.into_request()),
-            detach: false,
-        });
+        let message = job.into_request();
+        let mut call = self.call(trace::RUN);
+        call.attributes(|| job_attributes(&message));
+        let mut request = self.request(
+            &call,
+            v1::RunRequest {
+                job: Some(message),
+                detach: false,
+            },
+        );
         self.bound(&mut request, timeout);
-        let response = self.jobs().run(request).await?.into_inner();
+        let result = self.jobs().run(request).await;
+        call.record(&result);
+        let response = result?.into_inner();
+        if let Some(job) = &response.job {
+            call.attributes(|| job_id_attribute(&job.job_id));
+        }
         response
             .job
             .ok_or_else(|| Error::Rpc(tonic::Status::internal("Run answered without a job")))
@@ -310,11 +374,18 @@ impl Client {
 
     /// Blocks until the job is terminal, or `timeout` passes (`DEADLINE_EXCEEDED`).
     pub async fn wait(&self, job_id: &str, timeout: Option<Duration>) -> Result<Job, Error> {
-        let mut request = self.request(v1::WaitRequest {
-            job_id: job_id.to_owned(),
-        });
+        let mut call = self.call(trace::WAIT);
+        call.attributes(|| job_id_attribute(job_id));
+        let mut request = self.request(
+            &call,
+            v1::WaitRequest {
+                job_id: job_id.to_owned(),
+            },
+        );
         self.bound(&mut request, timeout);
-        let response = self.jobs().wait(request).await?.into_inner();
+        let result = self.jobs().wait(request).await;
+        call.record(&result);
+        let response = result?.into_inner();
         response
             .job
             .ok_or_else(|| Error::Rpc(tonic::Status::internal("Wait answered without a job")))
@@ -334,16 +405,22 @@ impl Client {
                 let Some(page_token) = token else {
                     return Ok(None);
                 };
-                let request = client.request(ListRequest {
-                    queue: filter.queue.unwrap_or_default(),
-                    state: filter.state.map_or(0, |s| s as i32),
-                    kind: filter.kind.unwrap_or_default(),
-                    group_id: filter.group_id.unwrap_or_default(),
-                    page_size: filter.page_size.unwrap_or(0),
-                    page_token,
-                    parent_job_id: filter.parent_job_id.unwrap_or_default(),
-                });
-                let page = client.jobs().list(request).await?.into_inner();
+                let mut call = client.call(trace::LIST);
+                let request = client.request(
+                    &call,
+                    ListRequest {
+                        queue: filter.queue.unwrap_or_default(),
+                        state: filter.state.map_or(0, |s| s as i32),
+                        kind: filter.kind.unwrap_or_default(),
+                        group_id: filter.group_id.unwrap_or_default(),
+                        page_size: filter.page_size.unwrap_or(0),
+                        page_token,
+                        parent_job_id: filter.parent_job_id.unwrap_or_default(),
+                    },
+                );
+                let result = client.jobs().list(request).await;
+                call.record(&result);
+                let page = result?.into_inner();
                 let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
                 Ok::<_, Error>(Some((stream::iter(page.jobs.into_iter().map(Ok)), next)))
             }
@@ -363,72 +440,116 @@ impl Client {
     }
 
     async fn cancel_target(&self, target: Target) -> Result<v1::CancelResponse, Error> {
-        let request = self.request(CancelRequest {
-            target: Some(target),
-            reason: String::new(),
+        let mut call = self.call(trace::CANCEL);
+        call.attributes(|| match &target {
+            Target::JobId(id) => job_id_attribute(id),
+            Target::GroupId(id) => vec![KeyValue::new("switchyard.group.id", id.clone())],
         });
-        Ok(self.jobs().cancel(request).await?.into_inner())
+        let request = self.request(
+            &call,
+            CancelRequest {
+                target: Some(target),
+                reason: String::new(),
+            },
+        );
+        let result = self.jobs().cancel(request).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
 
     /// Puts a job that ended badly back in its queue with a fresh count of attempts.
     pub async fn requeue(&self, job_id: &str, max_attempts: Option<u32>) -> Result<Job, Error> {
-        let request = self.request(v1::RequeueRequest {
-            job_id: job_id.to_owned(),
-            max_attempts,
-        });
-        Ok(self.jobs().requeue(request).await?.into_inner())
+        let mut call = self.call(trace::REQUEUE);
+        call.attributes(|| job_id_attribute(job_id));
+        let request = self.request(
+            &call,
+            v1::RequeueRequest {
+                job_id: job_id.to_owned(),
+                max_attempts,
+            },
+        );
+        let result = self.jobs().requeue(request).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
 
     /// Sets a scope's limits (`queue:<q>`, `key:<k>`, `tenant:<t>`); none set removes it.
     pub async fn set_quota(&self, quota: v1::Quota) -> Result<v1::Quota, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());
-        let request = self.request(v1::SetQuotaRequest { quota: Some(quota) });
-        Ok(admin.set_quota(request).await?.into_inner())
+        let mut call = self.call(trace::SET_QUOTA);
+        call.attributes(|| vec![KeyValue::new("switchyard.quota.scope", quota.scope.clone())]);
+        let request = self.request(&call, v1::SetQuotaRequest { quota: Some(quota) });
+        let result = admin.set_quota(request).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
 
     /// Every quota, with the permits held and jobs queued in its scope now.
     pub async fn quotas(&self) -> Result<Vec<v1::Quota>, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());
-        let request = self.request(v1::ListQuotasRequest {});
-        Ok(admin.list_quotas(request).await?.into_inner().quotas)
+        let mut call = self.call(trace::LIST_QUOTAS);
+        let request = self.request(&call, v1::ListQuotasRequest {});
+        let result = admin.list_quotas(request).await;
+        call.record(&result);
+        Ok(result?.into_inner().quotas)
     }
 
     /// Pauses (or resumes) dispatch from a queue; returns the paused queues.
     pub async fn pause_queue(&self, queue: &str, paused: bool) -> Result<Vec<String>, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());
+        let mut call = self.call(if paused {
+            trace::PAUSE_QUEUE
+        } else {
+            trace::RESUME_QUEUE
+        });
+        call.attributes(|| vec![KeyValue::new("switchyard.queue", queue.to_owned())]);
         let queue = queue.to_owned();
-        Ok(if paused {
+        let result = if paused {
             admin
-                .pause_queue(self.request(v1::PauseQueueRequest { queue }))
-                .await?
-                .into_inner()
-                .paused
+                .pause_queue(self.request(&call, v1::PauseQueueRequest { queue }))
+                .await
+                .map(|response| response.into_inner().paused)
         } else {
             admin
-                .resume_queue(self.request(v1::ResumeQueueRequest { queue }))
-                .await?
-                .into_inner()
-                .paused
-        })
+                .resume_queue(self.request(&call, v1::ResumeQueueRequest { queue }))
+                .await
+                .map(|response| response.into_inner().paused)
+        };
+        call.record(&result);
+        Ok(result?)
     }
 
     /// The connected workers.
     pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());
-        let response = admin
-            .list_workers(self.request(v1::ListWorkersRequest {}))
-            .await?;
-        Ok(response.into_inner().workers)
+        let mut call = self.call(trace::LIST_WORKERS);
+        let result = admin
+            .list_workers(self.request(&call, v1::ListWorkersRequest {}))
+            .await;
+        call.record(&result);
+        Ok(result?.into_inner().workers)
     }
 
     /// Queue counts and the store's commit numbers.
     pub async fn stats(&self) -> Result<StatsResponse, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());
-        Ok(admin
-            .stats(self.request(StatsRequest {}))
-            .await?
-            .into_inner())
+        let mut call = self.call(trace::STATS);
+        let result = admin.stats(self.request(&call, StatsRequest {})).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
+}
+
+/// A submitted job's attributes, for its client span.
+fn job_attributes(job: &v1::SubmitRequest) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("switchyard.queue", job.queue.clone()),
+        KeyValue::new("switchyard.job.kind", job.kind.clone()),
+    ]
+}
+
+fn job_id_attribute(job_id: &str) -> Vec<KeyValue> {
+    vec![KeyValue::new("switchyard.job.id", job_id.to_owned())]
 }
 
 /// The largest payload a job may carry; the coordinator refuses more (`INVALID_ARGUMENT`).

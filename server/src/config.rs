@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, builder::TypedValueParser as _};
+use switchyard_telemetry::logging::Format as LogFormat;
 
 use crate::store::{RetryPolicy, StoreConfig, SyncMode};
 
@@ -110,6 +111,13 @@ pub struct ServerArgs {
     /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_server=debug`.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
+
+    /// How logs are written to stderr: `text` for people, `json` (one object per line) for
+    /// log shippers.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text",
+          value_parser = clap::builder::PossibleValuesParser::new(LogFormat::NAMES)
+              .try_map(|name| name.parse::<LogFormat>()))]
+    pub log_format: LogFormat,
 }
 
 /// What `run` needs, validated.

@@ -3,16 +3,15 @@
 use anyhow::Context;
 use clap::Parser;
 use switchyard_server::ServerArgs;
-use tracing_subscriber::EnvFilter;
+use switchyard_telemetry::logging;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = ServerArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(
+        args.log_format,
+        logging::Filter::try_new(&args.log).context("--log")?,
+    )?;
     // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when main returns.
     let _traces = switchyard_telemetry::init_from_env("switchyard-coordinator");
     // Failpoints from FAILPOINTS, in a build made for tests (elsewhere there are none).

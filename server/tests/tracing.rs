@@ -4,105 +4,23 @@
 
 mod support;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::any_value::Value,
-};
 use switchyard_client::{Client, JobSpec};
 use switchyard_proto::v1::{JobState, RunRequest, job_service_client::JobServiceClient};
 use switchyard_telemetry::{Kind, Span as _};
-use switchyard_testkit::{Coordinator, Worker};
-use tokio_util::sync::CancellationToken;
+use switchyard_testkit::{
+    Coordinator, Worker,
+    otlp::{ReceivedSpan, Receiver},
+};
 
-use support::{COORDINATOR_FLAGS, eventually};
-
-/// A span as received: which service sent it, its name, ids and parent.
-#[derive(Debug, Clone)]
-struct Received {
-    service: String,
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-}
-
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Received>>>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().expect("receiver lock");
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-                .map(|v| match v {
-                    Value::StringValue(s) => s.clone(),
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
-            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
-                spans.push(Received {
-                    service: service.clone(),
-                    name: span.name,
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent: hex(&span.parent_span_id),
-                });
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
+use support::COORDINATOR_FLAGS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_holds_the_clients_the_coordinators_and_the_workers_spans() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the receiver");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-    let stop = CancellationToken::new();
-    let server = {
-        let receiver = receiver.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(receiver))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
-                .await
-        })
-    };
-
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.endpoint().to_owned();
+    let env = receiver.env();
     let coordinator = Coordinator::start_with_env(COORDINATOR_FLAGS, &env).await;
     let _worker = Worker::start_with_env(&coordinator.url(), &[], &env).await;
     let client = Client::connect(coordinator.url()).await.expect("connect");
@@ -151,29 +69,28 @@ async fn one_trace_holds_the_clients_the_coordinators_and_the_workers_spans() {
         "Job.trace_id shows the caller's trace"
     );
 
-    let spans = eventually("every span of the job reaches the receiver", || async {
-        let spans: Vec<Received> = receiver
-            .spans
-            .lock()
-            .expect("receiver lock")
+    let spans = receiver
+        .wait_for("every span of the job", |spans| {
+            let spans: Vec<ReceivedSpan> = spans
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .cloned()
+                .collect();
+            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            [
+                "client.run",
+                "switchyard.submit",
+                "switchyard.queue_wait",
+                "switchyard.dispatch",
+                "switchyard.attempt",
+            ]
             .iter()
-            .filter(|s| s.trace_id == trace_id)
-            .cloned()
-            .collect();
-        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-        [
-            "client.run",
-            "switchyard.submit",
-            "switchyard.queue_wait",
-            "switchyard.dispatch",
-            "switchyard.attempt",
-        ]
-        .iter()
-        .all(|n| names.contains(n))
-        .then_some(spans)
-    })
-    .await;
-    let by_name: HashMap<&str, &Received> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
+            .all(|n| names.contains(n))
+            .then_some(spans)
+        })
+        .await;
+    let by_name: HashMap<&str, &ReceivedSpan> =
+        spans.iter().map(|s| (s.name.as_str(), s)).collect();
     let client_run = by_name["client.run"];
     let submit = by_name["switchyard.submit"];
     let queue_wait = by_name["switchyard.queue_wait"];
@@ -194,7 +111,4 @@ async fn one_trace_holds_the_clients_the_coordinators_and_the_workers_spans() {
         attempt.parent, dispatch.span_id,
         "the worker's span joins under the dispatch"
     );
-
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
 }

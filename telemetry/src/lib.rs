@@ -1,5 +1,5 @@
-//! The process glue every Switchyard binary shares: trace export and context (here) and
-//! shutdown on SIGINT/SIGTERM ([`shutdown`]).
+//! The process glue every Switchyard binary shares: trace export and context (here), logs
+//! ([`logging`]) and shutdown on SIGINT/SIGTERM ([`shutdown`]).
 //!
 //! Traces across processes. The coordinator and the workers create their spans with the
 //! OpenTelemetry API; the parent of each comes from a W3C `traceparent` carried in gRPC
@@ -8,6 +8,7 @@
 //! standard `OTEL_EXPORTER_OTLP_*` (and `OTEL_BSP_*`) environment variables, and off when no
 //! endpoint is set: then every span is a no-op and costs next to nothing.
 
+pub mod logging;
 pub mod shutdown;
 
 use std::collections::HashMap;
@@ -65,6 +66,9 @@ fn install(
         .with_resource(Resource::builder().with_service_name(service_name).build())
         .build();
     global::set_tracer_provider(provider.clone());
+    // The client SDK injects `traceparent` through the global propagator (it depends on the
+    // OpenTelemetry API alone), so exporting and propagating are switched on together.
+    global::set_text_map_propagator(TraceContextPropagator::new());
     tracing::info!(service = service_name, "exporting traces over OTLP");
     Some(Guard { provider })
 }
@@ -157,6 +161,30 @@ pub fn start(
     )
 }
 
+/// Runs `future` with `span` as the current OpenTelemetry span, so that spans started inside it
+/// with no explicit parent (the client SDK's, for each call) become its children: a command
+/// that makes several calls is one trace. The span ends when the future is done (or dropped).
+/// Tasks the future spawns do not inherit it.
+pub fn within<F: std::future::Future>(span: BoxedSpan, future: F) -> WithContext<F> {
+    use opentelemetry::context::FutureExt as _;
+    future.with_context(Context::current_with_span(span))
+}
+
+/// Starts a root span whose name is made at run time (a command's name).
+pub fn start_root(
+    tracer: &BoxedTracer,
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+) -> BoxedSpan {
+    tracer.build_with_context(
+        SpanBuilder::from_name(name)
+            .with_kind(kind)
+            .with_attributes(attributes),
+        &Context::new(),
+    )
+}
+
 /// Starts a span with an explicit start time (for a wait measured after the fact).
 pub fn start_at(
     tracer: &BoxedTracer,
@@ -176,6 +204,7 @@ pub fn start_at(
 
 pub use opentelemetry::{
     KeyValue as Attribute,
+    context::WithContext,
     global::{BoxedSpan, BoxedTracer},
     trace::{Span, SpanKind as Kind, Status},
 };

@@ -1,6 +1,8 @@
 //! Starts the real Switchyard processes for tests: the coordinator on `127.0.0.1:0` with a
 //! temporary database, talked to over gRPC. Each handle kills its process when dropped.
 
+pub mod otlp;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},

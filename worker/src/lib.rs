@@ -55,20 +55,17 @@ pub fn shutdown_on_signals() -> CancellationToken {
 
 /// Installs a `tracing` subscriber that writes the SDK's logs (and the program's) to stderr:
 /// level from `SWITCHYARD_LOG`, else `RUST_LOG` (tracing's `EnvFilter` syntax), else `info`;
-/// colour only when stderr is a terminal. Does nothing when a subscriber is already set.
+/// format from `SWITCHYARD_LOG_FORMAT` (`text`, the default, with colour only when stderr is a
+/// terminal, or `json`, one object per line), the same subscriber the Switchyard binaries
+/// install. Does nothing when a subscriber is already set.
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+    use switchyard_telemetry::logging::{self, Filter, Format};
     let filter = ["SWITCHYARD_LOG", "RUST_LOG"]
         .iter()
-        .find_map(|key| EnvFilter::try_from_env(key).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let stderr = std::io::stderr();
-    // `try_init`: a program (or a test) that installed its own subscriber keeps it.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&stderr))
-        .try_init();
+        .find_map(|key| Filter::try_from_env(key).ok())
+        .unwrap_or_else(|| Filter::new("info"));
+    // A program (or a test) that installed its own subscriber keeps it.
+    let _ = logging::init(Format::from_env(), filter);
 }
 
 /// The README's Rust snippets, compiled as doc-tests: the README's own text, so that a snippet

@@ -9,12 +9,12 @@
 use std::{io::Write, time::Duration};
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser, error::ErrorKind};
+use clap::{CommandFactory, Parser, builder::TypedValueParser as _, error::ErrorKind};
 use switchyard_proto::text::parse_duration;
+use switchyard_telemetry::logging::{self, Format as LogFormat};
 use switchyard_worker::{ConnectionState, Worker, WorkerConfig, builtins};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing_subscriber::EnvFilter;
 
 /// A Switchyard worker process serving the built-in kinds: echo, sleep, fail, panic, sha256,
 /// hang and fanout.
@@ -101,6 +101,13 @@ struct Args {
     /// Logs go to stderr.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     log: String,
+
+    /// How logs are written to stderr: `text` for people, `json` (one object per line) for
+    /// log shippers.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text",
+          value_parser = clap::builder::PossibleValuesParser::new(LogFormat::NAMES)
+              .try_map(|name| name.parse::<LogFormat>()))]
+    log_format: LogFormat,
 }
 
 impl Args {
@@ -138,11 +145,10 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(
+        args.log_format,
+        logging::Filter::try_new(&args.log).context("--log")?,
+    )?;
     // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when main returns.
     let _traces = switchyard_telemetry::init_from_env("switchyard-worker");
 

@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use switchyard_client::{Client, JobSpec};
+use switchyard_telemetry::logging::Format as LogFormat;
 use tokio::task::JoinSet;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -209,12 +210,12 @@ where
     }
 }
 
-pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, json_out: bool, log_format: LogFormat) -> anyhow::Result<()> {
     match args.what {
-        BenchCommand::Submit(bench) => submit(bench, json_out).await,
-        BenchCommand::Group(bench) => fleet(bench, false, json_out).await,
-        BenchCommand::Quota(bench) => fleet(bench, true, json_out).await,
-        BenchCommand::E2e(bench) => e2e(bench, json_out).await,
+        BenchCommand::Submit(bench) => submit(bench, json_out, log_format).await,
+        BenchCommand::Group(bench) => fleet(bench, false, json_out, log_format).await,
+        BenchCommand::Quota(bench) => fleet(bench, true, json_out, log_format).await,
+        BenchCommand::E2e(bench) => e2e(bench, json_out, log_format).await,
     }
 }
 
@@ -223,37 +224,42 @@ struct Fleet {
     coordinator: crate::dev::Process,
     workers: Vec<crate::dev::Process>,
     url: String,
+    log_format: LogFormat,
     _dir: tempfile::TempDir,
 }
 
 impl Fleet {
-    async fn start(args: &FleetBench) -> anyhow::Result<Fleet> {
-        let mut fleet = Fleet::coordinator(args).await?;
+    async fn start(args: &FleetBench, log_format: LogFormat) -> anyhow::Result<Fleet> {
+        let mut fleet = Fleet::coordinator(args, log_format).await?;
         fleet.add_workers(args).await?;
         Ok(fleet)
     }
 
     /// The coordinator alone, on a fresh database.
-    async fn coordinator(args: &FleetBench) -> anyhow::Result<Fleet> {
+    async fn coordinator(args: &FleetBench, log_format: LogFormat) -> anyhow::Result<Fleet> {
         let dir = match &args.db_dir {
             Some(dir) => tempfile::tempdir_in(dir),
             None => tempfile::tempdir(),
         }
         .context("temporary directory for the bench database")?;
-        let (coordinator, addr) = crate::dev::start_coordinator(&[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--db".into(),
-            format!("sqlite://{}", dir.path().join("bench.db").display()),
-            "--log".into(),
-            "warn".into(),
-        ])
+        let (coordinator, addr) = crate::dev::start_coordinator(
+            &[
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--db".into(),
+                format!("sqlite://{}", dir.path().join("bench.db").display()),
+                "--log".into(),
+                "warn".into(),
+            ],
+            log_format,
+        )
         .await?;
         let url = format!("http://{addr}");
         Ok(Fleet {
             coordinator,
             workers: Vec::new(),
             url,
+            log_format,
             _dir: dir,
         })
     }
@@ -263,18 +269,21 @@ impl Fleet {
         let url = self.url.clone();
         for i in 0..args.workers {
             self.workers.push(
-                crate::dev::start_worker(&[
-                    "--coordinator".into(),
-                    url.clone(),
-                    "--queues".into(),
-                    "bench,bench-quota".into(),
-                    "--concurrency".into(),
-                    args.concurrency.to_string(),
-                    "--worker-id".into(),
-                    format!("bench-worker-{i}"),
-                    "--log".into(),
-                    "warn".into(),
-                ])
+                crate::dev::start_worker(
+                    &[
+                        "--coordinator".into(),
+                        url.clone(),
+                        "--queues".into(),
+                        "bench,bench-quota".into(),
+                        "--concurrency".into(),
+                        args.concurrency.to_string(),
+                        "--worker-id".into(),
+                        format!("bench-worker-{i}"),
+                        "--log".into(),
+                        "warn".into(),
+                    ],
+                    self.log_format,
+                )
                 .await?,
             );
         }
@@ -328,8 +337,13 @@ async fn run_group(
     Ok((submit_time, start.elapsed()))
 }
 
-async fn fleet(args: FleetBench, with_quotas: bool, json_out: bool) -> anyhow::Result<()> {
-    let fleet = Fleet::start(&args).await?;
+async fn fleet(
+    args: FleetBench,
+    with_quotas: bool,
+    json_out: bool,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    let fleet = Fleet::start(&args, log_format).await?;
     let client = Client::connect(fleet.url.clone()).await?;
     // Baseline: the same number of bare unary calls, 100 in flight, on the same server.
     let health = {
@@ -428,7 +442,7 @@ async fn fleet(args: FleetBench, with_quotas: bool, json_out: bool) -> anyhow::R
     Ok(())
 }
 
-async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
+async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> anyhow::Result<()> {
     // The coordinator: the one given, or our own on a fresh database.
     let db_dir = match &args.db_dir {
         Some(dir) => tempfile::tempdir_in(dir),
@@ -443,16 +457,19 @@ async fn submit(args: SubmitBench, json_out: bool) -> anyhow::Result<()> {
                 Sync::Full => "full",
                 Sync::Normal => "normal",
             };
-            let (child, addr) = crate::dev::start_coordinator(&[
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--db".into(),
-                format!("sqlite://{}", db_dir.path().join("bench.db").display()),
-                "--sync".into(),
-                sync.into(),
-                "--log".into(),
-                "warn".into(),
-            ])
+            let (child, addr) = crate::dev::start_coordinator(
+                &[
+                    "--listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--db".into(),
+                    format!("sqlite://{}", db_dir.path().join("bench.db").display()),
+                    "--sync".into(),
+                    sync.into(),
+                    "--log".into(),
+                    "warn".into(),
+                ],
+                log_format,
+            )
             .await?;
             own = Some(child);
             format!("http://{addr}")
@@ -657,8 +674,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
-async fn e2e(args: E2eBench, json_out: bool) -> anyhow::Result<()> {
-    let mut fleet = Fleet::coordinator(&args.fleet).await?;
+async fn e2e(args: E2eBench, json_out: bool, log_format: LogFormat) -> anyhow::Result<()> {
+    let mut fleet = Fleet::coordinator(&args.fleet, log_format).await?;
     let client = Client::connect(fleet.url.clone()).await?;
     let base = baseline(&client, 20_000).await;
     let mut report = json!({

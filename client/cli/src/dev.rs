@@ -20,6 +20,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Args;
 use switchyard_proto::text::parse_duration;
+use switchyard_telemetry::logging::Format as LogFormat;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader, Lines},
     process::{Child, ChildStdout, Command},
@@ -126,12 +127,15 @@ fn spawn(
     binary_name: &str,
     name: &str,
     args: &[String],
+    log_format: LogFormat,
 ) -> anyhow::Result<(Process, Lines<BufReader<ChildStdout>>)> {
     let binary = sibling(binary_name);
     // On a terminal the child writes its logs there itself (with colour); otherwise they
     // come through `dev`, which copies them and drops what it cannot write.
     let forward = !std::io::stderr().is_terminal();
     let mut child = Command::new(&binary)
+        // The children log as this process does (before `args`, which may say otherwise).
+        .args(["--log-format", log_format.name()])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -222,21 +226,24 @@ fn address(line: &str) -> anyhow::Result<String> {
 }
 
 /// Starts `switchyard-server` with `args` and returns it once it prints where it listens.
-pub async fn start_coordinator(args: &[String]) -> anyhow::Result<(Process, String)> {
-    let (mut process, mut lines) = spawn("switchyard-server", "the coordinator", args)?;
+pub async fn start_coordinator(
+    args: &[String],
+    log_format: LogFormat,
+) -> anyhow::Result<(Process, String)> {
+    let (mut process, mut lines) = spawn("switchyard-server", "the coordinator", args, log_format)?;
     let addr = address(&next_line(&mut process, &mut lines).await?)?;
     drain_stdout(lines);
     Ok((process, addr))
 }
 
 /// Starts a `switchyard-worker` and returns it once it says it is connected.
-pub async fn start_worker(args: &[String]) -> anyhow::Result<Process> {
+pub async fn start_worker(args: &[String], log_format: LogFormat) -> anyhow::Result<Process> {
     let name = args
         .iter()
         .position(|a| a == "--worker-id")
         .and_then(|at| args.get(at + 1))
         .map_or_else(|| "a worker".to_owned(), |id| format!("worker {id}"));
-    let (mut process, mut lines) = spawn("switchyard-worker", &name, args)?;
+    let (mut process, mut lines) = spawn("switchyard-worker", &name, args, log_format)?;
     next_line(&mut process, &mut lines).await?;
     // It prints a line at each reconnect.
     drain_stdout(lines);
@@ -326,13 +333,13 @@ impl Fleet {
     }
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<()> {
     // Listening before anything starts: a signal from now on stops the fleet cleanly rather
     // than killing `dev` and leaving its children behind.
     let mut signals = Signals::install()?;
     let mut fleet = Fleet::default();
     let started = tokio::select! {
-        started = start(&args, &mut fleet) => Some(started),
+        started = start(&args, log_format, &mut fleet) => Some(started),
         name = signals.next() => {
             errln!("{name}: stopping what had started");
             None
@@ -385,7 +392,7 @@ async fn serve(fleet: &mut Fleet, signals: &mut Signals) -> anyhow::Result<()> {
 
 /// Starts the coordinator and the workers (each joins `fleet` as soon as it is spawned, so
 /// that it is stopped whatever happens next), and returns the banner to show.
-async fn start(args: &DevArgs, fleet: &mut Fleet) -> anyhow::Result<String> {
+async fn start(args: &DevArgs, log_format: LogFormat, fleet: &mut Fleet) -> anyhow::Result<String> {
     let mut coordinator_args = vec![
         "--listen".to_owned(),
         args.listen.clone(),
@@ -395,7 +402,12 @@ async fn start(args: &DevArgs, fleet: &mut Fleet) -> anyhow::Result<String> {
     if let Some(metrics) = &args.metrics {
         coordinator_args.extend(["--metrics".to_owned(), metrics.clone()]);
     }
-    let (process, mut lines) = spawn("switchyard-server", "the coordinator", &coordinator_args)?;
+    let (process, mut lines) = spawn(
+        "switchyard-server",
+        "the coordinator",
+        &coordinator_args,
+        log_format,
+    )?;
     let coordinator = fleet.coordinator.insert(process);
     let addr = address(&next_line(coordinator, &mut lines).await?)?;
     // With --metrics, its second line says where they are served.
@@ -421,8 +433,12 @@ async fn start(args: &DevArgs, fleet: &mut Fleet) -> anyhow::Result<String> {
             "--drain-grace".to_owned(),
             format!("{}ms", args.drain_grace.as_millis()),
         ];
-        let (process, mut lines) =
-            spawn("switchyard-worker", &format!("worker {id}"), &worker_args)?;
+        let (process, mut lines) = spawn(
+            "switchyard-worker",
+            &format!("worker {id}"),
+            &worker_args,
+            log_format,
+        )?;
         fleet.workers.push(process);
         let Some(worker) = fleet.workers.last_mut() else {
             bail!("worker {id} vanished");

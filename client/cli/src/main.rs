@@ -11,14 +11,17 @@ mod exit;
 mod output;
 mod watch;
 
-use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::Duration};
+use std::{collections::HashMap, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{
+    Args, CommandFactory, FromArgMatches, Parser, Subcommand, builder::TypedValueParser as _,
+};
 use exit::{Exit, Usage};
 use futures::StreamExt;
 use switchyard_client::{Client, JobSpec, JobState, ListFilter};
 use switchyard_proto::text::parse_duration;
+use switchyard_telemetry::logging::{self, Format as LogFormat};
 
 /// The heading of the options every command takes, apart from each command's own.
 const GLOBAL: &str = "Global options";
@@ -83,6 +86,19 @@ struct Cli {
         help_heading = GLOBAL
     )]
     client_key: Option<std::path::PathBuf>,
+
+    /// How logs are written to stderr: `text` for people, `json` (one object per line) for
+    /// log shippers. `dev` passes it to the coordinator and the workers it starts.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_LOG_FORMAT",
+        default_value = "text",
+        value_parser = clap::builder::PossibleValuesParser::new(LogFormat::NAMES)
+            .try_map(|name| name.parse::<LogFormat>()),
+        help_heading = GLOBAL
+    )]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -287,27 +303,30 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    let stderr = std::io::stderr();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: a log file or a pipe gets plain text.
-        .with_ansi(stderr.is_terminal())
-        // Its own report of a failed write is `eprintln!`, which panics on a closed stderr.
-        .log_internal_errors(false)
-        .init();
+    let filter = logging::Filter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| logging::Filter::new("warn"));
+    // Nothing was installed before: this cannot find a subscriber already set.
+    let _ = logging::init(cli.log_format, filter);
+    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set, so that a trace starts here, at the
+    // caller; the SDK's client spans are no-ops otherwise.
+    let traces = switchyard_telemetry::init_from_env("switchyard-cli");
+    let log_format = cli.log_format;
     // The error is reported here, as one line, rather than returned from `main`: that would
     // print its `Debug` form, with a backtrace under RUST_BACKTRACE=1.
-    let exit = match run(cli).await {
+    let exit = match traced(cli, matches.subcommand_name()).await {
         Ok(exit) => exit,
         Err(err) => {
-            errln!("error: {}", exit::report(&err));
+            match log_format {
+                LogFormat::Text => errln!("error: {}", exit::report(&err)),
+                // A log shipper reading stderr gets the failure as one more JSON line.
+                LogFormat::Json => tracing::error!("{}", exit::report(&err)),
+            }
             Exit::of_error(&err)
         }
     };
+    // Every exit goes through here: the spans buffered for export are flushed before the
+    // process ends (dropping the guard shuts the exporter down).
+    drop(traces);
     match say::failure() {
         Some(failure) if exit == Exit::Success => {
             errln!("error: writing to stdout: {failure}");
@@ -317,11 +336,33 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs the command inside its own span (`switchyard.cli.submit`, …), the root of its trace: the
+/// SDK's span for each call it makes is a child of it, so `submit --wait` is one trace. `dev`
+/// runs until stopped, and its children trace themselves: it gets no span.
+async fn traced(cli: Cli, command: Option<&str>) -> anyhow::Result<Exit> {
+    match command {
+        Some(name) if !matches!(cli.command, Command::Dev(_)) => {
+            let span = switchyard_telemetry::start_root(
+                &switchyard_telemetry::tracer("switchyard-cli"),
+                format!("switchyard.cli.{name}"),
+                switchyard_telemetry::Kind::Internal,
+                Vec::new(),
+            );
+            switchyard_telemetry::within(span, run(cli)).await
+        }
+        _ => run(cli).await,
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Dev(args) => return dev::run(args).await.map(|()| Exit::Success),
+        Command::Dev(args) => {
+            return dev::run(args, cli.log_format).await.map(|()| Exit::Success);
+        }
         Command::Bench(args) => {
-            return bench::run(args, cli.json).await.map(|()| Exit::Success);
+            return bench::run(args, cli.json, cli.log_format)
+                .await
+                .map(|()| Exit::Success);
         }
         _ => {}
     }

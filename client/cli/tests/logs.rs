@@ -1,0 +1,86 @@
+//! `--log-format json`: every line each binary writes to stderr is a JSON object with its
+//! level and message, for log shippers.
+
+use switchyard_testkit::{Coordinator, Worker};
+
+/// Every non-empty line of `log` as a JSON object with a `level` and a `message`.
+fn json_lines(who: &str, log: &str) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("{who}: {line:?} is not JSON ({err})"));
+            assert!(value.is_object(), "{who}: {line:?} is not an object");
+            for key in ["level", "message", "timestamp"] {
+                assert!(value[key].is_string(), "{who}: {line:?} has no {key}");
+            }
+            value
+        })
+        .collect();
+    assert!(!lines.is_empty(), "{who} logged nothing");
+    lines
+}
+
+fn has_message(lines: &[serde_json::Value], level: &str, message: &str) -> bool {
+    lines
+        .iter()
+        .any(|line| line["level"] == level && line["message"] == message)
+}
+
+#[tokio::test]
+async fn every_binary_logs_json_lines_when_asked() {
+    let mut coordinator = Coordinator::start_with(&["--log-format", "json"]).await;
+    let mut worker = Worker::start(&coordinator.url(), &["--log-format", "json"]).await;
+
+    // The CLI: its logs, and its report of a failed command, are JSON lines too.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--coordinator", &coordinator.url(), "get", "no-such-job"])
+        .env("SWITCHYARD_LOG_FORMAT", "json")
+        .env("SWITCHYARD_LOG", "info")
+        .output()
+        .await
+        .expect("run switchyard");
+    assert!(!output.status.success(), "{output:?}");
+    let cli = json_lines("switchyard", &String::from_utf8_lossy(&output.stderr));
+    assert!(
+        cli.iter().any(|line| line["level"] == "ERROR"),
+        "the failure is an ERROR line: {cli:?}"
+    );
+
+    // Stopped (a drain), so that their last lines are in the logs too.
+    assert!(worker.terminate().await.success());
+    assert!(coordinator.terminate().await.success());
+    let worker_lines = json_lines("switchyard-worker", &worker.log());
+    assert!(
+        has_message(&worker_lines, "INFO", "worker starting"),
+        "{worker_lines:?}"
+    );
+    let coordinator_lines = json_lines("switchyard-server", &coordinator.log());
+    for message in ["coordinator starting", "coordinator stopped"] {
+        assert!(
+            has_message(&coordinator_lines, "INFO", message),
+            "{message:?} missing: {coordinator_lines:?}"
+        );
+    }
+    let starting = coordinator_lines
+        .iter()
+        .find(|line| line["message"] == "coordinator starting")
+        .expect("the start line");
+    assert!(
+        starting["addr"].is_string(),
+        "an event's fields sit beside its message: {starting}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_log_format_is_refused_before_starting() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--log-format", "yaml", "workers"])
+        .output()
+        .await
+        .expect("run switchyard");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--log-format"), "{stderr}");
+}
