@@ -159,7 +159,8 @@ class Session:
         with self.lock:
             if self.running.pop((a.job_id, a.attempt), None) is None:
                 return  # released while draining: nothing more to say about it
-        log.info("%s %s attempt %d: %s", a.kind, a.job_id, a.attempt, result.WhichOneof("outcome"))
+        outcome = result.failure.message if result.HasField("failure") else "succeeded"
+        log.info("%s %s attempt %d: %s", a.kind, a.job_id, a.attempt, outcome)
         self.send(result=result)  # with the attempt number: the coordinator fences on it
         if not self.draining:
             self.send(credit=pb.Credit(slots=1))  # the slot is free: the handler returned

@@ -87,7 +87,14 @@ fn venv_python() -> &'static Path {
         );
         run(
             std::process::Command::new(building.join("bin").join("python"))
-                .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "-r",
+                ])
                 .arg(&requirements),
             "pip could not install examples/python-worker/requirements.txt from PyPI",
         );
@@ -95,7 +102,10 @@ fn venv_python() -> &'static Path {
         if let Err(e) = std::fs::rename(&building, &venv) {
             // Another run finished first: use its environment.
             let _ = std::fs::remove_dir_all(&building);
-            assert!(venv.join("ready").exists(), "move the environment into place: {e}");
+            assert!(
+                venv.join("ready").exists(),
+                "move the environment into place: {e}"
+            );
         }
         eprintln!(
             "made the Python worker's environment {} in {:?}",
@@ -239,7 +249,11 @@ async fn jobs_submitted_from_rust_run_on_the_python_worker() {
 
     // A pipeline: `upper` has no payload and one dependency, so it takes `echo`'s output.
     let batch = Batch::new()
-        .job(JobSpec::new("py", "echo").payload("piped").reference("first"))
+        .job(
+            JobSpec::new("py", "echo")
+                .payload("piped")
+                .reference("first"),
+        )
         .job(JobSpec::new("py", "upper").depends_on("first"));
     let done = client.submit_batch(batch).await.expect("submit a pipeline");
     let last = finished(&client, &done.jobs[1].job_id).await;
@@ -281,7 +295,10 @@ async fn jobs_submitted_from_rust_run_on_the_python_worker() {
     );
     let workers = client.workers().await.expect("list the workers");
     assert_eq!(workers.len(), 1, "{workers:?}");
-    assert_eq!(workers[0].connected_at, connected_at, "still the first stream");
+    assert_eq!(
+        workers[0].connected_at, connected_at,
+        "still the first stream"
+    );
 }
 
 #[tokio::test]
@@ -310,7 +327,11 @@ async fn a_cancel_reaches_the_python_worker_and_frees_its_slot() {
         .expect("submit");
     let next = finished(&client, &next.job_id).await;
     assert_eq!(
-        (next.state(), next.output.as_slice(), next.worker_id.as_str()),
+        (
+            next.state(),
+            next.output.as_slice(),
+            next.worker_id.as_str()
+        ),
         (JobState::Succeeded, b"next".as_slice(), "py-1"),
         "the worker's log:\n{}",
         py.log()
@@ -325,7 +346,11 @@ async fn a_cancel_reaches_the_python_worker_and_frees_its_slot() {
         (stats(&client).await.refused_results > refused_before).then_some(())
     })
     .await;
-    assert!(py.log().contains("cancelled while sleeping"), "{}", py.log());
+    assert!(
+        py.log().contains("cancelled while sleeping"),
+        "{}",
+        py.log()
+    );
 }
 
 #[tokio::test]
@@ -377,7 +402,10 @@ async fn sigterm_drains_the_python_worker() {
     // The short job finished within the grace period; the long one went back to the queue,
     // not counted as a failed attempt.
     let short = finished(&client, &short.job_id).await;
-    assert_eq!(outcomes(&short), [(AttemptOutcome::Succeeded, "py-1".into())]);
+    assert_eq!(
+        outcomes(&short),
+        [(AttemptOutcome::Succeeded, "py-1".into())]
+    );
     let long = client.get(&long.job_id).await.expect("get");
     assert_eq!(long.state(), JobState::Queued, "{long:?}");
     assert_eq!(outcomes(&long), [(AttemptOutcome::Released, "py-1".into())]);
