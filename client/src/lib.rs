@@ -421,6 +421,53 @@ impl Client {
         Ok(response.into_inner().workers)
     }
 
+    /// Creates a cron schedule in the caller's tenant: each tick submits `schedule.job` once.
+    pub async fn create_schedule(&self, schedule: v1::Schedule) -> Result<v1::Schedule, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let request = self.request(v1::CreateScheduleRequest {
+            schedule: Some(schedule),
+        });
+        Ok(admin.create_schedule(request).await?.into_inner())
+    }
+
+    /// The caller's schedules (an admin's: every tenant's), with their next runs.
+    pub async fn schedules(&self) -> Result<Vec<v1::Schedule>, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let request = self.request(v1::ListSchedulesRequest {});
+        Ok(admin.list_schedules(request).await?.into_inner().schedules)
+    }
+
+    /// Pauses (or resumes) a schedule; ticks that pass while it is paused are not fired.
+    pub async fn pause_schedule(
+        &self,
+        schedule_id: &str,
+        paused: bool,
+    ) -> Result<v1::Schedule, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let schedule_id = schedule_id.to_owned();
+        Ok(if paused {
+            admin
+                .pause_schedule(self.request(v1::PauseScheduleRequest { schedule_id }))
+                .await?
+                .into_inner()
+        } else {
+            admin
+                .resume_schedule(self.request(v1::ResumeScheduleRequest { schedule_id }))
+                .await?
+                .into_inner()
+        })
+    }
+
+    /// Deletes a schedule; the jobs it fired stay.
+    pub async fn delete_schedule(&self, schedule_id: &str) -> Result<(), Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let request = self.request(v1::DeleteScheduleRequest {
+            schedule_id: schedule_id.to_owned(),
+        });
+        admin.delete_schedule(request).await?;
+        Ok(())
+    }
+
     /// Queue counts and the store's commit numbers.
     pub async fn stats(&self) -> Result<StatsResponse, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());

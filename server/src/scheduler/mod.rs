@@ -13,6 +13,7 @@
 //! commit does it send assignments, build their spans and wake waiters, so nothing a worker or
 //! a client sees is ahead of the database. Nothing here polls the database.
 
+pub mod schedules;
 mod attempts;
 mod core;
 mod explain;
