@@ -100,12 +100,8 @@ pub async fn run_with(
         recovered,
         inner.clone(),
     );
-    let ticker = scheduler::schedules::Ticker::start(
-        store.clone(),
-        scheduler.clone(),
-        inner.clone(),
-    )
-    .await;
+    let ticker =
+        scheduler::schedules::Ticker::start(store.clone(), scheduler.clone(), inner.clone()).await;
     let (ticker, ticker_task) = match ticker {
         Ok(ticker) => ticker,
         Err(err) => {

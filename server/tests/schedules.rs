@@ -98,9 +98,15 @@ async fn each_tick_fires_exactly_one_job_across_sigkills() {
     let (counts, catch_ups) = ticks(&client, "heartbeat").await;
 
     let duplicates: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(duplicates.is_empty(), "ticks with more than one job: {duplicates:?}");
+    assert!(
+        duplicates.is_empty(),
+        "ticks with more than one job: {duplicates:?}"
+    );
     let fired: Vec<i64> = counts.keys().copied().collect();
-    assert!(fired.iter().all(|t| t % 1000 == 0), "ticks on whole seconds");
+    assert!(
+        fired.iter().all(|t| t % 1000 == 0),
+        "ticks on whole seconds"
+    );
     // No gaps but those across a down window: a missing tick passed while it was down.
     for pair in fired.windows(2) {
         let mut missing = pair[0] + 1000;
@@ -116,8 +122,15 @@ async fn each_tick_fires_exactly_one_job_across_sigkills() {
     // RUN_ONCE: the long windows each left one catch-up, for their latest missed tick.
     for (killed, up) in down.iter().filter(|(k, u)| u - k > 2200) {
         let inside: Vec<_> = fired.iter().filter(|t| (killed..up).contains(t)).collect();
-        assert_eq!(inside.len(), 1, "one job for the ticks missed in {killed}..{up}: {inside:?}");
-        assert!(catch_ups.contains(inside[0]), "labelled a catch-up: {catch_ups:?}");
+        assert_eq!(
+            inside.len(),
+            1,
+            "one job for the ticks missed in {killed}..{up}: {inside:?}"
+        );
+        assert!(
+            catch_ups.contains(inside[0]),
+            "labelled a catch-up: {catch_ups:?}"
+        );
     }
     assert!(fired.len() >= 8, "the schedule kept firing: {fired:?}");
 }
@@ -125,7 +138,10 @@ async fn each_tick_fires_exactly_one_job_across_sigkills() {
 #[tokio::test]
 async fn missed_ticks_follow_the_misfire_policy() {
     let (mut coordinator, client) = support::start().await;
-    for (id, misfire) in [("skip", MisfirePolicy::Skip), ("once", MisfirePolicy::RunOnce)] {
+    for (id, misfire) in [
+        ("skip", MisfirePolicy::Skip),
+        ("once", MisfirePolicy::RunOnce),
+    ] {
         client
             .create_schedule(schedule(id, misfire, OverlapPolicy::Allow))
             .await
@@ -153,7 +169,11 @@ async fn missed_ticks_follow_the_misfire_policy() {
     assert!(skip_catch_ups.is_empty());
 
     let (once, catch_ups) = ticks(&client, "once").await;
-    assert_eq!(catch_ups.len(), 1, "RUN_ONCE fires exactly one catch-up: {catch_ups:?}");
+    assert_eq!(
+        catch_ups.len(),
+        1,
+        "RUN_ONCE fires exactly one catch-up: {catch_ups:?}"
+    );
     assert!(
         (stopped..up).contains(&catch_ups[0]),
         "for a tick missed while down"
@@ -162,7 +182,10 @@ async fn missed_ticks_follow_the_misfire_policy() {
         .keys()
         .filter(|t| missed.contains(t) && !catch_ups.contains(t))
         .collect();
-    assert!(others.is_empty(), "RUN_ONCE fired more missed ticks: {others:?}");
+    assert!(
+        others.is_empty(),
+        "RUN_ONCE fired more missed ticks: {others:?}"
+    );
     assert!(once.values().all(|n| *n == 1));
 }
 
@@ -170,7 +193,10 @@ async fn missed_ticks_follow_the_misfire_policy() {
 async fn overlap_skip_waits_for_the_previous_run() {
     // No worker: every fired job stays queued.
     let (_coordinator, client) = support::start().await;
-    for (id, overlap) in [("skip", OverlapPolicy::Skip), ("allow", OverlapPolicy::Allow)] {
+    for (id, overlap) in [
+        ("skip", OverlapPolicy::Skip),
+        ("allow", OverlapPolicy::Allow),
+    ] {
         client
             .create_schedule(schedule(id, MisfirePolicy::Skip, overlap))
             .await
@@ -229,10 +255,7 @@ async fn list_shows_next_runs_and_pause_stops_firing() {
             .code(),
         Some(Code::AlreadyExists)
     );
-    let paused = client
-        .pause_schedule("nightly", true)
-        .await
-        .expect("pause");
+    let paused = client.pause_schedule("nightly", true).await.expect("pause");
     assert!(paused.paused && paused.next_runs.is_empty());
     let resumed = client
         .pause_schedule("nightly", false)
@@ -260,10 +283,16 @@ async fn list_shows_next_runs_and_pause_stops_firing() {
         .expect("create paused");
     let resumed_at = now_ms();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(ticks(&client, "later").await.0.is_empty(), "paused fires nothing");
+    assert!(
+        ticks(&client, "later").await.0.is_empty(),
+        "paused fires nothing"
+    );
     client.pause_schedule("later", false).await.expect("resume");
     let tick = fired_after(&client, "later", 0).await;
-    assert!(tick > resumed_at + 1000, "ticks passed while paused are not fired");
+    assert!(
+        tick > resumed_at + 1000,
+        "ticks passed while paused are not fired"
+    );
 }
 
 #[tokio::test]
@@ -291,7 +320,9 @@ async fn schedules_are_their_tenants_and_fire_as_it() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].tenant_id, "acme");
     assert!(!listed[0].paused);
-    b.delete_schedule("tick").await.expect("globex deletes its own");
+    b.delete_schedule("tick")
+        .await
+        .expect("globex deletes its own");
     assert_eq!(a.schedules().await.expect("list").len(), 1, "acme's stays");
     let job = eventually("acme's schedule fires", || async {
         all_jobs(&a).await.into_iter().next()

@@ -283,7 +283,10 @@ pub(crate) fn schedule(record: ScheduleRecord, now_ms: i64) -> v1::Schedule {
         tenant_id: s.key.tenant,
         next_runs: next_runs.into_iter().map(timestamp).collect(),
         last_fired: record.last_fired_ms.map(timestamp),
-        last_job_id: record.last_job_id.map(|id| id.to_string()).unwrap_or_default(),
+        last_job_id: record
+            .last_job_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
         last_error: record.last_error.unwrap_or_default(),
         created_at: Some(timestamp(s.created_at_ms)),
     }

@@ -22,11 +22,11 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
 
 use crate::{
+    domain::ScheduleKey,
     domain::{Blocked, GroupRecord, JobId, JobRecord, JobState, ReadyJob, now_ms},
     error::{Error, Result},
     fanin::Notifier,
     scheduler::Scheduler,
-    domain::ScheduleKey,
     scheduler::schedules::Ticker,
     store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submit, Submitted},
 };

@@ -270,12 +270,22 @@ pub fn schedule(s: v1::Schedule, tenant: &str, now_ms: i64) -> Result<NewSchedul
     let misfire = match v1::MisfirePolicy::try_from(s.misfire) {
         Ok(v1::MisfirePolicy::Unspecified | v1::MisfirePolicy::Skip) => Misfire::Skip,
         Ok(v1::MisfirePolicy::RunOnce) => Misfire::RunOnce,
-        Err(_) => return Err(Error::invalid("schedule.misfire", "is not a misfire policy")),
+        Err(_) => {
+            return Err(Error::invalid(
+                "schedule.misfire",
+                "is not a misfire policy",
+            ));
+        }
     };
     let overlap = match v1::OverlapPolicy::try_from(s.overlap) {
         Ok(v1::OverlapPolicy::Unspecified | v1::OverlapPolicy::Skip) => Overlap::Skip,
         Ok(v1::OverlapPolicy::Allow) => Overlap::Allow,
-        Err(_) => return Err(Error::invalid("schedule.overlap", "is not an overlap policy")),
+        Err(_) => {
+            return Err(Error::invalid(
+                "schedule.overlap",
+                "is not an overlap policy",
+            ));
+        }
     };
     let job = s
         .job

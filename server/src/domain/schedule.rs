@@ -265,10 +265,7 @@ mod tests {
         let t = Timetable::parse("", "* * * * * *", "").expect("parses");
         let down = ms("2026-01-01T00:00:00.500Z");
         let up = ms("2026-01-01T00:00:04.200Z");
-        assert_eq!(
-            t.latest_between(down, up),
-            Some(ms("2026-01-01T00:00:04Z"))
-        );
+        assert_eq!(t.latest_between(down, up), Some(ms("2026-01-01T00:00:04Z")));
         assert_eq!(t.latest_between(down, down + 100), None);
         // Strictly before: a tick at `before` itself is not missed.
         assert_eq!(

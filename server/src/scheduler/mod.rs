@@ -13,12 +13,12 @@
 //! commit does it send assignments, build their spans and wake waiters, so nothing a worker or
 //! a client sees is ahead of the database. Nothing here polls the database.
 
-pub mod schedules;
 mod attempts;
 mod core;
 mod explain;
 mod lanes;
 mod quotas;
+pub mod schedules;
 mod sessions;
 mod timers;
 

@@ -23,9 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Scheduler;
 use crate::{
-    domain::{
-        JobId, Misfire, ScheduleKey, ScheduleRecord, Timetable, now_ms, schedule::tick_key,
-    },
+    domain::{JobId, Misfire, ScheduleKey, ScheduleRecord, Timetable, now_ms, schedule::tick_key},
     error::{Error, Result},
     store::{Fire, Fired, NewJob, Store},
 };

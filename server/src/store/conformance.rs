@@ -6,8 +6,8 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use super::{
-    CancelTarget, Finish, Fire, Fired, NewGroup, NewJob, Origin, RetryPolicy, Start, Store, Submit, Submitted,
-    Transitions,
+    CancelTarget, Finish, Fire, Fired, NewGroup, NewJob, Origin, RetryPolicy, Start, Store, Submit,
+    Submitted, Transitions,
 };
 use crate::{
     domain::{
@@ -586,17 +586,28 @@ async fn schedules_fire_each_tick_once(mut b: Backend) {
         .create_schedule(schedule("b", "nightly", Overlap::Allow))
         .await
         .expect("b's own");
-    let first = match b.store.fire_schedule(fire_of(&key, 1000)).await.expect("fire") {
+    let first = match b
+        .store
+        .fire_schedule(fire_of(&key, 1000))
+        .await
+        .expect("fire")
+    {
         Fired::Submitted(s) => s,
         other => panic!("expected a job: {other:?}"),
     };
     assert!(!first.duplicate && first.ready.is_some());
     assert_eq!(
-        b.store.fire_schedule(fire_of(&key, 1000)).await.expect("again"),
+        b.store
+            .fire_schedule(fire_of(&key, 1000))
+            .await
+            .expect("again"),
         Fired::Stale
     );
     assert_eq!(
-        b.store.fire_schedule(fire_of(&key, 2000)).await.expect("overlap"),
+        b.store
+            .fire_schedule(fire_of(&key, 2000))
+            .await
+            .expect("overlap"),
         Fired::Overlapped
     );
     b.restart().await;
@@ -612,16 +623,29 @@ async fn schedules_fire_each_tick_once(mut b: Backend) {
     assert!(record.last_error.is_some(), "the overlap is told");
     let job = b.store.get(first.id).await.expect("get").expect("the job");
     assert_eq!(job.tenant_id.as_deref(), Some("a"));
-    assert_eq!(job.idempotency_key.as_deref(), Some("schedule:nightly:1000"));
     assert_eq!(
-        b.store.schedules(Some("a".into())).await.expect("a's").len(),
+        job.idempotency_key.as_deref(),
+        Some("schedule:nightly:1000")
+    );
+    assert_eq!(
+        b.store
+            .schedules(Some("a".into()))
+            .await
+            .expect("a's")
+            .len(),
         1
     );
     assert_eq!(b.store.schedules(None).await.expect("all").len(), 2);
 
-    b.store.pause_schedule(key.clone(), true).await.expect("pause");
+    b.store
+        .pause_schedule(key.clone(), true)
+        .await
+        .expect("pause");
     assert_eq!(
-        b.store.fire_schedule(fire_of(&key, 3000)).await.expect("paused"),
+        b.store
+            .fire_schedule(fire_of(&key, 3000))
+            .await
+            .expect("paused"),
         Fired::Stale
     );
     b.store.delete_schedule(key.clone()).await.expect("delete");
@@ -630,7 +654,10 @@ async fn schedules_fire_each_tick_once(mut b: Backend) {
         Err(Error::ScheduleNotFound(_))
     ));
     assert_eq!(
-        b.store.fire_schedule(fire_of(&key, 4000)).await.expect("gone"),
+        b.store
+            .fire_schedule(fire_of(&key, 4000))
+            .await
+            .expect("gone"),
         Fired::Stale
     );
     assert!(matches!(
@@ -655,10 +682,17 @@ async fn a_refused_fire_is_recorded(b: Backend) {
         .await
         .expect("quota");
     assert!(matches!(
-        store.fire_schedule(fire_of(&key, 1000)).await.expect("first"),
+        store
+            .fire_schedule(fire_of(&key, 1000))
+            .await
+            .expect("first"),
         Fired::Submitted(_)
     ));
-    match store.fire_schedule(fire_of(&key, 2000)).await.expect("second") {
+    match store
+        .fire_schedule(fire_of(&key, 2000))
+        .await
+        .expect("second")
+    {
         Fired::Refused(why) => assert!(why.contains("max_queued"), "{why}"),
         other => panic!("expected a refusal: {other:?}"),
     }

@@ -28,8 +28,8 @@ use rusqlite::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    CancelTarget, Cancelled, Fire, Fired, ListFilter, ListPage, Recovered, Store, StoreConfig, Submit,
-    Submitted, SyncMode, TransitionOutcome, Transitions, WriterStats,
+    CancelTarget, Cancelled, Fire, Fired, ListFilter, ListPage, Recovered, Store, StoreConfig,
+    Submit, Submitted, SyncMode, TransitionOutcome, Transitions, WriterStats,
 };
 use crate::{
     domain::{

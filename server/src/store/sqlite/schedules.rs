@@ -78,9 +78,7 @@ pub(super) fn delete(conn: &Connection, key: &ScheduleKey) -> Result<()> {
 
 /// Every schedule, or one tenant's (`Some("")`: those with no tenant), by tenant and name.
 pub(super) fn list(conn: &Connection, tenant: Option<&str>) -> Result<Vec<ScheduleRecord>> {
-    let sql = format!(
-        "{COLUMNS} WHERE ?1 IS NULL OR tenant_key = ?1 ORDER BY tenant_key, id"
-    );
+    let sql = format!("{COLUMNS} WHERE ?1 IS NULL OR tenant_key = ?1 ORDER BY tenant_key, id");
     let rows = conn
         .prepare_cached(&sql)?
         .query_map(params![tenant], raw)?
@@ -124,7 +122,7 @@ pub(super) fn fire(conn: &Connection, fire: &Fire, tally: &mut Tally) -> Result<
     if overlap == Overlap::Skip
         && let Some(state) = previous.filter(|s| !s.is_terminal())
     {
-        let why = format!("the previous run is still {}", state.wire_name());
+        let why = format!("the previous run is still {}", state.as_str());
         conn.prepare_cached(NOT_FIRED)?
             .execute(params![key.tenant, key.id, tick_ms, why])?;
         return Ok(Fired::Overlapped);
@@ -145,8 +143,12 @@ pub(super) fn fire(conn: &Connection, fire: &Fire, tally: &mut Tally) -> Result<
             let submitted = done
                 .pop()
                 .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
-            conn.prepare_cached(FIRED)?
-                .execute(params![key.tenant, key.id, tick_ms, submitted.id])?;
+            conn.prepare_cached(FIRED)?.execute(params![
+                key.tenant,
+                key.id,
+                tick_ms,
+                submitted.id
+            ])?;
             Ok(Fired::Submitted(submitted))
         }
         Err(err @ Error::QueueFull { .. }) => {
