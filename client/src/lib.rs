@@ -530,6 +530,73 @@ impl Client {
         Ok(result?.into_inner().workers)
     }
 
+    /// Creates a cron schedule in the caller's tenant: each tick submits `schedule.job` once.
+    pub async fn create_schedule(&self, schedule: v1::Schedule) -> Result<v1::Schedule, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let mut call = self.call(trace::CREATE_SCHEDULE);
+        let request = self.request(
+            &call,
+            v1::CreateScheduleRequest {
+                schedule: Some(schedule),
+            },
+        );
+        let result = admin.create_schedule(request).await;
+        call.record(&result);
+        Ok(result?.into_inner())
+    }
+
+    /// The caller's schedules (an admin's: every tenant's), with their next runs.
+    pub async fn schedules(&self) -> Result<Vec<v1::Schedule>, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let mut call = self.call(trace::LIST_SCHEDULES);
+        let request = self.request(&call, v1::ListSchedulesRequest {});
+        let result = admin.list_schedules(request).await;
+        call.record(&result);
+        Ok(result?.into_inner().schedules)
+    }
+
+    /// Pauses (or resumes) a schedule; ticks that pass while it is paused are not fired.
+    pub async fn pause_schedule(
+        &self,
+        schedule_id: &str,
+        paused: bool,
+    ) -> Result<v1::Schedule, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let schedule_id = schedule_id.to_owned();
+        let result = if paused {
+            let mut call = self.call(trace::PAUSE_SCHEDULE);
+            let result = admin
+                .pause_schedule(self.request(&call, v1::PauseScheduleRequest { schedule_id }))
+                .await;
+            call.record(&result);
+            result
+        } else {
+            let mut call = self.call(trace::RESUME_SCHEDULE);
+            let result = admin
+                .resume_schedule(self.request(&call, v1::ResumeScheduleRequest { schedule_id }))
+                .await;
+            call.record(&result);
+            result
+        };
+        Ok(result?.into_inner())
+    }
+
+    /// Deletes a schedule; the jobs it fired stay.
+    pub async fn delete_schedule(&self, schedule_id: &str) -> Result<(), Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let mut call = self.call(trace::DELETE_SCHEDULE);
+        let request = self.request(
+            &call,
+            v1::DeleteScheduleRequest {
+                schedule_id: schedule_id.to_owned(),
+            },
+        );
+        let result = admin.delete_schedule(request).await;
+        call.record(&result);
+        result?;
+        Ok(())
+    }
+
     /// Queue counts and the store's commit numbers.
     pub async fn stats(&self) -> Result<StatsResponse, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());

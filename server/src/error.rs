@@ -14,6 +14,10 @@ pub enum Error {
     GroupNotFound(String),
     #[error("group {0}: already exists")]
     GroupExists(String),
+    #[error("schedule {0}: not found")]
+    ScheduleNotFound(String),
+    #[error("schedule {0}: already exists")]
+    ScheduleExists(String),
     #[error("job {id}: {reason}")]
     FailedPrecondition { id: String, reason: String },
     /// The caller's deadline (or its parent job's) has already passed.
@@ -132,8 +136,10 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = match &err {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::JobNotFound(_) | Error::GroupNotFound(_) => Code::NotFound,
-            Error::GroupExists(_) => Code::AlreadyExists,
+            Error::JobNotFound(_) | Error::GroupNotFound(_) | Error::ScheduleNotFound(_) => {
+                Code::NotFound
+            }
+            Error::GroupExists(_) | Error::ScheduleExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::DeadlinePassed => Code::DeadlineExceeded,
             Error::Overloaded(_) | Error::ShuttingDown => Code::Unavailable,

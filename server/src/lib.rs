@@ -100,6 +100,17 @@ pub async fn run_with(
         recovered,
         inner.clone(),
     );
+    let ticker =
+        scheduler::schedules::Ticker::start(store.clone(), scheduler.clone(), inner.clone()).await;
+    let (ticker, ticker_task) = match ticker {
+        Ok(ticker) => ticker,
+        Err(err) => {
+            inner.cancel();
+            let _ = scheduler_task.await;
+            let _ = store.close().await;
+            return Err(err);
+        }
+    };
     let sessions = TaskTracker::new();
     let services = Services {
         jobs: api::JobApi::new(
@@ -110,7 +121,7 @@ pub async fn run_with(
             sessions.clone(),
             config.max_deadline,
         ),
-        admin: api::AdminApi::new(store.clone(), scheduler.clone()),
+        admin: api::AdminApi::new(store.clone(), scheduler.clone(), ticker),
         workers: dispatch::WorkerApi::new(
             scheduler,
             config.heartbeat_interval,
@@ -136,6 +147,10 @@ pub async fn run_with(
     inner.cancel();
     sessions.close();
     sessions.wait().await;
+    // The ticker first: its last fire may still hand a job to the scheduler.
+    if let Err(err) = ticker_task.await {
+        tracing::error!(cause = %err, "schedule ticker failed");
+    }
     if let Err(err) = scheduler_task.await {
         tracing::error!(cause = %err, "scheduler task failed");
     }

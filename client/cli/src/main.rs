@@ -9,6 +9,7 @@ mod demo;
 mod dev;
 mod exit;
 mod output;
+mod schedule;
 mod watch;
 
 use std::{collections::HashMap, process::ExitCode, time::Duration};
@@ -146,6 +147,9 @@ enum Command {
     /// Quotas: fleet-wide semaphores, rate limits and admission limits by scope.
     #[command(subcommand)]
     Quota(QuotaCommand),
+    /// Cron schedules: a job submitted on each tick, exactly once per tick.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Stop dispatching from a queue (submits still land; running jobs go on).
     Pause {
         /// The queue's name.
@@ -456,6 +460,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             outln!("{}", output::quota_line(&quota, cli.json));
             Ok(())
         }
+        Command::Schedule(command) => schedule::run(&client, command, cli.json).await,
         Command::Quota(QuotaCommand::List) => {
             for quota in client.quotas().await? {
                 outln!("{}", output::quota_line(&quota, cli.json));

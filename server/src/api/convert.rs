@@ -6,7 +6,7 @@ use switchyard_proto::v1;
 use crate::{
     domain::{
         AttemptOutcome, AttemptRecord, Blocked, GroupEvent, GroupRecord, JobRecord, JobState,
-        QueueCounts, Quota, WorkerView,
+        Misfire, Overlap, QueueCounts, Quota, ScheduleRecord, Timetable, WorkerView,
     },
     store::WriterStats,
 };
@@ -242,5 +242,52 @@ pub(crate) fn store_stats(s: WriterStats) -> v1::StoreStats {
         commands: s.commands,
         rows_written: s.rows_written,
         max_batch: s.max_batch,
+    }
+}
+
+/// How many upcoming fire times `ListSchedules` shows.
+const NEXT_RUNS: usize = 3;
+
+pub(crate) fn schedule(record: ScheduleRecord, now_ms: i64) -> v1::Schedule {
+    let s = record.schedule;
+    let next_runs = match Timetable::parse("", &s.cron, &s.time_zone) {
+        Ok(t) if !s.paused => t.upcoming(now_ms, NEXT_RUNS),
+        _ => vec![],
+    };
+    let job = s.job;
+    v1::Schedule {
+        schedule_id: s.key.id,
+        cron: s.cron,
+        time_zone: s.time_zone,
+        job: Some(v1::SubmitRequest {
+            queue: job.queue,
+            kind: job.kind,
+            payload: job.payload,
+            priority: job.priority,
+            max_attempts: Some(job.max_attempts),
+            timeout: job.timeout_ms.map(duration),
+            concurrency_key: job.concurrency_key.unwrap_or_default(),
+            weight: Some(job.weight),
+            labels: job.labels.into_iter().collect(),
+            ..Default::default()
+        }),
+        misfire: match s.misfire {
+            Misfire::Skip => v1::MisfirePolicy::Skip,
+            Misfire::RunOnce => v1::MisfirePolicy::RunOnce,
+        } as i32,
+        overlap: match s.overlap {
+            Overlap::Skip => v1::OverlapPolicy::Skip,
+            Overlap::Allow => v1::OverlapPolicy::Allow,
+        } as i32,
+        paused: s.paused,
+        tenant_id: s.key.tenant,
+        next_runs: next_runs.into_iter().map(timestamp).collect(),
+        last_fired: record.last_fired_ms.map(timestamp),
+        last_job_id: record
+            .last_job_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        last_error: record.last_error.unwrap_or_default(),
+        created_at: Some(timestamp(s.created_at_ms)),
     }
 }

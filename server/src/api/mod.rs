@@ -22,10 +22,12 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
 
 use crate::{
+    domain::ScheduleKey,
     domain::{Blocked, GroupRecord, JobId, JobRecord, JobState, ReadyJob, now_ms},
     error::{Error, Result},
     fanin::Notifier,
     scheduler::Scheduler,
+    scheduler::schedules::Ticker,
     store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submit, Submitted},
 };
 
@@ -870,11 +872,48 @@ impl JobService for JobApi {
 pub struct AdminApi {
     store: Arc<dyn Store>,
     scheduler: Scheduler,
+    ticker: Ticker,
 }
 
 impl AdminApi {
-    pub fn new(store: Arc<dyn Store>, scheduler: Scheduler) -> Self {
-        AdminApi { store, scheduler }
+    pub fn new(store: Arc<dyn Store>, scheduler: Scheduler, ticker: Ticker) -> Self {
+        AdminApi {
+            store,
+            scheduler,
+            ticker,
+        }
+    }
+
+    /// The namespace a caller's schedules live in: its token's tenant, or (an admin or an
+    /// open coordinator) the `x-tenant-id` it names, `""` for none.
+    fn schedule_tenant<T>(request: &Request<T>) -> Result<String> {
+        let identity = Identity::of(request);
+        if identity.authenticated && identity.tenant.is_some() {
+            return Ok(identity.tenant.unwrap_or_default());
+        }
+        Ok(context(request.metadata(), None)?
+            .tenant_id
+            .unwrap_or_default())
+    }
+
+    fn schedule_key<T>(request: &Request<T>, id: &str) -> Result<ScheduleKey> {
+        validate::name("schedule_id", id)?;
+        Ok(ScheduleKey {
+            tenant: Self::schedule_tenant(request)?,
+            id: id.to_owned(),
+        })
+    }
+
+    /// Pauses or resumes a schedule and tells the ticker; returns it afterwards.
+    async fn pause_schedule(&self, key: ScheduleKey, paused: bool) -> Result<v1::Schedule> {
+        self.store.pause_schedule(key.clone(), paused).await?;
+        self.ticker.changed(key.clone()).await;
+        let record = self
+            .store
+            .schedule(key.clone())
+            .await?
+            .ok_or(Error::ScheduleNotFound(key.id))?;
+        Ok(convert::schedule(record, now_ms()))
     }
 
     /// Pauses or resumes a queue; returns every paused queue afterwards.
@@ -986,6 +1025,82 @@ impl AdminService for AdminApi {
             workers,
             refused_results: self.scheduler.refused_results(),
         }))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<v1::CreateScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let tenant = Self::schedule_tenant(&request)?;
+        let schedule = request
+            .into_inner()
+            .schedule
+            .ok_or_else(|| Error::invalid("schedule", "is required"))?;
+        let schedule = validate::schedule(schedule, &tenant, now_ms())?;
+        let key = schedule.key.clone();
+        self.store.create_schedule(schedule).await?;
+        self.ticker.changed(key.clone()).await;
+        let record = self
+            .store
+            .schedule(key.clone())
+            .await?
+            .ok_or(Error::ScheduleNotFound(key.id))?;
+        Ok(Response::new(convert::schedule(record, now_ms())))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        let identity = Identity::of(&request);
+        identity.require(Role::Client)?;
+        // A tenant-bound caller sees its own; an admin sees every tenant's.
+        let tenant = match scope(&identity) {
+            Some(tenant) => Some(tenant),
+            None if request.metadata().contains_key("x-tenant-id") => {
+                Some(Self::schedule_tenant(&request)?)
+            }
+            None => None,
+        };
+        let now = now_ms();
+        let schedules = self
+            .store
+            .schedules(tenant)
+            .await?
+            .into_iter()
+            .map(|r| convert::schedule(r, now))
+            .collect();
+        Ok(Response::new(v1::ListSchedulesResponse { schedules }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<v1::PauseScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let key = Self::schedule_key(&request, &request.get_ref().schedule_id)?;
+        Ok(Response::new(self.pause_schedule(key, true).await?))
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<v1::ResumeScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let key = Self::schedule_key(&request, &request.get_ref().schedule_id)?;
+        Ok(Response::new(self.pause_schedule(key, false).await?))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<v1::DeleteScheduleRequest>,
+    ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let key = Self::schedule_key(&request, &request.get_ref().schedule_id)?;
+        self.store.delete_schedule(key.clone()).await?;
+        self.ticker.changed(key).await;
+        Ok(Response::new(v1::DeleteScheduleResponse {}))
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use switchyard_proto::v1::{self, SubmitRequest};
 
 use crate::{
-    domain::{JobId, Quota},
+    domain::{JobId, JobTemplate, Misfire, NewSchedule, Overlap, Quota, ScheduleKey, Timetable},
     error::{Error, Result},
     store::NewJob,
 };
@@ -278,6 +278,83 @@ pub fn duration_ms(
         return Err(Error::invalid(field, "must be at least 1 millisecond"));
     }
     Ok(ms)
+}
+
+/// Turns a `Schedule` into one to store in `tenant`'s namespace (`""` for none). Its cron
+/// expression, time zone and job template are all checked now, so that a tick never meets a
+/// rule it breaks; fields are named `schedule.…`.
+pub fn schedule(s: v1::Schedule, tenant: &str, now_ms: i64) -> Result<NewSchedule> {
+    name("schedule.schedule_id", &s.schedule_id)?;
+    Timetable::parse("schedule.", &s.cron, &s.time_zone)?;
+    let misfire = match v1::MisfirePolicy::try_from(s.misfire) {
+        Ok(v1::MisfirePolicy::Unspecified | v1::MisfirePolicy::Skip) => Misfire::Skip,
+        Ok(v1::MisfirePolicy::RunOnce) => Misfire::RunOnce,
+        Err(_) => {
+            return Err(Error::invalid(
+                "schedule.misfire",
+                "is not a misfire policy",
+            ));
+        }
+    };
+    let overlap = match v1::OverlapPolicy::try_from(s.overlap) {
+        Ok(v1::OverlapPolicy::Unspecified | v1::OverlapPolicy::Skip) => Overlap::Skip,
+        Ok(v1::OverlapPolicy::Allow) => Overlap::Allow,
+        Err(_) => {
+            return Err(Error::invalid(
+                "schedule.overlap",
+                "is not an overlap policy",
+            ));
+        }
+    };
+    let job = s
+        .job
+        .ok_or_else(|| Error::invalid("schedule.job", "is required"))?;
+    // What belongs to one job, not to every tick's.
+    let per_job = [
+        ("idempotency_key", !job.idempotency_key.is_empty()),
+        ("depends_on", !job.depends_on.is_empty()),
+        ("group_id", !job.group_id.is_empty()),
+        ("ref", !job.r#ref.is_empty()),
+        ("run_at", job.run_at.is_some()),
+        ("deadline", job.deadline.is_some()),
+    ];
+    if let Some((field, _)) = per_job.iter().find(|(_, set)| *set) {
+        return Err(Error::invalid(
+            format!("schedule.job.{field}"),
+            "cannot be set on a schedule's job: each tick's job has its own",
+        ));
+    }
+    let job = self::job(
+        "schedule.job.",
+        job,
+        JobId::new(),
+        &HashMap::new(),
+        &Context::default(),
+        now_ms,
+    )?;
+    Ok(NewSchedule {
+        key: ScheduleKey {
+            tenant: tenant.to_owned(),
+            id: s.schedule_id,
+        },
+        cron: s.cron,
+        time_zone: s.time_zone,
+        job: JobTemplate {
+            queue: job.queue,
+            kind: job.kind,
+            payload: job.payload,
+            priority: job.priority,
+            max_attempts: job.max_attempts,
+            timeout_ms: job.timeout_ms,
+            concurrency_key: job.concurrency_key,
+            weight: job.weight,
+            labels: job.labels,
+        },
+        misfire,
+        overlap,
+        paused: s.paused,
+        created_at_ms: now_ms,
+    })
 }
 
 /// A valid timestamp, in milliseconds since the epoch.

@@ -5,12 +5,16 @@
 //! change apart.
 
 mod job;
+pub mod schedule;
 
 use std::{fmt, str::FromStr};
 
 pub use job::{
     AttemptRecord, Blocked, Dispatch, GroupEvent, GroupRecord, JobRecord, QueueCounts, Quota,
     ReadyJob, WorkerView,
+};
+pub use schedule::{
+    JobTemplate, Misfire, NewSchedule, Overlap, ScheduleKey, ScheduleRecord, Timetable,
 };
 
 /// A job's id: a UUID (v7, so ids sort by creation time). Copy, 16 bytes.

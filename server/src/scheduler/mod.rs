@@ -18,6 +18,7 @@ mod core;
 mod explain;
 mod lanes;
 mod quotas;
+pub mod schedules;
 mod sessions;
 mod timers;
 

@@ -6,11 +6,14 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use super::{
-    CancelTarget, Finish, NewGroup, NewJob, Origin, RetryPolicy, Start, Store, Submit, Submitted,
-    Transitions,
+    CancelTarget, Finish, Fire, Fired, NewGroup, NewJob, Origin, RetryPolicy, Start, Store, Submit,
+    Submitted, Transitions,
 };
 use crate::{
-    domain::{AttemptOutcome, JobId, JobState, Outcome, Quota, ReadyJob},
+    domain::{
+        AttemptOutcome, JobId, JobState, JobTemplate, Misfire, NewSchedule, Outcome, Overlap,
+        Quota, ReadyJob, ScheduleKey,
+    },
     error::Error,
     telemetry::Metrics,
 };
@@ -589,6 +592,183 @@ async fn tenants_name_only_their_own_jobs_and_groups(b: Backend) {
     assert_eq!(a_group.queued, 1, "only a's job counts in a's group");
 }
 
+fn schedule(tenant: &str, id: &str, overlap: Overlap) -> NewSchedule {
+    NewSchedule {
+        key: ScheduleKey {
+            tenant: tenant.into(),
+            id: id.into(),
+        },
+        cron: "* * * * * *".into(),
+        time_zone: "UTC".into(),
+        job: JobTemplate {
+            queue: "q".into(),
+            kind: "echo".into(),
+            payload: b"tick".to_vec(),
+            priority: 0,
+            max_attempts: 1,
+            timeout_ms: None,
+            concurrency_key: None,
+            weight: 1,
+            labels: Default::default(),
+        },
+        misfire: Misfire::RunOnce,
+        overlap,
+        paused: false,
+        created_at_ms: 1,
+    }
+}
+
+fn fire_of(key: &ScheduleKey, tick_ms: i64) -> Fire {
+    Fire {
+        key: key.clone(),
+        tick_ms,
+        job: NewJob {
+            idempotency_key: Some(crate::domain::schedule::tick_key(&key.id, tick_ms)),
+            tenant_id: (!key.tenant.is_empty()).then(|| key.tenant.clone()),
+            ..new_job("q")
+        },
+    }
+}
+
+/// A tick fires one job and moves the last fired tick with it; a tick at or before it fires
+/// nothing; overlap `Skip` passes a tick over while the previous job is queued; all of it
+/// survives a restart, and each tenant's schedules are its own.
+async fn schedules_fire_each_tick_once(mut b: Backend) {
+    let s = schedule("a", "nightly", Overlap::Skip);
+    let key = s.key.clone();
+    b.store.create_schedule(s.clone()).await.expect("create");
+    assert!(matches!(
+        b.store.create_schedule(s.clone()).await,
+        Err(Error::ScheduleExists(_))
+    ));
+    // Another tenant may use the same name.
+    b.store
+        .create_schedule(schedule("b", "nightly", Overlap::Allow))
+        .await
+        .expect("b's own");
+    let first = match b
+        .store
+        .fire_schedule(fire_of(&key, 1000))
+        .await
+        .expect("fire")
+    {
+        Fired::Submitted(s) => s,
+        other => panic!("expected a job: {other:?}"),
+    };
+    assert!(!first.duplicate && first.ready.is_some());
+    assert_eq!(
+        b.store
+            .fire_schedule(fire_of(&key, 1000))
+            .await
+            .expect("again"),
+        Fired::Stale
+    );
+    assert_eq!(
+        b.store
+            .fire_schedule(fire_of(&key, 2000))
+            .await
+            .expect("overlap"),
+        Fired::Overlapped
+    );
+    b.restart().await;
+    let record = b
+        .store
+        .schedule(key.clone())
+        .await
+        .expect("read")
+        .expect("still there");
+    assert_eq!(record.schedule, s);
+    assert_eq!(record.last_fired_ms, Some(2000));
+    assert_eq!(record.last_job_id, Some(first.id));
+    assert!(record.last_error.is_some(), "the overlap is told");
+    let job = b.store.get(first.id).await.expect("get").expect("the job");
+    assert_eq!(job.tenant_id.as_deref(), Some("a"));
+    assert_eq!(
+        job.idempotency_key.as_deref(),
+        Some("schedule:nightly:1000")
+    );
+    assert_eq!(
+        b.store
+            .schedules(Some("a".into()))
+            .await
+            .expect("a's")
+            .len(),
+        1
+    );
+    assert_eq!(b.store.schedules(None).await.expect("all").len(), 2);
+
+    b.store
+        .pause_schedule(key.clone(), true)
+        .await
+        .expect("pause");
+    assert_eq!(
+        b.store
+            .fire_schedule(fire_of(&key, 3000))
+            .await
+            .expect("paused"),
+        Fired::Stale
+    );
+    b.store.delete_schedule(key.clone()).await.expect("delete");
+    assert!(matches!(
+        b.store.delete_schedule(key.clone()).await,
+        Err(Error::ScheduleNotFound(_))
+    ));
+    assert_eq!(
+        b.store
+            .fire_schedule(fire_of(&key, 4000))
+            .await
+            .expect("gone"),
+        Fired::Stale
+    );
+    assert!(matches!(
+        b.store.pause_schedule(key, false).await,
+        Err(Error::ScheduleNotFound(_))
+    ));
+}
+
+/// Admission applies to fired jobs: past the tenant's `max_queued` a tick stores no job, and
+/// the tick is recorded as handled with the reason.
+async fn a_refused_fire_is_recorded(b: Backend) {
+    let store = &*b.store;
+    let s = schedule("a", "often", Overlap::Allow);
+    let key = s.key.clone();
+    store.create_schedule(s).await.expect("create");
+    store
+        .set_quota(Quota {
+            scope: "tenant:a".into(),
+            max_queued: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect("quota");
+    assert!(matches!(
+        store
+            .fire_schedule(fire_of(&key, 1000))
+            .await
+            .expect("first"),
+        Fired::Submitted(_)
+    ));
+    match store
+        .fire_schedule(fire_of(&key, 2000))
+        .await
+        .expect("second")
+    {
+        Fired::Refused(why) => assert!(why.contains("max_queued"), "{why}"),
+        other => panic!("expected a refusal: {other:?}"),
+    }
+    let record = store.schedule(key).await.expect("read").expect("there");
+    assert_eq!(record.last_fired_ms, Some(2000));
+    assert!(record.last_error.is_some_and(|e| e.contains("max_queued")));
+    let jobs = store
+        .list(super::ListFilter {
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(jobs.jobs.len(), 1, "the refused tick stored nothing");
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -633,6 +813,14 @@ macro_rules! suite {
             #[tokio::test]
             async fn tenants_name_only_their_own_jobs_and_groups() {
                 super::tenants_name_only_their_own_jobs_and_groups(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn schedules_fire_each_tick_once() {
+                super::schedules_fire_each_tick_once(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn a_refused_fire_is_recorded() {
+                super::a_refused_fire_is_recorded(super::$backend().await).await;
             }
         }
     };

@@ -13,8 +13,8 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use crate::{
     domain::{
-        Dispatch, GroupEvent, GroupRecord, JobId, JobRecord, JobState, Outcome, QueueCounts, Quota,
-        ReadyJob,
+        Dispatch, GroupEvent, GroupRecord, JobId, JobRecord, JobState, NewSchedule, Outcome,
+        QueueCounts, Quota, ReadyJob, ScheduleKey, ScheduleRecord,
     },
     error::Result,
     telemetry::{Metrics, Tally},
@@ -99,6 +99,27 @@ pub trait Store: Send + Sync + 'static {
     async fn paused(&self) -> Result<Vec<String>>;
 
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>>;
+
+    /// Stores a new schedule; `ScheduleExists` if its tenant already has one by that name.
+    async fn create_schedule(&self, schedule: NewSchedule) -> Result<()>;
+
+    /// Pauses or resumes a schedule; `ScheduleNotFound` if there is none.
+    async fn pause_schedule(&self, key: ScheduleKey, paused: bool) -> Result<()>;
+
+    /// Removes a schedule (the jobs it fired stay); `ScheduleNotFound` if there is none.
+    async fn delete_schedule(&self, key: ScheduleKey) -> Result<()>;
+
+    async fn schedule(&self, key: ScheduleKey) -> Result<Option<ScheduleRecord>>;
+
+    /// Every schedule (`None`), or one tenant's (`Some("")`: those with no tenant).
+    async fn schedules(&self, tenant: Option<String>) -> Result<Vec<ScheduleRecord>>;
+
+    /// Fires one tick of a schedule in one transaction: checks it is still due (not paused,
+    /// after the last tick handled) and, with overlap `Skip`, that the previous job has ended;
+    /// stores the job through the submit path (idempotency and admission apply); and moves
+    /// the schedule's last fired tick. A tick that stores nothing is still recorded, with why.
+    /// The scheduler's own write: it waits for room rather than being refused.
+    async fn fire_schedule(&self, fire: Fire) -> Result<Fired>;
 
     /// What the writer has done since start.
     fn writer_stats(&self) -> WriterStats;
@@ -200,6 +221,28 @@ pub struct Submitted {
     pub state: JobState,
     /// Set when the job was stored ready to run (queued, with no unfinished dependencies).
     pub ready: Option<ReadyJob>,
+}
+
+/// One tick of a schedule to fire, with the job it submits (its idempotency key derived from
+/// the schedule and the tick).
+#[derive(Debug, Clone)]
+pub struct Fire {
+    pub key: ScheduleKey,
+    pub tick_ms: i64,
+    pub job: NewJob,
+}
+
+/// What firing a tick did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fired {
+    /// The tick's job was stored (or, `duplicate`, had been by an earlier fire of the tick).
+    Submitted(Submitted),
+    /// Overlap `Skip`: the previous job is still queued or running; the tick is passed over.
+    Overlapped,
+    /// Admission refused the job (`max_queued`); the tick is passed over, the reason kept.
+    Refused(String),
+    /// Nothing to do: the schedule is gone or paused, or the tick was handled already.
+    Stale,
 }
 
 /// Give a queued job to a worker session.

@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0003_store_probe.sql"),
     include_str!("../../../../migrations/sqlite/0004_groups_per_tenant.sql"),
     include_str!("../../../../migrations/sqlite/0005_idempotency_keys.sql"),
+    include_str!("../../../../migrations/sqlite/0006_schedules.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

@@ -12,6 +12,7 @@ mod cancel;
 mod lifecycle;
 mod migrate;
 mod read;
+mod schedules;
 mod submit;
 mod writer;
 
@@ -27,13 +28,13 @@ use rusqlite::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    CancelTarget, Cancelled, ListFilter, ListPage, Recovered, Store, StoreConfig, Submit,
-    Submitted, SyncMode, TransitionOutcome, Transitions, WriterStats,
+    CancelTarget, Cancelled, Fire, Fired, ListFilter, ListPage, Recovered, Store, StoreConfig,
+    Submit, Submitted, SyncMode, TransitionOutcome, Transitions, WriterStats,
 };
 use crate::{
     domain::{
-        AttemptOutcome, GroupEvent, GroupRecord, JobId, JobRecord, JobState, QueueCounts, Quota,
-        ReadyJob,
+        AttemptOutcome, GroupEvent, GroupRecord, JobId, JobRecord, JobState, NewSchedule,
+        QueueCounts, Quota, ReadyJob, ScheduleKey, ScheduleRecord,
     },
     error::{Error, Result},
     telemetry::Metrics,
@@ -215,6 +216,52 @@ impl Store for SqliteStore {
 
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>> {
         self.readers.run(read::queue_counts).await
+    }
+
+    async fn create_schedule(&self, schedule: NewSchedule) -> Result<()> {
+        self.call(|reply| Command::Admin {
+            op: AdminOp::CreateSchedule(Box::new(schedule)),
+            reply,
+        })
+        .await?
+    }
+
+    async fn pause_schedule(&self, key: ScheduleKey, paused: bool) -> Result<()> {
+        self.call(|reply| Command::Admin {
+            op: AdminOp::PauseSchedule { key, paused },
+            reply,
+        })
+        .await?
+    }
+
+    async fn delete_schedule(&self, key: ScheduleKey) -> Result<()> {
+        self.call(|reply| Command::Admin {
+            op: AdminOp::DeleteSchedule(key),
+            reply,
+        })
+        .await?
+    }
+
+    async fn schedule(&self, key: ScheduleKey) -> Result<Option<ScheduleRecord>> {
+        self.readers
+            .run(move |conn| schedules::get(conn, &key))
+            .await
+    }
+
+    async fn schedules(&self, tenant: Option<String>) -> Result<Vec<ScheduleRecord>> {
+        self.readers
+            .run(move |conn| schedules::list(conn, tenant.as_deref()))
+            .await
+    }
+
+    async fn fire_schedule(&self, fire: Fire) -> Result<Fired> {
+        // The firing task's own write: like the scheduler's, it waits for room instead of
+        // being refused, so a busy write queue delays a tick but does not drop it.
+        self.call_first(|reply| Command::Fire {
+            fire: Box::new(fire),
+            reply,
+        })
+        .await?
     }
 
     fn writer_stats(&self) -> WriterStats {

@@ -12,11 +12,13 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Counters, cancel, lifecycle, submit};
+use super::{Counters, cancel, lifecycle, schedules, submit};
 use crate::{
-    domain::{JobId, Quota, ReadyJob, now_ms},
+    domain::{JobId, NewSchedule, Quota, ReadyJob, ScheduleKey, now_ms},
     error::{Error, Result, StoreFault},
-    store::{CancelTarget, Cancelled, Submit, Submitted, TransitionOutcome, Transitions},
+    store::{
+        CancelTarget, Cancelled, Fire, Fired, Submit, Submitted, TransitionOutcome, Transitions,
+    },
     telemetry::{Metrics, Tally},
 };
 
@@ -49,6 +51,11 @@ pub(super) enum Command {
     Recover {
         reply: oneshot::Sender<Result<Vec<ReadyJob>>>,
     },
+    /// One tick of a schedule: its job and its last fired tick, together.
+    Fire {
+        fire: Box<Fire>,
+        reply: oneshot::Sender<Result<Fired>>,
+    },
     /// A small real write: can the store commit again?
     Probe {
         reply: oneshot::Sender<Result<()>>,
@@ -63,6 +70,9 @@ pub(super) enum Command {
 pub(super) enum AdminOp {
     SetQuota(Quota),
     Pause { queue: String, paused: bool },
+    CreateSchedule(Box<NewSchedule>),
+    PauseSchedule { key: ScheduleKey, paused: bool },
+    DeleteSchedule(ScheduleKey),
 }
 
 /// The writer's two inputs.
@@ -119,6 +129,7 @@ enum Pending {
         oneshot::Sender<Result<Vec<ReadyJob>>>,
         Result<Vec<ReadyJob>>,
     ),
+    Fire(oneshot::Sender<Result<Fired>>, Result<Fired>),
     Probe(oneshot::Sender<Result<()>>, Result<()>),
     Close(oneshot::Sender<()>),
 }
@@ -169,6 +180,7 @@ impl Pending {
             Pending::Requeue(tx, r) => answer(tx, r, commit),
             Pending::Admin(tx, r) => answer(tx, r, commit),
             Pending::Recover(tx, r) => answer(tx, r, commit),
+            Pending::Fire(tx, r) => answer(tx, r, commit),
             Pending::Probe(tx, r) => answer(tx, r, commit),
             Pending::Close(tx) => drop(tx.send(())),
         }
@@ -182,6 +194,7 @@ impl Pending {
             Pending::Requeue(_, r) => fault_of(r),
             Pending::Admin(_, r) => fault_of(r),
             Pending::Recover(_, r) => fault_of(r),
+            Pending::Fire(_, r) => fault_of(r),
             Pending::Probe(_, r) => fault_of(r),
             Pending::Close(_) => None,
         }
@@ -336,6 +349,18 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             Pending::Admin(reply, result)
         }
         Command::Recover { reply } => Pending::Recover(reply, savepoint(conn, lifecycle::recover)),
+        Command::Fire { fire, reply } => {
+            // Counted only if it commits, like every command's metrics.
+            let mut counted = Tally::default();
+            let result = savepoint(conn, |c| schedules::fire(c, &fire, &mut counted));
+            if let Ok(Fired::Submitted(s)) = &result
+                && !s.duplicate
+            {
+                *rows += 1;
+                tally.append(&mut counted);
+            }
+            Pending::Fire(reply, result)
+        }
         Command::Probe { reply } => Pending::Probe(reply, savepoint(conn, probe)),
         Command::Close { reply } => Pending::Close(reply),
     }
@@ -372,6 +397,7 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
         Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
         Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
         Command::Recover { reply } => Pending::Recover(reply, Ok(vec![])),
+        Command::Fire { reply, .. } => Pending::Fire(reply, Ok(Fired::Stale)),
         Command::Probe { reply } => Pending::Probe(reply, Ok(())),
         Command::Close { reply } => Pending::Close(reply),
     };
@@ -427,6 +453,9 @@ fn admin(conn: &Connection, op: &AdminOp) -> Result<()> {
             conn.prepare_cached("DELETE FROM paused_queues WHERE queue = ?1")?
                 .execute(params![queue])?;
         }
+        AdminOp::CreateSchedule(schedule) => schedules::create(conn, schedule)?,
+        AdminOp::PauseSchedule { key, paused } => schedules::set_paused(conn, key, *paused)?,
+        AdminOp::DeleteSchedule(key) => schedules::delete(conn, key)?,
     }
     Ok(())
 }
