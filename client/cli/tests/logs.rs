@@ -84,3 +84,30 @@ async fn a_bad_log_format_is_refused_before_starting() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--log-format"), "{stderr}");
 }
+
+/// A binary that cannot start says why in one more JSON line, not in Rust's `Error:` text.
+#[tokio::test]
+async fn a_failed_start_is_a_json_error_line() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let output = tokio::process::Command::new(switchyard_testkit::bin("switchyard-server"))
+        .args(["--log-format", "json", "--listen", &addr, "--db"])
+        .arg(format!("sqlite://{}", dir.path().join("db").display()))
+        .output()
+        .await
+        .expect("run switchyard-server");
+    assert!(!output.status.success(), "{output:?}");
+    let lines = json_lines(
+        "switchyard-server",
+        &String::from_utf8_lossy(&output.stderr),
+    );
+    let last = lines.last().expect("a line");
+    assert_eq!(last["level"], "ERROR", "{lines:?}");
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("binding {addr}"))),
+        "{last}"
+    );
+}
