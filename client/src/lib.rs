@@ -223,16 +223,16 @@ impl Client {
                 request.set_timeout(left.max(Duration::from_millis(1)));
             }
             let metadata = request.metadata_mut();
-            let mut pairs = vec![
+            let context = [
+                ("traceparent", &parent.traceparent),
+                ("tracestate", &parent.tracestate),
+            ];
+            let pairs = [
                 ("x-switchyard-parent-job", &parent.job_id),
                 ("x-tenant-id", &parent.tenant_id),
-            ];
-            if !traced {
-                pairs.extend([
-                    ("traceparent", &parent.traceparent),
-                    ("tracestate", &parent.tracestate),
-                ]);
-            }
+            ]
+            .into_iter()
+            .chain(context.into_iter().filter(|_| !traced));
             for (key, value) in pairs {
                 // A value that is not valid metadata is left out rather than failing the call.
                 if let (false, Ok(value)) = (value.is_empty(), value.parse()) {

@@ -1,18 +1,31 @@
 //! `switchyard-server`: parses flags, installs logging, binds, and runs the coordinator.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use switchyard_server::ServerArgs;
 use switchyard_telemetry::logging;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = ServerArgs::parse();
+    let log_format = args.log_format;
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            logging::exit_error(log_format, &err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: ServerArgs) -> anyhow::Result<()> {
     logging::init(
         args.log_format,
         logging::Filter::try_new(&args.log).context("--log")?,
     )?;
-    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when main returns.
+    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when `run` returns.
     let _traces = switchyard_telemetry::init_from_env("switchyard-coordinator");
     // Failpoints from FAILPOINTS, in a build made for tests (elsewhere there are none).
     let _failpoints = fail::FailScenario::setup();

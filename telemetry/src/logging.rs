@@ -93,6 +93,18 @@ pub fn init(format: Format, filter: Filter) -> Result<(), TryInitError> {
     }
 }
 
+/// Reports the error a binary exits with. In `json`, once the subscriber is installed, it is
+/// one more JSON line (level `ERROR`, the error and its causes as the message), so that a log
+/// shipper sees why the process ended; otherwise it is written as Rust writes an error that
+/// `main` returns (`Error: …` and its causes).
+pub fn exit_error(format: Format, error: &(impl fmt::Display + fmt::Debug)) {
+    if format == Format::Json && tracing::dispatcher::has_been_set() {
+        tracing::error!("{error:#}");
+    } else {
+        eprintln!("Error: {error:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

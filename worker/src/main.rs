@@ -6,7 +6,7 @@
 //! each time a coordinator welcomes the worker (scripts and tests wait for it); logs go to
 //! stderr.
 
-use std::{io::Write, time::Duration};
+use std::{io::Write, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, builder::TypedValueParser as _, error::ErrorKind};
@@ -143,13 +143,24 @@ impl Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = Args::parse();
+    let log_format = args.log_format;
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            logging::exit_error(log_format, &err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     logging::init(
         args.log_format,
         logging::Filter::try_new(&args.log).context("--log")?,
     )?;
-    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when main returns.
+    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when `run` returns.
     let _traces = switchyard_telemetry::init_from_env("switchyard-worker");
 
     // Refuse a configuration that cannot work before connecting, as clap refuses a bad flag.

@@ -84,3 +84,80 @@ async fn a_bad_log_format_is_refused_before_starting() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--log-format"), "{stderr}");
 }
+
+/// A binary that cannot start says why in one more JSON line, not in Rust's `Error:` text.
+#[tokio::test]
+async fn a_failed_start_is_a_json_error_line() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let output = tokio::process::Command::new(switchyard_testkit::bin("switchyard-server"))
+        .args(["--log-format", "json", "--listen", &addr, "--db"])
+        .arg(format!("sqlite://{}", dir.path().join("db").display()))
+        .output()
+        .await
+        .expect("run switchyard-server");
+    assert!(!output.status.success(), "{output:?}");
+    let lines = json_lines(
+        "switchyard-server",
+        &String::from_utf8_lossy(&output.stderr),
+    );
+    let last = lines.last().expect("a line");
+    assert_eq!(last["level"], "ERROR", "{lines:?}");
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("binding {addr}"))),
+        "{last}"
+    );
+}
+
+/// `dev --log-format json` passes the format to the coordinator and the workers it starts.
+#[tokio::test]
+async fn dev_passes_the_format_to_its_children() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log = std::fs::File::create(dir.path().join("dev.log")).expect("create dev.log");
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--log-format", "json", "dev", "--listen", "127.0.0.1:0"])
+        .args(["--workers", "1", "--drain-grace", "1s"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start switchyard dev");
+    let stdout = dev.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    // The banner's last line: by then the coordinator and the worker have started.
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("dev is ready within a minute")
+            .expect("read dev's stdout")
+            .expect("dev printed its banner");
+        if line.starts_with("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let pid = nix::unistd::Pid::from_raw(dev.id().expect("dev's pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM dev");
+    let status = dev.wait().await.expect("dev exits");
+    assert!(status.success(), "{status}");
+
+    // dev's own words to a person stay text; its children's logs are JSON lines.
+    let log = std::fs::read_to_string(dir.path().join("dev.log")).expect("read dev.log");
+    let children: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    for message in ["coordinator starting", "worker starting"] {
+        assert!(
+            has_message(&children, "INFO", message),
+            "{message:?} is not a JSON line in:\n{log}"
+        );
+    }
+}
