@@ -394,3 +394,56 @@ async fn a_bad_cron_or_time_zone_is_refused_naming_the_field() {
     assert!(client.schedules().await.expect("list").is_empty());
     assert_nothing_stored(&client).await;
 }
+
+#[tokio::test]
+async fn tenant_bound_tokens_see_and_manage_only_their_own_schedules() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("tokens");
+    std::fs::write(
+        &path,
+        "tok-acme acme client\ntok-globex globex client\ntok-admin * admin\n",
+    )
+    .expect("write the tokens file");
+    let path = path.to_str().expect("a UTF-8 path").to_owned();
+    let coordinator = Coordinator::start_with(&["--tokens", path.as_str()]).await;
+    let channel = support::connect(&coordinator).await.channel().clone();
+    let as_token = |token: &str| {
+        Client::from_channel(channel.clone())
+            .with_token(token)
+            .expect("a printable token")
+    };
+    let (acme, globex, admin) = (
+        as_token("tok-acme"),
+        as_token("tok-globex"),
+        as_token("tok-admin"),
+    );
+    acme.create_schedule(schedule("tick", MisfirePolicy::Skip, OverlapPolicy::Skip))
+        .await
+        .expect("acme's");
+    assert!(globex.schedules().await.expect("list").is_empty());
+    // Naming another tenant does not reach past the token's own.
+    let posing = as_token("tok-globex").with_tenant("acme").expect("tenant");
+    assert!(posing.schedules().await.expect("list").is_empty());
+    for result in [
+        globex.pause_schedule("tick", true).await.map(drop),
+        posing.delete_schedule("tick").await,
+    ] {
+        assert_eq!(
+            result.expect_err("not globex's").code(),
+            Some(Code::NotFound)
+        );
+    }
+    let all = admin
+        .schedules()
+        .await
+        .expect("an admin sees every tenant's");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].tenant_id, "acme");
+    // The fired job is acme's: acme sees it, globex does not.
+    let job = eventually("acme's schedule fires", || async {
+        all_jobs(&acme).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(job.tenant_id, "acme");
+    assert!(all_jobs(&globex).await.is_empty());
+}
