@@ -388,7 +388,7 @@ async fn sigterm_drains_the_python_worker() {
     let mut py = PyWorker::start(
         &coordinator,
         "py-1",
-        &["--queues", "py", "--slots", "2", "--drain-grace", "1"],
+        &["--queues", "py", "--slots", "2", "--drain-grace", "2"],
     )
     .await;
     let short = client
