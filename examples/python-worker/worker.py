@@ -73,7 +73,10 @@ class Session:
         self.call = self.stub.Connect(self.requests())
         try:
             responses = iter(self.call)
+            no_welcome = threading.Timer(10, self.call.cancel)  # a hung connect gives up
+            no_welcome.start()
             first = next(responses)
+            no_welcome.cancel()
             if first.WhichOneof("message") != "welcome":
                 raise RuntimeError(f"expected a welcome, got {first}")
             self.max_result = first.welcome.max_result_bytes or 8 << 20
@@ -183,15 +186,17 @@ class Session:
 def main():
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    stub = pb_grpc.WorkerServiceStub(grpc.insecure_channel(args.coordinator))
     backoff = 0.1
     while not stopping.is_set():
-        session = Session(stub)
+        # A fresh channel each time: our backoff, not grpc's (which grows to minutes), decides.
+        channel = grpc.insecure_channel(args.coordinator)
         try:
-            session.run()
+            Session(pb_grpc.WorkerServiceStub(channel)).run()
             backoff = 0.1
         except (grpc.RpcError, RuntimeError, StopIteration) as e:
             log.warning("connect: %s", e.details() if isinstance(e, grpc.RpcError) else e)
+        finally:
+            channel.close()
         stopping.wait(backoff)  # reconnect with backoff, unless told to stop
         backoff = min(backoff * 2, 5.0)
     log.info("stopped")

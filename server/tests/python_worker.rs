@@ -167,17 +167,22 @@ impl PyWorker {
             id: id.to_owned(),
             dir,
         };
-        let line = tokio::time::timeout(PATIENCE, worker.stdout.next_line())
+        worker.next_connected().await;
+        worker
+    }
+
+    /// Waits for the next `python-worker <id> connected` line: it was welcomed (again).
+    async fn next_connected(&mut self) {
+        let line = tokio::time::timeout(PATIENCE, self.stdout.next_line())
             .await
-            .unwrap_or_else(|_| panic!("no welcome in time; its log:\n{}", worker.log()))
+            .unwrap_or_else(|_| panic!("no welcome in time; its log:\n{}", self.log()))
             .expect("read the worker's stdout");
         assert_eq!(
             line.as_deref(),
-            Some(format!("python-worker {id} connected").as_str()),
+            Some(format!("python-worker {} connected", self.id).as_str()),
             "the Python worker did not connect; its log:\n{}",
-            worker.log()
+            self.log()
         );
-        worker
     }
 
     fn log(&self) -> String {
@@ -383,7 +388,7 @@ async fn sigterm_drains_the_python_worker() {
     let mut py = PyWorker::start(
         &coordinator,
         "py-1",
-        &["--queues", "py", "--slots", "2", "--drain-grace", "1"],
+        &["--queues", "py", "--slots", "2", "--drain-grace", "2"],
     )
     .await;
     let short = client
@@ -413,4 +418,27 @@ async fn sigterm_drains_the_python_worker() {
         client.workers().await.ok()?.is_empty().then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_python_worker_reconnects_after_a_coordinator_restart() {
+    let (mut coordinator, client) = coordinator().await;
+    let mut py = PyWorker::start(&coordinator, "py-1", &["--queues", "py"]).await;
+    // SIGTERM: the coordinator sends `Drain` and ends the stream; the worker reconnects (with
+    // backoff) to the coordinator started again on the same port and database.
+    assert!(coordinator.terminate().await.success());
+    coordinator.restart().await;
+    py.next_connected().await;
+    let job = client
+        .submit(JobSpec::new("py", "upper").payload("again"))
+        .await
+        .expect("submit");
+    let job = finished(&client, &job.job_id).await;
+    assert_eq!(
+        (job.state(), job.output.as_slice(), job.worker_id.as_str()),
+        (JobState::Succeeded, b"AGAIN".as_slice(), "py-1"),
+        "the worker's log:\n{}",
+        py.log()
+    );
+    assert!(py.log().contains("the coordinator drains"), "{}", py.log());
 }
