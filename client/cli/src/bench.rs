@@ -346,21 +346,7 @@ async fn fleet(
     let fleet = Fleet::start(&args, log_format).await?;
     let client = Client::connect(fleet.url.clone()).await?;
     // Baseline: the same number of bare unary calls, 100 in flight, on the same server.
-    let health = {
-        let channel = client.channel().clone();
-        move |_| {
-            let mut health = HealthClient::new(channel.clone());
-            async move {
-                health
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await?;
-                Ok(())
-            }
-        }
-    };
-    let baseline = drive(100, args.count, health).await;
+    let baseline = baseline(&client, args.count).await;
     let plain = |i: u64| JobSpec::new("bench", "echo").payload(format!("{i}"));
     // Warm up the workers and the store.
     run_group(&client, "bench", 500.min(args.count), plain).await?;

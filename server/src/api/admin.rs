@@ -1,0 +1,241 @@
+//! `AdminService`: quotas, queue control, workers, numbers and schedules — run-time control
+//! for operators (and, for schedules, for each tenant).
+
+use super::*;
+
+/// `AdminService`: quotas, queue control, workers and numbers.
+#[derive(Clone)]
+pub struct AdminApi {
+    store: Arc<dyn Store>,
+    scheduler: Scheduler,
+    ticker: Ticker,
+}
+
+impl AdminApi {
+    pub fn new(store: Arc<dyn Store>, scheduler: Scheduler, ticker: Ticker) -> Self {
+        AdminApi {
+            store,
+            scheduler,
+            ticker,
+        }
+    }
+
+    /// The namespace a caller's schedules live in: its token's tenant, or (an admin or an
+    /// open coordinator) the `x-tenant-id` it names, `""` for none.
+    fn schedule_tenant<T>(request: &Request<T>) -> Result<String> {
+        let identity = Identity::of(request);
+        if identity.authenticated && identity.tenant.is_some() {
+            return Ok(identity.tenant.unwrap_or_default());
+        }
+        Ok(context(request.metadata(), None)?
+            .tenant_id
+            .unwrap_or_default())
+    }
+
+    fn schedule_key<T>(request: &Request<T>, id: &str) -> Result<ScheduleKey> {
+        validate::name("schedule_id", id)?;
+        Ok(ScheduleKey {
+            tenant: Self::schedule_tenant(request)?,
+            id: id.to_owned(),
+        })
+    }
+
+    /// Pauses or resumes a schedule and tells the ticker; returns it afterwards.
+    async fn pause_schedule(&self, key: ScheduleKey, paused: bool) -> Result<v1::Schedule> {
+        self.store.pause_schedule(key.clone(), paused).await?;
+        self.ticker.changed(key.clone()).await;
+        let record = self
+            .store
+            .schedule(key.clone())
+            .await?
+            .ok_or(Error::ScheduleNotFound(key.id))?;
+        Ok(convert::schedule(record, now_ms()))
+    }
+
+    /// Pauses or resumes a queue; returns every paused queue afterwards.
+    async fn pause(&self, queue: String, paused: bool) -> Result<Vec<String>> {
+        validate::name("queue", &queue)?;
+        self.store.pause(queue.clone(), paused).await?;
+        if let Err(err) = self.scheduler.pause(queue, paused).await {
+            tracing::warn!(cause = %err, "the scheduler takes the pause at its next start");
+        }
+        self.store.paused().await
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn set_quota(
+        &self,
+        request: Request<v1::SetQuotaRequest>,
+    ) -> Result<Response<v1::Quota>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
+        let quota = request
+            .into_inner()
+            .quota
+            .ok_or_else(|| Error::invalid("quota", "is required"))?;
+        let quota = validate::quota(quota)?;
+        self.store.set_quota(quota.clone()).await?;
+        if let Err(err) = self.scheduler.set_quota(quota.clone()).await {
+            tracing::warn!(cause = %err, "the scheduler takes the quota at its next start");
+        }
+        Ok(Response::new(convert::quota(quota, 0, 0)))
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<v1::ListQuotasRequest>,
+    ) -> Result<Response<v1::ListQuotasResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
+        let quotas = self.store.quotas().await?;
+        let held = self
+            .scheduler
+            .held(quotas.iter().map(|(q, _)| q.scope.clone()).collect())
+            .await?;
+        let quotas = quotas
+            .into_iter()
+            .zip(held)
+            .map(|((quota, queued), held)| convert::quota(quota, held, queued))
+            .collect();
+        Ok(Response::new(v1::ListQuotasResponse { quotas }))
+    }
+
+    async fn pause_queue(
+        &self,
+        request: Request<v1::PauseQueueRequest>,
+    ) -> Result<Response<v1::PauseQueueResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
+        let queue = request.into_inner().queue;
+        let paused = self.pause(queue, true).await?;
+        Ok(Response::new(v1::PauseQueueResponse { paused }))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<v1::ResumeQueueRequest>,
+    ) -> Result<Response<v1::ResumeQueueResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
+        let queue = request.into_inner().queue;
+        let paused = self.pause(queue, false).await?;
+        Ok(Response::new(v1::ResumeQueueResponse { paused }))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
+        let workers = self.scheduler.workers().await?;
+        Ok(Response::new(v1::ListWorkersResponse {
+            workers: workers.into_iter().map(convert::worker).collect(),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<v1::StatsRequest>,
+    ) -> Result<Response<v1::StatsResponse>, Status> {
+        Identity::of(&request).require(Role::Admin)?;
+        let counts = self.store.queue_counts().await?;
+        let paused = self.store.paused().await?;
+        let mut queues: Vec<v1::QueueStats> =
+            counts.into_iter().map(convert::queue_stats).collect();
+        for queue in &mut queues {
+            queue.paused = paused.contains(&queue.queue);
+        }
+        // A paused queue with no jobs yet is still something an operator paused and must see.
+        for name in paused {
+            if !queues.iter().any(|q| q.queue == name) {
+                queues.push(v1::QueueStats {
+                    queue: name,
+                    paused: true,
+                    ..Default::default()
+                });
+            }
+        }
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        let workers = self.scheduler.workers().await?.len() as u32;
+        Ok(Response::new(v1::StatsResponse {
+            queues,
+            store: Some(convert::store_stats(self.store.writer_stats())),
+            workers,
+            refused_results: self.scheduler.refused_results(),
+        }))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<v1::CreateScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let tenant = Self::schedule_tenant(&request)?;
+        let schedule = request
+            .into_inner()
+            .schedule
+            .ok_or_else(|| Error::invalid("schedule", "is required"))?;
+        let schedule = validate::schedule(schedule, &tenant, now_ms())?;
+        let key = schedule.key.clone();
+        self.store.create_schedule(schedule).await?;
+        self.ticker.changed(key.clone()).await;
+        let record = self
+            .store
+            .schedule(key.clone())
+            .await?
+            .ok_or(Error::ScheduleNotFound(key.id))?;
+        Ok(Response::new(convert::schedule(record, now_ms())))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        let identity = Identity::of(&request);
+        identity.require(Role::Client)?;
+        // A tenant-bound caller sees its own; an admin sees every tenant's.
+        let tenant = match scope(&identity) {
+            Some(tenant) => Some(tenant),
+            None if request.metadata().contains_key("x-tenant-id") => {
+                Some(Self::schedule_tenant(&request)?)
+            }
+            None => None,
+        };
+        let now = now_ms();
+        let schedules = self
+            .store
+            .schedules(tenant)
+            .await?
+            .into_iter()
+            .map(|r| convert::schedule(r, now))
+            .collect();
+        Ok(Response::new(v1::ListSchedulesResponse { schedules }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<v1::PauseScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let key = Self::schedule_key(&request, &request.get_ref().schedule_id)?;
+        Ok(Response::new(self.pause_schedule(key, true).await?))
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<v1::ResumeScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let key = Self::schedule_key(&request, &request.get_ref().schedule_id)?;
+        Ok(Response::new(self.pause_schedule(key, false).await?))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<v1::DeleteScheduleRequest>,
+    ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
+        Identity::of(&request).require(Role::Client)?;
+        let key = Self::schedule_key(&request, &request.get_ref().schedule_id)?;
+        self.store.delete_schedule(key.clone()).await?;
+        self.ticker.changed(key).await;
+        Ok(Response::new(v1::DeleteScheduleResponse {}))
+    }
+}
