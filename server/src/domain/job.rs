@@ -5,6 +5,20 @@ use std::collections::BTreeMap;
 
 use super::{AttemptOutcome, JobId, JobState};
 
+/// Adds `n` to the field named after `state`, in a record with one count per state.
+macro_rules! count_in {
+    ($record:ident, $state:expr, $n:expr) => {
+        match $state {
+            JobState::Queued => $record.queued += $n,
+            JobState::Running => $record.running += $n,
+            JobState::Succeeded => $record.succeeded += $n,
+            JobState::Failed => $record.failed += $n,
+            JobState::Cancelled => $record.cancelled += $n,
+            JobState::DeadlineExceeded => $record.deadline_exceeded += $n,
+        }
+    };
+}
+
 /// What the scheduler needs of a queued job: where it goes and in what order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyJob {
@@ -179,14 +193,7 @@ impl GroupRecord {
 
     /// Counts one job in `state`.
     pub fn count(&mut self, state: JobState, n: u32) {
-        match state {
-            JobState::Queued => self.queued += n,
-            JobState::Running => self.running += n,
-            JobState::Succeeded => self.succeeded += n,
-            JobState::Failed => self.failed += n,
-            JobState::Cancelled => self.cancelled += n,
-            JobState::DeadlineExceeded => self.deadline_exceeded += n,
-        }
+        count_in!(self, state, n);
     }
 }
 
@@ -214,14 +221,7 @@ pub struct QueueCounts {
 
 impl QueueCounts {
     pub fn count(&mut self, state: JobState, n: u64) {
-        match state {
-            JobState::Queued => self.queued += n,
-            JobState::Running => self.running += n,
-            JobState::Succeeded => self.succeeded += n,
-            JobState::Failed => self.failed += n,
-            JobState::Cancelled => self.cancelled += n,
-            JobState::DeadlineExceeded => self.deadline_exceeded += n,
-        }
+        count_in!(self, state, n);
     }
 }
 

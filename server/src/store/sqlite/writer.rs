@@ -386,8 +386,10 @@ fn probe(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Answers a command of a batch that could not begin.
+/// Answers a command of a batch that could not begin, with the batch's error (`err` is always
+/// an `Err`: the placeholder results below are never sent).
 fn refuse(command: Command, err: &Result<(), Failed>) {
+    debug_assert!(err.is_err());
     let pending = match command {
         Command::Submit { reply, .. } => Pending::Submit(reply, Ok(vec![])),
         Command::Cancel { reply, .. } => Pending::Cancel(reply, Err(Error::ShuttingDown)),
