@@ -146,6 +146,8 @@ impl WorkerService for WorkerApi {
             session_id: id.to_string(),
             heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
             max_result_bytes: self.max_result_bytes as u64,
+            adopted: Vec::new(),
+            reconnect_grace: None,
         }));
         let kill = self.shutdown.child_token();
         let link = Link {
@@ -270,6 +272,7 @@ async fn session(
                     },
                     Some(worker_message::Message::Drain(_)) => scheduler.drain(id).await,
                     Some(worker_message::Message::Hello(_)) => break "a second hello".into(),
+                    Some(worker_message::Message::Progress(_)) => Ok(()),
                     None => Ok(()),
                 };
                 if forwarded.is_err() {
@@ -339,6 +342,7 @@ fn assignment(d: Dispatch) -> v1::Assignment {
         group_id: d.group_id.unwrap_or_default(),
         tenant_id: d.tenant_id.unwrap_or_default(),
         max_attempts: d.max_attempts,
+        checkpoint: Vec::new(),
     }
 }
 

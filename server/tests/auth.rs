@@ -107,6 +107,7 @@ async fn connect_worker(
             slots: 1,
             version: "test".into(),
             heartbeat_interval: None,
+            held: vec![],
         })),
     })
     .await

@@ -428,6 +428,7 @@ async fn a_worker_that_stops_reading_neither_grows_memory_nor_holds_up_the_other
             slots: 50,
             version: "test".into(),
             heartbeat_interval: None,
+            held: vec![],
         })))
         .await
         .expect("hello");

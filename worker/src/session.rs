@@ -243,6 +243,7 @@ impl Runner {
             slots: self.slots.free(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat_interval: self.config.heartbeat_interval.try_into().ok(),
+            held: Vec::new(),
         };
         let free = hello.slots;
         // The channel is new and empty: this cannot fail for lack of room.
@@ -457,6 +458,7 @@ impl Runner {
                 return Ok(Flow::Close(end));
             }
             Some(In::Welcome(_)) => warn!("ignoring a second welcome on the stream"),
+            Some(In::Hold(_)) => {}
             // A message from a newer coordinator that this worker does not know.
             None => debug!("ignoring an empty coordinator message"),
         }

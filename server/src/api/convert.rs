@@ -106,6 +106,7 @@ pub(crate) fn job(job: JobRecord, blocked: Option<Blocked>) -> v1::Job {
             .parent_job_id
             .map(|id| id.to_string())
             .unwrap_or_default(),
+        progress: None,
     }
 }
 
@@ -208,6 +209,7 @@ pub(crate) fn quota(q: Quota, held: u32, queued: u64) -> v1::Quota {
         burst: q.burst,
         held,
         queued,
+        attempt_timeout: None,
     }
 }
 
