@@ -3,6 +3,9 @@
 //! heartbeats both ways, and a stream that is silent, or whose worker no longer reads, is
 //! declared dead so that its jobs go back to the queue. With `api/`, the one place that
 //! converts between protobuf messages and the scheduler's terms ([`ToWorker`], [`Outcome`]).
+//! Progress reports go to the store on their own path (`progress.rs`).
+
+mod progress;
 
 use std::{
     pin::Pin,
@@ -31,6 +34,7 @@ use crate::{
     domain::{Dispatch, JobId, Outcome, now_ms},
     error::{Error, Result},
     scheduler::{Link, Scheduler, SessionInfo, ToWorker},
+    store::Store,
 };
 
 /// How long a new stream may take to say hello.
@@ -46,6 +50,8 @@ const MAX_QUEUES: usize = 256;
 #[derive(Clone)]
 pub struct WorkerApi {
     scheduler: Scheduler,
+    /// Where progress reports go (they do not pass the scheduler).
+    store: Arc<dyn Store>,
     heartbeat: Duration,
     /// The largest output a result may carry; a larger one fails its attempt, not the stream.
     max_result_bytes: usize,
@@ -57,6 +63,7 @@ pub struct WorkerApi {
 impl WorkerApi {
     pub fn new(
         scheduler: Scheduler,
+        store: Arc<dyn Store>,
         heartbeat: Duration,
         max_result_bytes: usize,
         shutdown: CancellationToken,
@@ -64,6 +71,7 @@ impl WorkerApi {
     ) -> Self {
         WorkerApi {
             scheduler,
+            store,
             heartbeat,
             max_result_bytes,
             shutdown,
@@ -177,8 +185,11 @@ impl WorkerService for WorkerApi {
             interval,
             max_result_bytes: self.max_result_bytes,
         };
+        let (reports, writer) = progress::Reports::start(self.store.clone(), id);
+        self.sessions.spawn(writer);
         self.sessions.spawn(session(
             self.scheduler.clone(),
+            reports,
             terms,
             inbound,
             control,
@@ -214,6 +225,7 @@ struct Terms {
 /// Forwards the worker's messages and watches the stream's liveness until it ends.
 async fn session(
     scheduler: Scheduler,
+    reports: progress::Reports,
     terms: Terms,
     mut inbound: Streaming<WorkerMessage>,
     outbound: mpsc::Sender<CoordinatorMessage>,
@@ -259,6 +271,8 @@ async fn session(
                     Some(worker_message::Message::Result(r)) => match r.job_id.parse::<JobId>() {
                         Ok(job_id) => {
                             let outcome = bounded(outcome(r.outcome), max_result_bytes);
+                            // Progress the attempt sent before its result is stored first.
+                            reports.written(job_id, r.attempt).await;
                             scheduler.result(id, job_id, r.attempt, outcome).await
                         }
                         Err(_) => {
@@ -272,7 +286,10 @@ async fn session(
                     },
                     Some(worker_message::Message::Drain(_)) => scheduler.drain(id).await,
                     Some(worker_message::Message::Hello(_)) => break "a second hello".into(),
-                    Some(worker_message::Message::Progress(_)) => Ok(()),
+                    Some(worker_message::Message::Progress(p)) => {
+                        reports.add(id, p);
+                        Ok(())
+                    }
                     None => Ok(()),
                 };
                 if forwarded.is_err() {
@@ -301,6 +318,8 @@ async fn session(
             }
         }
     };
+    // What the attempts reported before the stream ended is stored before they end.
+    reports.close().await;
     let _ = scheduler.disconnect(id, reason).await;
 }
 
@@ -342,7 +361,7 @@ fn assignment(d: Dispatch) -> v1::Assignment {
         group_id: d.group_id.unwrap_or_default(),
         tenant_id: d.tenant_id.unwrap_or_default(),
         max_attempts: d.max_attempts,
-        checkpoint: Vec::new(),
+        checkpoint: d.checkpoint.unwrap_or_default(),
     }
 }
 

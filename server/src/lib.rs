@@ -124,6 +124,7 @@ pub async fn run_with(
         admin: api::AdminApi::new(store.clone(), scheduler.clone(), ticker),
         workers: dispatch::WorkerApi::new(
             scheduler,
+            store.clone(),
             config.heartbeat_interval,
             config.max_result_bytes,
             inner.clone(),

@@ -34,6 +34,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("switchyard_store_commits_total", "counter"),
     ("switchyard_store_faults_total", "counter"),
     ("switchyard_store_healthy", "gauge"),
+    ("switchyard_progress_reports_total", "counter"),
 ];
 
 async fn coordinator(extra: &[&str]) -> (Coordinator, Client, SocketAddr) {

@@ -1,5 +1,6 @@
 //! The built-in kinds of `switchyard-worker`, for demos, load tests and faults: `echo`,
-//! `sleep`, `fail`, `panic` and `sha256`.
+//! `sleep`, `fail`, `panic`, `sha256`, `hang`, `fanout`, and `steps` (progress and
+//! checkpoints).
 
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::{Error, JobContext, JobError, JobResult, Worker};
 
 /// Every built-in kind, in the order `--help` lists them.
-pub const KINDS: &[&str] = &["echo", "sleep", "fail", "panic", "sha256", "hang", "fanout"];
+pub const KINDS: &[&str] = &[
+    "echo", "sleep", "fail", "panic", "sha256", "hang", "fanout", "steps",
+];
 
 /// Registers the built-in kinds on `worker`: all of them, or only those named in `only`.
 /// Names that are not built-in kinds are an error.
@@ -42,6 +45,9 @@ pub fn register(mut worker: Worker, only: Option<&[String]>) -> Result<Worker, E
     }
     if wanted("fanout") {
         worker = worker.handle("fanout", fanout);
+    }
+    if wanted("steps") {
+        worker = worker.handle("steps", steps);
     }
     Ok(worker)
 }
@@ -99,6 +105,93 @@ pub async fn fanout(ctx: JobContext) -> JobResult {
         outputs.push(job.output);
     }
     Ok(outputs.join(&b'\n'))
+}
+
+/// Payload = `N [MS] [fail@K]`: N steps (1..=1000000) of MS milliseconds each (default 100).
+/// After each step it checkpoints the step reached and reports progress (`step i of N`). It
+/// starts from the checkpoint of an earlier attempt, if there is one. With `fail@K`, an
+/// attempt that started from nothing fails (retryable, no backoff) right after checkpointing
+/// step K, so that the retry resumes there. Output = `N steps, resumed from step S` (S = 0
+/// for a fresh start).
+pub async fn steps(ctx: JobContext) -> JobResult {
+    let plan = Steps::parse(&ctx.payload)?;
+    let from = match ctx.last_checkpoint() {
+        None => 0,
+        Some(checkpoint) => std::str::from_utf8(checkpoint)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .filter(|step| *step <= plan.count)
+            .ok_or_else(|| {
+                JobError::fatal(format!(
+                    "steps: the checkpoint is not a step of {}: {:?}",
+                    plan.count,
+                    String::from_utf8_lossy(checkpoint)
+                ))
+            })?,
+    };
+    let fresh = ctx.last_checkpoint().is_none();
+    for step in from + 1..=plan.count {
+        tokio::select! {
+            () = tokio::time::sleep(plan.each) => {}
+            () = ctx.cancelled() => return Err(JobError::cancelled("steps: cancelled")),
+        }
+        ctx.checkpoint(step.to_string())?;
+        ctx.progress(
+            step as f64 / plan.count as f64,
+            format!("step {step} of {}", plan.count),
+        )?;
+        if fresh && plan.fail_after == Some(step) {
+            return Err(JobError::retry_after(
+                format!("steps: failing once after step {step}, as asked"),
+                Duration::ZERO,
+            ));
+        }
+    }
+    Ok(format!("{} steps, resumed from step {from}", plan.count).into_bytes())
+}
+
+/// What a `steps` payload asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct Steps {
+    count: u64,
+    each: Duration,
+    fail_after: Option<u64>,
+}
+
+impl Steps {
+    fn parse(payload: &[u8]) -> Result<Steps, JobError> {
+        let bad = || {
+            JobError::fatal(format!(
+                "steps: payload must be `N [MS] [fail@K]` with N in 1..=1000000, got {:?}",
+                String::from_utf8_lossy(payload)
+            ))
+        };
+        let text = std::str::from_utf8(payload).map_err(|_| bad())?;
+        let mut words = text.split_whitespace();
+        let count = words
+            .next()
+            .and_then(|n| n.parse().ok())
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(bad)?;
+        let mut plan = Steps {
+            count,
+            each: Duration::from_millis(100),
+            fail_after: None,
+        };
+        for word in words {
+            if let Some(k) = word.strip_prefix("fail@") {
+                plan.fail_after = Some(
+                    k.parse()
+                        .ok()
+                        .filter(|k| (1..=count).contains(k))
+                        .ok_or_else(bad)?,
+                );
+            } else {
+                plan.each = Duration::from_millis(word.parse().map_err(|_| bad())?);
+            }
+        }
+        Ok(plan)
+    }
 }
 
 /// Output = payload.
@@ -235,11 +328,80 @@ mod tests {
     }
 
     #[test]
+    fn steps_payloads() {
+        assert_eq!(
+            Steps::parse(b"10"),
+            Ok(Steps {
+                count: 10,
+                each: Duration::from_millis(100),
+                fail_after: None
+            })
+        );
+        assert_eq!(
+            Steps::parse(b" 5 20 fail@3\n"),
+            Ok(Steps {
+                count: 5,
+                each: Duration::from_millis(20),
+                fail_after: Some(3)
+            })
+        );
+        for bad in [
+            &b""[..],
+            b"0",
+            b"x",
+            b"5 fast",
+            b"5 fail@6",
+            b"5 fail@0",
+            b"\xff",
+        ] {
+            assert!(
+                matches!(Steps::parse(bad), Err(JobError::Fatal { .. })),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steps_fail_once_and_resume_from_their_checkpoint() {
+        let first = ctx("steps", "4 10 fail@2");
+        let failed = steps(first).await;
+        assert!(
+            matches!(&failed, Err(JobError::Retry { after: Some(d), .. }) if d.is_zero()),
+            "{failed:?}"
+        );
+
+        let mut again = JobContext::from_assignment(
+            switchyard_proto::v1::Assignment {
+                job_id: "job-1".into(),
+                attempt: 2,
+                kind: "steps".into(),
+                payload: b"4 10 fail@2".to_vec(),
+                checkpoint: b"2".to_vec(),
+                ..Default::default()
+            },
+            crate::CancellationToken::new(),
+            None,
+        );
+        assert_eq!(again.last_checkpoint(), Some(&b"2"[..]));
+        again.attempt = 2;
+        assert_eq!(
+            steps(again).await,
+            Ok(b"4 steps, resumed from step 2".to_vec())
+        );
+        assert_eq!(
+            steps(ctx("steps", "3 0")).await,
+            Ok(b"3 steps, resumed from step 0".to_vec())
+        );
+    }
+
+    #[test]
     fn register_all_or_some() {
         let all = register(Worker::new(WorkerConfig::default()), None).expect("all");
         assert_eq!(
             all.kinds(),
-            ["echo", "fail", "fanout", "hang", "panic", "sha256", "sleep"]
+            [
+                "echo", "fail", "fanout", "hang", "panic", "sha256", "sleep", "steps"
+            ]
         );
 
         let only = ["sleep".to_owned(), "echo".to_owned()];

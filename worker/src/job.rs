@@ -15,6 +15,8 @@ use switchyard_proto::v1::{Assignment, AttemptResult, JobFailure, attempt_result
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
+use crate::progress::{self, ProgressError, Slot};
+
 /// One attempt of one job, as its handler sees it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -45,6 +47,12 @@ pub struct JobContext {
     pub cancellation: CancellationToken,
     /// The worker's connection to the coordinator, for calls made on this job's behalf.
     coordinator: Option<switchyard_client::Client>,
+    /// The checkpoint an earlier attempt stored (see [`JobContext::last_checkpoint`]).
+    checkpoint: Option<Vec<u8>>,
+    /// This attempt's report waiting to be sent, and the worker's queue of such (none for a
+    /// context made with [`JobContext::new`]: reports stay in the slot).
+    progress: Arc<Slot>,
+    reports: Option<progress::Queue>,
 }
 
 impl JobContext {
@@ -55,8 +63,10 @@ impl JobContext {
         kind: impl Into<String>,
         payload: impl Into<Vec<u8>>,
     ) -> JobContext {
+        let job_id = job_id.into();
         JobContext {
-            job_id: job_id.into(),
+            progress: Arc::new(Slot::new(job_id.clone(), 1)),
+            job_id,
             attempt: 1,
             max_attempts: 1,
             queue: "default".to_owned(),
@@ -71,6 +81,8 @@ impl JobContext {
             tracestate: String::new(),
             cancellation: CancellationToken::new(),
             coordinator: None,
+            checkpoint: None,
+            reports: None,
         }
     }
 
@@ -93,6 +105,10 @@ impl JobContext {
             payload = output.clone();
         }
         JobContext {
+            progress: Arc::new(Slot::new(assignment.job_id.clone(), assignment.attempt)),
+            reports: None,
+            // On the wire, an empty checkpoint is none.
+            checkpoint: (!assignment.checkpoint.is_empty()).then_some(assignment.checkpoint),
             job_id: assignment.job_id,
             attempt: assignment.attempt,
             max_attempts: assignment.max_attempts,
@@ -109,6 +125,43 @@ impl JobContext {
             cancellation,
             coordinator,
         }
+    }
+
+    /// Sends this attempt's reports to the worker's stream.
+    pub(crate) fn reporting_to(mut self, reports: progress::Queue) -> Self {
+        self.reports = Some(reports);
+        self
+    }
+
+    /// Reports how far the attempt has got: `fraction` from 0.0 to 1.0 and a short note (at
+    /// most 1 KiB). Stored with the job (the latest report wins) and shown by `Get`. Never
+    /// waits: a report goes out on the stream soon after, and one made while the worker is
+    /// between streams is kept (the latest per attempt) until it reconnects. Out-of-range
+    /// values are an error and send nothing.
+    pub fn progress(&self, fraction: f64, message: impl Into<String>) -> Result<(), ProgressError> {
+        let message = message.into();
+        progress::check(Some(fraction), Some(&message), None)?;
+        self.progress
+            .put(Some(fraction), Some(message), None, self.reports.as_ref());
+        Ok(())
+    }
+
+    /// Stores state to resume from (at most 1 MiB) with the job: if this attempt fails or is
+    /// lost, the job's next attempt receives the last checkpoint stored in
+    /// [`JobContext::last_checkpoint`]. Empty bytes remove the stored checkpoint. Sent as
+    /// [`JobContext::progress`] is.
+    pub fn checkpoint(&self, state: impl Into<Vec<u8>>) -> Result<(), ProgressError> {
+        let state = state.into();
+        progress::check(None, None, Some(&state))?;
+        self.progress
+            .put(None, None, Some(state), self.reports.as_ref());
+        Ok(())
+    }
+
+    /// The checkpoint an earlier attempt of this job stored last, to resume from; `None` for
+    /// a fresh start.
+    pub fn last_checkpoint(&self) -> Option<&[u8]> {
+        self.checkpoint.as_deref()
     }
 
     /// A client whose calls are made on this job's behalf: jobs it submits are this job's
@@ -487,6 +540,88 @@ mod tests {
         };
         let ctx = JobContext::from_assignment(own_payload, CancellationToken::new(), None);
         assert_eq!(ctx.payload, b"mine");
+    }
+
+    #[test]
+    fn progress_over_the_limits_is_refused_and_not_sent() {
+        let ctx = JobContext::new("j", "k", "");
+        for fraction in [-0.01, 1.01, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(ctx.progress(fraction, "x"), Err(ProgressError::Fraction(_))),
+                "{fraction}"
+            );
+        }
+        assert_eq!(
+            ctx.progress(0.5, "x".repeat(progress::MAX_PROGRESS_MESSAGE_BYTES + 1)),
+            Err(ProgressError::MessageTooLong {
+                len: progress::MAX_PROGRESS_MESSAGE_BYTES + 1
+            })
+        );
+        assert_eq!(
+            ctx.checkpoint(vec![0; progress::MAX_CHECKPOINT_BYTES + 1]),
+            Err(ProgressError::CheckpointTooLarge {
+                len: progress::MAX_CHECKPOINT_BYTES + 1
+            })
+        );
+        assert_eq!(ctx.progress.waiting(), None, "nothing refused is kept");
+        // At the limits, it goes.
+        ctx.progress(1.0, "x".repeat(progress::MAX_PROGRESS_MESSAGE_BYTES))
+            .expect("a fraction of 1 and a message of 1 KiB");
+        ctx.checkpoint(vec![7; progress::MAX_CHECKPOINT_BYTES])
+            .expect("a checkpoint of 1 MiB");
+        let waiting = ctx.progress.waiting().expect("a report waits");
+        assert_eq!(waiting.fraction, Some(1.0));
+        assert_eq!(
+            waiting.checkpoint.map(|c| c.len()),
+            Some(progress::MAX_CHECKPOINT_BYTES)
+        );
+        // A refused report is an error a handler can `?` into a failure not retried.
+        let error: JobError = ProgressError::Fraction(2.0).into();
+        assert!(matches!(error, JobError::Fatal { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn an_attempt_queues_one_report_however_often_it_reports() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let assignment = Assignment {
+            job_id: "j".into(),
+            attempt: 3,
+            ..Default::default()
+        };
+        let ctx = JobContext::from_assignment(assignment, CancellationToken::new(), None)
+            .reporting_to(tx);
+        ctx.checkpoint(b"c1".to_vec()).expect("checkpoint");
+        for i in 1..=100 {
+            ctx.progress(f64::from(i) / 100.0, format!("{i}"))
+                .expect("progress");
+        }
+        let slot = rx.try_recv().expect("the attempt's slot is queued");
+        assert!(rx.try_recv().is_err(), "queued once");
+        let sent = slot.take().expect("a report");
+        assert_eq!((sent.job_id.as_str(), sent.attempt), ("j", 3));
+        assert_eq!(sent.fraction, Some(1.0));
+        assert_eq!(sent.message.as_deref(), Some("100"));
+        assert_eq!(
+            sent.checkpoint.as_deref(),
+            Some(&b"c1"[..]),
+            "kept under later reports"
+        );
+        // Taken: the next report queues the slot again.
+        ctx.progress(0.5, "again").expect("progress");
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn an_assignment_brings_its_checkpoint() {
+        let resumed = Assignment {
+            checkpoint: b"step 4".to_vec(),
+            ..Default::default()
+        };
+        let ctx = JobContext::from_assignment(resumed, CancellationToken::new(), None);
+        assert_eq!(ctx.last_checkpoint(), Some(&b"step 4"[..]));
+        let fresh =
+            JobContext::from_assignment(Assignment::default(), CancellationToken::new(), None);
+        assert_eq!(fresh.last_checkpoint(), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod builtins;
 mod config;
 mod error;
 mod job;
+mod progress;
 mod session;
 mod slots;
 
@@ -39,6 +40,7 @@ use tokio::sync::watch;
 pub use config::WorkerConfig;
 pub use error::Error;
 pub use job::{BoxJobFuture, JobContext, JobError, JobResult};
+pub use progress::{MAX_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES, ProgressError};
 /// What [`Worker::run`] stops on and what a handler's context watches: re-exported so that a
 /// worker needs no `tokio-util` of its own.
 pub use tokio_util::sync::CancellationToken;

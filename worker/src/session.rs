@@ -24,6 +24,7 @@ use crate::{
     ConnectionState, Error, Worker, WorkerConfig,
     backoff::Backoff,
     job::{self, Handler, JobContext, JobResult},
+    progress,
     slots::{Admission, ReleaseReason, RunningJob, Slots},
 };
 
@@ -111,7 +112,12 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
             None => client,
         }
     };
+    // Each running attempt's slot is on it at most once (see `progress.rs`); handlers that
+    // outlive their stream keep theirs, hence the room.
+    let (progress_queue, progress) = mpsc::channel((config.slots as usize).saturating_mul(2) + 64);
     let mut runner = Runner {
+        progress_queue,
+        progress,
         slots: Slots::new(config.slots),
         tasks: JoinSet::new(),
         streams: 0,
@@ -174,6 +180,9 @@ struct Runner {
     welcomes: u64,
     /// The largest output a result may carry now: this worker's limit and the coordinator's.
     result_limit: usize,
+    /// Handlers' progress reports waiting to go out on the stream (see `progress.rs`).
+    progress_queue: progress::Queue,
+    progress: mpsc::Receiver<std::sync::Arc<progress::Slot>>,
     /// Results of handlers that returned between streams. They go out after the next hello:
     /// the coordinator's fence refuses those whose attempt has moved on (bounded by the
     /// slots, since each was a running handler).
@@ -367,6 +376,7 @@ impl Runner {
                     }
                 }
                 _ = ticker.tick() => outbox.send(heartbeats.next()).await.map(|()| Flow::Continue),
+                Some(slot) = self.progress.recv() => send_progress(&outbox, &slot).await.map(|()| Flow::Continue),
                 () = &mut silence => Err(StreamError::Silent(silence_limit)),
                 () = shutdown.cancelled(), if !draining => {
                     draining = true;
@@ -534,7 +544,8 @@ impl Runner {
             assignment.tracestate = tracestate;
         }
         let ctx =
-            JobContext::from_assignment(assignment, token.clone(), Some(self.coordinator.clone()));
+            JobContext::from_assignment(assignment, token.clone(), Some(self.coordinator.clone()))
+                .reporting_to(self.progress_queue.clone());
         let span = info_span!(
             "job",
             job.id = %ctx.job_id,
@@ -598,6 +609,14 @@ impl Runner {
             self.result_limit,
         );
         log_outcome(&result, panicked);
+        // What the handler reported before it returned goes first: the coordinator ignores
+        // progress of an attempt that has ended.
+        while let Ok(slot) = self.progress.try_recv() {
+            if let Err(err) = send_progress(outbox, &slot).await {
+                self.keep_late(result);
+                return Err(err);
+            }
+        }
         if let Err(err) = outbox.send(Message::Result(result.clone())).await {
             // The stream died under it: the result goes out on the next one.
             self.keep_late(result);
@@ -728,6 +747,14 @@ async fn run_handler(
                 "abandoned: it did not stop within {grace:?} of being cancelled"
             )))
         }
+    }
+}
+
+/// Sends the report waiting in an attempt's slot, if it is still there.
+async fn send_progress(outbox: &Outbox, slot: &progress::Slot) -> Result<(), StreamError> {
+    match slot.take() {
+        Some(report) => outbox.send(Message::Progress(report)).await,
+        None => Ok(()),
     }
 }
 

@@ -5,8 +5,8 @@ use switchyard_proto::v1;
 
 use crate::{
     domain::{
-        AttemptOutcome, AttemptRecord, Blocked, GroupEvent, GroupRecord, JobRecord, JobState,
-        Misfire, Overlap, QueueCounts, Quota, ScheduleRecord, Timetable, WorkerView,
+        AttemptOutcome, AttemptRecord, Blocked, GroupEvent, GroupRecord, JobProgress, JobRecord,
+        JobState, Misfire, Overlap, QueueCounts, Quota, ScheduleRecord, Timetable, WorkerView,
     },
     store::WriterStats,
 };
@@ -106,7 +106,17 @@ pub(crate) fn job(job: JobRecord, blocked: Option<Blocked>) -> v1::Job {
             .parent_job_id
             .map(|id| id.to_string())
             .unwrap_or_default(),
-        progress: None,
+        progress: job.progress.map(progress),
+    }
+}
+
+fn progress(p: JobProgress) -> v1::JobProgress {
+    v1::JobProgress {
+        attempt: p.attempt,
+        fraction: p.fraction,
+        message: p.message.unwrap_or_default(),
+        updated_at: Some(timestamp(p.updated_at_ms)),
+        checkpoint: p.checkpoint.unwrap_or_default(),
     }
 }
 

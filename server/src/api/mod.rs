@@ -913,6 +913,7 @@ mod tests {
             worker_id: None,
             attempts: vec![],
             waiting_for: vec![],
+            progress: None,
         };
         assert_eq!(
             explain(&job, now_ms()),

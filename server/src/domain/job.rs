@@ -70,6 +70,28 @@ pub struct Dispatch {
     pub group_id: Option<String>,
     pub tenant_id: Option<String>,
     pub max_attempts: u32,
+    /// The last checkpoint an earlier attempt stored, to resume from.
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+/// The longest progress message a report may carry, in bytes.
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+/// The largest checkpoint a report may carry, in bytes.
+pub const MAX_CHECKPOINT_BYTES: usize = 1024 * 1024;
+
+/// What a job's running attempts last reported (workers.proto point 8). Each field keeps its
+/// last value until a report sets it again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobProgress {
+    /// The attempt that reported last.
+    pub attempt: u32,
+    /// 0.0 to 1.0.
+    pub fraction: Option<f64>,
+    pub message: Option<String>,
+    pub updated_at_ms: i64,
+    /// The last checkpoint stored (by this attempt or an earlier one). Filled by `get`, not
+    /// by `list`: a page of jobs is bounded in bytes, and a checkpoint may be 1 MiB.
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// One attempt in a job's history.
@@ -119,6 +141,8 @@ pub struct JobRecord {
     pub attempts: Vec<AttemptRecord>,
     /// For a queued job: its dependencies that have not succeeded yet, in submission order.
     pub waiting_for: Vec<JobId>,
+    /// The latest progress its attempts reported, if any.
+    pub progress: Option<JobProgress>,
 }
 
 /// Why a queued job is not running.

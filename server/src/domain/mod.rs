@@ -10,8 +10,8 @@ pub mod schedule;
 use std::{fmt, str::FromStr};
 
 pub use job::{
-    AttemptRecord, Blocked, Dispatch, GroupEvent, GroupRecord, JobRecord, QueueCounts, Quota,
-    ReadyJob, WorkerView,
+    AttemptRecord, Blocked, Dispatch, GroupEvent, GroupRecord, JobProgress, JobRecord,
+    MAX_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES, QueueCounts, Quota, ReadyJob, WorkerView,
 };
 pub use schedule::{
     JobTemplate, Misfire, NewSchedule, Overlap, ScheduleKey, ScheduleRecord, Timetable,

@@ -69,6 +69,7 @@ fn dispatch(job_id: JobId, attempt: u32, ends_ms: Option<i64>) -> Dispatch {
         group_id: None,
         tenant_id: None,
         max_attempts: 3,
+        checkpoint: None,
     }
 }
 

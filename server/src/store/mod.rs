@@ -71,6 +71,12 @@ pub trait Store: Send + Sync + 'static {
     /// writes and are never refused for a full queue.
     async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome>;
 
+    /// Stores what running attempts reported (`Progress`), each field's latest value winning.
+    /// Fenced: a report changes its job only while its attempt is the job's current RUNNING
+    /// one; any other is ignored (and named in `ignored`). A client write: refused with
+    /// `Overloaded` when the write queue is full (progress is best effort).
+    async fn progress(&self, reports: Vec<ProgressReport>) -> Result<Progressed>;
+
     /// Sets a scope's limits; a quota with none set removes it.
     async fn set_quota(&self, quota: Quota) -> Result<()>;
 
@@ -261,6 +267,47 @@ pub struct Finish {
     pub job_id: JobId,
     pub attempt: u32,
     pub outcome: Outcome,
+}
+
+/// What one running attempt reported. A field left `None` keeps its stored value; an empty
+/// checkpoint removes the stored one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressReport {
+    pub job_id: JobId,
+    pub attempt: u32,
+    /// 0.0 to 1.0.
+    pub fraction: Option<f64>,
+    pub message: Option<String>,
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+impl ProgressReport {
+    /// Folds a later report of the same attempt into this one: what the later one sets wins,
+    /// what it leaves unset keeps this one's value.
+    pub fn merge(&mut self, later: ProgressReport) {
+        debug_assert_eq!((self.job_id, self.attempt), (later.job_id, later.attempt));
+        if later.fraction.is_some() {
+            self.fraction = later.fraction;
+        }
+        if later.message.is_some() {
+            self.message = later.message;
+        }
+        if later.checkpoint.is_some() {
+            self.checkpoint = later.checkpoint;
+        }
+    }
+}
+
+/// What a batch of progress reports did.
+#[derive(Debug, Default)]
+pub struct Progressed {
+    /// Reports stored.
+    pub stored: u32,
+    /// Reports whose attempt is not the job's current running one (or no such job): (job,
+    /// attempt).
+    pub ignored: Vec<(JobId, u32)>,
+    /// What metrics count of it; the backend records it once the transaction commits.
+    pub metrics: Tally,
 }
 
 /// Exponential backoff with full jitter between attempts.

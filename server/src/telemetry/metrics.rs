@@ -209,6 +209,7 @@ struct Inner {
     store_commits: Counter,
     store_faults: Family<FaultLabels, Counter>,
     store_healthy: Gauge,
+    progress_reports: Bounded<QueueLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -326,6 +327,12 @@ impl Metrics {
                 "1 while the store can commit, 0 while it cannot (health answers NOT_SERVING then)",
                 Gauge::default(),
             ),
+            progress_reports: Bounded::register(
+                r,
+                "switchyard_progress_reports",
+                "Progress reports of running attempts stored with their jobs, by queue (reports of attempts no longer current are not counted)",
+                Family::default(),
+            ),
             registry,
         };
         Metrics {
@@ -424,6 +431,13 @@ impl Metrics {
         self.inner.store_healthy.set(i64::from(healthy));
     }
 
+    /// A running attempt's progress report was stored. Call after the commit.
+    pub fn progress_stored(&self, queue: &str) {
+        self.inner.progress_reports.with(queue_labels(queue), |c| {
+            c.inc();
+        });
+    }
+
     /// Counts what a committed transaction did.
     pub fn record(&self, tally: Tally) {
         for queue in &tally.submitted {
@@ -437,6 +451,9 @@ impl Metrics {
         }
         for (queue, state) in &tally.finished {
             self.job_finished(queue, *state);
+        }
+        for queue in &tally.progress {
+            self.progress_stored(queue);
         }
     }
 
@@ -465,6 +482,7 @@ pub struct Tally {
     started: Vec<String>,
     ended: Vec<(String, AttemptOutcome, Duration)>,
     finished: Vec<(String, JobState)>,
+    progress: Vec<String>,
 }
 
 impl Tally {
@@ -497,11 +515,17 @@ impl Tally {
         self.finished.push((queue.to_owned(), state));
     }
 
+    /// See [`Metrics::progress_stored`].
+    pub fn progress(&mut self, queue: &str) {
+        self.progress.push(queue.to_owned());
+    }
+
     pub fn append(&mut self, other: &mut Tally) {
         self.submitted.append(&mut other.submitted);
         self.started.append(&mut other.started);
         self.ended.append(&mut other.ended);
         self.finished.append(&mut other.finished);
+        self.progress.append(&mut other.progress);
     }
 }
 
@@ -564,6 +588,8 @@ mod tests {
         metrics.set_queue_depth("a", 4);
         metrics.set_workers(2, 16);
         metrics.store_committed(Duration::from_micros(700), 5);
+        metrics.progress_stored("a");
+        metrics.progress_stored("a");
         let out = metrics.render();
         let mut typed = Vec::new();
         for line in out.lines() {
@@ -590,7 +616,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(typed.len(), 14, "{out}");
+        assert_eq!(typed.len(), 15, "{out}");
+        assert!(out.contains("switchyard_progress_reports_total{queue=\"a\"} 2\n"));
         assert!(out.contains("switchyard_jobs_submitted_total{queue=\"a\"} 1\n"));
         assert!(
             out.contains("switchyard_jobs_finished_total{queue=\"a\",state=\"succeeded\"} 1\n")

@@ -31,13 +31,15 @@ const NOW_READY_DEPENDENTS: &str = "
       AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
                       WHERE d2.job_id = j.id AND p.state != 30 /* succeeded */)";
 /// The scheduler names the attempt it starts: the job's next one. A start that finds the job
-/// no longer queued, or at another attempt, does nothing.
+/// no longer queued, or at another attempt, does nothing. The attempt resumes from the last
+/// checkpoint an earlier one stored.
 const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = ?4, worker_id = ?1,
         started_at_ms = ?2
     WHERE id = ?3 AND state = 10 /* queued */ AND attempt = ?4 - 1
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
         group_id, tenant_id, max_attempts, depends_on, timeout_ms,
-        max(created_at_ms, coalesce(run_at_ms, 0))";
+        max(created_at_ms, coalesce(run_at_ms, 0)),
+        (SELECT c.checkpoint FROM job_checkpoints c WHERE c.job_seq = jobs.seq)";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES (?1, ?2, ?3, ?4, 10 /* running */)";
 const DEPENDENCY_OUTPUTS: &str =
@@ -445,6 +447,7 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
                         tenant_id: row.get(10)?,
                         max_attempts: row.get(11)?,
                         dependency_outputs: Vec::new(),
+                        checkpoint: row.get(15)?,
                     },
                     row.get::<_, Option<String>>(12)?,
                     row.get::<_, Option<i64>>(5)?,

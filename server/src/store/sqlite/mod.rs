@@ -5,12 +5,14 @@
 //! so one fsync covers many jobs. The scheduler's commands come on a channel of their own that
 //! the writer always serves first and that never refuses, so client submits cannot starve
 //! dispatch. The SQL of each operation lives beside it: `submit.rs`, `cancel.rs`,
-//! `lifecycle.rs` (starts, finishes, recovery), `read.rs`. Reads go to a small pool of
-//! read-only connections that WAL lets run beside the writer.
+//! `lifecycle.rs` (starts, finishes, recovery), `progress.rs` (what running attempts report),
+//! `read.rs`. Reads go to a small pool of read-only connections that WAL lets run beside the
+//! writer.
 
 mod cancel;
 mod lifecycle;
 mod migrate;
+mod progress;
 mod read;
 mod schedules;
 mod submit;
@@ -28,8 +30,9 @@ use rusqlite::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    CancelTarget, Cancelled, Fire, Fired, ListFilter, ListPage, Recovered, Store, StoreConfig,
-    Submit, Submitted, SyncMode, TransitionOutcome, Transitions, WriterStats,
+    CancelTarget, Cancelled, Fire, Fired, ListFilter, ListPage, ProgressReport, Progressed,
+    Recovered, Store, StoreConfig, Submit, Submitted, SyncMode, TransitionOutcome, Transitions,
+    WriterStats,
 };
 use crate::{
     domain::{
@@ -160,6 +163,11 @@ impl Store for SqliteStore {
 
     async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome> {
         self.call_first(|reply| Command::Transition { ops, reply })
+            .await?
+    }
+
+    async fn progress(&self, reports: Vec<ProgressReport>) -> Result<Progressed> {
+        self.call(|reply| Command::Progress { reports, reply })
             .await?
     }
 

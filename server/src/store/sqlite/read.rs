@@ -8,7 +8,8 @@ use tokio::sync::Semaphore;
 use super::{json_ids, open_connection, parse_json_ids};
 use crate::{
     domain::{
-        AttemptRecord, GroupEvent, GroupRecord, JobId, JobRecord, JobState, QueueCounts, Quota,
+        AttemptRecord, GroupEvent, GroupRecord, JobId, JobProgress, JobRecord, JobState,
+        QueueCounts, Quota,
     },
     error::{Error, Result},
     store::{GroupKey, ListFilter, ListPage, StoreConfig},
@@ -71,7 +72,8 @@ impl Readers {
 const JOB_COLUMNS: &str = "seq, id, queue, kind, payload, priority, max_attempts, timeout_ms,
     deadline_ms, run_at_ms, idempotency_key, concurrency_key, weight, depends_on, group_id,
     labels, tenant_id, parent_job_id, trace_id, state, attempt, output, error, created_at_ms,
-    started_at_ms, finished_at_ms, worker_id";
+    started_at_ms, finished_at_ms, worker_id, progress_attempt, progress_fraction,
+    progress_message, progress_updated_at_ms";
 
 /// The dependencies of a job that have not succeeded yet.
 const WAITING_FOR: &str = "SELECT id FROM jobs
@@ -88,6 +90,9 @@ fn fill_waiting_for(conn: &Connection, job: &mut JobRecord) -> Result<()> {
         .collect::<rusqlite::Result<Vec<JobId>>>()?;
     Ok(())
 }
+
+/// The checkpoint the job's next attempt would receive.
+const CHECKPOINT: &str = "SELECT checkpoint FROM job_checkpoints WHERE job_seq = ?1";
 
 const ATTEMPTS: &str = "SELECT number, worker_id, started_at_ms, finished_at_ms, outcome, error
     FROM attempts WHERE job_seq = ?1 ORDER BY number";
@@ -114,6 +119,12 @@ pub(super) fn get(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    if let Some(progress) = &mut job.progress {
+        progress.checkpoint = conn
+            .prepare_cached(CHECKPOINT)?
+            .query_row([job.seq], |row| row.get(0))
+            .optional()?;
+    }
     fill_waiting_for(conn, &mut job)?;
     Ok(Some(job))
 }
@@ -225,6 +236,17 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         worker_id: row.get(26)?,
         attempts: vec![],
         waiting_for: vec![],
+        // Stored together: a job has progress once an attempt of it has reported.
+        progress: match row.get::<_, Option<u32>>(27)? {
+            Some(attempt) => Some(JobProgress {
+                attempt,
+                fraction: row.get(28)?,
+                message: row.get(29)?,
+                updated_at_ms: row.get::<_, Option<i64>>(30)?.unwrap_or_default(),
+                checkpoint: None,
+            }),
+            None => None,
+        },
     })
 }
 

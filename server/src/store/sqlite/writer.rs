@@ -1,5 +1,6 @@
 //! The writer thread: the only code that writes to the database, and only the group-commit
-//! loop. The rules of each command are in `submit.rs`, `cancel.rs` and `lifecycle.rs`.
+//! loop. The rules of each command are in `submit.rs`, `cancel.rs`, `lifecycle.rs` and
+//! `progress.rs`.
 //!
 //! It blocks until a command arrives on either of its two channels, then takes every
 //! scheduler command waiting and the client commands waiting (up to [`MAX_BATCH`]), applies
@@ -12,12 +13,13 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Counters, cancel, lifecycle, schedules, submit};
+use super::{Counters, cancel, lifecycle, progress, schedules, submit};
 use crate::{
     domain::{JobId, NewSchedule, Quota, ReadyJob, ScheduleKey, now_ms},
     error::{Error, Result, StoreFault},
     store::{
-        CancelTarget, Cancelled, Fire, Fired, Submit, Submitted, TransitionOutcome, Transitions,
+        CancelTarget, Cancelled, Fire, Fired, ProgressReport, Progressed, Submit, Submitted,
+        TransitionOutcome, Transitions,
     },
     telemetry::{Metrics, Tally},
 };
@@ -47,6 +49,11 @@ pub(super) enum Command {
     Admin {
         op: AdminOp,
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// What running attempts reported (fenced, best effort).
+    Progress {
+        reports: Vec<ProgressReport>,
+        reply: oneshot::Sender<Result<Progressed>>,
     },
     Recover {
         reply: oneshot::Sender<Result<Vec<ReadyJob>>>,
@@ -125,6 +132,7 @@ enum Pending {
         Result<Option<ReadyJob>>,
     ),
     Admin(oneshot::Sender<Result<()>>, Result<()>),
+    Progress(oneshot::Sender<Result<Progressed>>, Result<Progressed>),
     Recover(
         oneshot::Sender<Result<Vec<ReadyJob>>>,
         Result<Vec<ReadyJob>>,
@@ -179,6 +187,7 @@ impl Pending {
             Pending::Transition(tx, r) => answer(tx, r, commit),
             Pending::Requeue(tx, r) => answer(tx, r, commit),
             Pending::Admin(tx, r) => answer(tx, r, commit),
+            Pending::Progress(tx, r) => answer(tx, r, commit),
             Pending::Recover(tx, r) => answer(tx, r, commit),
             Pending::Fire(tx, r) => answer(tx, r, commit),
             Pending::Probe(tx, r) => answer(tx, r, commit),
@@ -193,6 +202,7 @@ impl Pending {
             Pending::Transition(_, r) => fault_of(r),
             Pending::Requeue(_, r) => fault_of(r),
             Pending::Admin(_, r) => fault_of(r),
+            Pending::Progress(_, r) => fault_of(r),
             Pending::Recover(_, r) => fault_of(r),
             Pending::Fire(_, r) => fault_of(r),
             Pending::Probe(_, r) => fault_of(r),
@@ -348,6 +358,14 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             *rows += u64::from(result.is_ok());
             Pending::Admin(reply, result)
         }
+        Command::Progress { reports, reply } => {
+            let mut result = savepoint(conn, |c| progress::progress(c, &reports));
+            if let Ok(done) = &mut result {
+                *rows += u64::from(done.stored);
+                tally.append(&mut done.metrics);
+            }
+            Pending::Progress(reply, result)
+        }
         Command::Recover { reply } => Pending::Recover(reply, savepoint(conn, lifecycle::recover)),
         Command::Fire { fire, reply } => {
             // Counted only if it commits, like every command's metrics.
@@ -398,6 +416,7 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
         }
         Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
         Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
+        Command::Progress { reply, .. } => Pending::Progress(reply, Ok(Progressed::default())),
         Command::Recover { reply } => Pending::Recover(reply, Ok(vec![])),
         Command::Fire { reply, .. } => Pending::Fire(reply, Ok(Fired::Stale)),
         Command::Probe { reply } => Pending::Probe(reply, Ok(())),
