@@ -6,8 +6,8 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use super::{
-    CancelTarget, Finish, Fire, Fired, NewGroup, NewJob, Origin, RetryPolicy, Start, Store, Submit,
-    Submitted, Transitions,
+    CancelTarget, Finish, Fire, Fired, NewGroup, NewJob, Origin, ProgressReport, RetryPolicy,
+    Start, Store, Submit, Submitted, Transitions,
 };
 use crate::{
     domain::{
@@ -769,6 +769,174 @@ async fn a_refused_fire_is_recorded(b: Backend) {
     assert_eq!(jobs.jobs.len(), 1, "the refused tick stored nothing");
 }
 
+fn report(
+    id: JobId,
+    attempt: u32,
+    fraction: Option<f64>,
+    message: Option<&str>,
+    checkpoint: Option<&[u8]>,
+) -> ProgressReport {
+    ProgressReport {
+        job_id: id,
+        attempt,
+        fraction,
+        message: message.map(str::to_owned),
+        checkpoint: checkpoint.map(<[u8]>::to_vec),
+    }
+}
+
+/// (attempt, fraction, message, checkpoint) of a job's stored progress, through `get`.
+async fn progress_of(
+    store: &dyn Store,
+    id: JobId,
+) -> Option<(u32, Option<f64>, Option<String>, Option<Vec<u8>>)> {
+    let job = store.get(id).await.expect("get").expect("the job");
+    job.progress
+        .map(|p| (p.attempt, p.fraction, p.message, p.checkpoint))
+}
+
+/// Progress is stored only for the job's current running attempt, the latest value of each
+/// field winning; the last checkpoint reaches the next attempt, survives a restart, and goes
+/// when an empty one is stored.
+async fn progress_is_fenced_and_its_checkpoint_reaches_the_retry(mut b: Backend) {
+    let job = NewJob {
+        max_attempts: 3,
+        ..new_job("q")
+    };
+    let ready = submit(&*b.store, vec![job], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    let id = ready.id;
+    let store = b.store.clone();
+    let out = store
+        .progress(vec![report(id, 1, Some(0.1), Some("early"), Some(b"c0"))])
+        .await
+        .expect("progress");
+    assert_eq!(
+        (out.stored, out.ignored.as_slice()),
+        (0, &[(id, 1)][..]),
+        "a queued job has no running attempt"
+    );
+    assert_eq!(progress_of(&*store, id).await, None);
+
+    let out = store
+        .transition(transitions(vec![], vec![start(&ready)]))
+        .await
+        .expect("start");
+    assert_eq!(out.started[0].dispatch.checkpoint, None, "a fresh start");
+    let out = store
+        .progress(vec![report(id, 1, Some(0.2), Some("a"), Some(b"c1"))])
+        .await
+        .expect("progress");
+    assert_eq!((out.stored, out.ignored.len()), (1, 0));
+    assert_eq!(
+        progress_of(&*store, id).await,
+        Some((1, Some(0.2), Some("a".into()), Some(b"c1".to_vec())))
+    );
+    // The latest value of each field wins, within a batch and across batches; what a report
+    // leaves unset stays.
+    let out = store
+        .progress(vec![
+            report(id, 1, Some(0.6), Some("b"), None),
+            report(id, 1, Some(0.7), None, None),
+            // Stale: another attempt's number.
+            report(id, 7, Some(0.9), Some("stale"), Some(b"stale")),
+        ])
+        .await
+        .expect("progress");
+    assert_eq!((out.stored, out.ignored.as_slice()), (2, &[(id, 7)][..]));
+    assert_eq!(
+        progress_of(&*store, id).await,
+        Some((1, Some(0.7), Some("b".into()), Some(b"c1".to_vec())))
+    );
+    // A page of jobs carries the progress but not the checkpoint.
+    let page = store
+        .list(super::ListFilter {
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    let listed = page.jobs[0].progress.clone().expect("progress in the page");
+    assert_eq!((listed.fraction, listed.checkpoint), (Some(0.7), None));
+
+    // Attempt 1 fails (retryable): its late reports are ignored, and attempt 2 receives its
+    // checkpoint.
+    let out = store
+        .transition(transitions(vec![finish(id, 1, failure(true))], vec![]))
+        .await
+        .expect("fail once");
+    let again = out.ready.first().cloned().expect("re-queued");
+    let out = store
+        .progress(vec![report(id, 1, Some(1.0), None, Some(b"late"))])
+        .await
+        .expect("progress");
+    assert_eq!(out.ignored, [(id, 1)], "the attempt has ended");
+    let out = store
+        .transition(transitions(vec![], vec![start(&again)]))
+        .await
+        .expect("start again");
+    assert_eq!(
+        out.started[0].dispatch.checkpoint.as_deref(),
+        Some(&b"c1"[..]),
+        "the retry resumes from the last checkpoint"
+    );
+    let out = store
+        .progress(vec![
+            report(id, 2, None, None, Some(b"c2")),
+            report(id, 1, Some(0.0), Some("stale"), Some(b"old")),
+        ])
+        .await
+        .expect("progress");
+    assert_eq!((out.stored, out.ignored.as_slice()), (1, &[(id, 1)][..]));
+    assert_eq!(
+        progress_of(&*store, id).await,
+        Some((2, Some(0.7), Some("b".into()), Some(b"c2".to_vec())))
+    );
+
+    // It survives a restart, and the next attempt resumes from it.
+    drop(store);
+    b.restart().await;
+    let store = b.store.clone();
+    assert_eq!(
+        progress_of(&*store, id).await.and_then(|p| p.3),
+        Some(b"c2".to_vec())
+    );
+    let out = store
+        .transition(transitions(vec![finish(id, 2, failure(true))], vec![]))
+        .await
+        .expect("fail twice");
+    let third = out.ready.first().cloned().expect("re-queued");
+    let out = store
+        .transition(transitions(vec![], vec![start(&third)]))
+        .await
+        .expect("start a third time");
+    assert_eq!(
+        out.started[0].dispatch.checkpoint.as_deref(),
+        Some(&b"c2"[..])
+    );
+    // An empty checkpoint removes it.
+    let attempt = third.attempt + 1;
+    store
+        .progress(vec![report(id, attempt, None, None, Some(b""))])
+        .await
+        .expect("progress");
+    assert_eq!(progress_of(&*store, id).await.and_then(|p| p.3), None);
+    store
+        .transition(transitions(
+            vec![finish(id, attempt, Outcome::Succeeded(vec![]))],
+            vec![],
+        ))
+        .await
+        .expect("succeed");
+    let out = store
+        .progress(vec![report(id, attempt, Some(1.0), None, None)])
+        .await
+        .expect("progress");
+    assert_eq!(out.ignored, [(id, attempt)], "a succeeded job takes no more");
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -821,6 +989,13 @@ macro_rules! suite {
             #[tokio::test]
             async fn a_refused_fire_is_recorded() {
                 super::a_refused_fire_is_recorded(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn progress_is_fenced_and_its_checkpoint_reaches_the_retry() {
+                super::progress_is_fenced_and_its_checkpoint_reaches_the_retry(
+                    super::$backend().await,
+                )
+                .await;
             }
         }
     };
