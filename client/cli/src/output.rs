@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 use switchyard_client::{Job, JobState, StatsResponse};
-use switchyard_proto::v1::{AttemptOutcome, BlockedReason, WorkerInfo};
+use switchyard_proto::v1::{AttemptOutcome, BlockedReason, JobProgress, WorkerInfo};
 
 fn time(t: &Option<prost_types::Timestamp>) -> Value {
     match t {
@@ -106,7 +106,40 @@ pub fn job_json(job: &Job) -> Value {
                 .unwrap_or_default(),
             "error": a.error,
         })).collect::<Vec<_>>(),
+        // The checkpoint by its size only: it may be 1 MiB of anything.
+        "progress": job.progress.as_ref().map(|p| json!({
+            "attempt": p.attempt,
+            "fraction": p.fraction,
+            "message": p.message,
+            "updated_at": time(&p.updated_at),
+            "checkpoint_bytes": p.checkpoint.len(),
+        })),
     })
+}
+
+/// `40% step 4 of 10 (attempt 1, checkpoint 12 bytes)`.
+pub fn progress_text(p: &JobProgress) -> String {
+    let mut text = String::new();
+    if let Some(fraction) = p.fraction {
+        let percent = fraction * 100.0;
+        if percent.fract() == 0.0 {
+            text.push_str(&format!("{percent:.0}% "));
+        } else {
+            text.push_str(&format!("{percent:.1}% "));
+        }
+    }
+    if !p.message.is_empty() {
+        text.push_str(&p.message);
+        text.push(' ');
+    }
+    text.push_str(&format!("(attempt {}", p.attempt));
+    match p.checkpoint.len() {
+        0 => {}
+        1 => text.push_str(", checkpoint 1 byte"),
+        n => text.push_str(&format!(", checkpoint {n} bytes")),
+    }
+    text.push(')');
+    text
 }
 
 /// `key: value` lines, skipping what is empty.
@@ -123,6 +156,7 @@ pub fn job_text(job: &Job) -> String {
             Value::Array(a) if a.is_empty() => continue,
             Value::Object(o) if o.is_empty() => continue,
             Value::String(s) => s.clone(),
+            _ if key == "progress" => job.progress.as_ref().map(progress_text).unwrap_or_default(),
             other => other.to_string(),
         };
         // `attempt` counts every attempt ever started; `max_attempts` bounds only those that
@@ -337,6 +371,35 @@ mod tests {
             ..Default::default()
         };
         assert!(job_text(&job).contains("attempt: 1\n"));
+    }
+
+    #[test]
+    fn progress_shows_as_a_percentage_with_its_message_and_checkpoint_size() {
+        let job = Job {
+            progress: Some(JobProgress {
+                attempt: 2,
+                fraction: Some(0.4),
+                message: "step 4 of 10".into(),
+                checkpoint: b"4444".to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = job_text(&job);
+        assert!(
+            text.contains("        progress: 40% step 4 of 10 (attempt 2, checkpoint 4 bytes)\n"),
+            "{text}"
+        );
+        let json = job_json(&job);
+        assert_eq!(json["progress"]["fraction"], 0.4);
+        assert_eq!(json["progress"]["checkpoint_bytes"], 4);
+        let bare = JobProgress {
+            attempt: 1,
+            fraction: Some(1.0 / 3.0),
+            ..Default::default()
+        };
+        assert_eq!(progress_text(&bare), "33.3% (attempt 1)");
+        assert!(!job_text(&Job::default()).contains("progress"));
     }
 
     #[test]

@@ -934,7 +934,11 @@ async fn progress_is_fenced_and_its_checkpoint_reaches_the_retry(mut b: Backend)
         .progress(vec![report(id, attempt, Some(1.0), None, None)])
         .await
         .expect("progress");
-    assert_eq!(out.ignored, [(id, attempt)], "a succeeded job takes no more");
+    assert_eq!(
+        out.ignored,
+        [(id, attempt)],
+        "a succeeded job takes no more"
+    );
 }
 
 macro_rules! suite {

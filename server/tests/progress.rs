@@ -1,0 +1,277 @@
+//! Long jobs end to end (workers.proto point 8), with real processes: a handler's
+//! `ctx.progress` and `ctx.checkpoint` (the built-in `steps` kind) travel the worker's stream,
+//! are stored with the job and shown by `Get` while it runs, the last report stays after it
+//! ends, the metrics count them, and a retry resumes from the last checkpoint. That a report
+//! of an attempt no longer current is ignored is the store's conformance check
+//! (`progress_is_fenced_and_its_checkpoint_reaches_the_retry`).
+
+mod support;
+
+use std::net::SocketAddr;
+
+use switchyard_client::JobSpec;
+use switchyard_proto::v1::{AttemptOutcome, JobState};
+use switchyard_testkit::{Coordinator, Worker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{COORDINATOR_FLAGS, PATIENCE, connect, eventually, finished, outcomes};
+
+/// The value of one series in the coordinator's `/metrics` (0 if it is not shown yet).
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let scrape = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read the response");
+        response
+    };
+    let response = tokio::time::timeout(PATIENCE, scrape)
+        .await
+        .expect("the metrics endpoint answers");
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_shows_in_get_while_the_job_runs_and_its_last_report_stays() {
+    let mut flags = COORDINATOR_FLAGS.to_vec();
+    flags.extend(["--metrics", "127.0.0.1:0"]);
+    let coordinator = Coordinator::start_with(&flags).await;
+    let metrics = coordinator.metrics_addr().expect("the metrics address");
+    let client = connect(&coordinator).await;
+    let _worker = Worker::start(&coordinator.url(), &["--kinds", "steps"]).await;
+
+    // 10 steps of 300 ms: about 3 s, long enough to see it half-way.
+    let id = client
+        .submit(JobSpec::new("default", "steps").payload("10 300"))
+        .await
+        .expect("submit")
+        .job_id;
+    let seen = eventually("progress part of the way, while the job runs", || async {
+        let job = client.get(&id).await.ok()?;
+        let progress = job.progress.clone()?;
+        let fraction = progress.fraction?;
+        (job.state() == JobState::Running && fraction > 0.0 && fraction < 1.0)
+            .then_some((job, progress))
+    })
+    .await;
+    let (job, progress) = seen;
+    assert_eq!(progress.attempt, 1);
+    assert!(progress.updated_at.is_some());
+    // The step the message names, the fraction and the checkpoint agree: they come in one
+    // report.
+    let step: u32 = progress
+        .message
+        .strip_prefix("step ")
+        .and_then(|rest| rest.strip_suffix(" of 10"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a message `step i of 10`: {job:?}"));
+    assert!((1..10).contains(&step), "{job:?}");
+    assert!(
+        (progress.fraction.unwrap_or_default() - f64::from(step) / 10.0).abs() < 1e-9,
+        "{job:?}"
+    );
+    assert_eq!(progress.checkpoint, step.to_string().into_bytes());
+
+    let done = finished(&client, &id).await;
+    assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
+    assert_eq!(done.output, b"10 steps, resumed from step 0");
+    let last = done.progress.clone().expect("the last report stays");
+    assert_eq!(
+        (
+            last.attempt,
+            last.fraction,
+            last.message.as_str(),
+            last.checkpoint.as_slice()
+        ),
+        (1, Some(1.0), "step 10 of 10", &b"10"[..]),
+        "the report sent just before the result is stored: {done:?}"
+    );
+
+    // Reports of one attempt may fold together on the way, but at least the one seen half-way
+    // and the last were stored.
+    let stored = metric(
+        metrics,
+        "switchyard_progress_reports_total{queue=\"default\"}",
+    )
+    .await;
+    assert!(stored >= 2.0, "{stored} progress reports counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_resumes_from_the_last_checkpoint() {
+    let coordinator = Coordinator::start_with(COORDINATOR_FLAGS).await;
+    let client = connect(&coordinator).await;
+    let worker = Worker::start(&coordinator.url(), &["--kinds", "steps"]).await;
+
+    // A fresh attempt fails (retryable) right after checkpointing step 3; one that starts from
+    // a checkpoint does not. Without the checkpoint every attempt would fail there, and the
+    // job would end FAILED after its 3 attempts.
+    let id = client
+        .submit(
+            JobSpec::new("default", "steps")
+                .payload("6 50 fail@3")
+                .max_attempts(3),
+        )
+        .await
+        .expect("submit")
+        .job_id;
+    let done = finished(&client, &id).await;
+    assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&done.output),
+        "6 steps, resumed from step 3",
+        "the second attempt got the first one's checkpoint"
+    );
+    assert_eq!(done.attempt, 2);
+    assert_eq!(
+        outcomes(&done),
+        [
+            (AttemptOutcome::Failed, worker.id().to_owned()),
+            (AttemptOutcome::Succeeded, worker.id().to_owned())
+        ]
+    );
+    assert!(
+        done.attempts[0].error.contains("failing once after step 3"),
+        "{done:?}"
+    );
+    let last = done.progress.clone().expect("progress");
+    assert_eq!(
+        (last.attempt, last.fraction, last.checkpoint.as_slice()),
+        (2, Some(1.0), &b"6"[..])
+    );
+}
+
+/// A report a coordinator refuses (over its limits, or for no job) is dropped; the stream and
+/// the job go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_over_the_limits_are_ignored_and_the_stream_lives_on() {
+    use switchyard_proto::v1::{
+        CoordinatorMessage, Credit, Hello, Progress, WorkerMessage, coordinator_message,
+        worker_message::Message as ToCoordinator, worker_service_client::WorkerServiceClient,
+    };
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let coordinator = Coordinator::start_with(COORDINATOR_FLAGS).await;
+    let client = connect(&coordinator).await;
+    let id = client
+        .submit(JobSpec::new("default", "steps").payload("1"))
+        .await
+        .expect("submit")
+        .job_id;
+
+    // A worker of our own, on the raw stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let send = |m: ToCoordinator| {
+        let tx = tx.clone();
+        async move {
+            tx.send(WorkerMessage { message: Some(m) })
+                .await
+                .expect("the stream takes it")
+        }
+    };
+    send(ToCoordinator::Hello(Hello {
+        worker_id: "raw".into(),
+        queues: vec!["default".into()],
+        kinds: vec!["steps".into()],
+        slots: 1,
+        // Slow heartbeats: this test sends none, and must not be thought dead meanwhile.
+        heartbeat_interval: Some(switchyard_proto::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }))
+    .await;
+    let mut workers = WorkerServiceClient::new(client.channel().clone())
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20);
+    let mut inbound = workers
+        .connect(ReceiverStream::new(rx))
+        .await
+        .expect("connect")
+        .into_inner();
+    async fn next(inbound: &mut tonic::Streaming<CoordinatorMessage>) -> CoordinatorMessage {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, inbound.message())
+                .await
+                .expect("the coordinator says something")
+                .expect("the stream is fine")
+                .expect("the stream is open");
+            // Heartbeats are not what this test waits for.
+            if !matches!(
+                message.message,
+                Some(coordinator_message::Message::Heartbeat(_))
+            ) {
+                return message;
+            }
+        }
+    }
+    assert!(matches!(
+        next(&mut inbound).await.message,
+        Some(coordinator_message::Message::Welcome(_))
+    ));
+    let assignment = match next(&mut inbound).await.message {
+        Some(coordinator_message::Message::Assignment(a)) => a,
+        other => panic!("expected the assignment, got {other:?}"),
+    };
+    assert_eq!(assignment.job_id, id);
+    let report = |fraction: f64, message: String, checkpoint: Vec<u8>| {
+        ToCoordinator::Progress(Progress {
+            job_id: id.clone(),
+            attempt: assignment.attempt,
+            fraction: Some(fraction),
+            message: Some(message),
+            checkpoint: Some(checkpoint),
+        })
+    };
+    send(report(1.5, "too far".into(), vec![])).await;
+    send(report(0.5, "x".repeat(1025), vec![])).await;
+    send(report(0.5, "too large".into(), vec![0; (1 << 20) + 1])).await;
+    send(ToCoordinator::Progress(Progress {
+        job_id: "not-a-job".into(),
+        ..Default::default()
+    }))
+    .await;
+    send(report(0.25, "fine".into(), b"ok".to_vec())).await;
+    let job = eventually("the report within the limits is stored", || async {
+        let job = client.get(&id).await.ok()?;
+        job.progress.is_some().then_some(job)
+    })
+    .await;
+    let progress = job.progress.expect("progress");
+    assert_eq!(
+        (
+            progress.fraction,
+            progress.message.as_str(),
+            progress.checkpoint.as_slice()
+        ),
+        (Some(0.25), "fine", &b"ok"[..]),
+        "only the report within the limits was stored"
+    );
+    // The stream still serves: the result is taken.
+    send(ToCoordinator::Result(switchyard_proto::v1::AttemptResult {
+        job_id: id.clone(),
+        attempt: assignment.attempt,
+        outcome: Some(switchyard_proto::v1::attempt_result::Outcome::Output(
+            b"done".to_vec(),
+        )),
+    }))
+    .await;
+    send(ToCoordinator::Credit(Credit { slots: 1 })).await;
+    let done = finished(&client, &id).await;
+    assert_eq!(
+        (done.state(), done.output.as_slice()),
+        (JobState::Succeeded, &b"done"[..])
+    );
+}
