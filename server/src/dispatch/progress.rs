@@ -36,10 +36,16 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(2);
 
 type Key = (JobId, u32);
 
-/// A session's reports on their way to the store: a cheap handle (clone it freely).
-#[derive(Clone)]
+/// A session's reports on their way to the store. Dropping it closes them (the writer stores
+/// what it holds and ends), so that a session that ends in any way lets its writer go.
 pub(crate) struct Reports {
     shared: Arc<Shared>,
+}
+
+impl Drop for Reports {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 struct Shared {
@@ -141,8 +147,7 @@ impl Reports {
 
     /// No more reports: waits (at most a moment) for the writer to store what it holds.
     pub(crate) async fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_one();
+        self.shared.close();
         self.wait(State::idle).await;
     }
 
@@ -169,6 +174,11 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is whole after any panic: a poisoned lock is still good.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
     }
 
     /// What the writer does next: write what has gathered (now marked as being written),
