@@ -272,7 +272,8 @@ async fn session(
                         Ok(job_id) => {
                             let outcome = bounded(outcome(r.outcome), max_result_bytes);
                             // Progress the attempt sent before its result is stored first.
-                            reports.written(job_id, r.attempt).await;
+                            let patience = progress::RESULT_PATIENCE.min(interval);
+                            reports.written(job_id, r.attempt, patience).await;
                             scheduler.result(id, job_id, r.attempt, outcome).await
                         }
                         Err(_) => {

@@ -30,9 +30,12 @@ use crate::{
 const MAX_PENDING: usize = 1024;
 /// After a write refused for a full write queue, how long before the next try.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
-/// How long a result waits for its attempt's reports to be written, and a closing session for
-/// all of them.
-const WRITE_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a result waits at most for its attempt's reports to be written (a commit takes
+/// milliseconds; longer means a store under load, and progress is best effort). The session
+/// loop sends no heartbeat meanwhile, so the session also caps it at its heartbeat interval.
+pub(crate) const RESULT_PATIENCE: Duration = Duration::from_millis(500);
+/// How long a closing session waits for all of its reports to be written.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
 type Key = (JobId, u32);
 
@@ -139,19 +142,19 @@ impl Reports {
         }
     }
 
-    /// Waits (at most a moment) until what was handed over for this attempt is written.
-    pub(crate) async fn written(&self, job_id: JobId, attempt: u32) {
+    /// Waits, at most `patience`, until what was handed over for this attempt is written.
+    pub(crate) async fn written(&self, job_id: JobId, attempt: u32, patience: Duration) {
         let key = (job_id, attempt);
-        self.wait(|state| !state.holds(&key)).await;
+        self.wait(|state| !state.holds(&key), patience).await;
     }
 
     /// No more reports: waits (at most a moment) for the writer to store what it holds.
     pub(crate) async fn close(&self) {
         self.shared.close();
-        self.wait(State::idle).await;
+        self.wait(State::idle, CLOSE_PATIENCE).await;
     }
 
-    async fn wait(&self, done: impl Fn(&State) -> bool) {
+    async fn wait(&self, done: impl Fn(&State) -> bool, patience: Duration) {
         // Subscribed before looking, so that a write in between is not missed.
         let mut written = self.shared.written.subscribe();
         let until = async {
@@ -161,9 +164,9 @@ impl Reports {
                 }
             }
         };
-        if tokio::time::timeout(WRITE_PATIENCE, until).await.is_err() {
+        if tokio::time::timeout(patience, until).await.is_err() {
             tracing::debug!(
-                patience = ?WRITE_PATIENCE,
+                ?patience,
                 "progress not written in time; going on without it"
             );
         }
@@ -345,6 +348,111 @@ mod tests {
             ..wire(job)
         };
         assert!(checked(nobody).is_err());
+    }
+
+    /// Through a real store: a report handed over is written before `written` returns, and
+    /// the writer ends when its session's reports are closed, or dropped.
+    #[tokio::test]
+    async fn the_writer_stores_what_it_is_handed_and_ends_with_its_session() {
+        use crate::store::{NewJob, Origin, RetryPolicy, Start, Submit, Transitions};
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = crate::store::StoreConfig {
+            path: dir.path().join("progress.db"),
+            sync: crate::store::SyncMode::Normal,
+            readers: 1,
+            write_queue: 8,
+            busy_timeout: Duration::from_secs(5),
+        };
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&config, crate::telemetry::Metrics::new())
+                .expect("open"),
+        );
+        let id = JobId::new();
+        let job = NewJob {
+            id,
+            queue: "q".into(),
+            kind: "k".into(),
+            payload: vec![],
+            priority: 0,
+            max_attempts: 1,
+            timeout_ms: None,
+            deadline_ms: None,
+            run_at_ms: None,
+            idempotency_key: None,
+            unique: Default::default(),
+            concurrency_key: None,
+            weight: 1,
+            depends_on: vec![],
+            labels: Default::default(),
+            tenant_id: None,
+            parent_job_id: None,
+            traceparent: None,
+            tracestate: None,
+            trace_id: None,
+        };
+        store
+            .submit(Submit {
+                origin: Origin::Submit,
+                jobs: vec![job],
+                group: None,
+                scope: None,
+            })
+            .await
+            .expect("submit");
+        store
+            .transition(Transitions {
+                finishes: vec![],
+                expire: vec![],
+                starts: vec![Start {
+                    job_id: id,
+                    attempt: 1,
+                    session: 1,
+                    worker_id: "w".into(),
+                }],
+                retry: RetryPolicy {
+                    base_ms: 1,
+                    cap_ms: 1,
+                },
+            })
+            .await
+            .expect("start");
+
+        let (reports, writer) = Reports::start(store.clone(), 1);
+        let writer = tokio::spawn(writer);
+        for i in 1..=10 {
+            reports.add(
+                1,
+                v1::Progress {
+                    fraction: Some(f64::from(i) / 10.0),
+                    checkpoint: (i == 3).then(|| b"three".to_vec()),
+                    ..wire(id)
+                },
+            );
+        }
+        reports.written(id, 1, Duration::from_secs(30)).await;
+        let progress = store
+            .get(id)
+            .await
+            .expect("get")
+            .and_then(|job| job.progress)
+            .expect("stored before `written` returned");
+        assert_eq!(progress.fraction, Some(1.0));
+        assert_eq!(progress.checkpoint.as_deref(), Some(&b"three"[..]));
+        reports.close().await;
+        tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("the writer ends once closed")
+            .expect("the writer does not panic");
+
+        let (reports, writer) = Reports::start(store.clone(), 2);
+        let writer = tokio::spawn(writer);
+        drop(reports);
+        tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("the writer ends once its reports are dropped")
+            .expect("the writer does not panic");
+        store.close().await.expect("close");
     }
 
     #[test]
