@@ -75,7 +75,7 @@ pub struct ServerArgs {
     /// How long the attempts of a worker whose stream was lost (or of every worker, after the
     /// coordinator restarts) are kept for it to reconnect and reclaim them, before they are
     /// LOST (or, after a restart, `interrupted`) and re-queued. 0 re-queues at once.
-    #[arg(long, env = "SWITCHYARD_RECONNECT_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SWITCHYARD_RECONNECT_GRACE", default_value = "10s", value_parser = parse_grace)]
     pub reconnect_grace: Duration,
 
     /// First retry backoff after a retryable failure; it doubles with each failure (with
@@ -220,6 +220,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = switchyard_proto::text::parse_duration(text)?;
     if d < Duration::from_millis(1) || d > Duration::from_secs(366 * 86_400) {
         return Err(format!("{text:?}: must be between 1ms and 366 days"));
+    }
+    Ok(d)
+}
+
+/// A grace period: `0` (none) up to a day.
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    let d = switchyard_proto::text::parse_duration(text)?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("{text:?}: must be at most a day"));
     }
     Ok(d)
 }
