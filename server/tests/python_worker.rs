@@ -440,5 +440,9 @@ async fn the_python_worker_reconnects_after_a_coordinator_restart() {
         "the worker's log:\n{}",
         py.log()
     );
-    assert!(py.log().contains("the coordinator restarts"), "{}", py.log());
+    assert!(
+        py.log().contains("the coordinator restarts"),
+        "{}",
+        py.log()
+    );
 }

@@ -363,18 +363,9 @@ impl Runner {
             tx,
             patience: silence_limit,
         };
-        let resent = std::mem::take(&mut self.late);
-        self.serve(
-            stream,
-            inbound,
-            outbox,
-            resent,
-            send_every,
-            silence_limit,
-            shutdown,
-        )
-        .instrument(info_span!("stream", session = %welcome.session_id))
-        .await
+        self.serve(stream, inbound, outbox, send_every, silence_limit, shutdown)
+            .instrument(info_span!("stream", session = %welcome.session_id))
+            .await
     }
 
     /// The welcomed stream's loop.
@@ -383,7 +374,6 @@ impl Runner {
         stream: u64,
         mut inbound: Streaming<CoordinatorMessage>,
         outbox: Outbox,
-        resent: Vec<switchyard_proto::v1::AttemptResult>,
         send_every: Duration,
         silence_limit: Duration,
         shutdown: &CancellationToken,
@@ -401,8 +391,12 @@ impl Runner {
         // acknowledging a heartbeat sent after them), with that heartbeat's number. If the
         // stream dies, they go out again on the next one: a result is never lost in a dying
         // stream, and the coordinator's fence refuses any it no longer wants.
+        // The results kept from earlier streams went out right after the hello.
         let mut unconfirmed: Vec<(u64, switchyard_proto::v1::AttemptResult)> =
-            resent.into_iter().map(|r| (1, r)).collect();
+            std::mem::take(&mut self.late)
+                .into_iter()
+                .map(|r| (1, r))
+                .collect();
 
         loop {
             unconfirmed.retain(|(after, _)| *after > heartbeats.acked_by_peer);
