@@ -304,13 +304,26 @@ impl JobApi {
 struct CancelOnDrop {
     api: Option<JobApi>,
     job_id: JobId,
+    /// The job's deadline (the call's): a call that ends because it came is not a hang-up,
+    /// and the job ends `DEADLINE_EXCEEDED` by itself, not `CANCELLED`.
+    deadline_ms: Option<i64>,
 }
+
+/// How early before its deadline a dropped call still counts as the deadline (the caller's
+/// timer and ours do not fire at the same instant).
+const DEADLINE_SLACK_MS: i64 = 100;
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         let Some(api) = self.api.take() else {
             return;
         };
+        if self
+            .deadline_ms
+            .is_some_and(|d| now_ms() >= d - DEADLINE_SLACK_MS)
+        {
+            return;
+        }
         let job_id = self.job_id;
         let tasks = api.tasks.clone();
         tasks.spawn(async move {
@@ -640,6 +653,7 @@ impl JobService for JobApi {
             &ctx,
             now_ms(),
         )?;
+        let deadline_ms = job.deadline_ms;
         let mut done = self
             .store_jobs(Origin::Submit, vec![job], None, scope)
             .await?;
@@ -650,6 +664,7 @@ impl JobService for JobApi {
         let mut guard = CancelOnDrop {
             api: (!req.detach).then(|| self.clone()),
             job_id: submitted.id,
+            deadline_ms,
         };
         let outcome = self.wait_for(submitted.id, timeout).await;
         guard.api = None;

@@ -24,6 +24,9 @@ use crate::{
     telemetry::{Metrics, Tally},
 };
 
+/// What recovery finds: ready jobs, and attempts still running.
+pub(super) type Recovering = (Vec<ReadyJob>, Vec<crate::domain::RunningAttempt>);
+
 /// The most client commands one transaction carries (the scheduler's are always all taken).
 const MAX_BATCH: usize = 2048;
 
@@ -56,7 +59,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<Progressed>>,
     },
     Recover {
-        reply: oneshot::Sender<Result<Vec<ReadyJob>>>,
+        reply: oneshot::Sender<Result<Recovering>>,
     },
     /// One tick of a schedule: its job and its last fired tick, together.
     Fire {
@@ -133,10 +136,7 @@ enum Pending {
     ),
     Admin(oneshot::Sender<Result<()>>, Result<()>),
     Progress(oneshot::Sender<Result<Progressed>>, Result<Progressed>),
-    Recover(
-        oneshot::Sender<Result<Vec<ReadyJob>>>,
-        Result<Vec<ReadyJob>>,
-    ),
+    Recover(oneshot::Sender<Result<Recovering>>, Result<Recovering>),
     Fire(oneshot::Sender<Result<Fired>>, Result<Fired>),
     Probe(oneshot::Sender<Result<()>>, Result<()>),
     Close(oneshot::Sender<()>),
@@ -417,7 +417,7 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
         Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
         Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
         Command::Progress { reply, .. } => Pending::Progress(reply, Ok(Progressed::default())),
-        Command::Recover { reply } => Pending::Recover(reply, Ok(vec![])),
+        Command::Recover { reply } => Pending::Recover(reply, Ok(Default::default())),
         Command::Fire { reply, .. } => Pending::Fire(reply, Ok(Fired::Stale)),
         Command::Probe { reply } => Pending::Probe(reply, Ok(())),
         Command::Close { reply } => Pending::Close(reply),
