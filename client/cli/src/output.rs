@@ -187,17 +187,24 @@ pub fn workers_text(workers: &[WorkerInfo]) -> String {
 
 /// One quota as a line: text for people, JSON with `--json`.
 pub fn quota_line(q: &switchyard_proto::v1::Quota, json_out: bool) -> String {
+    let attempt_timeout = q
+        .attempt_timeout
+        .and_then(|d| std::time::Duration::try_from(d).ok());
     if json_out {
         return json!({
             "scope": q.scope, "max_in_flight": q.max_in_flight, "max_queued": q.max_queued,
             "rate_per_second": q.rate_per_second, "burst": q.burst,
+            "attempt_timeout_ms": attempt_timeout.map(|d| d.as_millis() as u64),
             "held": q.held, "queued": q.queued,
         })
         .to_string();
     }
     let limit = |v: Option<u32>| v.map_or("-".to_owned(), |n| n.to_string());
+    let timeout = attempt_timeout.map_or(String::new(), |d| {
+        format!(" attempt-timeout {}", crate::watch::format_duration(d))
+    });
     format!(
-        "{:<32} in-flight {:>5}/{:<5} queued {:>7}/{:<7} rate {}",
+        "{:<32} in-flight {:>5}/{:<5} queued {:>7}/{:<7} rate {}{timeout}",
         q.scope,
         q.held,
         limit(q.max_in_flight),

@@ -85,6 +85,7 @@ fn new_job(queue: &str) -> NewJob {
         labels: Default::default(),
         tenant_id: None,
         parent_job_id: None,
+        parent_attempt: None,
         traceparent: None,
         tracestate: None,
         trace_id: None,

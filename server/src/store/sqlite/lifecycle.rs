@@ -10,8 +10,11 @@ use crate::{
     store::{Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
 };
 
+/// Its timeout is the attempt's: the job's own, or else its queue's default.
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
-    priority, deadline_ms, timeout_ms, started_at_ms, weight, tenant_id, concurrency_key
+    priority, deadline_ms,
+    coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || queue)),
+    started_at_ms, weight, tenant_id, concurrency_key
     FROM jobs WHERE id = ?1";
 const SUCCEED: &str = "UPDATE jobs SET state = 30 /* succeeded */, output = ?1, error = NULL,
         finished_at_ms = ?2
@@ -38,6 +41,8 @@ const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = ?4, wor
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
         group_id, tenant_id, max_attempts, depends_on, timeout_ms,
         max(created_at_ms, coalesce(run_at_ms, 0))";
+/// A queue's default attempt timeout, for a job with none of its own.
+const QUEUE_TIMEOUT: &str = "SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || ?1";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES (?1, ?2, ?3, ?4, 10 /* running */)";
 const DEPENDENCY_OUTPUTS: &str =
@@ -257,6 +262,26 @@ fn finish(
         }
         other => other.clone(),
     };
+    // Children belong to the attempt that submitted them: one that ends other than in
+    // success takes its unfinished children with it, whether or not the job runs again.
+    let how = match &outcome {
+        Outcome::Succeeded(_) => None,
+        Outcome::Failed {
+            cancelled: true, ..
+        } => Some("CANCELLED"),
+        Outcome::Failed { .. } => Some("FAILED"),
+        Outcome::Lost(_) => Some("LOST"),
+        Outcome::Released(_) => Some("RELEASED"),
+        Outcome::Expired => Some("DEADLINE_EXCEEDED"),
+        Outcome::TimedOut => Some("TIMED_OUT"),
+    };
+    if let Some(how) = how {
+        let (ended, running) =
+            cancel::end_attempt_children(conn, id, current.attempt, how, now, &mut out.metrics)?;
+        out.terminal.extend(ended.iter().copied());
+        out.cancelled_dependents.extend(ended);
+        out.stopped.extend(running);
+    }
     match &outcome {
         Outcome::Expired => {
             end_attempt(
@@ -456,6 +481,15 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
         .optional()?;
     let Some((seq, mut dispatch, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
         return Ok(None);
+    };
+    // A job with no timeout of its own gets its queue's default, if the queue has one.
+    let timeout_ms = match timeout_ms {
+        Some(t) => Some(t),
+        None => conn
+            .prepare_cached(QUEUE_TIMEOUT)?
+            .query_row(params![dispatch.queue], |row| row.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten(),
     };
     dispatch.ends_ms = match (deadline_ms, timeout_ms.map(|t| now + t)) {
         (Some(d), Some(t)) => Some(d.min(t)),
