@@ -202,7 +202,7 @@ struct SubmitArgs {
     #[arg(long, default_value = "default")]
     queue: String,
     /// What to run: the handler a worker registered under this name (the built-ins of
-    /// `switchyard-worker`: echo, sleep, fail, panic, sha256, hang, fanout).
+    /// `switchyard-worker`: echo, sleep, fail, panic, sha256, hang, fanout, flaky-fanout).
     #[arg(long)]
     kind: String,
     /// The payload as text (at most 1 MiB).
