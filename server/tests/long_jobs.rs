@@ -11,7 +11,9 @@ use switchyard_proto::v1::{AttemptOutcome, Job, JobState, Quota, SubmitRequest};
 use switchyard_testkit::Worker;
 use tonic::Code;
 
-use support::{coordinator, eventually, finished, held, jobs, list, ms_of, new_job, quota_of, span};
+use support::{
+    coordinator, eventually, finished, held, jobs, list, ms_of, new_job, quota_of, span,
+};
 
 /// Waits until the job is running, and returns it.
 async fn running(client: &Client, id: &str) -> Job {
@@ -67,8 +69,11 @@ async fn a_queues_attempt_timeout_stops_hung_attempts_and_gives_their_permits_ba
     assert_eq!(quota.attempt_timeout, Some(seconds(1)));
     assert_eq!(quota.max_in_flight, Some(1));
 
-    let _worker = Worker::start(&coordinator.url(), &["--queues", "slow", "--concurrency", "4"])
-        .await;
+    let _worker = Worker::start(
+        &coordinator.url(),
+        &["--queues", "slow", "--concurrency", "4"],
+    )
+    .await;
     let hung = client
         .submit(
             JobSpec::new("slow", "sleep")
@@ -197,7 +202,10 @@ async fn a_child_of_an_attempt_that_is_not_running_is_refused() {
         .await
         .expect_err("attempt 2 is not running");
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
-    let bad = api.submit(as_child("zero")).await.expect_err("not a number");
+    let bad = api
+        .submit(as_child("zero"))
+        .await
+        .expect_err("not a number");
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     let child = api
         .submit(as_child("1"))
@@ -209,7 +217,10 @@ async fn a_child_of_an_attempt_that_is_not_running_is_refused() {
     client.cancel(&parent.job_id).await.expect("cancel");
     let child = finished(&client, &child).await;
     assert_eq!(child.state(), JobState::Cancelled, "{child:?}");
-    let ended = api.submit(as_child("1")).await.expect_err("the parent ended");
+    let ended = api
+        .submit(as_child("1"))
+        .await
+        .expect_err("the parent ended");
     assert_eq!(ended.code(), Code::FailedPrecondition, "{ended:?}");
 }
 

@@ -830,11 +830,19 @@ async fn children_end_with_their_parents_attempt(b: Backend) {
     let mut expected = vec![kids[0].id, kids[1].id, grandchild];
     expected.sort();
     assert_eq!(ended, expected, "the attempt's children and theirs");
-    assert_eq!(out.stopped, [(running_kid.id, 1)], "its worker is told to stop");
+    assert_eq!(
+        out.stopped,
+        [(running_kid.id, 1)],
+        "its worker is told to stop"
+    );
     for id in [kids[0].id, kids[1].id, grandchild] {
         assert_eq!(state(store, id).await, JobState::Cancelled);
     }
-    let kid = store.get(kids[0].id).await.expect("get").expect("the child");
+    let kid = store
+        .get(kids[0].id)
+        .await
+        .expect("get")
+        .expect("the child");
     assert!(
         kid.error
             .as_deref()
@@ -972,9 +980,8 @@ async fn a_queues_attempt_timeout_bounds_jobs_without_their_own(mut b: Backend) 
             .dispatch
             .ends_ms
     };
-    let within = |ends: Option<i64>, ms: i64| {
-        ends.is_some_and(|e| (before + ms..=after + ms).contains(&e))
-    };
+    let within =
+        |ends: Option<i64>, ms: i64| ends.is_some_and(|e| (before + ms..=after + ms).contains(&e));
     assert!(within(ends(ready[0].id), 5_000), "the queue's default");
     assert!(within(ends(ready[1].id), 60_000), "its own timeout");
     assert_eq!(ends(ready[2].id), None, "a queue with none");

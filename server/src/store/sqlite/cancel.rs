@@ -269,7 +269,13 @@ fn cancel_children(
         tally.finished(&queue, JobState::Cancelled);
         if kid_state == JobState::Running {
             tally.ended(&queue, AttemptOutcome::Cancelled, started_at_ms, now);
-            end_attempt.execute(params![now, AttemptOutcome::Cancelled, reason, seq, attempt])?;
+            end_attempt.execute(params![
+                now,
+                AttemptOutcome::Cancelled,
+                reason,
+                seq,
+                attempt
+            ])?;
             running.push((id, attempt));
         }
         ended.push(id);
