@@ -130,9 +130,7 @@ impl Error {
             rule: rule.into(),
         }
     }
-}
 
-impl Error {
     /// A child submitted by an attempt of its parent that is no longer the running one.
     pub fn parent_attempt_ended(parent: crate::domain::JobId, attempt: u32) -> Error {
         Error::FailedPrecondition {

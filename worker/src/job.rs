@@ -508,6 +508,13 @@ mod tests {
             Some("job-1")
         );
         assert_eq!(
+            metadata
+                .get("x-switchyard-parent-attempt")
+                .and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "late children of an ended attempt can be refused"
+        );
+        assert_eq!(
             metadata.get("x-tenant-id").and_then(|v| v.to_str().ok()),
             Some("acme")
         );

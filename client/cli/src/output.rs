@@ -295,6 +295,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_quota_shows_its_attempt_timeout() {
+        let quota = switchyard_proto::v1::Quota {
+            scope: "queue:render".into(),
+            attempt_timeout: Some(prost_types::Duration {
+                seconds: 1800,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let text = quota_line(&quota, false);
+        assert!(text.ends_with(" attempt-timeout 30m00s"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&quota_line(&quota, true)).expect("json");
+        assert_eq!(json["attempt_timeout_ms"], 1_800_000);
+        let none = quota_line(&Default::default(), false);
+        assert!(!none.contains("attempt-timeout"), "{none}");
+    }
+
+    #[test]
     fn pause_and_resume_say_what_changed() {
         assert_eq!(
             paused_text("emails", false, &[], false),

@@ -862,12 +862,21 @@ impl JobService for JobApi {
             .into());
         }
         let ready = self.store.requeue(id, req.max_attempts).await?;
+        let waits = ready.is_none();
         if let Some(ready) = ready
             && let Err(err) = self.scheduler.enqueue(vec![ready]).await
         {
             tracing::warn!(cause = %err, "requeued job waits for the next start");
         }
         let job = self.job(id).await?;
+        // Back to waiting for its dependencies: it still ends at its deadline.
+        if waits
+            && job.state == JobState::Queued
+            && let Some(deadline) = job.deadline_ms
+            && let Err(err) = self.scheduler.wait(vec![(id, deadline)]).await
+        {
+            tracing::warn!(cause = %err, "requeued job waits for the next start");
+        }
         Ok(Response::new(self.shown(job).await?))
     }
 

@@ -522,6 +522,31 @@ mod tests {
         assert!(duration_ms("t", &d(i64::MAX, 0), MAX_TIMEOUT_MS, "7d").is_err());
         assert!(duration_ms("t", &d(8 * 24 * 3600, 0), MAX_TIMEOUT_MS, "7d").is_err());
     }
+
+    #[test]
+    fn an_attempt_timeout_is_a_queues_and_sane() {
+        let with = |scope: &str, seconds| v1::Quota {
+            scope: scope.into(),
+            attempt_timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let q = quota(with("queue:render", 90)).expect("a queue's timeout");
+        assert_eq!(q.attempt_timeout_ms, Some(90_000));
+        assert!(!q.is_empty(), "a quota of its own, not \"no limit\"");
+        for bad in [
+            with("key:k", 90),
+            with("tenant:t", 90),
+            with("queue:render", 0),
+            with("queue:render", -1),
+            with("queue:render", 8 * 24 * 3600),
+        ] {
+            let err = quota(bad.clone()).expect_err("refused");
+            assert!(
+                err.to_string().contains("quota.attempt_timeout"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 }
 
 /// Property tests over request decoding and validation: random requests (near and past every
