@@ -2,92 +2,16 @@
 //! then the outcome, even when the connection is cut or the coordinator restarts under it.
 //! These need the coordinator's `WatchGroup` (all but `retries_are_bounded`).
 
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use futures::{Stream, StreamExt};
 use switchyard_client::{
     Batch, Client, Error, GroupEvent, GroupOutcome, GroupUpdate, JobSpec, JobState, Resume,
 };
-use switchyard_testkit::{Coordinator, Worker};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-    task::JoinSet,
-};
+use switchyard_testkit::{Coordinator, Proxy, Worker};
 
 /// How long a test waits for a group before calling it stuck.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A TCP forwarder between the client and the coordinator that can cut every open
-/// connection at once, like a proxy or a network that drops them.
-struct Proxy {
-    addr: SocketAddr,
-    cut: watch::Sender<u64>,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
-        let (cut, cuts) = watch::channel(0u64);
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        let task = tokio::spawn(async move {
-            // The connections' tasks live and die with the proxy's.
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { return };
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let mut cuts = cuts.clone();
-                        cuts.mark_unchanged();
-                        connections.spawn(async move {
-                            let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                                return;
-                            };
-                            tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                                // Dropping both sockets cuts the connection mid-stream.
-                                _ = cuts.changed() => {}
-                            }
-                        });
-                    }
-                    Some(_) = connections.join_next() => {}
-                }
-            }
-        });
-        Proxy {
-            addr,
-            cut,
-            accepted,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn cut(&self) {
-        self.cut.send_modify(|n| *n += 1);
-    }
-
-    async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
 
 /// Reads `events` until `n` results (or the outcome) have arrived.
 async fn take_results(
@@ -152,14 +76,11 @@ async fn a_cut_connection_is_resumed_without_loss_or_repeats() {
     let mut events = Box::pin(client.watch_group(&group, None));
     let mut results = Vec::new();
     assert!(take_results(&mut events, 10, &mut results).await.is_none());
-    let before = proxy.accepted.load(Ordering::SeqCst);
+    let before = proxy.accepted();
     proxy.cut();
     let outcome = finish(&mut events, &mut results).await;
 
-    assert!(
-        proxy.accepted.load(Ordering::SeqCst) > before,
-        "the client reconnected"
-    );
+    assert!(proxy.accepted() > before, "the client reconnected");
     assert_each_once(&results, &ids);
     assert_eq!(outcome.state(), JobState::Succeeded);
     assert_eq!((outcome.size, outcome.succeeded), (60, 60));

@@ -116,6 +116,8 @@ class Session:
                 elif which == "drain":
                     log.info("the coordinator drains: %s", m.drain.reason)
                     self.draining = True
+                elif which == "hold":  # a restart: this small worker does not hold on (7.)
+                    log.info("the coordinator restarts: %s", m.hold.reason)
         except grpc.RpcError as e:
             if not self.closed:
                 log.warning("stream failed: %s", e.details())

@@ -72,6 +72,12 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// How long the attempts of a worker whose stream was lost (or of every worker, after the
+    /// coordinator restarts) are kept for it to reconnect and reclaim them, before they are
+    /// LOST (or, after a restart, `interrupted`) and re-queued. 0 re-queues at once.
+    #[arg(long, env = "SWITCHYARD_RECONNECT_GRACE", default_value = "10s", value_parser = parse_grace)]
+    pub reconnect_grace: Duration,
+
     /// First retry backoff after a retryable failure; it doubles with each failure (with
     /// jitter) up to --retry-cap.
     #[arg(long, env = "SWITCHYARD_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
@@ -128,6 +134,8 @@ pub struct Config {
     pub max_result_bytes: usize,
     pub max_concurrent_streams: u32,
     pub heartbeat_interval: Duration,
+    /// How long a lost stream's attempts wait for their worker to come back.
+    pub reconnect_grace: Duration,
     pub retry: RetryPolicy,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
@@ -162,6 +170,7 @@ impl ServerArgs {
                 .min((self.max_message_bytes as usize).saturating_sub(64 * 1024)),
             max_concurrent_streams: self.max_concurrent_streams,
             heartbeat_interval: self.heartbeat_interval,
+            reconnect_grace: self.reconnect_grace,
             metrics: self.metrics,
             max_deadline: self.max_deadline,
             tokens: self.tokens.clone(),
@@ -211,6 +220,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = switchyard_proto::text::parse_duration(text)?;
     if d < Duration::from_millis(1) || d > Duration::from_secs(366 * 86_400) {
         return Err(format!("{text:?}: must be between 1ms and 366 days"));
+    }
+    Ok(d)
+}
+
+/// A grace period: `0` (none) up to a day.
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    let d = switchyard_proto::text::parse_duration(text)?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("{text:?}: must be at most a day"));
     }
     Ok(d)
 }

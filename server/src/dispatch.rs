@@ -47,6 +47,8 @@ const MAX_QUEUES: usize = 256;
 pub struct WorkerApi {
     scheduler: Scheduler,
     heartbeat: Duration,
+    /// How long the coordinator keeps a lost stream's attempts (told in `Welcome`).
+    reconnect_grace: Duration,
     /// The largest output a result may carry; a larger one fails its attempt, not the stream.
     max_result_bytes: usize,
     shutdown: CancellationToken,
@@ -58,6 +60,7 @@ impl WorkerApi {
     pub fn new(
         scheduler: Scheduler,
         heartbeat: Duration,
+        reconnect_grace: Duration,
         max_result_bytes: usize,
         shutdown: CancellationToken,
         sessions: TaskTracker,
@@ -65,12 +68,21 @@ impl WorkerApi {
         WorkerApi {
             scheduler,
             heartbeat,
+            reconnect_grace,
             max_result_bytes,
             shutdown,
             sessions,
             next_session: Arc::new(AtomicU64::new(1)),
         }
     }
+}
+
+/// The attempts a hello says its worker still holds. An entry that names no job is no attempt
+/// of this coordinator's and is passed over.
+fn held_attempts(held: &[v1::HeldAttempt]) -> Vec<((JobId, u32), bool)> {
+    held.iter()
+        .filter_map(|h| Some(((h.job_id.parse::<JobId>().ok()?, h.attempt), h.finished)))
+        .collect()
 }
 
 fn check_hello(hello: &v1::Hello) -> Result<()> {
@@ -91,6 +103,15 @@ fn check_hello(hello: &v1::Hello) -> Result<()> {
         return Err(Error::invalid(
             "hello.slots",
             format!("must be at most {MAX_SLOTS}"),
+        ));
+    }
+    // Each held attempt is a running handler or a result not yet confirmed: a worker keeps
+    // at most a few per slot.
+    let max_held = 4 * (hello.slots as usize).max(1);
+    if hello.held.len() > max_held {
+        return Err(Error::invalid(
+            "hello.held",
+            format!("holds at most 4 attempts per slot ({max_held})"),
         ));
     }
     Ok(())
@@ -141,20 +162,14 @@ impl WorkerService for WorkerApi {
         // bound what is outstanding), and this session's own heartbeats and drain.
         let (outbound, rx) = mpsc::channel(hello.slots as usize + CONTROL_ROOM);
         let (control, control_rx) = mpsc::channel(CONTROL_ROOM);
-        // The welcome goes first, before anything the scheduler sends.
-        let welcome = message(coordinator_message::Message::Welcome(v1::Welcome {
-            session_id: id.to_string(),
-            heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
-            max_result_bytes: self.max_result_bytes as u64,
-            adopted: Vec::new(),
-            reconnect_grace: None,
-        }));
         let kill = self.shutdown.child_token();
         let link = Link {
             outbound,
             kill: kill.clone(),
         };
-        self.scheduler
+        let held = held_attempts(&hello.held);
+        let adopted = self
+            .scheduler
             .connect(
                 SessionInfo {
                     id,
@@ -169,9 +184,26 @@ impl WorkerService for WorkerApi {
                     slots: hello.slots,
                     peer,
                 },
+                held,
                 link,
             )
             .await?;
+        // The welcome goes first, before anything the scheduler sends (it sends nothing on
+        // the link until this call has returned and the stream is read).
+        let welcome = message(coordinator_message::Message::Welcome(v1::Welcome {
+            session_id: id.to_string(),
+            heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
+            max_result_bytes: self.max_result_bytes as u64,
+            adopted: adopted
+                .into_iter()
+                .map(|(job_id, attempt)| v1::HeldAttempt {
+                    job_id: job_id.to_string(),
+                    attempt,
+                    finished: false,
+                })
+                .collect(),
+            reconnect_grace: Some(duration(self.reconnect_grace.as_millis() as i64)),
+        }));
         let terms = Terms {
             id,
             interval,
@@ -235,8 +267,10 @@ async fn session(
         tokio::select! {
             _ = kill.cancelled() => {
                 if shutdown.is_cancelled() {
-                    let _ = outbound.try_send(message(coordinator_message::Message::Drain(v1::Drain {
-                        reason: "the coordinator is shutting down".into(),
+                    // A restart or a deploy: the worker keeps running what it holds and
+                    // comes back for it (to this coordinator's successor).
+                    let _ = outbound.try_send(message(coordinator_message::Message::Hold(v1::Hold {
+                        reason: "the coordinator is restarting".into(),
                     })));
                     break "the coordinator is shutting down".into();
                 }

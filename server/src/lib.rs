@@ -92,13 +92,16 @@ pub async fn run_with(
     // The scheduler and the worker sessions stop with their own token, after the gRPC server
     // has stopped taking calls, so that nothing they commit is cut off.
     let inner = CancellationToken::new();
+    // The scheduler stops last of all, once no session can hand it a result any more.
+    let scheduler_stop = CancellationToken::new();
     let (scheduler, scheduler_task) = Scheduler::start(
         store.clone(),
         notifier.clone(),
         metrics.clone(),
         config.retry,
+        config.reconnect_grace,
         recovered,
-        inner.clone(),
+        scheduler_stop.clone(),
     );
     let ticker =
         scheduler::schedules::Ticker::start(store.clone(), scheduler.clone(), inner.clone()).await;
@@ -106,6 +109,7 @@ pub async fn run_with(
         Ok(ticker) => ticker,
         Err(err) => {
             inner.cancel();
+            scheduler_stop.cancel();
             let _ = scheduler_task.await;
             let _ = store.close().await;
             return Err(err);
@@ -125,6 +129,7 @@ pub async fn run_with(
         workers: dispatch::WorkerApi::new(
             scheduler,
             config.heartbeat_interval,
+            config.reconnect_grace,
             config.max_result_bytes,
             inner.clone(),
             sessions.clone(),
@@ -151,6 +156,7 @@ pub async fn run_with(
     if let Err(err) = ticker_task.await {
         tracing::error!(cause = %err, "schedule ticker failed");
     }
+    scheduler_stop.cancel();
     if let Err(err) = scheduler_task.await {
         tracing::error!(cause = %err, "scheduler task failed");
     }

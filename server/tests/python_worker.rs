@@ -424,7 +424,7 @@ async fn sigterm_drains_the_python_worker() {
 async fn the_python_worker_reconnects_after_a_coordinator_restart() {
     let (mut coordinator, client) = coordinator().await;
     let mut py = PyWorker::start(&coordinator, "py-1", &["--queues", "py"]).await;
-    // SIGTERM: the coordinator sends `Drain` and ends the stream; the worker reconnects (with
+    // SIGTERM: the coordinator sends `Hold` and ends the stream; the worker reconnects (with
     // backoff) to the coordinator started again on the same port and database.
     assert!(coordinator.terminate().await.success());
     coordinator.restart().await;
@@ -440,5 +440,9 @@ async fn the_python_worker_reconnects_after_a_coordinator_restart() {
         "the worker's log:\n{}",
         py.log()
     );
-    assert!(py.log().contains("the coordinator drains"), "{}", py.log());
+    assert!(
+        py.log().contains("the coordinator restarts"),
+        "{}",
+        py.log()
+    );
 }

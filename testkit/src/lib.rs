@@ -2,6 +2,9 @@
 //! temporary database, talked to over gRPC. Each handle kills its process when dropped.
 
 pub mod otlp;
+mod proxy;
+
+pub use proxy::Proxy;
 
 use std::{
     net::SocketAddr,

@@ -3,12 +3,16 @@
 //! what the coordinator sends, handlers that return, the heartbeat ticker and shutdown.
 //! A lost stream is replaced with a new one after a backoff, until shutdown.
 
-use std::{collections::HashMap, error::Error as StdError, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    error::Error as StdError,
+    time::Duration,
+};
 
 use switchyard_proto::v1::{
-    Assignment, AttemptResult, CoordinatorMessage, Credit, Drain, Heartbeat, Hello, Release,
-    Welcome, WorkerMessage, attempt_result::Outcome, coordinator_message, worker_message::Message,
-    worker_service_client::WorkerServiceClient,
+    Assignment, AttemptResult, CoordinatorMessage, Credit, Drain, Heartbeat, HeldAttempt, Hello,
+    Release, Welcome, WorkerMessage, attempt_result::Outcome, coordinator_message,
+    worker_message::Message, worker_service_client::WorkerServiceClient,
 };
 use tokio::{
     sync::mpsc,
@@ -39,6 +43,9 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Silence for this many of the coordinator's heartbeat intervals means the stream is dead.
 const MISSED_HEARTBEATS: u32 = 3;
+/// How long handlers of a lost stream go on before the worker hears a coordinator's own
+/// `Welcome.reconnect_grace` (the coordinator's default).
+const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// Why a stream ended badly. Only logged: the worker reconnects.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +84,8 @@ enum End {
 /// What the serving loop does after one event.
 enum Flow {
     Continue,
+    /// The coordinator goes away for a moment: keep the handlers, close, and come back.
+    Hold,
     /// End our half of the stream, wait for the coordinator to end its half, then `End`.
     Close(End),
 }
@@ -117,6 +126,8 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         streams: 0,
         welcomes: 0,
         late: Vec::new(),
+        held_since: None,
+        grace: DEFAULT_RECONNECT_GRACE,
         result_limit: config.max_result_bytes,
         config,
         kinds,
@@ -178,6 +189,11 @@ struct Runner {
     /// the coordinator's fence refuses those whose attempt has moved on (bounded by the
     /// slots, since each was a running handler).
     late: Vec<switchyard_proto::v1::AttemptResult>,
+    /// When the handlers now detached lost their stream: past `grace` from then, the
+    /// coordinator has given them to someone else, and they are stopped.
+    held_since: Option<Instant>,
+    /// How long the coordinator keeps a lost stream's attempts (its last `Welcome` said).
+    grace: Duration,
 }
 
 /// The sending half of a stream: a bounded channel feeding the request body. A send that
@@ -234,25 +250,42 @@ impl Runner {
         // Room for a result and a credit per slot, plus heartbeats and releases.
         let capacity = (self.config.slots as usize).saturating_mul(2) + 64;
         let (tx, rx) = mpsc::channel(capacity);
+        // Handlers of a lost stream still run and hold their slots: they are presented for
+        // re-adoption, with the results not yet confirmed; the coordinator's credit leaves
+        // out the running ones, whose slots come back with `Credit` as they return.
+        let running = self
+            .slots
+            .held()
+            .into_iter()
+            .map(|(job_id, attempt)| HeldAttempt {
+                job_id,
+                attempt,
+                finished: false,
+            });
+        let finished = self.late.iter().map(|r| HeldAttempt {
+            job_id: r.job_id.clone(),
+            attempt: r.attempt,
+            finished: true,
+        });
         let hello = Hello {
             worker_id: self.config.worker_id.clone(),
             queues: self.config.queues.clone(),
             kinds: self.kinds.clone(),
-            // Handlers of a lost stream still hold their slots: announce only the free ones,
-            // and give the others back with `Credit` as they return.
-            slots: self.slots.free(),
+            slots: self.config.slots,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat_interval: self.config.heartbeat_interval.try_into().ok(),
-            held: Vec::new(),
+            held: running.chain(finished).collect(),
         };
-        let free = hello.slots;
+        let free = self.slots.free();
+        let held = hello.held.len();
         // The channel is new and empty: this cannot fail for lack of room.
         let _ = tx.try_send(WorkerMessage {
             message: Some(Message::Hello(hello)),
         });
-        for result in self.late.drain(..) {
+        // Kept until the stream is welcomed: a failed handshake loses none of them.
+        for result in &self.late {
             let _ = tx.try_send(WorkerMessage {
-                message: Some(Message::Result(result)),
+                message: Some(Message::Result(result.clone())),
             });
         }
 
@@ -294,6 +327,27 @@ impl Runner {
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         self.result_limit = self.config.max_result_bytes.min(theirs);
+        if let Some(grace) = welcome
+            .reconnect_grace
+            .and_then(|d| Duration::try_from(d).ok())
+        {
+            self.grace = grace;
+        }
+        let adopted: HashSet<(String, u32)> = welcome
+            .adopted
+            .iter()
+            .map(|a| (a.job_id.clone(), a.attempt))
+            .collect();
+        let stopped = self.slots.adopt(stream, &adopted);
+        self.held_since = None;
+        if held > 0 {
+            info!(
+                held,
+                adopted = adopted.len(),
+                stopped,
+                "presented the attempts held from the last stream"
+            );
+        }
         self.welcomes += 1;
         self.state.send_replace(ConnectionState::Connected {
             connection: self.welcomes,
@@ -309,9 +363,18 @@ impl Runner {
             tx,
             patience: silence_limit,
         };
-        self.serve(stream, inbound, outbox, send_every, silence_limit, shutdown)
-            .instrument(info_span!("stream", session = %welcome.session_id))
-            .await
+        let resent = std::mem::take(&mut self.late);
+        self.serve(
+            stream,
+            inbound,
+            outbox,
+            resent,
+            send_every,
+            silence_limit,
+            shutdown,
+        )
+        .instrument(info_span!("stream", session = %welcome.session_id))
+        .await
     }
 
     /// The welcomed stream's loop.
@@ -320,6 +383,7 @@ impl Runner {
         stream: u64,
         mut inbound: Streaming<CoordinatorMessage>,
         outbox: Outbox,
+        resent: Vec<switchyard_proto::v1::AttemptResult>,
         send_every: Duration,
         silence_limit: Duration,
         shutdown: &CancellationToken,
@@ -337,7 +401,8 @@ impl Runner {
         // acknowledging a heartbeat sent after them), with that heartbeat's number. If the
         // stream dies, they go out again on the next one: a result is never lost in a dying
         // stream, and the coordinator's fence refuses any it no longer wants.
-        let mut unconfirmed: Vec<(u64, switchyard_proto::v1::AttemptResult)> = Vec::new();
+        let mut unconfirmed: Vec<(u64, switchyard_proto::v1::AttemptResult)> =
+            resent.into_iter().map(|r| (1, r)).collect();
 
         loop {
             unconfirmed.retain(|(after, _)| *after > heartbeats.acked_by_peer);
@@ -389,17 +454,32 @@ impl Runner {
             };
             match step {
                 Ok(Flow::Continue) => {}
+                Ok(Flow::Hold) => {
+                    // What the coordinator may not have committed goes out again, for the
+                    // next one's fence to judge.
+                    for (_, result) in unconfirmed {
+                        self.keep_late(result);
+                    }
+                    close(inbound, outbox, silence_limit.min(CLOSE_WAIT_MAX)).await;
+                    return End::Lost { welcomed: true };
+                }
                 Ok(Flow::Close(end)) => {
                     close(inbound, outbox, silence_limit.min(CLOSE_WAIT_MAX)).await;
                     return end;
                 }
                 Err(err) => {
-                    // The coordinator re-queues what this stream held: stop the handlers. Results
-                    // it may not have received go out on the next stream, for its fence to judge.
-                    let detached = self.slots.detach(stream);
+                    // The handlers go on: the coordinator keeps their attempts for the grace
+                    // period, and the next stream presents them. Results it may not have
+                    // received go out on the next stream, for its fence to judge.
+                    let held = if draining {
+                        self.slots.detach(stream).len()
+                    } else {
+                        self.lose(stream)
+                    };
                     warn!(
                         cause = %report(&err),
-                        cancelled = detached.len(),
+                        held,
+                        draining,
                         resend = unconfirmed.len(),
                         "stream lost"
                     );
@@ -458,7 +538,14 @@ impl Runner {
                 return Ok(Flow::Close(end));
             }
             Some(In::Welcome(_)) => warn!("ignoring a second welcome on the stream"),
-            Some(In::Hold(_)) => {}
+            Some(In::Hold(hold)) => {
+                let held = self.lose(stream);
+                info!(reason = %hold.reason, held, "the coordinator asks to hold on; reconnecting");
+                if draining {
+                    return Ok(Flow::Close(End::Stopped));
+                }
+                return Ok(Flow::Hold);
+            }
             // A message from a newer coordinator that this worker does not know.
             None => debug!("ignoring an empty coordinator message"),
         }
@@ -610,6 +697,19 @@ impl Runner {
         Ok(Some(result))
     }
 
+    /// `stream` is gone: its handlers are held for the next one (stopped at once if the
+    /// coordinator keeps nothing for a lost stream). Returns how many.
+    fn lose(&mut self, stream: u64) -> usize {
+        let held = self.slots.hold(stream);
+        if held > 0 && self.held_since.is_none() {
+            self.held_since = Some(Instant::now());
+        }
+        if self.grace.is_zero() {
+            self.slots.cancel_detached();
+        }
+        held
+    }
+
     /// Keeps a result for the next stream. Bounded: each is an attempt this worker ran since
     /// the last stream, so twice the slots is room enough; beyond that the oldest are dropped
     /// (the coordinator has re-queued those attempts anyway).
@@ -627,9 +727,15 @@ impl Runner {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
+            let give_up = self.held_since.map(|since| since + self.grace);
             tokio::select! {
                 () = &mut sleep => return true,
                 () = shutdown.cancelled() => return false,
+                () = sleep_until_some(give_up) => {
+                    let stopped = self.slots.cancel_detached();
+                    warn!(grace = ?self.grace, stopped, "no coordinator within the reconnect grace: stopping the held handlers");
+                    self.held_since = None;
+                }
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     let (id, outcome) = match joined {
                         Ok((id, result)) => (id, Ok(result)),
@@ -728,6 +834,14 @@ async fn run_handler(
                 "abandoned: it did not stop within {grace:?} of being cancelled"
             )))
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -6,7 +6,10 @@
 //! gone: the next `Hello` announces only the free slots, and the slot is given back with a
 //! `Credit` on whatever stream is current when the handler returns.
 
-use std::{collections::HashMap, hash::Hash};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -121,6 +124,62 @@ impl<K: Eq + Hash + Copy> Slots<K> {
         detached
     }
 
+    /// `stream` is gone but its jobs go on: they are detached, their handlers keep running, and
+    /// the next hello presents them for the coordinator to re-adopt. Returns how many.
+    pub fn hold(&mut self, stream: u64) -> usize {
+        let mut held = 0;
+        for job in self.jobs.values_mut() {
+            if job.stream == stream && stream != DETACHED {
+                job.stream = DETACHED;
+                held += 1;
+            }
+        }
+        held
+    }
+
+    /// `(job_id, attempt)` of every detached handler still running.
+    pub fn held(&self) -> Vec<(String, u32)> {
+        let mut held: Vec<(String, u32)> = self
+            .jobs
+            .values()
+            .filter(|job| job.stream == DETACHED)
+            .map(|job| (job.job_id.clone(), job.attempt))
+            .collect();
+        held.sort();
+        held
+    }
+
+    /// The coordinator's answer to a hello: detached handlers it re-adopted belong to
+    /// `stream` now; the others were replaced, and their tokens fire. Returns how many were
+    /// stopped.
+    pub fn adopt(&mut self, stream: u64, adopted: &HashSet<(String, u32)>) -> usize {
+        let mut stopped = 0;
+        for job in self.jobs.values_mut() {
+            if job.stream != DETACHED {
+                continue;
+            }
+            if adopted.contains(&(job.job_id.clone(), job.attempt)) {
+                job.stream = stream;
+            } else if !job.token.is_cancelled() {
+                job.token.cancel();
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// Fires the tokens of detached handlers: their coordinator has given up on them.
+    pub fn cancel_detached(&self) -> usize {
+        let mut cancelled = 0;
+        for job in self.jobs.values().filter(|job| job.stream == DETACHED) {
+            if !job.token.is_cancelled() {
+                job.token.cancel();
+                cancelled += 1;
+            }
+        }
+        cancelled
+    }
+
     /// Fires every handler's token (the worker is stopping).
     pub fn cancel_all(&self) {
         for job in self.jobs.values() {
@@ -210,6 +269,27 @@ mod tests {
         assert!(!token.is_cancelled());
         assert!(slots.cancel(7, "a", 2));
         assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn held_handlers_keep_running_and_are_adopted_or_stopped() {
+        let mut slots = Slots::new(3);
+        slots.insert(1, job("a", 1, 1));
+        slots.insert(2, job("b", 2, 1));
+        assert_eq!(slots.hold(1), 2);
+        assert!(
+            slots.jobs.values().all(|j| !j.token.is_cancelled()),
+            "a lost stream does not stop its handlers"
+        );
+        assert_eq!(slots.held(), [("a".to_owned(), 1), ("b".to_owned(), 2)]);
+        assert_eq!(slots.owed_to(1), 0);
+        let adopted = HashSet::from([("a".to_owned(), 1)]);
+        assert_eq!(slots.adopt(5, &adopted), 1);
+        assert_eq!(slots.jobs[&1].stream, 5);
+        assert!(!slots.jobs[&1].token.is_cancelled());
+        assert!(slots.jobs[&2].token.is_cancelled(), "replaced: stopped");
+        assert_eq!(slots.jobs[&2].stream, DETACHED);
+        assert_eq!(slots.cancel_detached(), 0, "already stopped");
     }
 
     #[test]

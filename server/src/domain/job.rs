@@ -51,6 +51,17 @@ impl ReadyJob {
     }
 }
 
+/// An attempt found running when the coordinator started: its worker may still hold it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningAttempt {
+    /// The job as it was queued before this attempt (`job.attempt + 1 == attempt`).
+    pub job: ReadyJob,
+    pub attempt: u32,
+    pub worker_id: String,
+    /// When the attempt must end: the sooner of the job's deadline and its timeout.
+    pub ends_ms: Option<i64>,
+}
+
 /// An attempt handed to a worker: everything its handler is told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {

@@ -11,7 +11,7 @@ use std::{fmt, str::FromStr};
 
 pub use job::{
     AttemptRecord, Blocked, Dispatch, GroupEvent, GroupRecord, JobRecord, QueueCounts, Quota,
-    ReadyJob, WorkerView,
+    ReadyJob, RunningAttempt, WorkerView,
 };
 pub use schedule::{
     JobTemplate, Misfire, NewSchedule, Overlap, ScheduleKey, ScheduleRecord, Timetable,
@@ -231,6 +231,9 @@ pub enum Outcome {
     Lost(String),
     /// Handed back by a draining worker: does not count.
     Released(String),
+    /// Running when the coordinator restarted, and not reclaimed by its worker within the
+    /// reclaim window: does not count.
+    Interrupted(String),
     /// The job's deadline passed while it ran: the job ends `DEADLINE_EXCEEDED`.
     Expired,
     /// The attempt ran past its `timeout`: a retryable failure.

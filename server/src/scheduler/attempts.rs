@@ -19,12 +19,24 @@ pub(crate) enum Phase {
     /// Ended here (cancelled, expired, timed out) while its handler may still run: it keeps
     /// its permits until its worker reports it, so limits hold for what really runs.
     Stopping,
+    /// Running, as far as anyone knows, on a worker that has no stream now (it was lost, or
+    /// the coordinator restarted): kept, with its permits, for that worker to come back and
+    /// reclaim it within the grace period.
+    Detached,
 }
+
+/// The session of a detached attempt: none.
+pub(crate) const NO_SESSION: u64 = 0;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub session: u64,
+    /// The worker it was given to: only that worker may reclaim it.
+    pub worker_id: String,
     pub phase: Phase,
+    /// Found running when the coordinator started (not handed out by this process): if
+    /// nobody reclaims it, it was interrupted, not lost.
+    pub recovered: bool,
     /// The job as it was queued: put back if its start does not commit, and the source of
     /// its permits (`scopes()`, `weight`) and deadline.
     pub job: ReadyJob,
@@ -72,19 +84,48 @@ impl Attempts {
     }
 
     /// A new starting attempt. False (and nothing changes) if the key is taken.
-    pub(crate) fn start(&mut self, key: Key, session: u64, job: ReadyJob) -> bool {
-        if self.entries.contains_key(&key) {
-            return false;
-        }
-        self.entries.insert(
+    pub(crate) fn start(
+        &mut self,
+        key: Key,
+        session: u64,
+        worker_id: String,
+        job: ReadyJob,
+    ) -> bool {
+        self.insert(
             key,
             Entry {
                 session,
+                worker_id,
                 phase: Phase::Starting,
+                recovered: false,
                 job,
             },
-        );
-        *self.busy.entry(session).or_default() += 1;
+        )
+    }
+
+    /// An attempt found running at start, detached until its worker reclaims it. False (and
+    /// nothing changes) if the key is taken.
+    pub(crate) fn recovered(&mut self, key: Key, worker_id: String, job: ReadyJob) -> bool {
+        self.insert(
+            key,
+            Entry {
+                session: NO_SESSION,
+                worker_id,
+                phase: Phase::Detached,
+                recovered: true,
+                job,
+            },
+        )
+    }
+
+    fn insert(&mut self, key: Key, entry: Entry) -> bool {
+        if self.entries.contains_key(&key) {
+            return false;
+        }
+        if busy(entry.phase) {
+            *self.busy.entry(entry.session).or_default() += 1;
+        }
+        self.entries.insert(key, entry);
         true
     }
 
@@ -93,11 +134,10 @@ impl Attempts {
         let Some(entry) = self.entries.get_mut(key) else {
             return false;
         };
-        let was_busy = entry.phase != Phase::Stopping;
+        let was_busy = busy(entry.phase);
         entry.phase = phase;
-        let is_busy = phase != Phase::Stopping;
         let session = entry.session;
-        match (was_busy, is_busy) {
+        match (was_busy, busy(phase)) {
             (true, false) => self.unbusy(session),
             (false, true) => *self.busy.entry(session).or_default() += 1,
             _ => {}
@@ -105,11 +145,43 @@ impl Attempts {
         true
     }
 
+    /// Its worker's stream is gone: the attempt waits, detached, for the worker to come back.
+    pub(crate) fn detach(&mut self, key: &Key) -> bool {
+        if !self.set_phase(key, Phase::Detached) {
+            return false;
+        }
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.session = NO_SESSION;
+        }
+        true
+    }
+
+    /// A detached attempt's worker came back on `session` and still holds it: it runs there.
+    pub(crate) fn adopt(&mut self, key: &Key, session: u64) -> bool {
+        match self.entries.get_mut(key) {
+            Some(entry) if entry.phase == Phase::Detached => entry.session = session,
+            _ => return false,
+        }
+        self.set_phase(key, Phase::Running)
+    }
+
+    /// Detached attempts of `worker_id`.
+    pub(crate) fn detached_of(&self, worker_id: &str) -> Vec<Key> {
+        let mut keys: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.phase == Phase::Detached && e.worker_id == worker_id)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Takes an attempt out of the table. Its permits are the caller's to give back: the
     /// scheduler does that in one place (`Core::retire`).
     pub(crate) fn remove(&mut self, key: &Key) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
-        if entry.phase != Phase::Stopping {
+        if busy(entry.phase) {
             self.unbusy(entry.session);
         }
         Some(entry)
@@ -125,6 +197,12 @@ impl Attempts {
     }
 }
 
+/// Whether an attempt in `phase` takes one of its session's slots as the scheduler counts
+/// them: a stopping one's slot is its worker's to give back, a detached one has no session.
+fn busy(phase: Phase) -> bool {
+    matches!(phase, Phase::Starting | Phase::Running)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,9 +213,12 @@ mod tests {
         let mut t = Attempts::default();
         let a = (test_id(1), 1);
         let b = (test_id(2), 1);
-        assert!(t.start(a, 7, job(1, "q", 0, 1)));
-        assert!(!t.start(a, 8, job(1, "q", 0, 1)), "one entry per attempt");
-        assert!(t.start(b, 7, job(2, "q", 0, 2)));
+        assert!(t.start(a, 7, "w".into(), job(1, "q", 0, 1)));
+        assert!(
+            !t.start(a, 8, "w".into(), job(1, "q", 0, 1)),
+            "one entry per attempt"
+        );
+        assert!(t.start(b, 7, "w".into(), job(2, "q", 0, 2)));
         assert_eq!(t.busy(7), 2);
         t.set_phase(&a, Phase::Running);
         assert_eq!(t.busy(7), 2);
@@ -157,5 +238,28 @@ mod tests {
         assert_eq!(t.busy(7), 0);
         assert_eq!(t.len(), 0);
         assert!(t.remove(&a).is_none());
+    }
+
+    #[test]
+    fn a_detached_attempt_leaves_its_session_and_is_adopted_by_another() {
+        let mut t = Attempts::default();
+        let a = (test_id(1), 1);
+        assert!(t.start(a, 7, "w".into(), job(1, "q", 0, 1)));
+        t.set_phase(&a, Phase::Running);
+        assert!(t.detach(&a));
+        assert_eq!(t.busy(7), 0, "a detached attempt has no session");
+        assert_eq!(t.detached_of("w"), [a]);
+        assert!(t.detached_of("other").is_empty());
+        assert!(t.adopt(&a, 9));
+        assert_eq!(t.busy(9), 1);
+        assert_eq!(
+            t.get(&a).map(|e| (e.session, e.phase)),
+            Some((9, Phase::Running))
+        );
+        assert!(!t.adopt(&a, 10), "only a detached attempt can be adopted");
+        let r = (test_id(2), 3);
+        assert!(t.recovered(r, "w".into(), job(2, "q", 0, 2)));
+        assert_eq!(t.detached_of("w"), [r]);
+        assert!(t.get(&r).is_some_and(|e| e.recovered));
     }
 }

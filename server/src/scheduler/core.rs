@@ -3,7 +3,10 @@
 //! on a socket, builds a span or records a metric: it plans the store's next transition
 //! ([`Core::plan`]) and, once that commits, says what the runner must do ([`Effect`]).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -16,7 +19,7 @@ use super::{
     timers::{Clock, Timers},
 };
 use crate::{
-    domain::{Blocked, Dispatch, JobId, Outcome, Quota, ReadyJob, WorkerView},
+    domain::{Blocked, Dispatch, JobId, Outcome, Quota, ReadyJob, RunningAttempt, WorkerView},
     store::{Finish, RetryPolicy, Start, TransitionOutcome, Transitions},
 };
 
@@ -60,6 +63,10 @@ pub(crate) struct Core {
     waiting: Timers<JobId>,
     /// Running attempts' ends (the sooner of the job's deadline and the attempt's timeout).
     attempt_ends: Timers<Key>,
+    /// Detached attempts' ends of grace: unclaimed by then, they are lost (or interrupted).
+    reclaim: Timers<Key>,
+    /// How long a detached attempt waits for its worker; zero loses it at once.
+    grace: Duration,
     /// The soonest a rate limit that held a job back has a token again.
     rate_wake: Option<Instant>,
     attempts: Attempts,
@@ -85,6 +92,8 @@ impl Core {
             deadlines: Timers::default(),
             waiting: Timers::default(),
             attempt_ends: Timers::default(),
+            reclaim: Timers::default(),
+            grace: Duration::ZERO,
             rate_wake: None,
             attempts: Attempts::default(),
             sessions: Sessions::default(),
@@ -96,6 +105,11 @@ impl Core {
             starts: Vec::new(),
             effects: Vec::new(),
         }
+    }
+
+    /// How long the attempts of a lost stream wait for their worker to come back.
+    pub(crate) fn set_reconnect_grace(&mut self, grace: Duration) {
+        self.grace = grace;
     }
 
     // --- queued jobs -------------------------------------------------------------------
@@ -177,25 +191,36 @@ impl Core {
             };
             let whole_job = entry.job.deadline_ms.is_some_and(|d| d <= now_ms);
             let session = entry.session;
-            if !self.fence(key) {
-                continue;
-            }
             let (outcome, reason) = if whole_job {
                 (Outcome::Expired, DEADLINE_PASSED)
             } else {
                 (Outcome::TimedOut, TIMEOUT_PASSED)
             };
-            self.effects.push(Effect::Stop {
-                session,
-                job_id: key.0,
-                attempt: key.1,
-                reason: reason.to_owned(),
-            });
+            if entry.phase == Phase::Detached {
+                // Nobody to tell: if its worker comes back with it, it is not re-adopted
+                // and the worker stops it then.
+                self.retire(key);
+            } else if self.fence(key) {
+                self.effects.push(Effect::Stop {
+                    session,
+                    job_id: key.0,
+                    attempt: key.1,
+                    reason: reason.to_owned(),
+                });
+            } else {
+                continue;
+            }
             self.finishes.push(Finish {
                 job_id: key.0,
                 attempt: key.1,
                 outcome,
             });
+        }
+        for key in self.reclaim.pop_due(now) {
+            self.unclaimed(
+                key,
+                "it did not come back within the reconnect grace period",
+            );
         }
         for id in self.promote.pop_due(now) {
             if let Some(job) = self.delayed.remove(&id) {
@@ -214,6 +239,7 @@ impl Core {
             self.deadlines.next(),
             self.waiting.next(),
             self.attempt_ends.next(),
+            self.reclaim.next(),
             self.rate_wake,
         ]
         .into_iter()
@@ -296,9 +322,10 @@ impl Core {
                     job_id,
                     attempt,
                     session: id,
-                    worker_id,
+                    worker_id: worker_id.clone(),
                 });
-                self.attempts.start((job_id, attempt), id, job);
+                self.attempts
+                    .start((job_id, attempt), id, worker_id.clone(), job);
                 progress = true;
             }
             if !progress {
@@ -404,6 +431,7 @@ impl Core {
         let entry = self.attempts.remove(&key)?;
         self.quotas.release(&entry.job.scopes(), entry.job.weight);
         self.attempt_ends.cancel(key);
+        self.reclaim.cancel(key);
         Some(entry)
     }
 
@@ -424,10 +452,14 @@ impl Core {
     /// An attempt the store already ended (cancelled): fenced, and its worker told to stop.
     pub(crate) fn stop_ended(&mut self, job_id: JobId, attempt: u32, reason: &str) {
         let key = (job_id, attempt);
-        let Some(session) = self.attempts.get(&key).map(|e| e.session) else {
+        let Some((session, phase)) = self.attempts.get(&key).map(|e| (e.session, e.phase)) else {
             return;
         };
-        if self.fence(key) {
+        if phase == Phase::Detached {
+            // The store has ended it already; a worker that comes back with it is told to
+            // stop then, as it is not re-adopted.
+            self.retire(key);
+        } else if self.fence(key) {
             self.effects.push(Effect::Stop {
                 session,
                 job_id,
@@ -482,13 +514,86 @@ impl Core {
 
     // --- sessions ----------------------------------------------------------------------
 
-    pub(crate) fn connect(&mut self, info: SessionInfo) {
-        tracing::info!(worker = %info.worker_id, session = info.id, slots = info.slots, "worker session started");
-        // A worker that reconnects replaces its old session at once.
+    /// A worker's new session. `held` are the attempts it says it still holds from earlier
+    /// streams (with whether each has finished: its result follows). Those that are still
+    /// current and were given to this worker are re-adopted and returned; the worker's other
+    /// detached attempts are ended at once, since it no longer has them. Its credit is its
+    /// slots less the held attempts still running (their slots come back with `Credit`).
+    pub(crate) fn connect(&mut self, info: SessionInfo, held: &[(Key, bool)]) -> Vec<Key> {
+        tracing::info!(worker = %info.worker_id, session = info.id, slots = info.slots, held = held.len(), "worker session started");
+        let id = info.id;
+        let worker_id = info.worker_id.clone();
+        let tenant = info.tenant.clone();
+        let slots = info.slots;
+        let still_running = held.iter().filter(|(_, finished)| !finished).count() as u32;
+        // A worker that reconnects replaces its old session at once: what that one ran is
+        // detached, for this one to adopt.
         let older = self.sessions.connect(info, self.clock.now_ms());
-        for id in older {
-            self.drop_session(id, "the worker connected again");
+        for old in older {
+            self.drop_session(old, "the worker connected again");
         }
+        let mut adopted = Vec::new();
+        for &(key, _) in held {
+            let ours = self.attempts.get(&key).is_some_and(|e| {
+                e.phase == Phase::Detached
+                    && e.worker_id == worker_id
+                    && tenant
+                        .as_ref()
+                        .is_none_or(|t| e.job.tenant_id.as_ref() == Some(t))
+            });
+            if ours && self.attempts.adopt(&key, id) {
+                self.reclaim.cancel(key);
+                adopted.push(key);
+            }
+        }
+        for key in self.attempts.detached_of(&worker_id) {
+            self.unclaimed(key, "its worker came back without it");
+        }
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.credits = slots.saturating_sub(still_running);
+        }
+        if !adopted.is_empty() {
+            tracing::info!(worker = %worker_id, session = id, adopted = adopted.len(), "re-adopted attempts that outlived their stream");
+        }
+        adopted
+    }
+
+    /// Attempts found running at start: detached, holding their permits, for their workers
+    /// to reclaim within the grace period.
+    pub(crate) fn recovered(&mut self, running: Vec<RunningAttempt>) {
+        let now_ms = self.clock.now_ms();
+        for r in running {
+            let key = (r.job.id, r.attempt);
+            self.quotas.acquire(&r.job.scopes(), r.job.weight, now_ms);
+            if !self.attempts.recovered(key, r.worker_id, r.job) {
+                continue;
+            }
+            if let Some(ends) = r.ends_ms {
+                self.attempt_ends.set(key, self.clock.instant_at(ends));
+            }
+            self.reclaim.set(key, Instant::now() + self.grace);
+        }
+    }
+
+    /// A detached attempt nobody reclaimed: lost, or interrupted if it was found at start.
+    fn unclaimed(&mut self, key: Key, why: &str) {
+        let Some(entry) = self.attempts.get(&key) else {
+            return;
+        };
+        if entry.phase != Phase::Detached {
+            return;
+        }
+        let outcome = if entry.recovered {
+            Outcome::Interrupted(format!("the coordinator restarted and {why}"))
+        } else {
+            Outcome::Lost(format!("worker {} was lost: {why}", entry.worker_id))
+        };
+        self.retire(key);
+        self.finishes.push(Finish {
+            job_id: key.0,
+            attempt: key.1,
+            outcome,
+        });
     }
 
     pub(crate) fn credit(&mut self, session: u64, slots: u32) {
@@ -500,17 +605,25 @@ impl Core {
         self.sessions.drain(session);
     }
 
-    /// Removes a session; its running attempts are lost (and count), its stopped ones give
-    /// their permits back. Starting ones are settled when their commit comes back.
+    /// Removes a session. Its running attempts are detached for the grace period, for its
+    /// worker to come back and reclaim them (lost at once, and counted, with no grace); its
+    /// stopped ones give their permits back. Starting ones are settled when their commit
+    /// comes back.
     pub(crate) fn drop_session(&mut self, id: u64, reason: &str) {
         let Some(session) = self.sessions.remove(id) else {
             return;
         };
         self.effects.push(Effect::EndSession { session: id });
         let mut lost = 0;
+        let mut detached = 0;
         for key in self.attempts.of_session(id) {
             let phase = self.attempts.get(&key).map(|e| e.phase);
             match phase {
+                Some(Phase::Running) if !self.grace.is_zero() => {
+                    self.attempts.detach(&key);
+                    self.reclaim.set(key, Instant::now() + self.grace);
+                    detached += 1;
+                }
                 Some(Phase::Running) => {
                     self.retire(key);
                     lost += 1;
@@ -526,13 +639,15 @@ impl Core {
                 Some(Phase::Stopping) => {
                     self.retire(key);
                 }
-                Some(Phase::Starting) | None => {}
+                Some(Phase::Starting | Phase::Detached) | None => {}
             }
         }
         tracing::info!(
             worker = %session.info.worker_id,
             session = id,
-            running = lost,
+            lost,
+            detached,
+            grace = ?self.grace,
             reason,
             "worker session ended"
         );

@@ -82,7 +82,13 @@ pub(crate) enum Message {
     /// Queued jobs waiting for their dependencies, with their deadlines.
     Wait(Vec<(JobId, i64)>),
     Remove(Vec<JobId>),
-    Connect(SessionInfo, Link),
+    Connect {
+        info: SessionInfo,
+        /// Attempts the worker says it still holds, and whether each has finished.
+        held: Vec<((JobId, u32), bool)>,
+        link: Link,
+        reply: oneshot::Sender<Vec<(JobId, u32)>>,
+    },
     Credit {
         session: u64,
         slots: u32,
@@ -143,20 +149,24 @@ impl Scheduler {
         notifier: Notifier,
         metrics: Metrics,
         retry: RetryPolicy,
+        reconnect_grace: Duration,
         recovered: Recovered,
         shutdown: CancellationToken,
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
         let refused = Arc::new(AtomicU64::new(0));
         let mut core = Core::new(Clock::System);
+        core.set_reconnect_grace(reconnect_grace);
+        for quota in &recovered.quotas {
+            core.set_quota(quota);
+        }
+        // Before the ready jobs, so that their permits count when those are picked.
+        core.recovered(recovered.running);
         for job in recovered.ready {
             core.enqueue(job);
         }
         for (id, deadline_ms) in recovered.waiting {
             core.wait(id, deadline_ms);
-        }
-        for quota in &recovered.quotas {
-            core.set_quota(quota);
         }
         for queue in recovered.paused {
             core.pause(queue, true);
@@ -223,8 +233,20 @@ impl Scheduler {
         self.send(Message::Remove(ids)).await
     }
 
-    pub async fn connect(&self, session: SessionInfo, link: Link) -> Result<()> {
-        self.send(Message::Connect(session, link)).await
+    /// A new worker session; returns the held attempts it re-adopted.
+    pub async fn connect(
+        &self,
+        info: SessionInfo,
+        held: Vec<((JobId, u32), bool)>,
+        link: Link,
+    ) -> Result<Vec<(JobId, u32)>> {
+        self.ask(|reply| Message::Connect {
+            info,
+            held,
+            link,
+            reply,
+        })
+        .await
     }
 
     pub async fn credit(&self, session: u64, slots: u32) -> Result<()> {
@@ -384,7 +406,38 @@ impl Runner {
                 }
             }
         }
+        self.finish_up().await;
         tracing::debug!("scheduler stopped");
+    }
+
+    /// At shutdown, once every session has ended: what the workers reported last is
+    /// committed. Sessions ending now are not lost: their workers hold on and come back to
+    /// the next coordinator, which finds their attempts still running.
+    async fn finish_up(&mut self) {
+        let mut messages = Vec::new();
+        while let Ok(m) = self.inbox.try_recv() {
+            messages.push(m);
+        }
+        for message in messages {
+            match message {
+                Message::Disconnect { .. } | Message::Connect { .. } => {}
+                other => self.apply(other),
+            }
+        }
+        let Some(mut ops) = self.core.plan(self.retry) else {
+            return;
+        };
+        ops.starts.clear();
+        ops.expire.clear();
+        if ops.is_empty() {
+            return;
+        }
+        match self.store.transition(ops).await {
+            Ok(out) => self.notifier.notify(&out.terminal),
+            Err(err) => {
+                tracing::warn!(cause = %err, "the last results could not be committed; their jobs are recovered as running")
+            }
+        }
     }
 
     /// Hands one message to the core, or answers it.
@@ -396,10 +449,16 @@ impl Runner {
                 .into_iter()
                 .for_each(|(id, deadline_ms)| core.wait(id, deadline_ms)),
             Message::Remove(ids) => ids.into_iter().for_each(|id| drop(core.remove(id))),
-            Message::Connect(info, link) => {
+            Message::Connect {
+                info,
+                held,
+                link,
+                reply,
+            } => {
                 let id = info.id;
-                core.connect(info);
+                let adopted = core.connect(info, &held);
                 self.links.insert(id, link);
+                drop(reply.send(adopted));
             }
             Message::Credit { session, slots } => core.credit(session, slots),
             Message::Result {

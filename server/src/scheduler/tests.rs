@@ -95,7 +95,7 @@ async fn a_saturated_key_waits_without_holding_up_other_keys() {
     core.enqueue(keyed(1, "busy", 1));
     core.enqueue(keyed(2, "busy", 1));
     core.enqueue(keyed(3, "free", 1));
-    core.connect(info(1, &["q"], &[], 10));
+    core.connect(info(1, &["q"], &[], 10), &[]);
     let mut ids: Vec<JobId> = picked(&mut core).into_iter().map(|(id, _)| id).collect();
     ids.sort();
     assert_eq!(
@@ -112,7 +112,7 @@ async fn a_stopped_attempt_keeps_its_permits_until_its_handler_returns() {
     core.set_quota(&limit("key:k", 1));
     core.enqueue(keyed(1, "k", 1));
     core.enqueue(keyed(2, "k", 1));
-    core.connect(info(1, &["q"], &[], 2));
+    core.connect(info(1, &["q"], &[], 2), &[]);
     assert_eq!(picked(&mut core), [(test_id(1), 1)]);
     // Cancelled in the store: the worker is told to stop, the permit stays held.
     core.stop_ended(test_id(1), 1, "cancelled");
@@ -145,7 +145,7 @@ async fn tenants_are_served_round_robin_within_a_queue() {
             ..job(1000 + i, "q", 0, 100 + i as i64)
         });
     }
-    core.connect(info(1, &["q"], &[], 6));
+    core.connect(info(1, &["q"], &[], 6), &[]);
     let b = picked(&mut core)
         .iter()
         .filter(|(id, _)| [1000, 1001, 1002].map(test_id).contains(id))
@@ -158,7 +158,7 @@ async fn a_paused_queue_dispatches_nothing() {
     let mut core = core();
     core.enqueue(job(1, "q", 0, 1));
     core.pause("q".into(), true);
-    core.connect(info(1, &["q"], &[], 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
     assert!(picked(&mut core).is_empty());
     core.pause("q".into(), false);
     assert_eq!(picked(&mut core).len(), 1);
@@ -170,8 +170,8 @@ async fn never_more_than_the_credits_and_spread_over_sessions() {
     for i in 0..10 {
         core.enqueue(job(i, "q", 0, i as i64));
     }
-    core.connect(info(1, &["q"], &[], 2));
-    core.connect(info(2, &["q"], &[], 3));
+    core.connect(info(1, &["q"], &[], 2), &[]);
+    core.connect(info(2, &["q"], &[], 3), &[]);
     let starts = picked(&mut core);
     assert_eq!(starts.len(), 5);
     assert_eq!(starts.iter().filter(|(_, s)| *s == 1).count(), 2);
@@ -191,9 +191,9 @@ async fn jobs_go_only_to_sessions_that_serve_their_queue_and_kind() {
         ..job(1, "q", 0, 1)
     });
     core.enqueue(job(2, "other", 0, 2));
-    core.connect(info(1, &["q"], &["echo"], 5));
+    core.connect(info(1, &["q"], &["echo"], 5), &[]);
     assert!(picked(&mut core).is_empty());
-    core.connect(info(2, &["q"], &["sha256"], 5));
+    core.connect(info(2, &["q"], &["sha256"], 5), &[]);
     assert_eq!(picked(&mut core), [(test_id(1), 2)]);
 }
 
@@ -201,7 +201,7 @@ async fn jobs_go_only_to_sessions_that_serve_their_queue_and_kind() {
 async fn results_from_a_stale_attempt_are_refused() {
     let mut core = core();
     core.enqueue(job(1, "q", 0, 1));
-    core.connect(info(1, &["q"], &[], 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
     picked(&mut core);
     assert!(matches!(
         core.take_effects().as_slice(),
@@ -223,7 +223,7 @@ async fn results_from_a_stale_attempt_are_refused() {
 async fn a_lost_session_gives_its_jobs_back_as_lost_attempts() {
     let mut core = core();
     core.enqueue(job(1, "q", 0, 1));
-    core.connect(info(1, &["q"], &[], 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
     picked(&mut core);
     core.drop_session(1, "test");
     let ops = core.plan(RETRY).expect("a lost attempt to commit");
@@ -242,7 +242,7 @@ async fn a_lost_session_gives_its_jobs_back_as_lost_attempts() {
 async fn a_session_that_dies_while_its_start_commits_gives_the_job_back_unblamed() {
     let mut core = core();
     core.enqueue(job(1, "q", 0, 1));
-    core.connect(info(1, &["q"], &[], 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
     core.pick();
     let ops = core.plan(RETRY).expect("a start");
     core.drop_session(1, "gone");
@@ -262,7 +262,7 @@ async fn a_failed_commit_puts_its_picks_back() {
     let mut core = core();
     core.set_quota(&limit("queue:q", 1));
     core.enqueue(job(1, "q", 0, 1));
-    core.connect(info(1, &["q"], &[], 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
     core.pick();
     let ops = core.plan(RETRY).expect("a start");
     assert_eq!(core.held("queue:q"), 1);
@@ -279,7 +279,7 @@ async fn delayed_jobs_become_ready_on_time() {
         run_at_ms: EPOCH_MS + 60_000,
         ..job(1, "q", 0, 1)
     });
-    core.connect(info(1, &["q"], &[], 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
     assert!(picked(&mut core).is_empty());
     let wake = core.next_wake().expect("a timer");
     tokio::time::sleep_until(wake - Duration::from_millis(1)).await;
@@ -303,7 +303,7 @@ async fn queued_jobs_past_their_deadline_expire_and_are_never_picked() {
     });
     tokio::time::advance(Duration::from_millis(1_000)).await;
     core.tick();
-    core.connect(info(1, &["q"], &[], 5));
+    core.connect(info(1, &["q"], &[], 5), &[]);
     core.pick();
     let ops = core.plan(RETRY).expect("an expiry and a start");
     assert_eq!(ops.expire, [test_id(1)]);
@@ -318,7 +318,7 @@ async fn a_running_attempt_past_its_end_is_stopped_on_its_worker() {
         deadline_ms: Some(EPOCH_MS + 1_000),
         ..job(1, "q", 0, 1)
     });
-    core.connect(info(1, &["q"], &[], 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
     core.pick();
     let ops = core.plan(RETRY).expect("a start");
     commit(&mut core, ops, Some(EPOCH_MS + 1_000));
@@ -358,7 +358,7 @@ async fn a_rate_limit_wakes_the_scheduler_when_its_next_token_is_due() {
     for i in 0..3 {
         core.enqueue(job(i, "q", 0, i as i64));
     }
-    core.connect(info(1, &["q"], &[], 10));
+    core.connect(info(1, &["q"], &[], 10), &[]);
     assert_eq!(picked(&mut core).len(), 1, "the burst");
     assert!(picked(&mut core).is_empty());
     let wake = core.next_wake().expect("a wake for the next token");
@@ -383,7 +383,7 @@ async fn the_attempts_table_and_the_permits_agree_over_random_schedules() {
         let mut next_session = 1u64;
         let mut sessions: Vec<u64> = Vec::new();
         for _ in 0..2 {
-            core.connect(info(next_session, &["q"], &[], rng.u32(1..5)));
+            core.connect(info(next_session, &["q"], &[], rng.u32(1..5)), &[]);
             sessions.push(next_session);
             next_session += 1;
         }
@@ -440,7 +440,7 @@ async fn the_attempts_table_and_the_permits_agree_over_random_schedules() {
                         let gone = sessions.swap_remove(rng.usize(..sessions.len()));
                         core.drop_session(gone, "lost");
                     }
-                    core.connect(info(next_session, &["q"], &[], rng.u32(1..5)));
+                    core.connect(info(next_session, &["q"], &[], rng.u32(1..5)), &[]);
                     sessions.push(next_session);
                     next_session += 1;
                 }
@@ -532,6 +532,204 @@ fn check(core: &Core, limits: &HashMap<String, u32>, held_before: &HashMap<Strin
     }
 }
 
+// --- attempts that outlive their stream ---------------------------------------------------
+
+const GRACE: Duration = Duration::from_secs(5);
+
+fn graced() -> Core {
+    let mut core = core();
+    core.set_reconnect_grace(GRACE);
+    core
+}
+
+/// Session `id` of worker `w1`.
+fn again(id: u64, slots: u32) -> crate::scheduler::SessionInfo {
+    crate::scheduler::SessionInfo {
+        id,
+        ..info(1, &["q"], &[], slots)
+    }
+}
+
+fn finishes(core: &mut Core) -> Vec<(JobId, u32, Outcome)> {
+    core.plan(RETRY)
+        .map(|ops| {
+            ops.finishes
+                .into_iter()
+                .map(|f| (f.job_id, f.attempt, f.outcome))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_stream_keeps_its_attempts_for_their_worker_to_reclaim() {
+    let mut core = graced();
+    core.set_quota(&limit("queue:q", 1));
+    core.enqueue(job(1, "q", 0, 1));
+    core.enqueue(job(2, "q", 0, 2));
+    core.connect(info(1, &["q"], &[], 2), &[]);
+    assert_eq!(picked(&mut core), [(test_id(1), 1)]);
+    core.drop_session(1, "the stream broke");
+    assert!(finishes(&mut core).is_empty(), "nothing is lost yet");
+    assert_eq!(
+        core.held("queue:q"),
+        1,
+        "it keeps its permit: it may still run"
+    );
+    tokio::time::advance(GRACE / 2).await;
+    core.tick();
+    let adopted = core.connect(again(2, 2), &[((test_id(1), 1), false)]);
+    assert_eq!(adopted, [(test_id(1), 1)]);
+    assert!(picked(&mut core).is_empty(), "the permit is still its");
+    tokio::time::advance(GRACE).await;
+    core.tick();
+    assert!(finishes(&mut core).is_empty(), "adopted: no grace runs out");
+    core.result(2, test_id(1), 1, Outcome::Succeeded(b"done".to_vec()));
+    assert!(matches!(
+        finishes(&mut core).as_slice(),
+        [(_, 1, Outcome::Succeeded(_))]
+    ));
+    assert_eq!(core.held("queue:q"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_nobody_reclaims_within_the_grace_is_lost_and_its_late_result_refused() {
+    let mut core = graced();
+    core.enqueue(job(1, "q", 0, 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
+    picked(&mut core);
+    core.take_effects();
+    core.drop_session(1, "gone");
+    tokio::time::advance(GRACE - Duration::from_millis(1)).await;
+    core.tick();
+    assert!(finishes(&mut core).is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(
+        core.next_wake()
+            .is_some_and(|w| w <= tokio::time::Instant::now())
+    );
+    core.tick();
+    assert!(matches!(
+        finishes(&mut core).as_slice(),
+        [(_, 1, Outcome::Lost(_))]
+    ));
+    // Too late: the worker comes back with it and its result.
+    let adopted = core.connect(again(2, 1), &[((test_id(1), 1), true)]);
+    assert!(adopted.is_empty(), "replaced, not re-adopted");
+    core.result(2, test_id(1), 1, Outcome::Succeeded(vec![]));
+    assert!(matches!(
+        core.take_effects().as_slice(),
+        [.., Effect::Refused { attempt: 1, .. }]
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_comes_back_without_an_attempt_loses_it_at_once() {
+    let mut core = graced();
+    core.enqueue(job(1, "q", 0, 1));
+    core.enqueue(job(2, "q", 0, 2));
+    core.connect(info(1, &["q"], &[], 2), &[]);
+    assert_eq!(picked(&mut core).len(), 2);
+    core.drop_session(1, "gone");
+    let adopted = core.connect(again(2, 2), &[((test_id(2), 1), false)]);
+    assert_eq!(adopted, [(test_id(2), 1)]);
+    let lost = finishes(&mut core);
+    assert!(
+        matches!(lost.as_slice(), [(id, 1, Outcome::Lost(_))] if *id == test_id(1)),
+        "{lost:?}"
+    );
+    // Another worker cannot claim what was given to w1.
+    core.drop_session(2, "gone again");
+    let thief = core.connect(info(3, &["q"], &[], 2), &[((test_id(2), 1), false)]);
+    assert!(thief.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn credit_leaves_out_the_held_attempts_still_running() {
+    let mut core = graced();
+    for i in 1..=6 {
+        core.enqueue(job(i, "q", 0, i as i64));
+    }
+    core.connect(info(1, &["q"], &[], 4), &[]);
+    assert_eq!(picked(&mut core).len(), 4);
+    core.drop_session(1, "blip");
+    let held: Vec<_> = (1..=4).map(|i| ((test_id(i), 1), i == 4)).collect();
+    assert_eq!(core.connect(again(2, 4), &held).len(), 4);
+    // Three handlers still run: one slot is free.
+    assert_eq!(picked(&mut core).len(), 1);
+    let (attempts, _, sessions) = core.parts();
+    assert_eq!(attempts.busy(2), 5);
+    assert_eq!(sessions.get(2).map(|s| s.credits), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_running_at_a_restart_wait_for_their_workers_then_are_interrupted() {
+    let mut core = graced();
+    core.set_quota(&limit("queue:q", 2));
+    let running = |id: u128| crate::domain::RunningAttempt {
+        job: job(id, "q", 0, id as i64),
+        attempt: 1,
+        worker_id: "w1".into(),
+        ends_ms: None,
+    };
+    core.recovered(vec![running(1), running(2)]);
+    core.enqueue(job(3, "q", 0, 3));
+    assert_eq!(
+        core.held("queue:q"),
+        2,
+        "recovered attempts hold their permits"
+    );
+    core.connect(info(9, &["q"], &[], 4), &[]);
+    assert!(
+        picked(&mut core).is_empty(),
+        "the quota is full of what still runs"
+    );
+    let adopted = core.connect(again(2, 4), &[((test_id(1), 1), false)]);
+    assert_eq!(adopted, [(test_id(1), 1)]);
+    let ended = finishes(&mut core);
+    assert!(
+        matches!(ended.as_slice(), [(id, 1, Outcome::Interrupted(_))] if *id == test_id(2)),
+        "w1 came back without job 2: {ended:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovered_attempt_nobody_reclaims_is_interrupted_when_the_window_closes() {
+    let mut core = graced();
+    core.recovered(vec![crate::domain::RunningAttempt {
+        job: job(1, "q", 0, 1),
+        attempt: 2,
+        worker_id: "gone".into(),
+        ends_ms: None,
+    }]);
+    core.tick();
+    assert!(finishes(&mut core).is_empty());
+    tokio::time::advance(GRACE).await;
+    core.tick();
+    assert!(matches!(
+        finishes(&mut core).as_slice(),
+        [(_, 2, Outcome::Interrupted(_))]
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_detached_attempt_past_its_deadline_ends_without_waiting_for_its_worker() {
+    let mut core = graced();
+    core.enqueue(job(1, "q", 0, 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
+    core.pick();
+    let ops = core.plan(RETRY).expect("a start");
+    commit(&mut core, ops, Some(EPOCH_MS + 1_000));
+    core.drop_session(1, "gone");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    core.tick();
+    assert!(matches!(
+        finishes(&mut core).as_slice(),
+        [(_, 1, Outcome::TimedOut | Outcome::Expired)]
+    ));
+    assert_eq!(core.parts().0.len(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_job_waiting_on_its_dependencies_expires_at_its_deadline() {
     let mut core = core();
@@ -582,7 +780,7 @@ async fn an_attempt_past_its_queues_timeout_is_stopped_and_its_permits_come_back
     });
     core.enqueue(job(1, "q", 0, 1));
     core.enqueue(job(2, "q", 0, 2));
-    core.connect(info(1, &["q"], &[], 2));
+    core.connect(info(1, &["q"], &[], 2), &[]);
     core.pick();
     let ops = core.plan(RETRY).expect("a start");
     assert_eq!(ops.starts.len(), 1, "one permit of queue:q");

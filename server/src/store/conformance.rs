@@ -423,8 +423,10 @@ async fn cancels_reach_dependents_and_fence_running_attempts(b: Backend) {
     assert!(matches!(again, Err(Error::JobNotFound(_))));
 }
 
-/// A restart finds running attempts interrupted (not counted) and every queued job ready.
-async fn a_restart_requeues_what_was_running(mut b: Backend) {
+/// A restart finds running attempts still running (for their workers to reclaim) and every
+/// queued job ready; an attempt nobody reclaims ends `interrupted` (not counted) and its job is
+/// queued again.
+async fn a_restart_keeps_what_was_running_for_its_worker(mut b: Backend) {
     let done = submit(&*b.store, vec![new_job("q"), new_job("q")], None).await;
     let first = done[0].ready.clone().expect("ready");
     b.store
@@ -433,20 +435,59 @@ async fn a_restart_requeues_what_was_running(mut b: Backend) {
         .expect("start");
     b.restart().await;
     let recovered = b.store.recover().await.expect("recover");
-    let mut ids: Vec<JobId> = recovered.ready.iter().map(|j| j.id).collect();
-    ids.sort();
-    let mut want = vec![done[0].id, done[1].id];
-    want.sort();
-    assert_eq!(ids, want);
+    let ids: Vec<JobId> = recovered.ready.iter().map(|j| j.id).collect();
+    assert_eq!(ids, [done[1].id]);
+    let [running] = recovered.running.as_slice() else {
+        panic!("one running attempt: {:?}", recovered.running);
+    };
+    assert_eq!((running.job.id, running.attempt), (first.id, 1));
+    assert_eq!(running.job.attempt, 0, "as it was queued");
+    assert_eq!(running.worker_id, "w1");
     let job = b.store.get(first.id).await.expect("get").expect("the job");
-    assert_eq!(job.state, JobState::Queued);
-    assert_eq!(job.attempts[0].outcome, AttemptOutcome::Interrupted);
-    let again = recovered
+    assert_eq!(job.state, JobState::Running);
+
+    // Its worker's result after the restart is the attempt's own.
+    let out = b
+        .store
+        .transition(transitions(
+            vec![finish(first.id, 1, Outcome::Succeeded(b"kept".to_vec()))],
+            vec![],
+        ))
+        .await
+        .expect("reclaimed result");
+    assert!(out.stale.is_empty());
+    assert_eq!(out.terminal, [first.id]);
+
+    // Nobody reclaims the second one: interrupted, not counted, queued again.
+    let second = recovered.ready[0].clone();
+    b.store
+        .transition(transitions(vec![], vec![start(&second)]))
+        .await
+        .expect("start");
+    b.restart().await;
+    let recovered = b.store.recover().await.expect("recover");
+    assert_eq!(recovered.running.len(), 1);
+    let out = b
+        .store
+        .transition(transitions(
+            vec![finish(
+                second.id,
+                1,
+                Outcome::Interrupted("nobody came back".into()),
+            )],
+            vec![],
+        ))
+        .await
+        .expect("interrupt");
+    let again = out
         .ready
         .iter()
-        .find(|j| j.id == first.id)
-        .expect("the interrupted job");
+        .find(|j| j.id == second.id)
+        .expect("queued again");
     assert_eq!(again.attempt, 1, "its next attempt is number 2");
+    let job = b.store.get(second.id).await.expect("get").expect("the job");
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts[0].outcome, AttemptOutcome::Interrupted);
 }
 
 /// Quotas and paused queues are kept across restarts.
@@ -1046,8 +1087,9 @@ macro_rules! suite {
                     .await;
             }
             #[tokio::test]
-            async fn a_restart_requeues_what_was_running() {
-                super::a_restart_requeues_what_was_running(super::$backend().await).await;
+            async fn a_restart_keeps_what_was_running_for_its_worker() {
+                super::a_restart_keeps_what_was_running_for_its_worker(super::$backend().await)
+                    .await;
             }
             #[tokio::test]
             async fn control_survives_a_restart() {

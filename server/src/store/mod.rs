@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 use crate::{
     domain::{
         Dispatch, GroupEvent, GroupRecord, JobId, JobRecord, JobState, NewSchedule, Outcome,
-        QueueCounts, Quota, ReadyJob, ScheduleKey, ScheduleRecord,
+        QueueCounts, Quota, ReadyJob, RunningAttempt, ScheduleKey, ScheduleRecord,
     },
     error::Result,
     telemetry::{Metrics, Tally},
@@ -53,9 +53,10 @@ pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<Arc<dyn Store>> {
 /// durable; a write that fails changes nothing.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Takes stock at start: attempts that were running when the coordinator last stopped are
-    /// ended `interrupted` and their jobs re-queued (not counted as failures). Returns what
-    /// the scheduler starts from.
+    /// Takes stock at start: what the scheduler starts from. Attempts that were running when
+    /// the coordinator last stopped are left running and returned in `running`: their workers
+    /// may reclaim them; the scheduler ends the others `interrupted` (not counted as failures)
+    /// when the reclaim window closes.
     async fn recover(&self) -> Result<Recovered>;
 
     /// Stores jobs (and their group) in one transaction: all of them or none.
@@ -143,6 +144,9 @@ pub struct Recovered {
     pub ready: Vec<ReadyJob>,
     /// Queued jobs that wait for their dependencies and have a deadline: (job, deadline).
     pub waiting: Vec<(JobId, i64)>,
+    /// Attempts that were running when the coordinator stopped: still running in the store,
+    /// for their workers to reclaim.
+    pub running: Vec<RunningAttempt>,
     pub quotas: Vec<Quota>,
     pub paused: Vec<String>,
 }

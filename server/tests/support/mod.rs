@@ -148,10 +148,12 @@ pub const MIB: usize = 1024 * 1024;
 
 // --- the fleet: a coordinator with fast liveness, and waiting on what it does ------------
 
-/// Fast liveness and retries, so that faults resolve in well under a second.
+/// Fast liveness, retries and reconnect grace, so that faults resolve in about a second.
 pub const COORDINATOR_FLAGS: &[&str] = &[
     "--heartbeat-interval",
     "200ms",
+    "--reconnect-grace",
+    "1s",
     "--retry-base",
     "20ms",
     "--retry-cap",

@@ -5,7 +5,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{READY_COLUMNS, READY_COLUMNS_J, cancel, ready_from_row};
 use crate::{
-    domain::{AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, now_ms},
+    domain::{
+        AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, RunningAttempt, now_ms,
+    },
     error::{Error, Result},
     store::{Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
 };
@@ -272,6 +274,7 @@ fn finish(
         Outcome::Failed { .. } => Some("FAILED"),
         Outcome::Lost(_) => Some("LOST"),
         Outcome::Released(_) => Some("RELEASED"),
+        Outcome::Interrupted(_) => Some("INTERRUPTED"),
         Outcome::Expired => Some("DEADLINE_EXCEEDED"),
         Outcome::TimedOut => Some("TIMED_OUT"),
     };
@@ -369,8 +372,12 @@ fn finish(
                 out.ready.push(current.ready(id, at));
             }
         }
-        Outcome::Released(reason) => {
-            end_attempt(out, AttemptOutcome::Released, Some(reason))?;
+        Outcome::Released(reason) | Outcome::Interrupted(reason) => {
+            let ended = match finish.outcome {
+                Outcome::Interrupted(_) => AttemptOutcome::Interrupted,
+                _ => AttemptOutcome::Released,
+            };
+            end_attempt(out, ended, Some(reason))?;
             conn.prepare_cached(RETRY)?.execute(params![
                 Option::<&str>::None,
                 current.failures,
@@ -580,21 +587,42 @@ pub(super) fn requeue(
 /// At start: attempts that were running when the coordinator stopped are interrupted and
 /// their jobs go back to the queue (not counted as failures). Returns every job that is ready
 /// to run (queued, and all its dependencies succeeded).
-pub(super) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
-    let now = now_ms();
-    let interrupted = conn.execute(
-        "UPDATE attempts SET finished_at_ms = ?1, outcome = 80 /* interrupted */, error = ?2
-            WHERE outcome = 10 /* running */",
-        params![now, "the coordinator restarted"],
-    )?;
-    let requeued = conn.execute(
-        "UPDATE jobs SET state = 10 /* queued */, worker_id = NULL WHERE state = 20 /* running */",
-        [],
-    )?;
-    if requeued > 0 || interrupted > 0 {
+pub(super) fn recover(conn: &Connection) -> Result<(Vec<ReadyJob>, Vec<RunningAttempt>)> {
+    // Attempts that were running stay running: their workers may still hold them and come
+    // back for them within the reclaim window. The scheduler ends those nobody reclaims.
+    let running = conn
+        .prepare(&format!(
+            "SELECT {READY_COLUMNS}, worker_id, started_at_ms,
+                coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas
+                                      WHERE scope = 'queue:' || j.queue))
+             FROM jobs j WHERE state = 20 /* running */"
+        ))?
+        .query_map([], |row| {
+            let job = ready_from_row(row)?;
+            let worker_id: Option<String> = row.get(11)?;
+            let started_at_ms: Option<i64> = row.get(12)?;
+            let timeout_ms: Option<i64> = row.get(13)?;
+            let timeout_ends = started_at_ms.zip(timeout_ms).map(|(s, t)| s + t);
+            let ends_ms = match (job.deadline_ms, timeout_ends) {
+                (Some(d), Some(t)) => Some(d.min(t)),
+                (d, t) => d.or(t),
+            };
+            Ok(RunningAttempt {
+                attempt: job.attempt,
+                // As it was queued: its next attempt was this one.
+                job: ReadyJob {
+                    attempt: job.attempt.saturating_sub(1),
+                    ..job
+                },
+                worker_id: worker_id.unwrap_or_default(),
+                ends_ms,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if !running.is_empty() {
         tracing::info!(
-            requeued,
-            "re-queued jobs that were running when the coordinator stopped"
+            running = running.len(),
+            "jobs were running when the coordinator stopped; keeping them for their workers to reclaim"
         );
     }
     let ready = conn
@@ -606,7 +634,7 @@ pub(super) fn recover(conn: &Connection) -> Result<Vec<ReadyJob>> {
         ))?
         .query_map([], ready_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(ready)
+    Ok((ready, running))
 }
 
 /// `1 attempt`, `3 attempts`: the count in a job's final error, as a person writes it.

@@ -120,11 +120,12 @@ impl SqliteStore {
 #[tonic::async_trait]
 impl Store for SqliteStore {
     async fn recover(&self) -> Result<Recovered> {
-        let ready = self
+        let (ready, running) = self
             .call_first(|reply| Command::Recover { reply })
             .await??;
         Ok(Recovered {
             ready,
+            running,
             quotas: self
                 .readers
                 .run(read::quotas)

@@ -22,6 +22,9 @@ use crate::{
     telemetry::{Metrics, Tally},
 };
 
+/// What recovery finds: ready jobs, and attempts still running.
+pub(super) type Recovering = (Vec<ReadyJob>, Vec<crate::domain::RunningAttempt>);
+
 /// The most client commands one transaction carries (the scheduler's are always all taken).
 const MAX_BATCH: usize = 2048;
 
@@ -49,7 +52,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<()>>,
     },
     Recover {
-        reply: oneshot::Sender<Result<Vec<ReadyJob>>>,
+        reply: oneshot::Sender<Result<Recovering>>,
     },
     /// One tick of a schedule: its job and its last fired tick, together.
     Fire {
@@ -125,10 +128,7 @@ enum Pending {
         Result<Option<ReadyJob>>,
     ),
     Admin(oneshot::Sender<Result<()>>, Result<()>),
-    Recover(
-        oneshot::Sender<Result<Vec<ReadyJob>>>,
-        Result<Vec<ReadyJob>>,
-    ),
+    Recover(oneshot::Sender<Result<Recovering>>, Result<Recovering>),
     Fire(oneshot::Sender<Result<Fired>>, Result<Fired>),
     Probe(oneshot::Sender<Result<()>>, Result<()>),
     Close(oneshot::Sender<()>),
@@ -398,7 +398,7 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
         }
         Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
         Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
-        Command::Recover { reply } => Pending::Recover(reply, Ok(vec![])),
+        Command::Recover { reply } => Pending::Recover(reply, Ok(Default::default())),
         Command::Fire { reply, .. } => Pending::Fire(reply, Ok(Fired::Stale)),
         Command::Probe { reply } => Pending::Probe(reply, Ok(())),
         Command::Close { reply } => Pending::Close(reply),
