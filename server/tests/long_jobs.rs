@@ -96,7 +96,12 @@ async fn a_queues_attempt_timeout_stops_hung_attempts_and_gives_their_permits_ba
 
     let hung = finished(&client, &hung).await;
     assert_eq!(hung.state(), JobState::Failed, "{hung:?}");
-    assert!(hung.error.contains("timeout"), "{}", hung.error);
+    assert!(
+        hung.error
+            .contains("its queue's attempt timeout of 1000 ms"),
+        "{}",
+        hung.error
+    );
     assert_eq!(hung.attempts.len(), 2, "timed out, retried, timed out");
     for attempt in &hung.attempts {
         assert_eq!(attempt.outcome(), AttemptOutcome::DeadlineExceeded);

@@ -1052,7 +1052,7 @@ async fn a_queues_attempt_timeout_bounds_jobs_without_their_own(mut b: Backend) 
         job.attempts[0]
             .error
             .as_deref()
-            .is_some_and(|e| e.contains("timeout of 1 ms")),
+            .is_some_and(|e| e.contains("its queue's attempt timeout of 1 ms")),
         "{:?}",
         job.attempts[0].error
     );

@@ -16,7 +16,7 @@ use crate::{
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
     priority, deadline_ms,
     coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || queue)),
-    started_at_ms, weight, tenant_id, concurrency_key
+    started_at_ms, weight, tenant_id, concurrency_key, timeout_ms IS NULL
     FROM jobs WHERE id = ?1";
 const SUCCEED: &str = "UPDATE jobs SET state = 30 /* succeeded */, output = ?1, error = NULL,
         finished_at_ms = ?2
@@ -167,6 +167,8 @@ struct Current {
     priority: i32,
     deadline_ms: Option<i64>,
     timeout_ms: Option<i64>,
+    /// The timeout is the queue's default, not the job's own.
+    queue_timeout: bool,
     started_at_ms: Option<i64>,
     weight: u32,
     tenant_id: Option<String>,
@@ -220,6 +222,7 @@ fn finish(
                 weight: row.get(11)?,
                 tenant_id: row.get(12)?,
                 concurrency_key: row.get(13)?,
+                queue_timeout: row.get(14)?,
             })
         })
         .optional()?;
@@ -303,8 +306,13 @@ fn finish(
         }
         Outcome::TimedOut => {
             let message = format!(
-                "attempt {} ran past its timeout of {} ms",
+                "attempt {} ran past {} of {} ms",
                 current.attempt,
+                if current.queue_timeout {
+                    "its queue's attempt timeout"
+                } else {
+                    "its timeout"
+                },
                 current.timeout_ms.unwrap_or_default()
             );
             end_attempt(out, AttemptOutcome::DeadlineExceeded, Some(&message))?;
