@@ -17,13 +17,14 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// A Switchyard worker process serving the built-in kinds: echo, sleep, fail, panic, sha256,
-/// hang and fanout.
+/// hang, fanout and flaky-fanout.
 ///
 /// echo: output = payload. sleep: payload = milliseconds; stops when cancelled. fail: always a
 /// retryable error. panic: the handler panics (the attempt fails, the worker lives on).
 /// sha256: output = hex digest of the payload. hang: payload = milliseconds; ignores
 /// cancellation (for seeing the worker abandon it). fanout: payload = `N KIND [PAYLOAD]`;
-/// submits N child jobs of KIND and outputs their outputs, one per line.
+/// submits N child jobs of KIND and outputs their outputs, one per line. flaky-fanout: as
+/// fanout, but its first attempt fails (retryable) right after submitting its children.
 ///
 /// An empty payload on a job with exactly one dependency is that dependency's output, so the
 /// kinds chain into pipelines.
