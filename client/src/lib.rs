@@ -74,6 +74,9 @@ pub struct Client {
 #[derive(Debug, Clone, Default)]
 pub struct Parent {
     pub job_id: String,
+    /// The parent's attempt making the calls (0: not said). With it, a child submitted after
+    /// that attempt ended is refused (FAILED_PRECONDITION) instead of joining a later one.
+    pub attempt: u32,
     pub deadline: Option<std::time::SystemTime>,
     pub traceparent: String,
     pub tracestate: String,
@@ -227,8 +230,14 @@ impl Client {
                 ("traceparent", &parent.traceparent),
                 ("tracestate", &parent.tracestate),
             ];
+            let attempt = if parent.attempt > 0 {
+                parent.attempt.to_string()
+            } else {
+                String::new()
+            };
             let pairs = [
                 ("x-switchyard-parent-job", &parent.job_id),
+                ("x-switchyard-parent-attempt", &attempt),
                 ("x-tenant-id", &parent.tenant_id),
             ]
             .into_iter()

@@ -130,6 +130,17 @@ impl Error {
             rule: rule.into(),
         }
     }
+
+    /// A child submitted by an attempt of its parent that is no longer the running one.
+    pub fn parent_attempt_ended(parent: crate::domain::JobId, attempt: u32) -> Error {
+        Error::FailedPrecondition {
+            id: parent.to_string(),
+            reason: format!(
+                "(the parent) is no longer running attempt {attempt}; \
+                 children of an attempt that ended cannot start"
+            ),
+        }
+    }
 }
 
 impl From<Error> for Status {

@@ -10,7 +10,15 @@ use crate::{Error, JobContext, JobError, JobResult, Worker};
 
 /// Every built-in kind, in the order `--help` lists them.
 pub const KINDS: &[&str] = &[
-    "echo", "sleep", "fail", "panic", "sha256", "hang", "fanout", "steps",
+    "echo",
+    "sleep",
+    "fail",
+    "panic",
+    "sha256",
+    "hang",
+    "fanout",
+    "flaky-fanout",
+    "steps",
 ];
 
 /// Registers the built-in kinds on `worker`: all of them, or only those named in `only`.
@@ -49,6 +57,9 @@ pub fn register(mut worker: Worker, only: Option<&[String]>) -> Result<Worker, E
     if wanted("steps") {
         worker = worker.handle("steps", steps);
     }
+    if wanted("flaky-fanout") {
+        worker = worker.handle("flaky-fanout", flaky_fanout);
+    }
     Ok(worker)
 }
 
@@ -61,37 +72,14 @@ pub async fn hang(ctx: JobContext) -> JobResult {
 }
 
 /// Payload = `N KIND [CHILD_PAYLOAD]`. Submits N child jobs of KIND on this job's queue (they
-/// inherit its deadline and are cancelled with it), waits for all of them, and outputs their
+/// inherit its deadline and are cancelled when its attempt ends other than in success), waits for all of them, and outputs their
 /// outputs, one per line. A child that does not succeed fails this job.
 pub async fn fanout(ctx: JobContext) -> JobResult {
-    let text = std::str::from_utf8(&ctx.payload)
-        .map_err(|_| JobError::fatal("fanout: the payload is not text"))?;
-    let mut parts = text.splitn(3, ' ');
-    let count: usize = parts
-        .next()
-        .and_then(|n| n.trim().parse().ok())
-        .filter(|n| (1..=10_000).contains(n))
-        .ok_or_else(|| {
-            JobError::fatal("fanout: payload must be `N KIND [PAYLOAD]`, N in 1..=10000")
-        })?;
-    let kind = parts
-        .next()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| JobError::fatal("fanout: payload must be `N KIND [PAYLOAD]`"))?;
-    let payload = parts.next().unwrap_or("").to_owned();
-    let client = ctx.client()?;
-    let batch = switchyard_client::Batch::new().jobs(
-        (0..count)
-            .map(|_| switchyard_client::JobSpec::new(&ctx.queue, kind).payload(payload.clone())),
-    );
-    let children = tokio::select! {
-        done = client.submit_batch(batch) => done.map_err(JobError::retry)?,
-        () = ctx.cancelled() => return Err(JobError::cancelled("fanout: cancelled")),
-    };
-    let mut outputs = Vec::with_capacity(count);
-    for child in children.jobs {
+    let (client, children) = submit_children(&ctx, "fanout").await?;
+    let mut outputs = Vec::with_capacity(children.len());
+    for child in children {
         let job = tokio::select! {
-            job = client.wait(&child.job_id, None) => job.map_err(JobError::retry)?,
+            job = client.wait(&child, None) => job.map_err(JobError::retry)?,
             () = ctx.cancelled() => return Err(JobError::cancelled("fanout: cancelled")),
         };
         if job.state() != switchyard_client::JobState::Succeeded {
@@ -192,6 +180,55 @@ impl Steps {
         }
         Ok(plan)
     }
+}
+
+/// Payload as `fanout`'s. Its first attempt submits the children and then fails (retryable)
+/// without waiting for them; later attempts are a `fanout`. For seeing the first attempt's
+/// children cancelled with it and the retry's own children run.
+pub async fn flaky_fanout(ctx: JobContext) -> JobResult {
+    if ctx.attempt > 1 {
+        return fanout(ctx).await;
+    }
+    submit_children(&ctx, "flaky-fanout").await?;
+    Err(JobError::retry(
+        "flaky-fanout: the first attempt fails after submitting its children",
+    ))
+}
+
+/// Submits the children a `N KIND [PAYLOAD]` payload asks for; returns the client and their
+/// ids.
+async fn submit_children(
+    ctx: &JobContext,
+    name: &str,
+) -> Result<(switchyard_client::Client, Vec<String>), JobError> {
+    let text = std::str::from_utf8(&ctx.payload)
+        .map_err(|_| JobError::fatal(format!("{name}: the payload is not text")))?;
+    let mut parts = text.splitn(3, ' ');
+    let count: usize = parts
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| {
+            JobError::fatal(format!(
+                "{name}: payload must be `N KIND [PAYLOAD]`, N in 1..=10000"
+            ))
+        })?;
+    let kind = parts
+        .next()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| JobError::fatal(format!("{name}: payload must be `N KIND [PAYLOAD]`")))?;
+    let payload = parts.next().unwrap_or("").to_owned();
+    let client = ctx.client()?;
+    let batch = switchyard_client::Batch::new().jobs(
+        (0..count)
+            .map(|_| switchyard_client::JobSpec::new(&ctx.queue, kind).payload(payload.clone())),
+    );
+    let children = tokio::select! {
+        done = client.submit_batch(batch) => done.map_err(JobError::retry)?,
+        () = ctx.cancelled() => return Err(JobError::cancelled(format!("{name}: cancelled"))),
+    };
+    let ids = children.jobs.into_iter().map(|c| c.job_id).collect();
+    Ok((client, ids))
 }
 
 /// Output = payload.
@@ -400,7 +437,15 @@ mod tests {
         assert_eq!(
             all.kinds(),
             [
-                "echo", "fail", "fanout", "hang", "panic", "sha256", "sleep", "steps"
+                "echo",
+                "fail",
+                "fanout",
+                "flaky-fanout",
+                "hang",
+                "panic",
+                "sha256",
+                "sleep",
+                "steps"
             ]
         );
 

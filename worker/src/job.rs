@@ -173,6 +173,7 @@ impl JobContext {
             .ok_or_else(|| JobError::fatal("this context has no connection to a coordinator"))?;
         Ok(coordinator.child_of(switchyard_client::Parent {
             job_id: self.job_id.clone(),
+            attempt: self.attempt,
             deadline: self.deadline,
             traceparent: self.traceparent.clone(),
             tracestate: self.tracestate.clone(),
@@ -199,7 +200,9 @@ impl JobContext {
     }
 
     /// A request for a call made from inside the handler (say, submitting a child job): it
-    /// carries this job as `x-switchyard-parent-job` (the child is cancelled with its parent),
+    /// carries this job as `x-switchyard-parent-job` and this attempt as
+    /// `x-switchyard-parent-attempt` (the child is cancelled when this attempt ends other than
+    /// in success, and refused once it has ended),
     /// the time left before the deadline as `grpc-timeout`, the submitter's trace context and
     /// the tenant.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -208,8 +211,10 @@ impl JobContext {
             request.set_timeout(remaining);
         }
         let metadata = request.metadata_mut();
+        let attempt = self.attempt.to_string();
         let pairs = [
             ("x-switchyard-parent-job", &self.job_id),
+            ("x-switchyard-parent-attempt", &attempt),
             ("traceparent", &self.traceparent),
             ("tracestate", &self.tracestate),
             ("x-tenant-id", &self.tenant_id),
@@ -636,6 +641,13 @@ mod tests {
                 .get("x-switchyard-parent-job")
                 .and_then(|v| v.to_str().ok()),
             Some("job-1")
+        );
+        assert_eq!(
+            metadata
+                .get("x-switchyard-parent-attempt")
+                .and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "late children of an ended attempt can be refused"
         );
         assert_eq!(
             metadata.get("x-tenant-id").and_then(|v| v.to_str().ok()),

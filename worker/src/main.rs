@@ -17,16 +17,17 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// A Switchyard worker process serving the built-in kinds: echo, sleep, fail, panic, sha256,
-/// hang, fanout and steps.
+/// hang, fanout, flaky-fanout and steps.
 ///
 /// echo: output = payload. sleep: payload = milliseconds; stops when cancelled. fail: always a
 /// retryable error. panic: the handler panics (the attempt fails, the worker lives on).
 /// sha256: output = hex digest of the payload. hang: payload = milliseconds; ignores
 /// cancellation (for seeing the worker abandon it). fanout: payload = `N KIND [PAYLOAD]`;
-/// submits N child jobs of KIND and outputs their outputs, one per line. steps: payload =
-/// `N [MS] [fail@K]`; N steps of MS ms (default 100), reporting progress and checkpointing
-/// each; resumes from an earlier attempt's checkpoint; with fail@K a fresh attempt fails once
-/// (retryable) after step K; output = `N steps, resumed from step S`.
+/// submits N child jobs of KIND and outputs their outputs, one per line. flaky-fanout: as
+/// fanout, but its first attempt fails (retryable) right after submitting its children.
+/// steps: payload = `N [MS] [fail@K]`; N steps of MS ms (default 100), reporting progress
+/// and checkpointing each; resumes from an earlier attempt's checkpoint; with fail@K a fresh
+/// attempt fails once (retryable) after step K; output = `N steps, resumed from step S`.
 ///
 /// An empty payload on a job with exactly one dependency is that dependency's output, so the
 /// kinds chain into pipelines.

@@ -202,7 +202,7 @@ struct SubmitArgs {
     #[arg(long, default_value = "default")]
     queue: String,
     /// What to run: the handler a worker registered under this name (the built-ins of
-    /// `switchyard-worker`: echo, sleep, fail, panic, sha256, hang, fanout).
+    /// `switchyard-worker`: echo, sleep, fail, panic, sha256, hang, fanout, flaky-fanout).
     #[arg(long)]
     kind: String,
     /// The payload as text (at most 1 MiB).
@@ -274,6 +274,11 @@ enum QuotaCommand {
         /// Tokens the bucket holds (default 1).
         #[arg(long, requires = "rate")]
         burst: Option<u32>,
+        /// For a `queue:` scope: how long an attempt may run when its job sets no timeout of
+        /// its own (e.g. 10m). Past it the attempt is stopped, TIMED_OUT, and retried like a
+        /// failure.
+        #[arg(long, value_parser = parse_duration)]
+        attempt_timeout: Option<Duration>,
     },
     /// Every quota, with permits held and jobs queued now.
     List,
@@ -446,6 +451,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             max_queued,
             rate,
             burst,
+            attempt_timeout,
         }) => {
             let quota = client
                 .set_quota(switchyard_proto::v1::Quota {
@@ -454,6 +460,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
                     max_queued,
                     rate_per_second: rate,
                     burst,
+                    attempt_timeout: attempt_timeout.and_then(|d| d.try_into().ok()),
                     ..Default::default()
                 })
                 .await?;

@@ -221,17 +221,24 @@ pub fn workers_text(workers: &[WorkerInfo]) -> String {
 
 /// One quota as a line: text for people, JSON with `--json`.
 pub fn quota_line(q: &switchyard_proto::v1::Quota, json_out: bool) -> String {
+    let attempt_timeout = q
+        .attempt_timeout
+        .and_then(|d| std::time::Duration::try_from(d).ok());
     if json_out {
         return json!({
             "scope": q.scope, "max_in_flight": q.max_in_flight, "max_queued": q.max_queued,
             "rate_per_second": q.rate_per_second, "burst": q.burst,
+            "attempt_timeout_ms": attempt_timeout.map(|d| d.as_millis() as u64),
             "held": q.held, "queued": q.queued,
         })
         .to_string();
     }
     let limit = |v: Option<u32>| v.map_or("-".to_owned(), |n| n.to_string());
+    let timeout = attempt_timeout.map_or(String::new(), |d| {
+        format!(" attempt-timeout {}", crate::watch::format_duration(d))
+    });
     format!(
-        "{:<32} in-flight {:>5}/{:<5} queued {:>7}/{:<7} rate {}",
+        "{:<32} in-flight {:>5}/{:<5} queued {:>7}/{:<7} rate {}{timeout}",
         q.scope,
         q.held,
         limit(q.max_in_flight),
@@ -320,6 +327,25 @@ pub fn paused_text(queue: &str, pause: bool, paused: &[String], json_out: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quota_shows_its_attempt_timeout() {
+        let quota = switchyard_proto::v1::Quota {
+            scope: "queue:render".into(),
+            attempt_timeout: Some(prost_types::Duration {
+                seconds: 1800,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let text = quota_line(&quota, false);
+        assert!(text.ends_with(" attempt-timeout 30m00s"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&quota_line(&quota, true)).expect("json");
+        assert_eq!(json["attempt_timeout_ms"], 1_800_000);
+        let none = quota_line(&Default::default(), false);
+        assert!(!none.contains("attempt-timeout"), "{none}");
+    }
 
     #[test]
     fn pause_and_resume_say_what_changed() {

@@ -219,7 +219,7 @@ pub(crate) fn quota(q: Quota, held: u32, queued: u64) -> v1::Quota {
         burst: q.burst,
         held,
         queued,
-        attempt_timeout: None,
+        attempt_timeout: q.attempt_timeout_ms.map(duration),
     }
 }
 

@@ -117,6 +117,14 @@ impl JobApi {
                         reason: "(the parent) has already ended; its children cannot start".into(),
                     });
                 }
+                ctx.parent_attempt = parent_attempt(metadata)?;
+                // Checked again where the child is stored, which is exact; this answers
+                // early.
+                if let Some(attempt) = ctx.parent_attempt
+                    && (parent.state != JobState::Running || parent.attempt != attempt)
+                {
+                    return Err(Error::parent_attempt_ended(parent.id, attempt));
+                }
                 Some(parent)
             }
         };
@@ -198,6 +206,14 @@ impl JobApi {
         let ready = done.iter().filter_map(|s| s.ready.clone()).collect();
         // The jobs are durable now; if the scheduler is stopping, the next start finds them.
         if let Err(err) = self.scheduler.enqueue(ready).await {
+            tracing::warn!(cause = %err, "submitted jobs wait for the next start");
+        }
+        let waiting = done
+            .iter()
+            .filter(|s| !s.duplicate)
+            .filter_map(|s| Some((s.id, s.waiting_until_ms?)))
+            .collect();
+        if let Err(err) = self.scheduler.wait(waiting).await {
             tracing::warn!(cause = %err, "submitted jobs wait for the next start");
         }
         Ok(done)
@@ -337,6 +353,25 @@ impl Drop for CancelOnDrop {
 }
 
 /// The tenant (`x-tenant-id`) and trace context (from the trace layer) of a call.
+/// `x-switchyard-parent-attempt`: the attempt of the parent job that makes the call.
+fn parent_attempt(metadata: &MetadataMap) -> Result<Option<u32>> {
+    let Some(value) = metadata.get("x-switchyard-parent-attempt") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| *n >= 1)
+        .map(Some)
+        .ok_or_else(|| {
+            Error::invalid(
+                "x-switchyard-parent-attempt",
+                "must be an attempt number (1 or more)",
+            )
+        })
+}
+
 fn context(
     metadata: &MetadataMap,
     trace: Option<switchyard_telemetry::RemoteParent>,
@@ -359,6 +394,7 @@ fn context(
             .filter(|t| !t.is_empty()),
         trace_id: trace.map(|t| t.trace_id),
         parent_job_id: None,
+        parent_attempt: None,
         deadline_ms: None,
     })
 }
@@ -841,12 +877,21 @@ impl JobService for JobApi {
             .into());
         }
         let ready = self.store.requeue(id, req.max_attempts).await?;
+        let waits = ready.is_none();
         if let Some(ready) = ready
             && let Err(err) = self.scheduler.enqueue(vec![ready]).await
         {
             tracing::warn!(cause = %err, "requeued job waits for the next start");
         }
         let job = self.job(id).await?;
+        // Back to waiting for its dependencies: it still ends at its deadline.
+        if waits
+            && job.state == JobState::Queued
+            && let Some(deadline) = job.deadline_ms
+            && let Err(err) = self.scheduler.wait(vec![(id, deadline)]).await
+        {
+            tracing::warn!(cause = %err, "requeued job waits for the next start");
+        }
         Ok(Response::new(self.shown(job).await?))
     }
 

@@ -67,6 +67,8 @@ pub struct Context {
     pub trace_id: Option<String>,
     /// The job whose handler made this call (`x-switchyard-parent-job`).
     pub parent_job_id: Option<JobId>,
+    /// The parent's attempt that made it (`x-switchyard-parent-attempt`), when said.
+    pub parent_attempt: Option<u32>,
     /// The latest the submitted jobs may end (Unix ms): the caller's `grpc-timeout` for `Run`
     /// and for calls from inside a handler, the parent's deadline, capped by the server's
     /// maximum. A job's own `deadline` may only bring it closer.
@@ -233,6 +235,7 @@ pub fn job(
         labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
         tenant_id: ctx.tenant_id.clone(),
         parent_job_id: ctx.parent_job_id,
+        parent_attempt: ctx.parent_attempt,
         traceparent: ctx.traceparent.clone(),
         tracestate: ctx.tracestate.clone(),
         trace_id: ctx.trace_id.clone(),
@@ -406,12 +409,28 @@ pub fn quota(mut q: v1::Quota) -> Result<Quota> {
     if q.rate_per_second.is_some() && q.burst.is_none() {
         q.burst = Some(1);
     }
+    let attempt_timeout_ms = match &q.attempt_timeout {
+        None => None,
+        Some(_) if kind != "queue" => {
+            return Err(Error::invalid(
+                "quota.attempt_timeout",
+                "applies to queue:<name> scopes only",
+            ));
+        }
+        Some(d) => Some(duration_ms(
+            "quota.attempt_timeout",
+            d,
+            MAX_TIMEOUT_MS,
+            "7 days",
+        )?),
+    };
     Ok(Quota {
         scope: q.scope,
         max_in_flight: q.max_in_flight,
         max_queued: q.max_queued,
         rate_per_second: q.rate_per_second,
         burst: q.burst,
+        attempt_timeout_ms,
     })
 }
 
@@ -502,6 +521,31 @@ mod tests {
         assert!(duration_ms("t", &d(0, 0), MAX_TIMEOUT_MS, "7d").is_err());
         assert!(duration_ms("t", &d(i64::MAX, 0), MAX_TIMEOUT_MS, "7d").is_err());
         assert!(duration_ms("t", &d(8 * 24 * 3600, 0), MAX_TIMEOUT_MS, "7d").is_err());
+    }
+
+    #[test]
+    fn an_attempt_timeout_is_a_queues_and_sane() {
+        let with = |scope: &str, seconds| v1::Quota {
+            scope: scope.into(),
+            attempt_timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let q = quota(with("queue:render", 90)).expect("a queue's timeout");
+        assert_eq!(q.attempt_timeout_ms, Some(90_000));
+        assert!(!q.is_empty(), "a quota of its own, not \"no limit\"");
+        for bad in [
+            with("key:k", 90),
+            with("tenant:t", 90),
+            with("queue:render", 0),
+            with("queue:render", -1),
+            with("queue:render", 8 * 24 * 3600),
+        ] {
+            let err = quota(bad.clone()).expect_err("refused");
+            assert!(
+                err.to_string().contains("quota.attempt_timeout"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }
 

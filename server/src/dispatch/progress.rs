@@ -387,6 +387,7 @@ mod tests {
             labels: Default::default(),
             tenant_id: None,
             parent_job_id: None,
+            parent_attempt: None,
             traceparent: None,
             tracestate: None,
             trace_id: None,

@@ -71,7 +71,8 @@ pub struct Dispatch {
     pub queue: String,
     pub kind: String,
     pub payload: Vec<u8>,
-    /// When the attempt must end: the sooner of the job's deadline and its timeout.
+    /// When the attempt must end: the sooner of the job's deadline and its timeout (its own,
+    /// or else its queue's default attempt timeout).
     pub ends_ms: Option<i64>,
     pub traceparent: String,
     pub tracestate: String,
@@ -260,7 +261,8 @@ impl QueueCounts {
     }
 }
 
-/// Limits of one scope. A quota with no limit set means none.
+/// Limits of one scope (and a queue's default attempt timeout). A quota with nothing set
+/// means none.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Quota {
     pub scope: String,
@@ -268,11 +270,17 @@ pub struct Quota {
     pub max_queued: Option<u32>,
     pub rate_per_second: Option<f64>,
     pub burst: Option<u32>,
+    /// For a `queue:` scope: how long an attempt of a job with no `timeout` of its own may
+    /// run (ms).
+    pub attempt_timeout_ms: Option<i64>,
 }
 
 impl Quota {
     pub fn is_empty(&self) -> bool {
-        self.max_in_flight.is_none() && self.max_queued.is_none() && self.rate_per_second.is_none()
+        self.max_in_flight.is_none()
+            && self.max_queued.is_none()
+            && self.rate_per_second.is_none()
+            && self.attempt_timeout_ms.is_none()
     }
 }
 

@@ -11,8 +11,8 @@ use std::{fmt, str::FromStr};
 
 pub use job::{
     AttemptRecord, Blocked, Dispatch, GroupEvent, GroupRecord, JobProgress, JobRecord,
-    MAX_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES, QueueCounts, Quota, ReadyJob,
-    RunningAttempt, WorkerView,
+    MAX_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES, QueueCounts, Quota, ReadyJob, RunningAttempt,
+    WorkerView,
 };
 pub use schedule::{
     JobTemplate, Misfire, NewSchedule, Overlap, ScheduleKey, ScheduleRecord, Timetable,

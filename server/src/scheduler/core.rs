@@ -58,6 +58,9 @@ pub(crate) struct Core {
     promote: Timers<JobId>,
     /// Queued jobs' deadlines: a job still queued at its deadline ends without running.
     deadlines: Timers<JobId>,
+    /// Deadlines of queued jobs that wait for their dependencies (not in the lanes): such a
+    /// job ends at its deadline too. Cancelled when it becomes ready or leaves.
+    waiting: Timers<JobId>,
     /// Running attempts' ends (the sooner of the job's deadline and the attempt's timeout).
     attempt_ends: Timers<Key>,
     /// Detached attempts' ends of grace: unclaimed by then, they are lost (or interrupted).
@@ -87,6 +90,7 @@ impl Core {
             delayed: HashMap::new(),
             promote: Timers::default(),
             deadlines: Timers::default(),
+            waiting: Timers::default(),
             attempt_ends: Timers::default(),
             reclaim: Timers::default(),
             grace: Duration::ZERO,
@@ -121,6 +125,7 @@ impl Core {
         if queued || started {
             return;
         }
+        self.waiting.cancel(job.id);
         if let Some(deadline) = job.deadline_ms {
             self.deadlines.set(job.id, self.clock.instant_at(deadline));
         }
@@ -134,8 +139,20 @@ impl Core {
         }
     }
 
+    /// A queued job that waits for its dependencies, with its deadline: it ends then unless
+    /// it became ready (`enqueue`) or left (`remove`) first.
+    pub(crate) fn wait(&mut self, id: JobId, deadline_ms: i64) {
+        // Its dependencies may have succeeded (and it been enqueued) before its submit's
+        // answer reached here. Had it even started, the store would expire it only while it
+        // is queued, which is right at its deadline whatever happened meanwhile.
+        if !(self.lanes.contains(id) || self.delayed.contains_key(&id)) {
+            self.waiting.set(id, self.clock.instant_at(deadline_ms));
+        }
+    }
+
     /// A job that left the queue without running (cancelled, expired).
     pub(crate) fn remove(&mut self, id: JobId) -> Option<ReadyJob> {
+        self.waiting.cancel(id);
         let job = match self.lanes.remove(id) {
             Some(job) => job,
             None => {
@@ -164,6 +181,9 @@ impl Core {
                 self.expire.push(id);
             }
         }
+        // Still waiting for dependencies at its deadline: the store ends it (and what
+        // depends on it) only if it is still queued.
+        self.expire.extend(self.waiting.pop_due(now));
         let now_ms = self.clock.now_ms();
         for key in self.attempt_ends.pop_due(now) {
             let Some(entry) = self.attempts.get(&key) else {
@@ -217,6 +237,7 @@ impl Core {
         [
             self.promote.next(),
             self.deadlines.next(),
+            self.waiting.next(),
             self.attempt_ends.next(),
             self.reclaim.next(),
             self.rate_wake,

@@ -79,6 +79,8 @@ pub struct Link {
 
 pub(crate) enum Message {
     Enqueue(Vec<ReadyJob>),
+    /// Queued jobs waiting for their dependencies, with their deadlines.
+    Wait(Vec<(JobId, i64)>),
     Remove(Vec<JobId>),
     Connect {
         info: SessionInfo,
@@ -163,6 +165,9 @@ impl Scheduler {
         for job in recovered.ready {
             core.enqueue(job);
         }
+        for (id, deadline_ms) in recovered.waiting {
+            core.wait(id, deadline_ms);
+        }
         for queue in recovered.paused {
             core.pause(queue, true);
         }
@@ -209,6 +214,15 @@ impl Scheduler {
             return Ok(());
         }
         self.send(Message::Enqueue(jobs)).await
+    }
+
+    /// New jobs stored waiting for their dependencies, with their deadlines: each ends at its
+    /// deadline unless it became ready first.
+    pub async fn wait(&self, jobs: Vec<(JobId, i64)>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.send(Message::Wait(jobs)).await
     }
 
     /// Jobs that left the queue without running (cancelled while queued).
@@ -431,6 +445,9 @@ impl Runner {
         let core = &mut self.core;
         match message {
             Message::Enqueue(jobs) => jobs.into_iter().for_each(|job| core.enqueue(job)),
+            Message::Wait(jobs) => jobs
+                .into_iter()
+                .for_each(|(id, deadline_ms)| core.wait(id, deadline_ms)),
             Message::Remove(ids) => ids.into_iter().for_each(|id| drop(core.remove(id))),
             Message::Connect {
                 info,

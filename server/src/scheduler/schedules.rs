@@ -296,6 +296,7 @@ async fn fire(store: &dyn Store, scheduler: &Scheduler, entry: &Entry) -> Result
         labels,
         tenant_id: (!s.key.tenant.is_empty()).then(|| s.key.tenant.clone()),
         parent_job_id: None,
+        parent_attempt: None,
         traceparent: None,
         tracestate: None,
         trace_id: None,

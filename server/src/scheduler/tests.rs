@@ -730,3 +730,97 @@ async fn a_detached_attempt_past_its_deadline_ends_without_waiting_for_its_worke
     ));
     assert_eq!(core.parts().0.len(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_job_waiting_on_its_dependencies_expires_at_its_deadline() {
+    let mut core = core();
+    let deadline = EPOCH_MS + 1_000;
+    for id in 1..=3 {
+        core.wait(test_id(id), deadline);
+    }
+    // Job 2 becomes ready first (its deadline is then the lanes' to keep); job 3 is cancelled
+    // while it waits.
+    core.enqueue(ReadyJob {
+        deadline_ms: Some(EPOCH_MS + 60_000),
+        ..job(2, "q", 0, 2)
+    });
+    core.remove(test_id(3));
+    // Job 4 was ready before its submit's answer reached the scheduler: no waiting timer.
+    core.enqueue(job(4, "q", 0, 4));
+    core.wait(test_id(4), deadline);
+    assert_eq!(
+        core.next_wake(),
+        Some(tokio::time::Instant::now() + Duration::from_millis(1_000))
+    );
+    tokio::time::advance(Duration::from_millis(999)).await;
+    core.tick();
+    assert!(core.plan(RETRY).is_none(), "not a millisecond early");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    core.tick();
+    let ops = core.plan(RETRY).expect("an expiry");
+    assert_eq!(ops.expire, [test_id(1)], "only the job still waiting");
+    assert!(core.is_queued(test_id(2)) && core.is_queued(test_id(4)));
+    assert_eq!(
+        core.next_wake(),
+        Some(tokio::time::Instant::now() + Duration::from_millis(59_000)),
+        "what is left is job 2's own deadline in the lanes"
+    );
+}
+
+/// The store ends an attempt of a job with no timeout of its own at its queue's default
+/// (`Dispatch.ends_ms`); past it the scheduler stops it as TIMED_OUT, and the permits stay
+/// held until its handler returns.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_past_its_queues_timeout_is_stopped_and_its_permits_come_back_on_return() {
+    let mut core = core();
+    core.set_quota(&Quota {
+        scope: "queue:q".into(),
+        max_in_flight: Some(1),
+        attempt_timeout_ms: Some(1_000),
+        ..Default::default()
+    });
+    core.enqueue(job(1, "q", 0, 1));
+    core.enqueue(job(2, "q", 0, 2));
+    core.connect(info(1, &["q"], &[], 2), &[]);
+    core.pick();
+    let ops = core.plan(RETRY).expect("a start");
+    assert_eq!(ops.starts.len(), 1, "one permit of queue:q");
+    commit(&mut core, ops, Some(EPOCH_MS + 1_000));
+    core.take_effects();
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    core.tick();
+    let ops = core.plan(RETRY).expect("the attempt ends");
+    assert!(matches!(
+        ops.finishes.as_slice(),
+        [crate::store::Finish {
+            attempt: 1,
+            outcome: Outcome::TimedOut,
+            ..
+        }]
+    ));
+    assert!(matches!(
+        core.take_effects().as_slice(),
+        [Effect::Stop { attempt: 1, reason, .. }] if reason.contains("timeout")
+    ));
+    core.settle(TransitionOutcome::default());
+    assert_eq!(core.held("queue:q"), 1, "its handler may still run");
+    assert!(picked(&mut core).is_empty());
+    // The handler returns (cancelled): refused as stale, and the permit is back.
+    core.result(
+        1,
+        test_id(1),
+        1,
+        Outcome::Failed {
+            message: "cancelled".into(),
+            retryable: false,
+            retry_after_ms: None,
+            cancelled: true,
+        },
+    );
+    assert!(matches!(
+        core.take_effects().as_slice(),
+        [Effect::Refused { attempt: 1, .. }]
+    ));
+    assert_eq!(core.held("queue:q"), 0);
+    assert_eq!(picked(&mut core), [(test_id(2), 1)]);
+}

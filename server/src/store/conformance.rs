@@ -85,6 +85,7 @@ fn new_job(queue: &str) -> NewJob {
         labels: Default::default(),
         tenant_id: None,
         parent_job_id: None,
+        parent_attempt: None,
         traceparent: None,
         tracestate: None,
         trace_id: None,
@@ -982,6 +983,253 @@ async fn progress_is_fenced_and_its_checkpoint_reaches_the_retry(mut b: Backend)
     );
 }
 
+/// Children belong to their parent's attempt: one that ends other than in success (here a
+/// retryable failure, so the parent runs again) cancels its children, queued or running, and
+/// their descendants; a child that names an attempt no longer running is refused.
+async fn children_end_with_their_parents_attempt(b: Backend) {
+    let store = &*b.store;
+    let parent = NewJob {
+        max_attempts: 3,
+        ..new_job("q")
+    };
+    let parent = submit(store, vec![parent], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    store
+        .transition(transitions(vec![], vec![start(&parent)]))
+        .await
+        .expect("start the parent");
+    let child_of = |id: JobId, attempt: u32| NewJob {
+        parent_job_id: Some(id),
+        parent_attempt: Some(attempt),
+        ..new_job("q")
+    };
+    let kids = submit(
+        store,
+        vec![child_of(parent.id, 1), child_of(parent.id, 1)],
+        None,
+    )
+    .await;
+    let running_kid = kids[1].ready.clone().expect("ready");
+    store
+        .transition(transitions(vec![], vec![start(&running_kid)]))
+        .await
+        .expect("start a child");
+    let grandchild = submit(store, vec![child_of(running_kid.id, 1)], None).await[0].id;
+    let refused = store
+        .submit(Submit {
+            origin: Origin::Submit,
+            jobs: vec![child_of(parent.id, 2)],
+            group: None,
+            scope: None,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::FailedPrecondition { .. })),
+        "attempt 2 is not running: {refused:?}"
+    );
+
+    let out = store
+        .transition(transitions(
+            vec![finish(parent.id, 1, failure(true))],
+            vec![],
+        ))
+        .await
+        .expect("the parent's attempt fails");
+    let again = out.ready.first().cloned().expect("the parent runs again");
+    let mut ended = out.cancelled_dependents.clone();
+    ended.sort();
+    let mut expected = vec![kids[0].id, kids[1].id, grandchild];
+    expected.sort();
+    assert_eq!(ended, expected, "the attempt's children and theirs");
+    assert_eq!(
+        out.stopped,
+        [(running_kid.id, 1)],
+        "its worker is told to stop"
+    );
+    for id in [kids[0].id, kids[1].id, grandchild] {
+        assert_eq!(state(store, id).await, JobState::Cancelled);
+    }
+    let kid = store
+        .get(kids[0].id)
+        .await
+        .expect("get")
+        .expect("the child");
+    assert!(
+        kid.error
+            .as_deref()
+            .is_some_and(|e| e.contains("attempt 1 of its parent")),
+        "{:?}",
+        kid.error
+    );
+    // A late child of attempt 1, from its handler still running: refused while the parent
+    // waits for its retry, and once the retry runs.
+    for _ in 0..2 {
+        let late = store
+            .submit(Submit {
+                origin: Origin::Submit,
+                jobs: vec![child_of(parent.id, 1)],
+                group: None,
+                scope: None,
+            })
+            .await;
+        assert!(
+            matches!(late, Err(Error::FailedPrecondition { .. })),
+            "{late:?}"
+        );
+        if state(store, parent.id).await == JobState::Queued {
+            store
+                .transition(transitions(vec![], vec![start(&again)]))
+                .await
+                .expect("start the retry");
+        }
+    }
+    // The retry's own children join it, and a success leaves them be.
+    let fresh = submit(store, vec![child_of(parent.id, 2)], None).await[0].id;
+    let out = store
+        .transition(transitions(
+            vec![finish(parent.id, 2, Outcome::Succeeded(vec![]))],
+            vec![],
+        ))
+        .await
+        .expect("the retry succeeds");
+    assert!(out.cancelled_dependents.is_empty());
+    assert_eq!(state(store, fresh).await, JobState::Queued);
+}
+
+/// A job that waits for its dependencies is known by its deadline (from submit and from
+/// recover), and the expire path ends it while it waits, with its own dependents.
+async fn a_waiting_job_expires_at_its_deadline(mut b: Backend) {
+    let deadline = crate::domain::now_ms() + 60_000;
+    let first = new_job("q");
+    let waiting = NewJob {
+        depends_on: vec![first.id],
+        deadline_ms: Some(deadline),
+        ..new_job("q")
+    };
+    let after = NewJob {
+        depends_on: vec![waiting.id],
+        ..new_job("q")
+    };
+    let (first_id, waiting_id, after_id) = (first.id, waiting.id, after.id);
+    let done = submit(&*b.store, vec![first, waiting, after], None).await;
+    assert!(done[0].ready.is_some());
+    assert_eq!(
+        (done[1].ready.as_ref(), done[1].waiting_until_ms),
+        (None, Some(deadline))
+    );
+    assert_eq!(done[2].waiting_until_ms, None, "no deadline of its own");
+
+    b.restart().await;
+    let recovered = b.store.recover().await.expect("recover");
+    assert_eq!(recovered.waiting, [(waiting_id, deadline)]);
+
+    let store = &*b.store;
+    let out = store
+        .transition(Transitions {
+            finishes: vec![],
+            expire: vec![waiting_id],
+            starts: vec![],
+            retry: RETRY,
+        })
+        .await
+        .expect("expire");
+    assert_eq!(out.terminal, [waiting_id, after_id]);
+    assert_eq!(out.cancelled_dependents, [after_id]);
+    assert_eq!(state(store, waiting_id).await, JobState::DeadlineExceeded);
+    assert_eq!(state(store, after_id).await, JobState::Cancelled);
+    assert_eq!(state(store, first_id).await, JobState::Queued);
+}
+
+/// A queue's attempt timeout is a quota of its own (it survives a restart) and bounds the
+/// attempts of its jobs that set no timeout; a job's own timeout wins. A handler that stopped
+/// on its token at that timeout counts as TIMED_OUT.
+async fn a_queues_attempt_timeout_bounds_jobs_without_their_own(mut b: Backend) {
+    for (queue, ms) in [("slow", 5_000), ("fast", 1)] {
+        b.store
+            .set_quota(Quota {
+                scope: format!("queue:{queue}"),
+                attempt_timeout_ms: Some(ms),
+                ..Default::default()
+            })
+            .await
+            .expect("quota");
+    }
+    b.restart().await;
+    let quotas = b.store.quotas().await.expect("quotas");
+    let timeouts: Vec<_> = quotas
+        .iter()
+        .map(|(q, _)| (q.scope.as_str(), q.attempt_timeout_ms))
+        .collect();
+    assert_eq!(
+        timeouts,
+        [("queue:fast", Some(1)), ("queue:slow", Some(5_000))]
+    );
+
+    let store = &*b.store;
+    let own = NewJob {
+        timeout_ms: Some(60_000),
+        ..new_job("slow")
+    };
+    let done = submit(
+        store,
+        vec![new_job("slow"), own, new_job("other"), new_job("fast")],
+        None,
+    )
+    .await;
+    let ready: Vec<ReadyJob> = done.iter().filter_map(|s| s.ready.clone()).collect();
+    let before = crate::domain::now_ms();
+    let out = store
+        .transition(transitions(vec![], ready.iter().map(start).collect()))
+        .await
+        .expect("start");
+    let after = crate::domain::now_ms();
+    let ends = |id: JobId| {
+        out.started
+            .iter()
+            .find(|s| s.dispatch.job_id == id)
+            .expect("started")
+            .dispatch
+            .ends_ms
+    };
+    let within =
+        |ends: Option<i64>, ms: i64| ends.is_some_and(|e| (before + ms..=after + ms).contains(&e));
+    assert!(within(ends(ready[0].id), 5_000), "the queue's default");
+    assert!(within(ends(ready[1].id), 60_000), "its own timeout");
+    assert_eq!(ends(ready[2].id), None, "a queue with none");
+
+    let fast = ready[3].id;
+    let out = store
+        .transition(transitions(
+            vec![finish(
+                fast,
+                1,
+                Outcome::Failed {
+                    message: "stopped".into(),
+                    retryable: false,
+                    retry_after_ms: None,
+                    cancelled: true,
+                },
+            )],
+            vec![],
+        ))
+        .await
+        .expect("finish");
+    assert!(!out.ready.is_empty(), "a timeout is retried");
+    let job = store.get(fast).await.expect("get").expect("the job");
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts[0].outcome, AttemptOutcome::DeadlineExceeded);
+    assert!(
+        job.attempts[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("its queue's attempt timeout of 1 ms")),
+        "{:?}",
+        job.attempts[0].error
+    );
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -1039,6 +1287,21 @@ macro_rules! suite {
             #[tokio::test]
             async fn progress_is_fenced_and_its_checkpoint_reaches_the_retry() {
                 super::progress_is_fenced_and_its_checkpoint_reaches_the_retry(
+                    super::$backend().await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn children_end_with_their_parents_attempt() {
+                super::children_end_with_their_parents_attempt(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn a_waiting_job_expires_at_its_deadline() {
+                super::a_waiting_job_expires_at_its_deadline(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn a_queues_attempt_timeout_bounds_jobs_without_their_own() {
+                super::a_queues_attempt_timeout_bounds_jobs_without_their_own(
                     super::$backend().await,
                 )
                 .await;

@@ -148,6 +148,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct Recovered {
     /// Queued jobs whose dependencies have all succeeded.
     pub ready: Vec<ReadyJob>,
+    /// Queued jobs that wait for their dependencies and have a deadline: (job, deadline).
+    pub waiting: Vec<(JobId, i64)>,
     /// Attempts that were running when the coordinator stopped: still running in the store,
     /// for their workers to reclaim.
     pub running: Vec<RunningAttempt>,
@@ -177,6 +179,9 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     pub tenant_id: Option<String>,
     pub parent_job_id: Option<JobId>,
+    /// The parent's attempt that submitted it, when the caller said: the child is refused
+    /// if that attempt is no longer the parent's running one.
+    pub parent_attempt: Option<u32>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub trace_id: Option<String>,
@@ -231,6 +236,9 @@ pub struct Submitted {
     pub state: JobState,
     /// Set when the job was stored ready to run (queued, with no unfinished dependencies).
     pub ready: Option<ReadyJob>,
+    /// Set when the job was stored waiting for its dependencies and has a deadline: that
+    /// deadline, at which it ends if it is still waiting.
+    pub waiting_until_ms: Option<i64>,
 }
 
 /// One tick of a schedule to fire, with the job it submits (its idempotency key derived from

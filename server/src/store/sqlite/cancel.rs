@@ -208,9 +208,6 @@ pub(super) fn end_descendants(
     tally: &mut Tally,
 ) -> Result<Descendants> {
     let mut dependents = conn.prepare_cached(CANCEL_DEPENDENTS)?;
-    let mut children = conn.prepare_cached(CHILDREN)?;
-    let mut end_child = conn.prepare_cached(END_CHILD)?;
-    let mut end_attempt = conn.prepare_cached(END_ATTEMPT)?;
     let mut frontier: Vec<(JobId, JobState)> = vec![(root, state)];
     let mut ended = Vec::new();
     let mut running = Vec::new();
@@ -230,38 +227,80 @@ pub(super) fn end_descendants(
             .collect();
         if matches!(job_state, JobState::Cancelled | JobState::DeadlineExceeded) {
             let reason = format!("its parent {job} ended {}", job_state.wire_name());
-            let kids = children
-                .query_map(params![job], |row| {
-                    Ok((
-                        row.get::<_, JobId>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, JobState>(2)?,
-                        row.get::<_, u32>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, Option<i64>>(5)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            for (id, seq, kid_state, attempt, queue, started_at_ms) in kids {
-                end_child.execute(params![reason, now, seq])?;
-                tally.finished(&queue, JobState::Cancelled);
-                if kid_state == JobState::Running {
-                    tally.ended(&queue, AttemptOutcome::Cancelled, started_at_ms, now);
-                    end_attempt.execute(params![
-                        now,
-                        AttemptOutcome::Cancelled,
-                        reason,
-                        seq,
-                        attempt
-                    ])?;
-                    running.push((id, attempt));
-                }
-                ended.push(id);
-                frontier.push((id, JobState::Cancelled));
-            }
+            let (kids, kids_running) = cancel_children(conn, job, &reason, now, tally)?;
+            running.extend(kids_running);
+            ended.extend(kids.iter().copied());
+            frontier.extend(kids.into_iter().map(|id| (id, JobState::Cancelled)));
         }
         ended.extend(next.iter().copied());
         frontier.extend(next.into_iter().map(|id| (id, JobState::Cancelled)));
+    }
+    Ok((ended, running))
+}
+
+/// Cancels a job's children that are still queued or running (not their own descendants),
+/// for `reason`. Returns them, and the running ones with their attempt.
+fn cancel_children(
+    conn: &Connection,
+    parent: JobId,
+    reason: &str,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<Descendants> {
+    let kids = conn
+        .prepare_cached(CHILDREN)?
+        .query_map(params![parent], |row| {
+            Ok((
+                row.get::<_, JobId>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, JobState>(2)?,
+                row.get::<_, u32>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<i64>>(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut end_child = conn.prepare_cached(END_CHILD)?;
+    let mut end_attempt = conn.prepare_cached(END_ATTEMPT)?;
+    let mut ended = Vec::with_capacity(kids.len());
+    let mut running = Vec::new();
+    for (id, seq, kid_state, attempt, queue, started_at_ms) in kids {
+        end_child.execute(params![reason, now, seq])?;
+        tally.finished(&queue, JobState::Cancelled);
+        if kid_state == JobState::Running {
+            tally.ended(&queue, AttemptOutcome::Cancelled, started_at_ms, now);
+            end_attempt.execute(params![
+                now,
+                AttemptOutcome::Cancelled,
+                reason,
+                seq,
+                attempt
+            ])?;
+            running.push((id, attempt));
+        }
+        ended.push(id);
+    }
+    Ok((ended, running))
+}
+
+/// Children belong to their parent's attempt: when attempt `attempt` of `parent` ends other
+/// than in success (`how`), its children still queued or running are cancelled, and what
+/// depends on them or descends from them, all the way down. A retry submits fresh ones.
+pub(super) fn end_attempt_children(
+    conn: &Connection,
+    parent: JobId,
+    attempt: u32,
+    how: &str,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<Descendants> {
+    let reason = format!("attempt {attempt} of its parent {parent} ended {how}");
+    let (kids, mut running) = cancel_children(conn, parent, &reason, now, tally)?;
+    let mut ended = kids.clone();
+    for kid in kids {
+        let (more, more_running) = end_descendants(conn, kid, JobState::Cancelled, now, tally)?;
+        ended.extend(more);
+        running.extend(more_running);
     }
     Ok((ended, running))
 }

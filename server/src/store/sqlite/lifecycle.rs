@@ -12,8 +12,11 @@ use crate::{
     store::{Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
 };
 
+/// Its timeout is the attempt's: the job's own, or else its queue's default.
 const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, queue, kind,
-    priority, deadline_ms, timeout_ms, started_at_ms, weight, tenant_id, concurrency_key
+    priority, deadline_ms,
+    coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || queue)),
+    started_at_ms, weight, tenant_id, concurrency_key, timeout_ms IS NULL
     FROM jobs WHERE id = ?1";
 const SUCCEED: &str = "UPDATE jobs SET state = 30 /* succeeded */, output = ?1, error = NULL,
         finished_at_ms = ?2
@@ -42,6 +45,8 @@ const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = ?4, wor
         group_id, tenant_id, max_attempts, depends_on, timeout_ms,
         max(created_at_ms, coalesce(run_at_ms, 0)),
         (SELECT c.checkpoint FROM job_checkpoints c WHERE c.job_seq = jobs.seq)";
+/// A queue's default attempt timeout, for a job with none of its own.
+const QUEUE_TIMEOUT: &str = "SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || ?1";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES (?1, ?2, ?3, ?4, 10 /* running */)";
 const DEPENDENCY_OUTPUTS: &str =
@@ -164,6 +169,8 @@ struct Current {
     priority: i32,
     deadline_ms: Option<i64>,
     timeout_ms: Option<i64>,
+    /// The timeout is the queue's default, not the job's own.
+    queue_timeout: bool,
     started_at_ms: Option<i64>,
     weight: u32,
     tenant_id: Option<String>,
@@ -217,6 +224,7 @@ fn finish(
                 weight: row.get(11)?,
                 tenant_id: row.get(12)?,
                 concurrency_key: row.get(13)?,
+                queue_timeout: row.get(14)?,
             })
         })
         .optional()?;
@@ -261,6 +269,27 @@ fn finish(
         }
         other => other.clone(),
     };
+    // Children belong to the attempt that submitted them: one that ends other than in
+    // success takes its unfinished children with it, whether or not the job runs again.
+    let how = match &outcome {
+        Outcome::Succeeded(_) => None,
+        Outcome::Failed {
+            cancelled: true, ..
+        } => Some("CANCELLED"),
+        Outcome::Failed { .. } => Some("FAILED"),
+        Outcome::Lost(_) => Some("LOST"),
+        Outcome::Released(_) => Some("RELEASED"),
+        Outcome::Interrupted(_) => Some("INTERRUPTED"),
+        Outcome::Expired => Some("DEADLINE_EXCEEDED"),
+        Outcome::TimedOut => Some("TIMED_OUT"),
+    };
+    if let Some(how) = how {
+        let (ended, running) =
+            cancel::end_attempt_children(conn, id, current.attempt, how, now, &mut out.metrics)?;
+        out.terminal.extend(ended.iter().copied());
+        out.cancelled_dependents.extend(ended);
+        out.stopped.extend(running);
+    }
     match &outcome {
         Outcome::Expired => {
             end_attempt(
@@ -279,8 +308,13 @@ fn finish(
         }
         Outcome::TimedOut => {
             let message = format!(
-                "attempt {} ran past its timeout of {} ms",
+                "attempt {} ran past {} of {} ms",
                 current.attempt,
+                if current.queue_timeout {
+                    "its queue's attempt timeout"
+                } else {
+                    "its timeout"
+                },
                 current.timeout_ms.unwrap_or_default()
             );
             end_attempt(out, AttemptOutcome::DeadlineExceeded, Some(&message))?;
@@ -466,6 +500,15 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
     let Some((seq, mut dispatch, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
         return Ok(None);
     };
+    // A job with no timeout of its own gets its queue's default, if the queue has one.
+    let timeout_ms = match timeout_ms {
+        Some(t) => Some(t),
+        None => conn
+            .prepare_cached(QUEUE_TIMEOUT)?
+            .query_row(params![dispatch.queue], |row| row.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten(),
+    };
     dispatch.ends_ms = match (deadline_ms, timeout_ms.map(|t| now + t)) {
         (Some(d), Some(t)) => Some(d.min(t)),
         (d, t) => d.or(t),
@@ -560,8 +603,10 @@ pub(super) fn recover(conn: &Connection) -> Result<(Vec<ReadyJob>, Vec<RunningAt
     // back for them within the reclaim window. The scheduler ends those nobody reclaims.
     let running = conn
         .prepare(&format!(
-            "SELECT {READY_COLUMNS}, worker_id, started_at_ms, timeout_ms FROM jobs j
-             WHERE state = 20 /* running */"
+            "SELECT {READY_COLUMNS}, worker_id, started_at_ms,
+                coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas
+                                      WHERE scope = 'queue:' || j.queue))
+             FROM jobs j WHERE state = 20 /* running */"
         ))?
         .query_map([], |row| {
             let job = ready_from_row(row)?;

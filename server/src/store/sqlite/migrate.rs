@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0005_idempotency_keys.sql"),
     include_str!("../../../../migrations/sqlite/0006_schedules.sql"),
     include_str!("../../../../migrations/sqlite/0007_progress.sql"),
+    include_str!("../../../../migrations/sqlite/0008_attempt_timeouts.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

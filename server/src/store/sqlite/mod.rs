@@ -137,6 +137,7 @@ impl Store for SqliteStore {
                 .map(|(q, _)| q)
                 .collect(),
             paused: self.readers.run(read::paused).await?,
+            waiting: self.readers.run(read::waiting).await?,
         })
     }
 

@@ -317,7 +317,7 @@ pub(super) fn group_events(
 }
 
 const QUOTAS: &str = "SELECT q.scope, q.max_in_flight, q.max_queued, q.rate_per_second, q.burst,
-        coalesce(c.queued, 0)
+        coalesce(c.queued, 0), q.attempt_timeout_ms
     FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope ORDER BY q.scope";
 
 /// Every quota, with the jobs queued in its scope now.
@@ -332,10 +332,26 @@ pub(super) fn quotas(conn: &Connection) -> Result<Vec<(Quota, u64)>> {
                     max_queued: row.get(2)?,
                     rate_per_second: row.get(3)?,
                     burst: row.get(4)?,
+                    attempt_timeout_ms: row.get(6)?,
                 },
                 row.get::<_, i64>(5)?.max(0) as u64,
             ))
         })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Queued jobs with a deadline that still wait for a dependency to succeed.
+const WAITING: &str = "SELECT j.id, j.deadline_ms FROM jobs j
+    WHERE j.state = 10 /* queued */ AND j.deadline_ms IS NOT NULL AND EXISTS (
+        SELECT 1 FROM dependencies d JOIN jobs p ON p.id = d.depends_on
+        WHERE d.job_id = j.id AND p.state != 30 /* succeeded */)";
+
+/// Queued jobs waiting for their dependencies, with their deadlines (for the scheduler's
+/// timers at start).
+pub(super) fn waiting(conn: &Connection) -> Result<Vec<(JobId, i64)>> {
+    Ok(conn
+        .prepare_cached(WAITING)?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 

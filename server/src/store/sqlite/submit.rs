@@ -88,9 +88,12 @@ const INSERT_JOB: &str = "INSERT INTO jobs (
         id, queue, kind, payload, priority, max_attempts, timeout_ms, deadline_ms, run_at_ms,
         idempotency_key, concurrency_key, weight, depends_on, group_id, labels, tenant_id,
         parent_job_id, traceparent, tracestate, trace_id, state, error, created_at_ms,
-        finished_at_ms)
+        finished_at_ms, parent_attempt)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-        ?19, ?20, ?21, ?22, ?23, ?24)";
+        ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
+/// A child names its parent's attempt: it joins only while that attempt is the running one.
+const PARENT_RUNS: &str = "SELECT 1 FROM jobs WHERE id = ?1 AND state = 20 /* running */
+    AND attempt = ?2";
 const INSERT_DEPENDENCY: &str =
     "INSERT OR IGNORE INTO dependencies (depends_on, job_id) VALUES (?1, ?2)";
 
@@ -184,6 +187,7 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
                         debounced,
                         state,
                         ready: None,
+                        waiting_until_ms: None,
                     }
                 }
                 None => Submitted {
@@ -193,6 +197,7 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
                     debounced: false,
                     state: JobState::Queued,
                     ready: None,
+                    waiting_until_ms: None,
                 },
             });
         }
@@ -207,6 +212,15 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
         .map(|(j, _)| j)
         .collect();
     admit(conn, &new_jobs)?;
+    for job in &new_jobs {
+        if let (Some(parent), Some(attempt)) = (job.parent_job_id, job.parent_attempt)
+            && !conn
+                .prepare_cached(PARENT_RUNS)?
+                .exists(params![parent, attempt])?
+        {
+            return Err(Error::parent_attempt_ended(parent, attempt));
+        }
+    }
     let in_batch: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
     let mut state_of = conn.prepare_cached(JOB_STATE)?;
     let mut insert = conn.prepare_cached(INSERT_JOB)?;
@@ -282,6 +296,7 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
             doomed,
             now,
             doomed.as_ref().map(|_| now),
+            job.parent_attempt,
         ])?;
         let seq = conn.last_insert_rowid();
         for dep in &depends_on {
@@ -298,6 +313,9 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
             ])?;
         }
         result.state = state;
+        if state == JobState::Queued && waits {
+            result.waiting_until_ms = job.deadline_ms;
+        }
         if state == JobState::Queued && !waits {
             result.ready = Some(ReadyJob {
                 id: job.id,

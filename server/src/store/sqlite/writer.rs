@@ -450,14 +450,15 @@ fn admin(conn: &Connection, op: &AdminOp) -> Result<()> {
         AdminOp::SetQuota(q) => {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO quotas (scope, max_in_flight, max_queued,
-                    rate_per_second, burst) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rate_per_second, burst, attempt_timeout_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 q.scope,
                 q.max_in_flight,
                 q.max_queued,
                 q.rate_per_second,
-                q.burst
+                q.burst,
+                q.attempt_timeout_ms
             ])?;
         }
         AdminOp::Pause {
