@@ -217,7 +217,7 @@ impl WorkerService for WorkerApi {
             interval,
             max_result_bytes: self.max_result_bytes,
         };
-        let (reports, writer) = progress::Reports::start(self.store.clone(), id);
+        let (reports, writer) = progress::Reports::start(self.store.clone(), id, self.heartbeat);
         self.sessions.spawn(writer);
         self.sessions.spawn(session(
             self.scheduler.clone(),
@@ -306,8 +306,7 @@ async fn session(
                         Ok(job_id) => {
                             let outcome = bounded(outcome(r.outcome), max_result_bytes);
                             // Progress the attempt sent before its result is stored first.
-                            let patience = progress::RESULT_PATIENCE.min(interval);
-                            reports.written(job_id, r.attempt, patience).await;
+                            reports.written(job_id, r.attempt).await;
                             scheduler.result(id, job_id, r.attempt, outcome).await
                         }
                         Err(_) => {

@@ -11,10 +11,22 @@ use std::net::SocketAddr;
 
 use switchyard_client::JobSpec;
 use switchyard_proto::v1::{AttemptOutcome, JobState};
-use switchyard_testkit::{Coordinator, Worker};
+use switchyard_testkit::{Coordinator, Proxy, Worker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{COORDINATOR_FLAGS, PATIENCE, connect, eventually, finished, outcomes};
+use support::{PATIENCE, connect, eventually, finished, outcomes};
+
+/// Quick retries, and heartbeats slower than the other tests' 200 ms: a result waits for its
+/// attempt's progress to be written for up to two of the coordinator's heartbeat intervals,
+/// and a busy machine's commits can take longer than 400 ms.
+const FLAGS: &[&str] = &[
+    "--heartbeat-interval",
+    "1s",
+    "--retry-base",
+    "20ms",
+    "--retry-cap",
+    "100ms",
+];
 
 /// The value of one series in the coordinator's `/metrics` (0 if it is not shown yet).
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
@@ -44,7 +56,7 @@ async fn metric(addr: SocketAddr, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_shows_in_get_while_the_job_runs_and_its_last_report_stays() {
-    let mut flags = COORDINATOR_FLAGS.to_vec();
+    let mut flags = FLAGS.to_vec();
     flags.extend(["--metrics", "127.0.0.1:0"]);
     let coordinator = Coordinator::start_with(&flags).await;
     let metrics = coordinator.metrics_addr().expect("the metrics address");
@@ -110,7 +122,7 @@ async fn progress_shows_in_get_while_the_job_runs_and_its_last_report_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_resumes_from_the_last_checkpoint() {
-    let coordinator = Coordinator::start_with(COORDINATOR_FLAGS).await;
+    let coordinator = Coordinator::start_with(FLAGS).await;
     let client = connect(&coordinator).await;
     let worker = Worker::start(&coordinator.url(), &["--kinds", "steps"]).await;
 
@@ -152,6 +164,64 @@ async fn a_retry_resumes_from_the_last_checkpoint() {
     );
 }
 
+/// A handler that reports and returns while its worker is cut off: once the worker is back
+/// (within the reconnect grace, so the attempt is re-adopted), the reports made meanwhile
+/// arrive before the result, so the job's last progress is the handler's last report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_made_while_cut_off_arrives_once_the_worker_is_back() {
+    // The worker finds its stream dead after three of these intervals; its handler must
+    // still be running then, so that its last reports wait in the worker for the next stream.
+    let coordinator =
+        Coordinator::start_with(&["--heartbeat-interval", "500ms", "--reconnect-grace", "20s"])
+            .await;
+    let client = connect(&coordinator).await;
+    let proxy = Proxy::start(coordinator.addr()).await;
+    let mut worker = Worker::start(&proxy.url(), &["--kinds", "steps"]).await;
+
+    // 20 steps of 150 ms: it outlives the worker's finding its stream dead (1.5 s), and ends
+    // well inside the outage below.
+    let id = client
+        .submit(JobSpec::new("default", "steps").payload("20 150"))
+        .await
+        .expect("submit")
+        .job_id;
+    let before = eventually("the first reports", || async {
+        let job = client.get(&id).await.ok()?;
+        job.progress.and_then(|p| p.fraction).filter(|f| *f > 0.0)
+    })
+    .await;
+    proxy.down();
+    // The outage itself, longer than what is left of the job.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let cut_off = client.get(&id).await.expect("get");
+    assert_eq!(cut_off.state(), JobState::Running, "{cut_off:?}");
+    let stale = cut_off
+        .progress
+        .and_then(|p| p.fraction)
+        .unwrap_or_default();
+    assert!(
+        stale < 1.0,
+        "nothing arrives while cut off ({before} then {stale})"
+    );
+    proxy.up();
+    worker.next_connected().await;
+
+    let done = finished(&client, &id).await;
+    assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
+    assert_eq!(
+        outcomes(&done),
+        [(AttemptOutcome::Succeeded, worker.id().to_owned())],
+        "one attempt, re-adopted"
+    );
+    let last = done.progress.clone().expect("progress");
+    assert_eq!(
+        (last.attempt, last.fraction, last.checkpoint.as_slice()),
+        (1, Some(1.0), &b"20"[..]),
+        "the reports made while cut off were stored before the result: {done:?}"
+    );
+    proxy.stop().await;
+}
+
 /// A report a coordinator refuses (over its limits, or for no job) is dropped; the stream and
 /// the job go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +232,7 @@ async fn reports_over_the_limits_are_ignored_and_the_stream_lives_on() {
     };
     use tokio_stream::wrappers::ReceiverStream;
 
-    let coordinator = Coordinator::start_with(COORDINATOR_FLAGS).await;
+    let coordinator = Coordinator::start_with(FLAGS).await;
     let client = connect(&coordinator).await;
     let id = client
         .submit(JobSpec::new("default", "steps").payload("1"))

@@ -110,10 +110,16 @@ impl Slot {
         state.waiting.take()
     }
 
-    /// The report waiting to be sent (for tests).
-    #[cfg(test)]
+    /// The report waiting to be sent, left in place.
     pub(crate) fn waiting(&self) -> Option<Progress> {
         self.lock().waiting.clone()
+    }
+
+    /// Puts a slot taken off the queue (and not emptied) back on it; if there is no room, it
+    /// is queued again by its attempt's next report.
+    pub(crate) fn requeue(self: &Arc<Self>, queue: &Queue) {
+        let mut state = self.lock();
+        state.queued = queue.try_send(self.clone()).is_ok();
     }
 }
 

@@ -291,6 +291,20 @@ impl Runner {
         let _ = tx.try_send(WorkerMessage {
             message: Some(Message::Hello(hello)),
         });
+        // Progress reported between streams goes before the results kept from then (the
+        // coordinator ignores progress of an attempt that has ended), leaving room for every
+        // result. Copies: the reports stay queued, for the welcomed stream to send (again).
+        let waiting: Vec<_> = std::iter::from_fn(|| self.progress.try_recv().ok()).collect();
+        for slot in waiting {
+            if tx.capacity() > self.late.len()
+                && let Some(report) = slot.waiting()
+            {
+                let _ = tx.try_send(WorkerMessage {
+                    message: Some(Message::Progress(report)),
+                });
+            }
+            slot.requeue(&self.progress_queue);
+        }
         // Kept until the stream is welcomed: a failed handshake loses none of them.
         for result in &self.late {
             let _ = tx.try_send(WorkerMessage {

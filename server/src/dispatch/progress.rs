@@ -31,9 +31,8 @@ const MAX_PENDING: usize = 1024;
 /// After a write refused for a full write queue, how long before the next try.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// How long a result waits at most for its attempt's reports to be written (a commit takes
-/// milliseconds; longer means a store under load, and progress is best effort). The session
-/// loop sends no heartbeat meanwhile, so the session also caps it at its heartbeat interval.
-pub(crate) const RESULT_PATIENCE: Duration = Duration::from_millis(500);
+/// milliseconds; longer means a store under load, and progress is best effort).
+const RESULT_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a closing session waits for all of its reports to be written.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -43,6 +42,8 @@ type Key = (JobId, u32);
 /// what it holds and ends), so that a session that ends in any way lets its writer go.
 pub(crate) struct Reports {
     shared: Arc<Shared>,
+    /// How long a result waits for its attempt's reports (see [`Reports::written`]).
+    result_patience: Duration,
 }
 
 impl Drop for Reports {
@@ -103,10 +104,13 @@ impl State {
 
 impl Reports {
     /// A session's reports, and the writer task that stores them (it ends once the session
-    /// has closed its reports and they are written).
+    /// has closed its reports and they are written). `heartbeat` is the coordinator's own
+    /// interval, which bounds how long a result may wait for its reports: the session loop
+    /// sends no heartbeat meanwhile, and the worker gives up after three silent intervals.
     pub(crate) fn start(
         store: Arc<dyn Store>,
         session: u64,
+        heartbeat: Duration,
     ) -> (Reports, impl Future<Output = ()> + Send + 'static) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -115,6 +119,7 @@ impl Reports {
         });
         let reports = Reports {
             shared: shared.clone(),
+            result_patience: RESULT_PATIENCE.min(heartbeat.saturating_mul(2)),
         };
         (reports, write(shared, store, session))
     }
@@ -142,10 +147,12 @@ impl Reports {
         }
     }
 
-    /// Waits, at most `patience`, until what was handed over for this attempt is written.
-    pub(crate) async fn written(&self, job_id: JobId, attempt: u32, patience: Duration) {
+    /// Waits (at most two heartbeat intervals, and 2 s) until what was handed over for this
+    /// attempt is written.
+    pub(crate) async fn written(&self, job_id: JobId, attempt: u32) {
         let key = (job_id, attempt);
-        self.wait(|state| !state.holds(&key), patience).await;
+        self.wait(|state| !state.holds(&key), self.result_patience)
+            .await;
     }
 
     /// No more reports: waits (at most a moment) for the writer to store what it holds.
@@ -419,7 +426,7 @@ mod tests {
             .await
             .expect("start");
 
-        let (reports, writer) = Reports::start(store.clone(), 1);
+        let (reports, writer) = Reports::start(store.clone(), 1, Duration::from_secs(30));
         let writer = tokio::spawn(writer);
         for i in 1..=10 {
             reports.add(
@@ -431,7 +438,7 @@ mod tests {
                 },
             );
         }
-        reports.written(id, 1, Duration::from_secs(30)).await;
+        reports.written(id, 1).await;
         let progress = store
             .get(id)
             .await
@@ -446,7 +453,7 @@ mod tests {
             .expect("the writer ends once closed")
             .expect("the writer does not panic");
 
-        let (reports, writer) = Reports::start(store.clone(), 2);
+        let (reports, writer) = Reports::start(store.clone(), 2, Duration::from_secs(30));
         let writer = tokio::spawn(writer);
         drop(reports);
         tokio::time::timeout(Duration::from_secs(30), writer)
