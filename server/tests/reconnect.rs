@@ -12,6 +12,31 @@ use switchyard_client::{Batch, Client, JobSpec};
 use switchyard_proto::v1::{AttemptOutcome, JobState};
 use switchyard_testkit::{Coordinator, Proxy, Worker};
 
+/// Worker flags that log each handler's start (`starting`), to see that it really runs.
+const LOG_STARTS: &[&str] = &[
+    "--concurrency",
+    "10",
+    "--log",
+    "info,switchyard_worker=debug",
+];
+
+/// Waits until `worker` has started `n` handlers: the coordinator's count is of assignments
+/// sent, and a cut may catch one still in flight (never received, so not held on to).
+async fn handlers_started(worker: &Worker, n: usize) {
+    eventually(
+        &format!("{n} handlers started on {}", worker.id()),
+        || async {
+            (worker
+                .log()
+                .matches("switchyard_worker::session: starting")
+                .count()
+                >= n)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// Submits `n` `sleep` jobs of `millis` each in one batch.
 async fn sleepers(client: &Client, n: usize, millis: u64) -> Vec<String> {
     let jobs = (0..n).map(|_| JobSpec::new("default", "sleep").payload(millis.to_string()));
@@ -82,9 +107,9 @@ async fn a_two_second_network_cut_costs_no_attempt() {
             .await;
     let client = connect(&coordinator).await;
     let proxy = Proxy::start(coordinator.addr()).await;
-    let mut worker = Worker::start(&proxy.url(), &["--concurrency", "10"]).await;
+    let mut worker = Worker::start(&proxy.url(), LOG_STARTS).await;
     let ids = sleepers(&client, 10, 4_000).await;
-    running_on(&client, worker.id(), 10).await;
+    handlers_started(&worker, 10).await;
     proxy.down();
     // The outage itself.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -110,9 +135,9 @@ async fn a_cut_longer_than_the_grace_reruns_the_jobs_elsewhere_and_refuses_the_l
             .await;
     let client = connect(&coordinator).await;
     let proxy = Proxy::start(coordinator.addr()).await;
-    let mut cut_off = Worker::start(&proxy.url(), &["--concurrency", "10"]).await;
+    let mut cut_off = Worker::start(&proxy.url(), LOG_STARTS).await;
     let ids = sleepers(&client, 10, 3_000).await;
-    running_on(&client, cut_off.id(), 10).await;
+    handlers_started(&cut_off, 10).await;
     let other = Worker::start(&coordinator.url(), &["--concurrency", "10"]).await;
     proxy.down();
     for id in &ids {
