@@ -28,6 +28,8 @@ use crate::{
 /// Attempts with reports not yet written, per session. Honest workers report for the attempts
 /// they run (at most their slots); beyond this, reports for further attempts are dropped.
 const MAX_PENDING: usize = 1024;
+/// Checkpoint bytes not yet written, per session: a report that would pass it is dropped.
+const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// After a write refused for a full write queue, how long before the next try.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// How long a result waits at most for its attempt's reports to be written (a commit takes
@@ -78,9 +80,21 @@ impl State {
         self.waiting.is_empty() && self.writing.is_empty()
     }
 
-    /// Adds a report under those already waiting for its attempt: the later fields win.
+    /// Adds a report under those already waiting for its attempt: the later fields win. False
+    /// (and nothing added) past the bounds.
     fn add(&mut self, report: ProgressReport) -> bool {
         let key = (report.job_id, report.attempt);
+        if let Some(checkpoint) = &report.checkpoint {
+            let others: usize = self
+                .waiting
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .filter_map(|(_, r)| r.checkpoint.as_ref().map(Vec::len))
+                .sum();
+            if others + checkpoint.len() > MAX_PENDING_BYTES {
+                return false;
+            }
+        }
         let full = self.waiting.len() >= MAX_PENDING;
         match self.waiting.entry(key) {
             Entry::Occupied(mut waiting) => waiting.get_mut().merge(report),
@@ -142,7 +156,7 @@ impl Reports {
                 session,
                 job.id = %key.0,
                 job.attempt = key.1,
-                "ignoring a progress report: {MAX_PENDING} attempts' reports are waiting for the store"
+                "ignoring a progress report: too many reports are waiting for the store"
             );
         }
     }
@@ -480,6 +494,21 @@ mod tests {
         assert_eq!(
             state.waiting[&(job, 1)],
             report(Some(0.2), Some("one"), Some(b"c1"))
+        );
+        // Checkpoints waiting are bounded in bytes, across attempts.
+        let big = |attempt| ProgressReport {
+            job_id: job,
+            attempt,
+            fraction: None,
+            message: None,
+            checkpoint: Some(vec![0; MAX_PENDING_BYTES / 2]),
+        };
+        let mut bounded = State::default();
+        assert!(bounded.add(big(1)) && bounded.add(big(2)));
+        assert!(!bounded.add(big(3)), "past the bound");
+        assert!(
+            bounded.add(big(2)),
+            "a newer one of an attempt replaces its own"
         );
         // A refused write goes back under what came since.
         let written = state.waiting.remove(&(job, 1)).expect("waiting");
