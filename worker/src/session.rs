@@ -312,11 +312,21 @@ impl Runner {
             });
         }
 
-        let handshake = tokio::select! {
-            result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&self.endpoint, rx, self.config.token.as_deref())) => {
-                result.unwrap_or(Err(StreamError::HandshakeTimeout(HANDSHAKE_TIMEOUT)))
+        let (endpoint, token) = (self.endpoint.clone(), self.config.token.clone());
+        let opening = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake(&endpoint, rx, token.as_deref()),
+        );
+        tokio::pin!(opening);
+        let handshake = loop {
+            let give_up = self.held_since.map(|since| since + self.grace);
+            tokio::select! {
+                result = &mut opening => {
+                    break result.unwrap_or(Err(StreamError::HandshakeTimeout(HANDSHAKE_TIMEOUT)));
+                }
+                () = shutdown.cancelled() => return End::Stopped,
+                () = sleep_until_some(give_up) => self.give_up_held(),
             }
-            () = shutdown.cancelled() => return End::Stopped,
         };
         let (inbound, welcome) = match handshake {
             Ok(welcomed) => welcomed,
@@ -737,6 +747,14 @@ impl Runner {
         held
     }
 
+    /// No coordinator welcomed this worker within the grace: its held attempts have been
+    /// given to others, so their handlers stop.
+    fn give_up_held(&mut self) {
+        let stopped = self.slots.cancel_detached();
+        warn!(grace = ?self.grace, stopped, "no coordinator within the reconnect grace: stopping the held handlers");
+        self.held_since = None;
+    }
+
     /// Keeps a result for the next stream. Bounded: each is an attempt this worker ran since
     /// the last stream, so twice the slots is room enough; beyond that the oldest are dropped
     /// (the coordinator has re-queued those attempts anyway).
@@ -758,11 +776,7 @@ impl Runner {
             tokio::select! {
                 () = &mut sleep => return true,
                 () = shutdown.cancelled() => return false,
-                () = sleep_until_some(give_up) => {
-                    let stopped = self.slots.cancel_detached();
-                    warn!(grace = ?self.grace, stopped, "no coordinator within the reconnect grace: stopping the held handlers");
-                    self.held_since = None;
-                }
+                () = sleep_until_some(give_up) => self.give_up_held(),
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     let (id, outcome) = match joined {
                         Ok((id, result)) => (id, Ok(result)),

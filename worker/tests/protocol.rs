@@ -251,8 +251,17 @@ async fn more_assignments_than_slots_are_released() {
     started.stopped().await;
 }
 
+/// The attempts a hello presents as held: (job, attempt, finished).
+fn held(hello: &switchyard_proto::v1::Hello) -> Vec<(&str, u32, bool)> {
+    hello
+        .held
+        .iter()
+        .map(|h| (h.job_id.as_str(), h.attempt, h.finished))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_stream_cancels_handlers_that_keep_their_slots() {
+async fn a_lost_stream_keeps_its_handlers_running_for_the_next_stream_to_adopt() {
     let mut coordinator = Coordinator::start().await;
     let (worker, mut steering) = worker(&coordinator.url, 2);
     let mut started = start(worker);
@@ -264,22 +273,63 @@ async fn a_lost_stream_cancels_handlers_that_keep_their_slots() {
 
     // The coordinator goes away without a word.
     drop(session);
-    let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
-    assert_eq!(fired.ok().flatten().as_deref(), Some("j1"));
     started
         .wait_for(|s| *s == ConnectionState::Disconnected)
         .await;
-
-    // The held slot is not offered again until the handler returns.
     let mut session = coordinator.session().await;
-    assert_eq!(session.hello.slots, 1);
-    session.welcome(Duration::from_millis(100), true).await;
+    assert!(
+        steering.fired.try_recv().is_err(),
+        "a lost stream does not stop its handlers"
+    );
+    // The whole capacity, and the attempt it still runs.
+    assert_eq!(session.hello.slots, 2);
+    assert_eq!(held(&session.hello), [("j1", 1, false)]);
+    session
+        .welcome_adopting(Duration::from_millis(100), true, &[("j1", 1)])
+        .await;
     started
         .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
         .await;
     steering.gate.add_permits(1);
-    // Its result goes out on the new stream for the coordinator's fence to judge (it refuses
-    // a stale one), and then its slot comes back.
+    // Adopted, it reports on the new stream, and its slot comes back.
+    match session.next().await {
+        Some(Message::Result(result)) => {
+            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1));
+            assert_eq!(result.outcome, Some(Outcome::Output(b"held".to_vec())));
+        }
+        other => panic!("expected j1's result, got {other:?}"),
+    }
+    session.expect(credit()).await;
+    assert!(steering.fired.try_recv().is_err(), "it was never stopped");
+    session.expect_quiet(Duration::from_millis(200)).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_attempt_the_coordinator_did_not_adopt_is_stopped() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, mut steering) = worker(&coordinator.url, 2);
+    let mut started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+    session.assign("j1", 1, "hold", "").await;
+    session.expect_quiet(Duration::from_millis(100)).await;
+    drop(session);
+    started
+        .wait_for(|s| *s == ConnectionState::Disconnected)
+        .await;
+
+    let mut session = coordinator.session().await;
+    assert_eq!(held(&session.hello), [("j1", 1, false)]);
+    // Too late: the coordinator gave it to someone else.
+    session.welcome(Duration::from_millis(100), true).await;
+    let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
+    assert_eq!(fired.ok().flatten().as_deref(), Some("j1"));
+    steering.gate.add_permits(1);
+    // Its result still goes out, for the fence to refuse, and then its slot comes back.
     match session.next().await {
         Some(Message::Result(result)) => {
             assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1))
@@ -287,7 +337,6 @@ async fn a_lost_stream_cancels_handlers_that_keep_their_slots() {
         other => panic!("expected j1's late result, got {other:?}"),
     }
     session.expect(credit()).await;
-    session.expect_quiet(Duration::from_millis(200)).await;
 
     started.shutdown.cancel();
     drop(session);
@@ -345,7 +394,10 @@ async fn a_draining_coordinator_gets_its_jobs_back_and_the_worker_returns() {
     drop(session);
 
     let mut session = coordinator.session().await;
-    assert_eq!(session.hello.slots, 1, "the handler has not returned yet");
+    // Released, its handler has not returned yet: it is presented as still running, which
+    // the coordinator leaves out of its credit (and does not adopt).
+    assert_eq!(session.hello.slots, 2);
+    assert_eq!(held(&session.hello), [("j1", 3, false)]);
     session.welcome(Duration::from_millis(100), true).await;
     started
         .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
@@ -493,5 +545,81 @@ async fn the_deadline_fires_the_token() {
 
     started.shutdown.cancel();
     drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_holds_keeps_the_handlers_running_across_its_restart() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, mut steering) = worker(&coordinator.url, 2);
+    let mut started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+    session.assign("j1", 2, "hold", "").await;
+    session.expect_quiet(Duration::from_millis(100)).await;
+
+    session
+        .send(coordinator_message::Message::Hold(
+            switchyard_proto::v1::Hold {
+                reason: "restarting".into(),
+            },
+        ))
+        .await;
+    // No release: the worker only ends its half, and comes back with what it holds.
+    assert_eq!(session.next().await, None, "the worker ends its half");
+    drop(session);
+    let mut session = coordinator.session().await;
+    assert!(steering.fired.try_recv().is_err(), "nothing was stopped");
+    assert_eq!(held(&session.hello), [("j1", 2, false)]);
+    session
+        .welcome_adopting(Duration::from_millis(100), true, &[("j1", 2)])
+        .await;
+    started
+        .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
+        .await;
+    steering.gate.add_permits(1);
+    match session.next().await {
+        Some(Message::Result(result)) => {
+            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 2))
+        }
+        other => panic!("expected j1's result, got {other:?}"),
+    }
+    session.expect(credit()).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_handlers_stop_when_no_coordinator_is_back_within_its_grace() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, mut steering) = worker(&coordinator.url, 1);
+    let started = start(worker);
+    let mut session = coordinator.session().await;
+    session
+        .send(coordinator_message::Message::Welcome(
+            switchyard_proto::v1::Welcome {
+                session_id: "s".into(),
+                heartbeat_interval: Some(Duration::from_millis(100).try_into().expect("small")),
+                reconnect_grace: Some(Duration::from_millis(300).try_into().expect("small")),
+                ..Default::default()
+            },
+        ))
+        .await;
+    session.assign("j1", 1, "hold", "").await;
+    session.expect_quiet(Duration::from_millis(100)).await;
+    let lost = Instant::now();
+    // The coordinator goes, and no other welcomes the worker: the handshakes it tries are
+    // never answered.
+    drop(session);
+    let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
+    assert_eq!(fired.ok().flatten().as_deref(), Some("j1"));
+    assert!(
+        lost.elapsed() >= Duration::from_millis(300),
+        "stopped only once the grace ran out: {:?}",
+        lost.elapsed()
+    );
+    started.shutdown.cancel();
     started.stopped().await;
 }

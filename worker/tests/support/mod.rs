@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use switchyard_proto::v1::{
-    Assignment, AttemptResult, CoordinatorMessage, Credit, Heartbeat, Hello, JobFailure, Release,
-    Welcome, WorkerMessage,
+    Assignment, AttemptResult, CoordinatorMessage, Credit, Heartbeat, HeldAttempt, Hello,
+    JobFailure, Release, Welcome, WorkerMessage,
     attempt_result::Outcome,
     coordinator_message,
     worker_message::Message,
@@ -49,9 +49,27 @@ impl Session {
     /// Welcomes the worker; with `ping`, also heartbeats every `interval` as a live
     /// coordinator does.
     pub async fn welcome(&mut self, interval: Duration, ping: bool) {
+        self.welcome_adopting(interval, ping, &[]).await;
+    }
+
+    /// A welcome that re-adopts these held attempts.
+    pub async fn welcome_adopting(
+        &mut self,
+        interval: Duration,
+        ping: bool,
+        adopted: &[(&str, u32)],
+    ) {
         self.send(coordinator_message::Message::Welcome(Welcome {
             session_id: "session-1".into(),
             heartbeat_interval: Some(interval.try_into().expect("small")),
+            adopted: adopted
+                .iter()
+                .map(|(job_id, attempt)| HeldAttempt {
+                    job_id: (*job_id).into(),
+                    attempt: *attempt,
+                    finished: false,
+                })
+                .collect(),
             ..Default::default()
         }))
         .await;
