@@ -114,6 +114,9 @@ async fn full_disk_once() -> Option<Result<(), String>> {
     let disk = SmallDisk::mount(8 << 20)?;
     let coordinator = Coordinator::start_in(Some(disk.path()), &[], &[]).await;
     let client = connect(&coordinator).await;
+    // The coordinator says where it listens before its store is open: the disk fills only
+    // once the migrations are done (filling it sooner fails the start, as it should).
+    health_becomes(&coordinator, ServingStatus::Serving).await;
     let filler = fill(disk.path(), 512 * 1024);
     let payload = "x".repeat(16 * 1024);
     let mut acked = Vec::new();

@@ -135,7 +135,13 @@ impl Core {
                 .set(job.id, self.clock.instant_at(job.run_at_ms));
             self.delayed.insert(job.id, job);
         } else {
-            self.lanes.insert(job);
+            // Due: it takes its place by priority and submission order, as a delayed job does
+            // when its time comes (a job handed back or lost goes back where it was, not
+            // behind every job submitted since).
+            self.lanes.insert(ReadyJob {
+                run_at_ms: 0,
+                ..job
+            });
         }
     }
 

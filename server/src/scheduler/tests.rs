@@ -824,3 +824,26 @@ async fn an_attempt_past_its_queues_timeout_is_stopped_and_its_permits_come_back
     assert_eq!(core.held("queue:q"), 0);
     assert_eq!(picked(&mut core), [(test_id(2), 1)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_job_handed_back_goes_back_to_its_place_not_behind_later_jobs() {
+    let mut core = core();
+    core.enqueue(job(1, "q", 0, 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
+    assert_eq!(picked(&mut core), [(test_id(1), 1)]);
+    core.enqueue(job(2, "q", 0, 2));
+    core.release(1, test_id(1), 1);
+    core.plan(RETRY).expect("the release");
+    // The store queues it again as due now.
+    core.enqueue(ReadyJob {
+        run_at_ms: EPOCH_MS,
+        attempt: 1,
+        ..job(1, "q", 0, 1)
+    });
+    core.credit(1, 1);
+    assert_eq!(
+        picked(&mut core),
+        [(test_id(1), 1)],
+        "submitted first, it runs first"
+    );
+}
