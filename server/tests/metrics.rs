@@ -8,13 +8,13 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use switchyard_client::{Batch, Client, JobSpec};
 use switchyard_proto::v1::JobState;
-use switchyard_testkit::{Coordinator, Worker};
+use switchyard_testkit::{Coordinator, Proxy, Worker};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-use support::{connect, stats};
+use support::{connect, eventually, finished, stats};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -35,6 +35,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("switchyard_store_faults_total", "counter"),
     ("switchyard_store_healthy", "gauge"),
     ("switchyard_progress_reports_total", "counter"),
+    ("switchyard_attempts_detached", "gauge"),
+    ("switchyard_attempts_readopted_total", "counter"),
 ];
 
 async fn coordinator(extra: &[&str]) -> (Coordinator, Client, SocketAddr) {
@@ -539,4 +541,57 @@ async fn the_endpoint_stops_with_the_coordinator() {
         TcpStream::connect(metrics).await.is_err(),
         "nothing listens on the metrics port after shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_blip_shows_detached_then_readopted_attempts() {
+    let (coordinator, client, metrics) =
+        coordinator(&["--heartbeat-interval", "200ms", "--reconnect-grace", "30s"]).await;
+    let proxy = Proxy::start(coordinator.addr()).await;
+    let mut worker = Worker::start(
+        &proxy.url(),
+        &[
+            "--concurrency",
+            "3",
+            "--log",
+            "info,switchyard_worker=debug",
+        ],
+    )
+    .await;
+    let jobs = (0..3).map(|_| JobSpec::new("default", "sleep").payload("3000"));
+    let done = client
+        .submit_batch(Batch::new().jobs(jobs))
+        .await
+        .expect("submit");
+    // Every handler runs on the worker (an assignment still in flight would not be held).
+    eventually("three handlers started", || async {
+        (worker
+            .log()
+            .matches("switchyard_worker::session: starting")
+            .count()
+            >= 3)
+            .then_some(())
+    })
+    .await;
+    proxy.down();
+    eventually("three detached attempts", || async {
+        (scrape(metrics).await.value("switchyard_attempts_detached") == 3.0).then_some(())
+    })
+    .await;
+    proxy.up();
+    worker.next_connected().await;
+    // The gauge follows at the end of the scheduler's round that took the worker back.
+    eventually("the three attempts taken up again", || async {
+        let after = scrape(metrics).await;
+        (after.value("switchyard_attempts_readopted_total") == 3.0
+            && after.value("switchyard_attempts_detached") == 0.0)
+            .then_some(())
+    })
+    .await;
+    for job in &done.jobs {
+        let job = finished(&client, &job.job_id).await;
+        assert_eq!(job.state(), JobState::Succeeded);
+        assert_eq!(job.attempts.len(), 1);
+    }
+    proxy.stop().await;
 }

@@ -48,6 +48,8 @@ pub(crate) struct Attempts {
     entries: HashMap<Key, Entry>,
     /// Starting and running attempts per session: the slots the scheduler knows are busy.
     busy: HashMap<u64, u32>,
+    /// Attempts in the `Detached` phase.
+    detached: usize,
 }
 
 impl Attempts {
@@ -58,6 +60,11 @@ impl Attempts {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Attempts waiting, detached, for their worker to come back.
+    pub(crate) fn detached(&self) -> usize {
+        self.detached
     }
 
     /// Starting and running attempts of `session`.
@@ -125,6 +132,7 @@ impl Attempts {
         if busy(entry.phase) {
             *self.busy.entry(entry.session).or_default() += 1;
         }
+        self.detached += usize::from(entry.phase == Phase::Detached);
         self.entries.insert(key, entry);
         true
     }
@@ -135,7 +143,10 @@ impl Attempts {
             return false;
         };
         let was_busy = busy(entry.phase);
+        let was_detached = entry.phase == Phase::Detached;
         entry.phase = phase;
+        self.detached =
+            self.detached + usize::from(phase == Phase::Detached) - usize::from(was_detached);
         let session = entry.session;
         match (was_busy, busy(phase)) {
             (true, false) => self.unbusy(session),
@@ -184,6 +195,7 @@ impl Attempts {
         if busy(entry.phase) {
             self.unbusy(entry.session);
         }
+        self.detached -= usize::from(entry.phase == Phase::Detached);
         Some(entry)
     }
 
@@ -248,10 +260,12 @@ mod tests {
         t.set_phase(&a, Phase::Running);
         assert!(t.detach(&a));
         assert_eq!(t.busy(7), 0, "a detached attempt has no session");
+        assert_eq!(t.detached(), 1);
         assert_eq!(t.detached_of("w"), [a]);
         assert!(t.detached_of("other").is_empty());
         assert!(t.adopt(&a, 9));
         assert_eq!(t.busy(9), 1);
+        assert_eq!(t.detached(), 0);
         assert_eq!(
             t.get(&a).map(|e| (e.session, e.phase)),
             Some((9, Phase::Running))
@@ -261,5 +275,8 @@ mod tests {
         assert!(t.recovered(r, "w".into(), job(2, "q", 0, 2)));
         assert_eq!(t.detached_of("w"), [r]);
         assert!(t.get(&r).is_some_and(|e| e.recovered));
+        assert_eq!(t.detached(), 1);
+        t.remove(&r);
+        assert_eq!(t.detached(), 0);
     }
 }

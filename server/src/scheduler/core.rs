@@ -704,6 +704,11 @@ impl Core {
         self.depth.iter().map(|(q, d)| (q, *d))
     }
 
+    /// Attempts waiting, detached, for their worker to come back.
+    pub(crate) fn detached(&self) -> usize {
+        self.attempts.detached()
+    }
+
     /// Connected sessions and their slots in all.
     pub(crate) fn fleet(&self) -> (u64, u64) {
         (self.sessions.len() as u64, self.sessions.slots())

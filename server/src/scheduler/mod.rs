@@ -457,6 +457,7 @@ impl Runner {
             } => {
                 let id = info.id;
                 let adopted = core.connect(info, &held);
+                self.metrics.readopted(adopted.len() as u64);
                 self.links.insert(id, link);
                 drop(reply.send(adopted));
             }
@@ -600,5 +601,6 @@ impl Runner {
         }
         let (sessions, slots) = self.core.fleet();
         self.metrics.set_workers(sessions, slots);
+        self.metrics.set_detached(self.core.detached() as u64);
     }
 }

@@ -210,6 +210,8 @@ struct Inner {
     store_faults: Family<FaultLabels, Counter>,
     store_healthy: Gauge,
     progress_reports: Bounded<QueueLabels, Counter>,
+    attempts_detached: Gauge,
+    attempts_readopted: Counter,
 }
 
 impl Default for Metrics {
@@ -333,6 +335,18 @@ impl Metrics {
                 "Progress reports of running attempts stored with their jobs, by queue (reports of attempts no longer current are not counted)",
                 Family::default(),
             ),
+            attempts_detached: unlabelled(
+                r,
+                "switchyard_attempts_detached",
+                "Running attempts whose worker's stream is gone, kept for it to come back within --reconnect-grace",
+                Gauge::default(),
+            ),
+            attempts_readopted: unlabelled(
+                r,
+                "switchyard_attempts_readopted",
+                "Attempts a reconnecting worker held on to and took up again (after a network blip or a coordinator restart)",
+                Counter::default(),
+            ),
             registry,
         };
         Metrics {
@@ -429,6 +443,16 @@ impl Metrics {
     /// Whether the store can commit now.
     pub fn set_store_healthy(&self, healthy: bool) {
         self.inner.store_healthy.set(i64::from(healthy));
+    }
+
+    /// Sets the attempts waiting, detached, for their worker.
+    pub fn set_detached(&self, attempts: u64) {
+        self.inner.attempts_detached.set(saturating_i64(attempts));
+    }
+
+    /// A reconnecting worker took up `attempts` it held.
+    pub fn readopted(&self, attempts: u64) {
+        self.inner.attempts_readopted.inc_by(attempts);
     }
 
     /// A running attempt's progress report was stored. Call after the commit.
@@ -616,7 +640,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(typed.len(), 15, "{out}");
+        assert_eq!(typed.len(), 17, "{out}");
         assert!(out.contains("switchyard_progress_reports_total{queue=\"a\"} 2\n"));
         assert!(out.contains("switchyard_jobs_submitted_total{queue=\"a\"} 1\n"));
         assert!(
