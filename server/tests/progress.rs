@@ -7,14 +7,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use switchyard_client::JobSpec;
 use switchyard_proto::v1::{AttemptOutcome, JobState};
 use switchyard_testkit::{Coordinator, Proxy, Worker};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{PATIENCE, connect, eventually, finished, outcomes};
+use support::{PATIENCE, connect, eventually, finished, metric, outcomes};
 
 /// Quick retries, and heartbeats slower than the other tests' 200 ms: a result waits for its
 /// attempt's progress to be written for up to two of the coordinator's heartbeat intervals,
@@ -27,32 +24,6 @@ const FLAGS: &[&str] = &[
     "--retry-cap",
     "100ms",
 ];
-
-/// The value of one series in the coordinator's `/metrics` (0 if it is not shown yet).
-async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let scrape = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to /metrics");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("send the request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("read the response");
-        response
-    };
-    let response = tokio::time::timeout(PATIENCE, scrape)
-        .await
-        .expect("the metrics endpoint answers");
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_shows_in_get_while_the_job_runs_and_its_last_report_stays() {

@@ -315,3 +315,30 @@ pub async fn held_reaches(client: &Client, scope: &str, n: u32) -> u32 {
     })
     .await
 }
+
+/// The value of one series in the coordinator's `/metrics` (0 if it is not shown yet).
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let scrape = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to /metrics");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read the response");
+        response
+    };
+    let response = tokio::time::timeout(PATIENCE, scrape)
+        .await
+        .expect("the metrics endpoint answers");
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
