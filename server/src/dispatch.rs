@@ -315,7 +315,11 @@ async fn session(
                         }
                     },
                     Some(worker_message::Message::Release(r)) => match r.job_id.parse::<JobId>() {
-                        Ok(job_id) => scheduler.release(id, job_id, r.attempt).await,
+                        Ok(job_id) => {
+                            // A handed-back attempt's last checkpoint is the next one's start.
+                            reports.written(job_id, r.attempt).await;
+                            scheduler.release(id, job_id, r.attempt).await
+                        }
                         Err(_) => Ok(()),
                     },
                     Some(worker_message::Message::Drain(_)) => scheduler.drain(id).await,

@@ -135,6 +135,54 @@ async fn a_retry_resumes_from_the_last_checkpoint() {
     );
 }
 
+/// A worker that drains hands back what outlives its grace: the checkpoint it made on the
+/// way is stored first, so the next attempt, elsewhere, resumes from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_handed_back_by_a_draining_worker_resumes_from_its_checkpoint() {
+    let coordinator = Coordinator::start_with(FLAGS).await;
+    let client = connect(&coordinator).await;
+    let mut draining = Worker::start(
+        &coordinator.url(),
+        &["--kinds", "steps", "--drain-grace", "200ms"],
+    )
+    .await;
+    // 100 steps of 100 ms: far longer than the drain grace.
+    let id = client
+        .submit(JobSpec::new("default", "steps").payload("100 100"))
+        .await
+        .expect("submit")
+        .job_id;
+    eventually("a few steps checkpointed", || async {
+        let job = client.get(&id).await.ok()?;
+        let progress = job.progress?;
+        (!progress.checkpoint.is_empty() && progress.fraction.unwrap_or(0.0) > 0.02).then_some(())
+    })
+    .await;
+    assert!(draining.terminate().await.success());
+    let job = eventually("the attempt handed back", || async {
+        let job = client.get(&id).await.ok()?;
+        (job.state() == JobState::Queued).then_some(job)
+    })
+    .await;
+    assert_eq!(
+        outcomes(&job),
+        [(AttemptOutcome::Released, draining.id().to_owned())]
+    );
+    let saved = job.progress.expect("progress").checkpoint;
+    let _next = Worker::start(&coordinator.url(), &["--kinds", "steps"]).await;
+    let done = finished(&client, &id).await;
+    assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
+    let resumed_from: u32 = String::from_utf8_lossy(&saved)
+        .parse()
+        .expect("a step number");
+    assert_eq!(
+        String::from_utf8_lossy(&done.output),
+        format!("100 steps, resumed from step {resumed_from}"),
+        "the second attempt started from the handed-back attempt's last checkpoint"
+    );
+    assert!(resumed_from > 0);
+}
+
 /// A handler that reports and returns while its worker is cut off: once the worker is back
 /// (within the reconnect grace, so the attempt is re-adopted), the reports made meanwhile
 /// arrive before the result, so the job's last progress is the handler's last report.

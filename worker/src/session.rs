@@ -477,7 +477,11 @@ impl Runner {
                 () = &mut grace, if draining => {
                     let released = self.slots.detach(stream);
                     info!(released = released.len(), "drain grace over: giving back unfinished jobs");
-                    release_all(&outbox, released).await.map(|()| Flow::Close(End::Stopped))
+                    // Their last checkpoints first: the next attempts start from them.
+                    match self.flush_progress(&outbox).await {
+                        Ok(()) => release_all(&outbox, released).await.map(|()| Flow::Close(End::Stopped)),
+                        Err(err) => Err(err),
+                    }
                 }
             };
             match step {
@@ -557,6 +561,7 @@ impl Runner {
                 // reconnect (to it or its successor) after a backoff.
                 let released = self.slots.detach(stream);
                 info!(reason = %drain.reason, released = released.len(), "the coordinator drains");
+                self.flush_progress(outbox).await?;
                 release_all(outbox, released).await?;
                 let end = if draining {
                     End::Stopped
@@ -716,11 +721,9 @@ impl Runner {
         log_outcome(&result, panicked);
         // What the handler reported before it returned goes first: the coordinator ignores
         // progress of an attempt that has ended.
-        while let Ok(slot) = self.progress.try_recv() {
-            if let Err(err) = send_progress(outbox, &slot).await {
-                self.keep_late(result);
-                return Err(err);
-            }
+        if let Err(err) = self.flush_progress(outbox).await {
+            self.keep_late(result);
+            return Err(err);
         }
         if let Err(err) = outbox.send(Message::Result(result.clone())).await {
             // The stream died under it: the result goes out on the next one.
@@ -745,6 +748,15 @@ impl Runner {
             self.slots.cancel_detached();
         }
         held
+    }
+
+    /// Sends every progress report waiting: before a result or a release, since the
+    /// coordinator ignores progress of an attempt that has ended.
+    async fn flush_progress(&mut self, outbox: &Outbox) -> Result<(), StreamError> {
+        while let Ok(slot) = self.progress.try_recv() {
+            send_progress(outbox, &slot).await?;
+        }
+        Ok(())
     }
 
     /// No coordinator welcomed this worker within the grace: its held attempts have been
