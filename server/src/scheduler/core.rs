@@ -570,10 +570,12 @@ impl Core {
         let now_ms = self.clock.now_ms();
         for r in running {
             let key = (r.job.id, r.attempt);
-            self.quotas.acquire(&r.job.scopes(), r.job.weight, now_ms);
+            let (scopes, weight) = (r.job.scopes(), r.job.weight);
             if !self.attempts.recovered(key, r.worker_id, r.job) {
                 continue;
             }
+            // Only for an attempt the table took: `retire` gives back what it holds.
+            self.quotas.acquire(&scopes, weight, now_ms);
             if let Some(ends) = r.ends_ms {
                 self.attempt_ends.set(key, self.clock.instant_at(ends));
             }
