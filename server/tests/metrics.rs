@@ -9,14 +9,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use switchyard_client::{Batch, Client, JobSpec};
 use switchyard_proto::v1::JobState;
 use switchyard_testkit::{Coordinator, Proxy, Worker};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 
-use support::{connect, eventually, finished, stats};
-
-const PATIENCE: Duration = Duration::from_secs(60);
+use support::{PATIENCE, connect, eventually, finished, http, stats};
 
 /// Every family the coordinator exposes, with its type.
 const FAMILIES: &[(&str, &str)] = &[
@@ -48,49 +43,6 @@ async fn coordinator(extra: &[&str]) -> (Coordinator, Client, SocketAddr) {
         .expect("the coordinator prints where it serves metrics");
     let client = connect(&coordinator).await;
     (coordinator, client, metrics)
-}
-
-/// One HTTP exchange: sends `request` as is, returns the status code, the headers (lowercase
-/// names) and the body.
-async fn http(addr: SocketAddr, request: &str) -> (u16, BTreeMap<String, String>, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect to /metrics");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("send the request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("read the response");
-        response
-    };
-    let response = tokio::time::timeout(PATIENCE, exchange)
-        .await
-        .expect("the endpoint answers and closes");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of headers: {response:?}"));
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {status_line:?}"));
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|line| line.split_once(": "))
-        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
-        .collect();
-    if let Some(length) = headers.get("content-length") {
-        assert_eq!(
-            length.parse::<usize>().ok(),
-            Some(body.len()),
-            "content-length"
-        );
-    }
-    (status, headers, body.to_owned())
 }
 
 /// A parsed scrape: each sample by its series (`name{labels}` as written) and each family's

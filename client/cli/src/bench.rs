@@ -228,6 +228,31 @@ struct Fleet {
     _dir: tempfile::TempDir,
 }
 
+/// The bench's own coordinator, with `extra` flags, on a fresh database in a temporary
+/// directory (under `db_dir` when given) that lives as long as the caller keeps it.
+async fn own_coordinator(
+    db_dir: Option<&std::path::Path>,
+    extra: &[&str],
+    log_format: LogFormat,
+) -> anyhow::Result<(tempfile::TempDir, crate::dev::Process, String)> {
+    let dir = match db_dir {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .context("temporary directory for the bench database")?;
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--db".to_owned(),
+        format!("sqlite://{}", dir.path().join("bench.db").display()),
+        "--log".to_owned(),
+        "warn".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let (coordinator, addr) = crate::dev::start_coordinator(&args, log_format).await?;
+    Ok((dir, coordinator, addr))
+}
+
 impl Fleet {
     async fn start(args: &FleetBench, log_format: LogFormat) -> anyhow::Result<Fleet> {
         let mut fleet = Fleet::coordinator(args, log_format).await?;
@@ -237,23 +262,8 @@ impl Fleet {
 
     /// The coordinator alone, on a fresh database.
     async fn coordinator(args: &FleetBench, log_format: LogFormat) -> anyhow::Result<Fleet> {
-        let dir = match &args.db_dir {
-            Some(dir) => tempfile::tempdir_in(dir),
-            None => tempfile::tempdir(),
-        }
-        .context("temporary directory for the bench database")?;
-        let (coordinator, addr) = crate::dev::start_coordinator(
-            &[
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--db".into(),
-                format!("sqlite://{}", dir.path().join("bench.db").display()),
-                "--log".into(),
-                "warn".into(),
-            ],
-            log_format,
-        )
-        .await?;
+        let (dir, coordinator, addr) =
+            own_coordinator(args.db_dir.as_deref(), &[], log_format).await?;
         let url = format!("http://{addr}");
         Ok(Fleet {
             coordinator,
@@ -430,11 +440,6 @@ async fn fleet(
 
 async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> anyhow::Result<()> {
     // The coordinator: the one given, or our own on a fresh database.
-    let db_dir = match &args.db_dir {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .context("temporary directory for the bench database")?;
     let mut own = None;
     let url = match &args.target {
         Some(url) => url.clone(),
@@ -443,21 +448,9 @@ async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> any
                 Sync::Full => "full",
                 Sync::Normal => "normal",
             };
-            let (child, addr) = crate::dev::start_coordinator(
-                &[
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--db".into(),
-                    format!("sqlite://{}", db_dir.path().join("bench.db").display()),
-                    "--sync".into(),
-                    sync.into(),
-                    "--log".into(),
-                    "warn".into(),
-                ],
-                log_format,
-            )
-            .await?;
-            own = Some(child);
+            let (dir, child, addr) =
+                own_coordinator(args.db_dir.as_deref(), &["--sync", sync], log_format).await?;
+            own = Some((child, dir));
             format!("http://{addr}")
         }
     };
@@ -559,7 +552,7 @@ async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> any
             commands as f64 / commits.max(1) as f64
         );
     }
-    if let Some(mut child) = own {
+    if let Some((mut child, _dir)) = own {
         crate::dev::stop(&mut child).await?;
     }
     Ok(())

@@ -327,7 +327,7 @@ struct CancelOnDrop {
 
 /// How early before its deadline a dropped call still counts as the deadline (the caller's
 /// timer and ours do not fire at the same instant).
-const DEADLINE_SLACK_MS: i64 = 100;
+const HANG_UP_SLACK_MS: i64 = 100;
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -336,7 +336,7 @@ impl Drop for CancelOnDrop {
         };
         if self
             .deadline_ms
-            .is_some_and(|d| now_ms() >= d - DEADLINE_SLACK_MS)
+            .is_some_and(|d| now_ms() >= d - HANG_UP_SLACK_MS)
         {
             return;
         }

@@ -375,68 +375,15 @@ mod tests {
     /// the writer ends when its session's reports are closed, or dropped.
     #[tokio::test]
     async fn the_writer_stores_what_it_is_handed_and_ends_with_its_session() {
-        use crate::store::{NewJob, Origin, RetryPolicy, Start, Submit, Transitions};
+        use crate::store::conformance::{new_job, sqlite, start, submit, transitions};
 
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let config = crate::store::StoreConfig {
-            path: dir.path().join("progress.db"),
-            sync: crate::store::SyncMode::Normal,
-            readers: 1,
-            write_queue: 8,
-            busy_timeout: Duration::from_secs(5),
-        };
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&config, crate::telemetry::Metrics::new())
-                .expect("open"),
-        );
-        let id = JobId::new();
-        let job = NewJob {
-            id,
-            queue: "q".into(),
-            kind: "k".into(),
-            payload: vec![],
-            priority: 0,
-            max_attempts: 1,
-            timeout_ms: None,
-            deadline_ms: None,
-            run_at_ms: None,
-            idempotency_key: None,
-            unique: Default::default(),
-            concurrency_key: None,
-            weight: 1,
-            depends_on: vec![],
-            labels: Default::default(),
-            tenant_id: None,
-            parent_job_id: None,
-            parent_attempt: None,
-            traceparent: None,
-            tracestate: None,
-            trace_id: None,
-        };
+        let backend = sqlite().await;
+        let store = backend.store.clone();
+        let submitted = submit(&*store, vec![new_job("q")], None).await;
+        let job = submitted[0].ready.clone().expect("ready");
+        let id = job.id;
         store
-            .submit(Submit {
-                origin: Origin::Submit,
-                jobs: vec![job],
-                group: None,
-                scope: None,
-            })
-            .await
-            .expect("submit");
-        store
-            .transition(Transitions {
-                finishes: vec![],
-                expire: vec![],
-                starts: vec![Start {
-                    job_id: id,
-                    attempt: 1,
-                    session: 1,
-                    worker_id: "w".into(),
-                }],
-                retry: RetryPolicy {
-                    base_ms: 1,
-                    cap_ms: 1,
-                },
-            })
+            .transition(transitions(vec![], vec![start(&job)]))
             .await
             .expect("start");
 

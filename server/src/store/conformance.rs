@@ -35,7 +35,8 @@ impl Backend {
     }
 }
 
-async fn sqlite() -> Backend {
+/// A fresh SQLite store in a temporary directory (also for other modules' tests).
+pub(crate) async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = super::StoreConfig {
         path: dir.path().join("conformance.db"),
@@ -66,7 +67,7 @@ const RETRY: RetryPolicy = RetryPolicy {
     cap_ms: 1,
 };
 
-fn new_job(queue: &str) -> NewJob {
+pub(crate) fn new_job(queue: &str) -> NewJob {
     NewJob {
         id: JobId::new(),
         queue: queue.into(),
@@ -92,7 +93,11 @@ fn new_job(queue: &str) -> NewJob {
     }
 }
 
-async fn submit(store: &dyn Store, jobs: Vec<NewJob>, group: Option<&str>) -> Vec<Submitted> {
+pub(crate) async fn submit(
+    store: &dyn Store,
+    jobs: Vec<NewJob>,
+    group: Option<&str>,
+) -> Vec<Submitted> {
     store
         .submit(Submit {
             origin: Origin::Batch,
@@ -107,7 +112,7 @@ async fn submit(store: &dyn Store, jobs: Vec<NewJob>, group: Option<&str>) -> Ve
         .expect("submit")
 }
 
-fn transitions(finishes: Vec<Finish>, starts: Vec<Start>) -> Transitions {
+pub(crate) fn transitions(finishes: Vec<Finish>, starts: Vec<Start>) -> Transitions {
     Transitions {
         finishes,
         expire: vec![],
@@ -116,7 +121,7 @@ fn transitions(finishes: Vec<Finish>, starts: Vec<Start>) -> Transitions {
     }
 }
 
-fn start(job: &ReadyJob) -> Start {
+pub(crate) fn start(job: &ReadyJob) -> Start {
     Start {
         job_id: job.id,
         attempt: job.attempt + 1,

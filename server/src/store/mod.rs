@@ -7,7 +7,7 @@
 pub mod sqlite;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 

@@ -316,15 +316,19 @@ pub async fn held_reaches(client: &Client, scope: &str, n: u32) -> u32 {
     .await
 }
 
-/// The value of one series in the coordinator's `/metrics` (0 if it is not shown yet).
-pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let scrape = async {
+/// One HTTP exchange: sends `request` as is, returns the status code, the headers (lowercase
+/// names) and the body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect to /metrics");
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .write_all(request.as_bytes())
             .await
             .expect("send the request");
         let mut response = String::new();
@@ -334,11 +338,42 @@ pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
             .expect("read the response");
         response
     };
-    let response = tokio::time::timeout(PATIENCE, scrape)
+    let response = tokio::time::timeout(PATIENCE, exchange)
         .await
-        .expect("the metrics endpoint answers");
-    response
-        .lines()
+        .expect("the endpoint answers and closes");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers: {response:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {status_line:?}"));
+    let headers: std::collections::BTreeMap<String, String> = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
+        .collect();
+    if let Some(length) = headers.get("content-length") {
+        assert_eq!(
+            length.parse::<usize>().ok(),
+            Some(body.len()),
+            "content-length"
+        );
+    }
+    (status, headers, body.to_owned())
+}
+
+/// The value of one series in the coordinator's `/metrics` (0 if it is not shown yet).
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let (status, _, body) = http(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
