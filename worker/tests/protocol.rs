@@ -251,6 +251,24 @@ async fn more_assignments_than_slots_are_released() {
     started.stopped().await;
 }
 
+/// Lets the steered `hold` handler return, and expects its result for `job_id`'s `attempt`
+/// on `session`, then the credit for its slot.
+async fn returned_then_credit(
+    session: &mut support::Session,
+    steering: &Steering,
+    job_id: &str,
+    attempt: u32,
+) -> switchyard_proto::v1::AttemptResult {
+    steering.gate.add_permits(1);
+    let result = match session.next().await {
+        Some(Message::Result(result)) => result,
+        other => panic!("expected {job_id}'s result, got {other:?}"),
+    };
+    assert_eq!((result.job_id.as_str(), result.attempt), (job_id, attempt));
+    session.expect(credit()).await;
+    result
+}
+
 /// The attempts a hello presents as held: (job, attempt, finished).
 fn held(hello: &switchyard_proto::v1::Hello) -> Vec<(&str, u32, bool)> {
     hello
@@ -290,16 +308,9 @@ async fn a_lost_stream_keeps_its_handlers_running_for_the_next_stream_to_adopt()
     started
         .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
         .await;
-    steering.gate.add_permits(1);
     // Adopted, it reports on the new stream, and its slot comes back.
-    match session.next().await {
-        Some(Message::Result(result)) => {
-            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1));
-            assert_eq!(result.outcome, Some(Outcome::Output(b"held".to_vec())));
-        }
-        other => panic!("expected j1's result, got {other:?}"),
-    }
-    session.expect(credit()).await;
+    let result = returned_then_credit(&mut session, &steering, "j1", 1).await;
+    assert_eq!(result.outcome, Some(Outcome::Output(b"held".to_vec())));
     assert!(steering.fired.try_recv().is_err(), "it was never stopped");
     session.expect_quiet(Duration::from_millis(200)).await;
 
@@ -328,15 +339,8 @@ async fn a_held_attempt_the_coordinator_did_not_adopt_is_stopped() {
     session.welcome(Duration::from_millis(100), true).await;
     let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
     assert_eq!(fired.ok().flatten().as_deref(), Some("j1"));
-    steering.gate.add_permits(1);
     // Its result still goes out, for the fence to refuse, and then its slot comes back.
-    match session.next().await {
-        Some(Message::Result(result)) => {
-            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1))
-        }
-        other => panic!("expected j1's late result, got {other:?}"),
-    }
-    session.expect(credit()).await;
+    returned_then_credit(&mut session, &steering, "j1", 1).await;
 
     started.shutdown.cancel();
     drop(session);
@@ -402,14 +406,7 @@ async fn a_draining_coordinator_gets_its_jobs_back_and_the_worker_returns() {
     started
         .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
         .await;
-    steering.gate.add_permits(1);
-    match session.next().await {
-        Some(Message::Result(result)) => {
-            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 3))
-        }
-        other => panic!("expected j1's late result, got {other:?}"),
-    }
-    session.expect(credit()).await;
+    returned_then_credit(&mut session, &steering, "j1", 3).await;
 
     started.shutdown.cancel();
     drop(session);
@@ -577,14 +574,7 @@ async fn a_coordinator_that_holds_keeps_the_handlers_running_across_its_restart(
     started
         .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
         .await;
-    steering.gate.add_permits(1);
-    match session.next().await {
-        Some(Message::Result(result)) => {
-            assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 2))
-        }
-        other => panic!("expected j1's result, got {other:?}"),
-    }
-    session.expect(credit()).await;
+    returned_then_credit(&mut session, &steering, "j1", 2).await;
 
     started.shutdown.cancel();
     drop(session);
