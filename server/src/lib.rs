@@ -120,12 +120,12 @@ pub async fn run_with(
         jobs: api::JobApi::new(
             store.clone(),
             scheduler.clone(),
-            notifier,
+            notifier.clone(),
             inner.clone(),
             sessions.clone(),
             config.max_deadline,
         ),
-        admin: api::AdminApi::new(store.clone(), scheduler.clone(), ticker),
+        admin: api::AdminApi::new(store.clone(), scheduler.clone(), notifier, ticker),
         workers: dispatch::WorkerApi::new(
             scheduler,
             store.clone(),
