@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use switchyard_client::{Batch, Client, JobSpec, ListFilter};
 use switchyard_proto::v1::{
-    CancelRequest, GetGroupRequest, GetRequest, Hello, JobState, ListQuotasRequest, ListRequest,
-    ListWorkersRequest, PauseQueueRequest, Quota, RequeueRequest, ResumeQueueRequest, RunRequest,
-    SetQuotaRequest, StatsRequest, SubmitBatchRequest, WaitRequest, WatchGroupRequest,
-    WorkerMessage, admin_service_client::AdminServiceClient, cancel_request::Target,
-    job_service_client::JobServiceClient, worker_message::Message as ToCoordinator,
-    worker_service_client::WorkerServiceClient,
+    BulkAction, BulkRequest, CancelRequest, GetGroupRequest, GetRequest, Hello, JobState,
+    ListQuotasRequest, ListRequest, ListWorkersRequest, PauseQueueRequest, Quota, RequeueRequest,
+    ResumeQueueRequest, RunRequest, SetQuotaRequest, StatsRequest, SubmitBatchRequest, WaitRequest,
+    WatchGroupRequest, WorkerMessage, admin_service_client::AdminServiceClient,
+    cancel_request::Target, job_service_client::JobServiceClient,
+    worker_message::Message as ToCoordinator, worker_service_client::WorkerServiceClient,
 };
 use switchyard_testkit::{Coordinator, Worker};
 use tempfile::TempDir;
@@ -273,6 +273,19 @@ async fn admin_rpcs(
             ok(admin.list_workers(call(ListWorkersRequest {}, c)).await),
         ),
         ("Stats", ok(admin.stats(call(StatsRequest {}, c)).await)),
+        (
+            "Bulk",
+            ok(admin
+                .bulk(call(
+                    BulkRequest {
+                        action: BulkAction::Cancel as i32,
+                        queue: "default".into(),
+                        ..Default::default()
+                    },
+                    c,
+                ))
+                .await),
+        ),
     ]
 }
 
@@ -320,7 +333,7 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_change_nothing() {
         (Some(basic.as_str()), "Basic auth"),
     ] {
         let results = every_rpc(&secured.channel, credential, "no-such-job", "no-such-group").await;
-        assert_eq!(results.len(), 17, "every RPC was tried");
+        assert_eq!(results.len(), 18, "every RPC was tried");
         assert_all_refused(&results, Code::Unauthenticated, label);
     }
     assert_untouched(&admin).await;
@@ -464,7 +477,7 @@ async fn admin_rpcs_need_the_admin_role_and_worker_streams_the_worker_role() {
     for token in [ACME, WORKER] {
         let credential = bearer(token);
         let results = admin_rpcs(&mut admin, Some(&credential)).await;
-        assert_eq!(results.len(), 6);
+        assert_eq!(results.len(), 7);
         assert_all_refused(&results, Code::PermissionDenied, token);
     }
     // A client token cannot serve as a worker.

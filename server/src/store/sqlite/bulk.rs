@@ -23,11 +23,11 @@ const DELETABLE: &str =
     AND (jobs.parent_job_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs p
         WHERE p.id = jobs.parent_job_id AND p.state IN (10, 20)))";
 
-/// `WHERE …` for the jobs `bulk` applies to after its cursor, with its arguments.
-fn candidates(bulk: &Bulk) -> (String, Vec<Value>) {
+/// `WHERE …` for the jobs in `states` that `bulk` applies to after its cursor, with its
+/// arguments.
+fn candidates(bulk: &Bulk, states: &[JobState]) -> (String, Vec<Value>) {
     let mut sql = String::from(" WHERE seq > ?");
     let mut args = vec![Value::Integer(bulk.filter.after_seq)];
-    let states = bulk.action.applies_to();
     sql.push_str(" AND state IN (");
     for (i, state) in states.iter().enumerate() {
         sql.push_str(if i == 0 { "?" } else { ", ?" });
@@ -51,7 +51,7 @@ fn candidates(bulk: &Bulk) -> (String, Vec<Value>) {
 
 /// A dry run: how many jobs from the cursor on the action would change.
 pub(super) fn count(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
-    let (clauses, args) = candidates(bulk);
+    let (clauses, args) = candidates(bulk, bulk.action.applies_to());
     let matched: i64 = conn
         .prepare(&format!("SELECT count(*) FROM jobs{clauses}"))?
         .query_row(params_from_iter(args), |row| row.get(0))?;
@@ -63,17 +63,26 @@ pub(super) fn count(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
 
 /// One step: changes up to a page of matching jobs.
 pub(super) fn apply(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
-    let (clauses, mut args) = candidates(bulk);
     let page = bulk.filter.page_size as usize;
-    args.push(Value::Integer(page as i64 + 1));
-    let mut picked: Vec<(i64, JobId, Option<i64>)> = conn
-        .prepare(&format!(
-            "SELECT seq, id, deadline_ms FROM jobs{clauses} ORDER BY seq LIMIT ?"
-        ))?
-        .query_map(params_from_iter(args), |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    // One state at a time: the (queue, state, seq) and (state, seq) indexes then give the
+    // jobs in order and the LIMIT stops the scan after a page. With all the states at once
+    // SQLite sorts every match after the cursor, each step (quadratic over a long action).
+    let mut picked: Vec<(i64, JobId, Option<i64>)> = Vec::new();
+    for state in bulk.action.applies_to() {
+        let (clauses, mut args) = candidates(bulk, std::slice::from_ref(state));
+        args.push(Value::Integer(page as i64 + 1));
+        let rows = conn
+            .prepare_cached(&format!(
+                "SELECT seq, id, deadline_ms FROM jobs{clauses} ORDER BY seq LIMIT ?"
+            ))?
+            .query_map(params_from_iter(args), |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        picked.extend(rows);
+    }
+    picked.sort_unstable_by_key(|p| p.0);
+    picked.truncate(page + 1);
     let more = picked.len() > page;
     picked.truncate(page);
     let mut done = BulkDone {

@@ -19,10 +19,11 @@ const CANCEL_GROUP: &str =
     "UPDATE jobs SET state = 50 /* cancelled */, error = ?1, finished_at_ms = ?2
     WHERE group_id = ?3 AND coalesce(tenant_id, '') = ?4 AND state = 10 /* queued */
     RETURNING id, queue";
-/// Queued dependents of one job: they can no longer run.
+/// Queued dependents of one job: they can no longer run. `+state` keeps SQLite from walking
+/// every queued job by the state index; the dependents come from the dependency edges.
 const CANCEL_DEPENDENTS: &str = "UPDATE jobs SET state = 50 /* cancelled */, error = ?1,
         finished_at_ms = ?2
-    WHERE state = 10 /* queued */ AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?3)
+    WHERE +state = 10 /* queued */ AND id IN (SELECT job_id FROM dependencies WHERE depends_on = ?3)
     RETURNING id, queue";
 const CANCEL_RUNNING: &str = "UPDATE jobs SET state = 50 /* cancelled */, error = ?1,
         finished_at_ms = ?2
