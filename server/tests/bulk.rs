@@ -90,9 +90,13 @@ async fn dead_letters_are_requeued_running_jobs_cancelled_and_finished_ones_dele
     }
 
     // Running jobs are stopped on their worker.
-    let hanging = submit_all(
+    let running = submit_all(
         &client,
-        (0..2).map(|_| JobSpec::new("default", "hang").label("team", "x")),
+        (0..2).map(|_| {
+            JobSpec::new("default", "sleep")
+                .payload("60000")
+                .label("team", "x")
+        }),
     )
     .await;
     running_on(&client, worker.id(), 2).await;
@@ -104,8 +108,8 @@ async fn dead_letters_are_requeued_running_jobs_cancelled_and_finished_ones_dele
         },
     )
     .await;
-    assert_eq!(stopped.changed, 2);
-    for job in finished_all(&client, &hanging).await {
+    assert_eq!(stopped.changed, 2, "{stopped:?}");
+    for job in finished_all(&client, &running).await {
         assert_eq!(job.state(), JobState::Cancelled);
     }
     running_on(&client, worker.id(), 0).await;
