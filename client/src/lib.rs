@@ -126,6 +126,13 @@ pub struct ListFilter {
     pub group_id: Option<String>,
     /// Only the children of this job.
     pub parent_job_id: Option<String>,
+    /// Only jobs with this label (key, value).
+    pub label: Option<(String, String)>,
+    /// Only this tenant's jobs (for an admin; a tenant's token sees only its own).
+    pub tenant_id: Option<String>,
+    /// Only jobs submitted at or after, and before, these times.
+    pub submitted_after: Option<std::time::SystemTime>,
+    pub submitted_before: Option<std::time::SystemTime>,
     /// Jobs fetched per round trip (the server's default when unset).
     pub page_size: Option<u32>,
 }
@@ -425,6 +432,13 @@ impl Client {
                         page_size: filter.page_size.unwrap_or(0),
                         page_token,
                         parent_job_id: filter.parent_job_id.unwrap_or_default(),
+                        label: filter
+                            .label
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .unwrap_or_default(),
+                        tenant_id: filter.tenant_id.unwrap_or_default(),
+                        submitted_after: filter.submitted_after.map(Into::into),
+                        submitted_before: filter.submitted_before.map(Into::into),
                     },
                 );
                 let result = client.jobs().list(request).await;
@@ -604,6 +618,16 @@ impl Client {
         call.record(&result);
         result?;
         Ok(())
+    }
+
+    /// One step of a bulk cancel, requeue or delete (admin only); go on with
+    /// `next_cursor` until it is empty.
+    pub async fn bulk(&self, request: v1::BulkRequest) -> Result<v1::BulkResponse, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        let mut call = self.call(trace::BULK);
+        let result = admin.bulk(self.request(&call, request)).await;
+        call.record(&result);
+        Ok(result?.into_inner())
     }
 
     /// Queue counts and the store's commit numbers.

@@ -55,6 +55,7 @@ pub(crate) const PAUSE_QUEUE: Rpc = rpc!("AdminService", "PauseQueue");
 pub(crate) const RESUME_QUEUE: Rpc = rpc!("AdminService", "ResumeQueue");
 pub(crate) const LIST_WORKERS: Rpc = rpc!("AdminService", "ListWorkers");
 pub(crate) const STATS: Rpc = rpc!("AdminService", "Stats");
+pub(crate) const BULK: Rpc = rpc!("AdminService", "Bulk");
 pub(crate) const CREATE_SCHEDULE: Rpc = rpc!("AdminService", "CreateSchedule");
 pub(crate) const LIST_SCHEDULES: Rpc = rpc!("AdminService", "ListSchedules");
 pub(crate) const PAUSE_SCHEDULE: Rpc = rpc!("AdminService", "PauseSchedule");

@@ -120,12 +120,12 @@ pub async fn run_with(
         jobs: api::JobApi::new(
             store.clone(),
             scheduler.clone(),
-            notifier,
+            notifier.clone(),
             inner.clone(),
             sessions.clone(),
             config.max_deadline,
         ),
-        admin: api::AdminApi::new(store.clone(), scheduler.clone(), ticker),
+        admin: api::AdminApi::new(store.clone(), scheduler.clone(), notifier.clone(), ticker),
         workers: dispatch::WorkerApi::new(
             scheduler.clone(),
             store.clone(),
@@ -142,6 +142,7 @@ pub async fn run_with(
             services.admin.clone(),
             store.clone(),
             scheduler.clone(),
+            notifier,
             tokens.clone(),
         );
         http::serve(

@@ -245,8 +245,7 @@ async fn list_filters_by_queue_state_kind_and_group() {
         state,
         kind: kind.map(Into::into),
         group_id: group.map(Into::into),
-        parent_job_id: None,
-        page_size: None,
+        ..ListFilter::default()
     };
     let cases = [
         (

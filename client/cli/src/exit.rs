@@ -31,7 +31,7 @@ pub enum Exit {
     /// The coordinator is unreachable, overloaded or shutting down, or a quota refused the
     /// submit (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`): retry later.
     Unavailable,
-    /// Ctrl-C while watching (128 + SIGINT, as a shell reports it).
+    /// Ctrl-C while watching or during `bulk` (128 + SIGINT, as a shell reports it).
     Interrupted,
 }
 
@@ -80,7 +80,7 @@ impl Exit {
             Exit::Unavailable => {
                 "the coordinator is unreachable, overloaded or shutting down, or a quota refused the submit: retry later"
             }
-            Exit::Interrupted => "interrupted by Ctrl-C while watching",
+            Exit::Interrupted => "interrupted by Ctrl-C while watching, or during a bulk action",
         }
     }
 

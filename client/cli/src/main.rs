@@ -5,6 +5,7 @@ mod say;
 
 mod batch;
 mod bench;
+mod bulk;
 mod demo;
 mod dev;
 mod exit;
@@ -162,6 +163,10 @@ enum Command {
     },
     /// Queue counts, paused queues, refused stale results and the store's commit numbers.
     Stats,
+    /// Cancel, requeue or delete every job a filter matches (admin), in bounded steps;
+    /// --dry-run counts them. Ctrl-C stops after the step in flight and prints the cursor
+    /// to --resume from (exit code 130).
+    Bulk(bulk::BulkArgs),
     /// Measure the coordinator against a baseline in the same run.
     Bench(bench::BenchArgs),
     /// Submit jobs from JSON lines (a file, or stdin), in one transaction, optionally as a
@@ -299,6 +304,12 @@ struct ListArgs {
     /// Only jobs of this group.
     #[arg(long)]
     group: Option<String>,
+    /// Only jobs with this label (key=value).
+    #[arg(long, value_parser = parse_label)]
+    label: Option<(String, String)>,
+    /// Only this tenant's jobs.
+    #[arg(long = "of-tenant")]
+    of_tenant: Option<String>,
     /// Show at most this many jobs.
     #[arg(long, default_value_t = 100)]
     limit: usize,
@@ -395,6 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let done = match cli.command {
         Command::Batch(args) => return batch::run(&client, args, cli.json).await,
         Command::Watch(args) => return watch::run(&client, args, cli.json).await,
+        Command::Bulk(args) => return bulk::run(&client, args, cli.json).await,
         Command::Demo(args) => return demo::run(&client, args, &cli.coordinator).await,
         Command::Submit(args) => return submit(&client, args, cli.json).await,
         Command::Get { job_id } => {
@@ -597,8 +609,10 @@ async fn list(client: &Client, args: ListArgs, json: bool) -> anyhow::Result<()>
         state: args.state,
         kind: args.kind,
         group_id: args.group,
-        parent_job_id: None,
+        label: args.label,
+        tenant_id: args.of_tenant,
         page_size: Some(args.limit.clamp(1, 1000) as u32),
+        ..ListFilter::default()
     };
     let mut jobs = Box::pin(client.list(filter).take(args.limit));
     if !json {

@@ -2,20 +2,34 @@
 //! for operators (and, for schedules, for each tenant).
 
 use super::*;
+use crate::store::{Bulk, BulkAction};
+
+/// Jobs per bulk step when the request says none, and at most.
+const DEFAULT_BULK_LIMIT: u32 = 1000;
+const MAX_BULK_LIMIT: u32 = 10_000;
+/// Job ids one bulk request may name.
+const MAX_BULK_IDS: usize = 1000;
 
 /// `AdminService`: quotas, queue control, workers and numbers.
 #[derive(Clone)]
 pub struct AdminApi {
     store: Arc<dyn Store>,
     scheduler: Scheduler,
+    notifier: Notifier,
     ticker: Ticker,
 }
 
 impl AdminApi {
-    pub fn new(store: Arc<dyn Store>, scheduler: Scheduler, ticker: Ticker) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        scheduler: Scheduler,
+        notifier: Notifier,
+        ticker: Ticker,
+    ) -> Self {
         AdminApi {
             store,
             scheduler,
+            notifier,
             ticker,
         }
     }
@@ -247,5 +261,77 @@ impl AdminService for AdminApi {
         self.store.delete_schedule(key.clone()).await?;
         self.ticker.changed(key).await;
         Ok(Response::new(v1::DeleteScheduleResponse {}))
+    }
+
+    async fn bulk(
+        &self,
+        request: Request<v1::BulkRequest>,
+    ) -> Result<Response<v1::BulkResponse>, Status> {
+        let identity = Identity::of(&request);
+        identity.require(Role::Admin)?;
+        let req = request.into_inner();
+        let action = match v1::BulkAction::try_from(req.action) {
+            Ok(v1::BulkAction::Cancel) => BulkAction::Cancel,
+            Ok(v1::BulkAction::Requeue) => BulkAction::Requeue,
+            Ok(v1::BulkAction::Delete) => BulkAction::Delete,
+            _ => return Err(Error::invalid("action", "set cancel, requeue or delete").into()),
+        };
+        let limit = match req.limit {
+            0 => DEFAULT_BULK_LIMIT,
+            n if n <= MAX_BULK_LIMIT => n,
+            _ => {
+                return Err(
+                    Error::invalid("limit", format!("must be at most {MAX_BULK_LIMIT}")).into(),
+                );
+            }
+        };
+        if req.job_ids.len() > MAX_BULK_IDS {
+            return Err(
+                Error::invalid("job_ids", format!("has more than {MAX_BULK_IDS} entries")).into(),
+            );
+        }
+        let ids = req
+            .job_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                id.parse::<JobId>()
+                    .map_err(|_| Error::invalid(format!("job_ids[{i}]"), "is not a job id"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if req.reason.len() > 1024 {
+            return Err(Error::invalid("reason", "must be at most 1024 bytes").into());
+        }
+        let fields = validate::FilterFields {
+            queue: &req.queue,
+            state: req.state,
+            kind: &req.kind,
+            label: &req.label,
+            tenant_id: &req.tenant_id,
+            submitted_after: req.submitted_after.as_ref(),
+            submitted_before: req.submitted_before.as_ref(),
+        };
+        let filter = ListFilter {
+            after_seq: parse_page_token("cursor", &req.cursor)?,
+            page_size: limit,
+            ..validate::filter(fields, scope(&identity))?
+        };
+        let request = Bulk {
+            action,
+            filter,
+            ids,
+            dry_run: req.dry_run,
+            reason: if req.reason.is_empty() {
+                "cancelled in bulk".to_owned()
+            } else {
+                req.reason
+            },
+        };
+        let done = bulk::bulk(&self.store, &self.scheduler, &self.notifier, request).await?;
+        Ok(Response::new(v1::BulkResponse {
+            matched: done.matched,
+            changed: done.changed,
+            next_cursor: done.next_after_seq.map(page_token).unwrap_or_default(),
+        }))
     }
 }

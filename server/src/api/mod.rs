@@ -1,6 +1,7 @@
 //! The gRPC face: turns requests into store calls, validates them, and maps errors once.
 
 mod admin;
+pub(crate) mod bulk;
 pub(crate) mod convert;
 pub(crate) mod deadline;
 pub(crate) mod validate;
@@ -576,7 +577,8 @@ pub(crate) fn page_token(seq: i64) -> String {
     format!("s{seq}")
 }
 
-pub(crate) fn parse_page_token(token: &str) -> Result<i64> {
+/// A page token or bulk cursor (`field`) back as the sequence number it came from.
+pub(crate) fn parse_page_token(field: &str, token: &str) -> Result<i64> {
     if token.is_empty() {
         return Ok(0);
     }
@@ -584,7 +586,7 @@ pub(crate) fn parse_page_token(token: &str) -> Result<i64> {
         .strip_prefix('s')
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n > 0)
-        .ok_or_else(|| Error::invalid("page_token", "is not a token this server issued"))
+        .ok_or_else(|| Error::invalid(field, "is not a token this server issued"))
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -740,10 +742,6 @@ impl JobService for JobApi {
                 .into());
             }
         };
-        let state = match v1::JobState::try_from(req.state) {
-            Ok(state) => convert::state_from_wire(state),
-            Err(_) => return Err(Error::invalid("state", "is not a JobState").into()),
-        };
         // A parent that is not a job id has no children.
         let parent_job_id = match req.parent_job_id.as_str() {
             "" => None,
@@ -757,20 +755,22 @@ impl JobService for JobApi {
                 }
             },
         };
+        let fields = validate::FilterFields {
+            queue: &req.queue,
+            state: req.state,
+            kind: &req.kind,
+            label: &req.label,
+            tenant_id: &req.tenant_id,
+            submitted_after: req.submitted_after.as_ref(),
+            submitted_before: req.submitted_before.as_ref(),
+        };
         let filter = ListFilter {
-            queue: validate::optional_name("queue", &req.queue)?,
-            state,
-            kind: validate::optional_name("kind", &req.kind)?,
             group_id: validate::optional_name("group_id", &req.group_id)?,
             parent_job_id,
-            // A tenant lists only its own jobs.
-            tenant_id: if identity.authenticated && identity.role != Role::Admin {
-                identity.tenant.clone()
-            } else {
-                None
-            },
-            after_seq: parse_page_token(&req.page_token)?,
+            after_seq: parse_page_token("page_token", &req.page_token)?,
             page_size,
+            // A tenant lists only its own jobs.
+            ..validate::filter(fields, scope(&identity))?
         };
         let mut page = self.store.list(filter).await?;
         // A page is bounded in bytes as well as in count, so that large payloads and outputs
@@ -946,9 +946,12 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_reject_forgeries() {
-        assert_eq!(parse_page_token(&page_token(42)).ok(), Some(42));
-        assert!(parse_page_token("s-1").is_err());
-        assert!(parse_page_token("42").is_err());
+        assert_eq!(
+            parse_page_token("page_token", &page_token(42)).ok(),
+            Some(42)
+        );
+        assert!(parse_page_token("page_token", "s-1").is_err());
+        assert!(parse_page_token("page_token", "42").is_err());
     }
 
     #[test]

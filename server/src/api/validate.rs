@@ -8,7 +8,7 @@ use switchyard_proto::v1::{self, SubmitRequest};
 use crate::{
     domain::{JobId, JobTemplate, Misfire, NewSchedule, Overlap, Quota, ScheduleKey, Timetable},
     error::{Error, Result},
-    store::NewJob,
+    store::{ListFilter, NewJob},
 };
 
 /// Largest payload of one job.
@@ -56,6 +56,62 @@ pub fn optional_name(field: &str, value: &str) -> Result<Option<String>> {
     }
     name(field, value)?;
     Ok(Some(value.to_owned()))
+}
+
+/// The job filter that `List` and `Bulk` share, as the request spells it.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterFields<'a> {
+    pub queue: &'a str,
+    pub state: i32,
+    pub kind: &'a str,
+    pub label: &'a str,
+    pub tenant_id: &'a str,
+    pub submitted_after: Option<&'a prost_types::Timestamp>,
+    pub submitted_before: Option<&'a prost_types::Timestamp>,
+}
+
+/// Checks a filter's fields and builds the store's; `scope` (a tenant-bound caller's tenant)
+/// overrides any `tenant_id` asked for. The cursor and page size are the caller's to set.
+pub fn filter(fields: FilterFields<'_>, scope: Option<String>) -> Result<ListFilter> {
+    let state = match v1::JobState::try_from(fields.state) {
+        Ok(state) => crate::api::convert::state_from_wire(state),
+        Err(_) => return Err(Error::invalid("state", "is not a JobState")),
+    };
+    let label = match fields.label {
+        "" => None,
+        text => {
+            let (key, value) = text
+                .split_once('=')
+                .ok_or_else(|| Error::invalid("label", "must be written key=value"))?;
+            name("label", key)?;
+            if value.len() > MAX_LABEL_VALUE_LEN {
+                return Err(Error::invalid(
+                    "label",
+                    format!("value must be at most {MAX_LABEL_VALUE_LEN} bytes"),
+                ));
+            }
+            Some((key.to_owned(), value.to_owned()))
+        }
+    };
+    Ok(ListFilter {
+        queue: optional_name("queue", fields.queue)?,
+        state,
+        kind: optional_name("kind", fields.kind)?,
+        tenant_id: match scope {
+            Some(own) => Some(own),
+            None => optional_name("tenant_id", fields.tenant_id)?,
+        },
+        label,
+        submitted_after_ms: fields
+            .submitted_after
+            .map(|t| timestamp_ms("submitted_after", t))
+            .transpose()?,
+        submitted_before_ms: fields
+            .submitted_before
+            .map(|t| timestamp_ms("submitted_before", t))
+            .transpose()?,
+        ..ListFilter::default()
+    })
 }
 
 /// What the request's metadata contributes to each job it submits.

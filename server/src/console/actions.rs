@@ -15,15 +15,20 @@ use switchyard_proto::v1::{
 
 use super::{Console, Failure, Params, page, pages, request, session_cookie};
 use crate::{
-    api::validate,
     domain::{JobId, JobState},
+    store::{Bulk, BulkAction},
 };
 
 type Done = Result<Response, Failure>;
 
-/// Jobs one bulk action reaches at most (the filter's matches beyond it are left for another
-/// click, and the page says so).
-pub(super) const BULK_LIMIT: usize = 10_000;
+/// Jobs per bulk step (one store transaction).
+const BULK_STEP: u32 = 1000;
+/// Steps one click takes at most, and the time after which it takes no more: what matches
+/// beyond is left for another click (the page says so).
+const MAX_STEPS: usize = 20;
+const STEPS_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// Jobs a selection may name (the store's bound for one step's ids).
+const MAX_SELECTED: usize = 1000;
 
 pub(super) async fn pause(State(console): State<Console>, headers: HeaderMap, body: Bytes) -> Done {
     pause_queue(console, headers, body, true).await
@@ -167,11 +172,13 @@ pub(super) async fn bulk(State(console): State<Console>, headers: HeaderMap, bod
         .get("do")
         .and_then(parse_do)
         .ok_or_else(|| Failure::BadRequest("do: expected requeue, cancel or delete".into()))?;
-    let ids: Vec<JobId> = if matching {
-        let mut query = pages::jobs_query(&caller, &form)?;
-        query.filter.state = Some(JobState::Failed);
-        query.filter.page_size = validate::MAX_PAGE_SIZE;
-        matching_ids(&console, query).await?
+    // The page's filter, on dead letters only; a selection must also match it.
+    let mut filter = pages::jobs_query(&caller, &form)?;
+    filter.state = Some(JobState::Failed);
+    filter.after_seq = 0;
+    filter.page_size = BULK_STEP;
+    let ids = if matching {
+        Vec::new()
     } else {
         let ids = form
             .all("id")
@@ -183,88 +190,62 @@ pub(super) async fn bulk(State(console): State<Console>, headers: HeaderMap, bod
         if ids.is_empty() {
             return Err(Failure::BadRequest("select some jobs first".into()));
         }
-        if ids.len() > BULK_LIMIT {
+        if ids.len() > MAX_SELECTED {
             return Err(Failure::BadRequest(format!(
-                "at most {BULK_LIMIT} jobs at once"
+                "at most {MAX_SELECTED} jobs at once"
             )));
         }
         ids
     };
-    // Until the store's bulk engine: one call per job, through the same handlers as gRPC.
-    let mut changed = 0u64;
-    let mut refused = Vec::new();
-    for id in &ids {
-        let done = match action {
-            Action::Requeue => console
-                .jobs
-                .requeue(request(
-                    &caller,
-                    v1::RequeueRequest {
-                        job_id: id.to_string(),
-                        max_attempts: None,
-                    },
-                ))
-                .await
-                .map(drop),
-            Action::Cancel => console
-                .jobs
-                .cancel(request(
-                    &caller,
-                    v1::CancelRequest {
-                        target: Some(Target::JobId(id.to_string())),
-                        reason: "cancelled from the console".into(),
-                    },
-                ))
-                .await
-                .map(drop),
-            Action::Delete => Err(tonic::Status::unimplemented(
-                "deleting jobs needs the store's bulk engine",
-            )),
-        };
-        match done {
-            Ok(()) => changed += 1,
-            Err(status) => refused.push((*id, status.message().to_owned())),
+    let action = match action {
+        Action::Requeue => BulkAction::Requeue,
+        Action::Cancel => BulkAction::Cancel,
+        Action::Delete => BulkAction::Delete,
+    };
+    // Step by step through the matches, each step one transaction of the store's; bounded in
+    // steps and in time, so that the answer comes well within the request's timeout. What is
+    // left is another click away, and the page says so.
+    let started = tokio::time::Instant::now();
+    let (mut matched, mut changed, mut steps) = (0u64, 0u64, 0usize);
+    let left = loop {
+        let done = crate::api::bulk::bulk(
+            &console.store,
+            &console.scheduler,
+            &console.notifier,
+            Bulk {
+                action,
+                filter: filter.clone(),
+                ids: ids.clone(),
+                dry_run: false,
+                reason: "cancelled from the console".into(),
+            },
+        )
+        .await?;
+        matched += done.matched;
+        changed += done.changed;
+        steps += 1;
+        match done.next_after_seq {
+            None => break false,
+            Some(_) if steps >= MAX_STEPS || started.elapsed() >= STEPS_FOR => break true,
+            Some(seq) => filter.after_seq = seq,
         }
-    }
-    let matched = ids.len();
+    };
+    let verb = match action {
+        BulkAction::Requeue => "requeued",
+        BulkAction::Cancel => "cancelled",
+        BulkAction::Delete => "deleted",
+    };
     let content = html! {
-        p #bulk-result data-matched=(matched) data-changed=(changed) {
-            (matched) " jobs matched, " (changed) " changed."
+        p #bulk-result data-matched=(matched) data-changed=(changed) data-more=(left) {
+            (matched) " jobs matched, " (changed) " " (verb) "."
+            @if left { strong { " More match: submit again for the next ones." } }
         }
-        @if !refused.is_empty() {
-            ul.error {
-                @for (id, why) in refused.iter().take(50) {
-                    li { a href={"/jobs/" (id)} { (id) } ": " (why) }
-                }
-            }
+        @if matched > changed {
+            p.note { "A match that is not changed: a cancel of a job that has ended, a requeue whose dependency failed, or a job another job still needs." }
         }
         p { a href="/dead-letters" { "Back to the dead letters" } }
     };
     Ok(page(&console, &caller, "Bulk action", content))
-}
-
-/// Every failed job the filter matches, page by page, up to [`BULK_LIMIT`].
-async fn matching_ids(
-    console: &Console,
-    mut query: pages::JobsQuery,
-) -> Result<Vec<JobId>, Failure> {
-    let mut ids = Vec::new();
-    loop {
-        let listed = console.store.list(query.filter.clone()).await?;
-        ids.extend(
-            listed
-                .jobs
-                .iter()
-                .filter(|j| pages::passes(&query, j))
-                .map(|j| j.id),
-        );
-        match listed.next_after_seq {
-            Some(seq) if ids.len() < BULK_LIMIT => query.filter.after_seq = seq,
-            _ => break,
-        }
-    }
-    ids.truncate(BULK_LIMIT);
-    Ok(ids)
 }
 
 pub(super) async fn login(State(console): State<Console>, body: Bytes) -> Response {

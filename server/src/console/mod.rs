@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     api::{AdminApi, JobApi},
     auth::{Identity, Role, Tokens},
+    fanin::Notifier,
     scheduler::Scheduler,
     store::Store,
 };
@@ -52,6 +53,7 @@ pub struct Console {
     admin: AdminApi,
     store: Arc<dyn Store>,
     scheduler: Scheduler,
+    notifier: Notifier,
     tokens: Option<Arc<Tokens>>,
     /// The key of CSRF tokens, new at each start (a restart asks forms to be reloaded).
     secret: Arc<[u8; 32]>,
@@ -63,6 +65,7 @@ impl Console {
         admin: AdminApi,
         store: Arc<dyn Store>,
         scheduler: Scheduler,
+        notifier: Notifier,
         tokens: Option<Arc<Tokens>>,
     ) -> Console {
         let mut secret = [0u8; 32];
@@ -73,6 +76,7 @@ impl Console {
             admin,
             store,
             scheduler,
+            notifier,
             tokens,
             secret: Arc::new(secret),
         }

@@ -17,7 +17,7 @@ use super::{
     svg, time, wire_name,
 };
 use crate::{
-    api::{page_token, parse_page_token, validate},
+    api::{convert, page_token, parse_page_token, validate},
     domain::{JobId, JobRecord, JobState, now_ms},
     store::ListFilter,
 };
@@ -222,15 +222,6 @@ fn urlencode(text: &str) -> String {
 
 // --- jobs -------------------------------------------------------------------------------------
 
-/// The jobs page's filter, from its query string.
-pub(super) struct JobsQuery {
-    pub filter: ListFilter,
-    /// `key=value`: only jobs with this label.
-    pub label: Option<(String, String)>,
-    pub after_ms: Option<i64>,
-    pub before_ms: Option<i64>,
-}
-
 /// `2026-01-02T03:04` (a `datetime-local` input, read as UTC) or ms since the epoch.
 fn parse_time(field: &str, text: Option<&str>) -> Result<Option<i64>, Failure> {
     let Some(text) = text else { return Ok(None) };
@@ -251,65 +242,40 @@ fn bad(err: crate::error::Error) -> Failure {
     Failure::BadRequest(err.to_string())
 }
 
-pub(super) fn jobs_query(caller: &Caller, params: &Params) -> Result<JobsQuery, Failure> {
+/// The store's filter from a jobs page's query (or a bulk form): the same checks as `List`'s
+/// and `Bulk`'s (`validate::filter`), a tenant's token bound to its tenant. `page` is the
+/// page token.
+pub(super) fn jobs_query(caller: &Caller, params: &Params) -> Result<ListFilter, Failure> {
     let state = match params.get("state") {
-        Some(s) => Some(
-            JobState::parse(s)
-                .ok_or_else(|| Failure::BadRequest(format!("state: {s:?} is not a job state")))?,
-        ),
-        None => None,
+        Some(s) => JobState::parse(s)
+            .map(|s| convert::state(s) as i32)
+            .ok_or_else(|| Failure::BadRequest(format!("state: {s:?} is not a job state")))?,
+        None => 0,
     };
-    let tenant = match caller.scope() {
-        // A tenant's token lists only its jobs, whatever the form says.
-        Some(tenant) => Some(tenant),
-        None => {
-            validate::optional_name("tenant", params.get("tenant").unwrap_or("")).map_err(bad)?
-        }
+    let after = parse_time("after", params.get("after"))?.map(convert::timestamp);
+    let before = parse_time("before", params.get("before"))?.map(convert::timestamp);
+    let fields = validate::FilterFields {
+        queue: params.get("queue").unwrap_or(""),
+        state,
+        kind: params.get("kind").unwrap_or(""),
+        label: params.get("label").unwrap_or(""),
+        tenant_id: params.get("tenant").unwrap_or(""),
+        submitted_after: after.as_ref(),
+        submitted_before: before.as_ref(),
     };
-    let label = match params.get("label") {
-        Some(text) => {
-            let (k, v) = text
-                .split_once('=')
-                .ok_or_else(|| Failure::BadRequest(format!("label: {text:?} is not key=value")))?;
-            Some((k.trim().to_owned(), v.trim().to_owned()))
-        }
-        None => None,
-    };
-    Ok(JobsQuery {
-        filter: ListFilter {
-            queue: validate::optional_name("queue", params.get("queue").unwrap_or(""))
-                .map_err(bad)?,
-            state,
-            kind: validate::optional_name("kind", params.get("kind").unwrap_or("")).map_err(bad)?,
-            group_id: None,
-            parent_job_id: None,
-            tenant_id: tenant,
-            after_seq: parse_page_token(params.get("page").unwrap_or("")).map_err(bad)?,
-            page_size: PAGE_SIZE,
-        },
-        label,
-        after_ms: parse_time("after", params.get("after"))?,
-        before_ms: parse_time("before", params.get("before"))?,
+    Ok(ListFilter {
+        after_seq: parse_page_token("page", params.get("page").unwrap_or("")).map_err(bad)?,
+        page_size: PAGE_SIZE,
+        ..validate::filter(fields, caller.scope()).map_err(bad)?
     })
-}
-
-/// Whether a job passes the label and time filters (`ListFilter` has neither yet: applied to
-/// each page).
-pub(super) fn passes(query: &JobsQuery, job: &JobRecord) -> bool {
-    query
-        .label
-        .as_ref()
-        .is_none_or(|(k, v)| job.labels.get(k) == Some(v))
-        && query.after_ms.is_none_or(|t| job.created_at_ms >= t)
-        && query.before_ms.is_none_or(|t| job.created_at_ms < t)
 }
 
 pub(super) async fn jobs(State(console): State<Console>, headers: HeaderMap, uri: Uri) -> Page {
     let caller = console.caller(&headers)?;
     let params = Params::query(&uri);
-    let query = jobs_query(&caller, &params)?;
-    let listed = console.store.list(query.filter.clone()).await?;
-    let jobs: Vec<&JobRecord> = listed.jobs.iter().filter(|j| passes(&query, j)).collect();
+    let filter = jobs_query(&caller, &params)?;
+    let listed = console.store.list(filter).await?;
+    let jobs: Vec<&JobRecord> = listed.jobs.iter().collect();
     let next = listed.next_after_seq.map(|seq| {
         let mut kept: Vec<(String, String)> = params
             .0
@@ -689,14 +655,14 @@ pub(super) async fn dead_letters(
 ) -> Page {
     let caller = console.caller(&headers)?;
     let params = Params::query(&uri);
-    let mut query = jobs_query(&caller, &params)?;
-    query.filter.state = Some(JobState::Failed);
+    let mut filter = jobs_query(&caller, &params)?;
+    filter.state = Some(JobState::Failed);
     let groups = console
         .store
         .dead_letters(caller.scope(), DEAD_LETTER_GROUPS)
         .await?;
-    let listed = console.store.list(query.filter.clone()).await?;
-    let jobs: Vec<&JobRecord> = listed.jobs.iter().filter(|j| passes(&query, j)).collect();
+    let listed = console.store.list(filter).await?;
+    let jobs: Vec<&JobRecord> = listed.jobs.iter().collect();
     let value = |key: &str| params.get(key).unwrap_or("").to_owned();
     let next = listed.next_after_seq.map(|seq| {
         let query: String = form_urlencoded::Serializer::new(String::new())
@@ -736,6 +702,9 @@ pub(super) async fn dead_letters(
             @if caller.scope().is_none() {
                 label { "tenant " input name="tenant" value=(value("tenant")); }
             }
+            label { "label " input name="label" placeholder="key=value" value=(value("label")); }
+            label { "submitted after " input name="after" type="datetime-local" value=(value("after")); }
+            label { "before " input name="before" type="datetime-local" value=(value("before")); }
             button type="submit" { "Filter" }
         }
         form #bulk method="post" action="/dead-letters/bulk" {
@@ -743,7 +712,9 @@ pub(super) async fn dead_letters(
             // The filter the "matching" buttons act on (the page's own).
             input type="hidden" name="queue" value=(value("queue"));
             input type="hidden" name="kind" value=(value("kind"));
-            input type="hidden" name="tenant" value=(value("tenant"));
+            @for key in ["tenant", "label", "after", "before"] {
+                input type="hidden" name=(key) value=(value(key));
+            }
             @if write {
                 div.actions {
                     span #selected-count data-count-of="id" { "0 selected" } " "

@@ -6,13 +6,13 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use super::{
-    CancelTarget, Finish, Fire, Fired, NewGroup, NewJob, Origin, ProgressReport, RetryPolicy,
-    Start, Store, Submit, Submitted, Transitions,
+    Bulk, BulkAction, CancelTarget, Finish, Fire, Fired, ListFilter, NewGroup, NewJob, Origin,
+    ProgressReport, RetryPolicy, Start, Store, Submit, Submitted, Transitions,
 };
 use crate::{
     domain::{
         AttemptOutcome, JobId, JobState, JobTemplate, Misfire, NewSchedule, Outcome, Overlap,
-        Quota, ReadyJob, ScheduleKey,
+        Quota, ReadyJob, ScheduleKey, now_ms,
     },
     error::Error,
     telemetry::Metrics,
@@ -1235,9 +1235,199 @@ async fn a_queues_attempt_timeout_bounds_jobs_without_their_own(mut b: Backend) 
     );
 }
 
+fn bulk(action: BulkAction, filter: ListFilter) -> Bulk {
+    Bulk {
+        action,
+        filter,
+        ids: vec![],
+        dry_run: false,
+        reason: "bulk".into(),
+    }
+}
+
+/// Bulk actions and `List` share the filter (label and submit time too); a bulk action goes
+/// step by step from its cursor, changes only the states it applies to, and a dry run counts
+/// what it would change. Delete keeps what an unfinished job still needs.
+async fn bulk_actions_step_through_a_filter(b: Backend) {
+    let store = &*b.store;
+    let labelled = |team: &str| NewJob {
+        labels: [("team".to_owned(), team.to_owned())].into(),
+        ..new_job("a")
+    };
+    let jobs = vec![
+        labelled("x"),
+        labelled("y"),
+        labelled("x"),
+        labelled("x"),
+        new_job("b"),
+    ];
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    submit(store, jobs, None).await;
+    let team_x = ListFilter {
+        queue: Some("a".into()),
+        label: Some(("team".into(), "x".into())),
+        page_size: 10,
+        ..ListFilter::default()
+    };
+    let listed = store.list(team_x.clone()).await.expect("list");
+    let listed: Vec<JobId> = listed.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(listed, [ids[0], ids[2], ids[3]]);
+    let later = ListFilter {
+        submitted_after_ms: Some(now_ms() + 60_000),
+        ..team_x.clone()
+    };
+    assert!(store.list(later).await.expect("list").jobs.is_empty());
+    let earlier = ListFilter {
+        submitted_before_ms: Some(now_ms() + 60_000),
+        ..team_x.clone()
+    };
+    assert_eq!(store.list(earlier).await.expect("list").jobs.len(), 3);
+
+    let dry = |action, filter| Bulk {
+        dry_run: true,
+        ..bulk(action, filter)
+    };
+    let counted = store
+        .bulk(dry(BulkAction::Cancel, team_x.clone()))
+        .await
+        .expect("dry run");
+    assert_eq!((counted.matched, counted.changed), (3, 0));
+    assert_eq!(
+        state(store, ids[0]).await,
+        JobState::Queued,
+        "a dry run changes nothing"
+    );
+    assert_eq!(
+        store
+            .bulk(dry(BulkAction::Requeue, team_x.clone()))
+            .await
+            .expect("dry run")
+            .matched,
+        0,
+        "queued jobs are not requeued"
+    );
+
+    // Two steps of two: the cursor carries the second one on.
+    let step = ListFilter {
+        page_size: 2,
+        ..team_x.clone()
+    };
+    let first = store
+        .bulk(bulk(BulkAction::Cancel, step.clone()))
+        .await
+        .expect("step 1");
+    assert_eq!((first.matched, first.changed), (2, 2));
+    let cursor = first.next_after_seq.expect("more to do");
+    let second = store
+        .bulk(bulk(
+            BulkAction::Cancel,
+            ListFilter {
+                after_seq: cursor,
+                ..step.clone()
+            },
+        ))
+        .await
+        .expect("step 2");
+    assert_eq!(
+        (second.matched, second.changed, second.next_after_seq),
+        (1, 1, None)
+    );
+    let cancelled = second.cancelled.expect("what it cancelled");
+    assert_eq!(cancelled.ids, [ids[3]]);
+    for (i, expected) in [
+        JobState::Cancelled,
+        JobState::Queued,
+        JobState::Cancelled,
+        JobState::Cancelled,
+        JobState::Queued,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(state(store, ids[i]).await, expected, "job {i}");
+    }
+    assert_eq!(
+        store
+            .bulk(dry(BulkAction::Cancel, team_x.clone()))
+            .await
+            .expect("dry run")
+            .matched,
+        0
+    );
+
+    // Only the named ones, of those the filter matches.
+    let named = store
+        .bulk(Bulk {
+            ids: vec![ids[0], ids[1]],
+            ..bulk(BulkAction::Requeue, team_x.clone())
+        })
+        .await
+        .expect("requeue named");
+    assert_eq!(named.changed, 1);
+    assert_eq!(
+        named.ready.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    assert_eq!(state(store, ids[0]).await, JobState::Queued);
+    assert_eq!(state(store, ids[2]).await, JobState::Cancelled);
+
+    // Delete: a finished job that a queued one depends on stays until that one ends.
+    let needed = new_job("d");
+    let needer = NewJob {
+        depends_on: vec![needed.id],
+        ..new_job("d")
+    };
+    let (needed_id, needer_id) = (needed.id, needer.id);
+    let ready = submit(store, vec![needed, needer], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    store
+        .transition(transitions(vec![], vec![start(&ready)]))
+        .await
+        .expect("start");
+    store
+        .transition(transitions(
+            vec![finish(needed_id, 1, Outcome::Succeeded(b"out".to_vec()))],
+            vec![],
+        ))
+        .await
+        .expect("finish");
+    let queue_d = ListFilter {
+        queue: Some("d".into()),
+        page_size: 10,
+        ..ListFilter::default()
+    };
+    let kept = store
+        .bulk(bulk(BulkAction::Delete, queue_d.clone()))
+        .await
+        .expect("delete");
+    assert_eq!(kept.changed, 0, "its dependent still needs it");
+    store
+        .cancel(CancelTarget::Job(needer_id), "stop".into())
+        .await
+        .expect("cancel");
+    let deleted = store
+        .bulk(bulk(BulkAction::Delete, queue_d))
+        .await
+        .expect("delete");
+    assert_eq!(deleted.changed, 2);
+    assert!(store.get(needed_id).await.expect("get").is_none());
+    assert!(store.get(needer_id).await.expect("get").is_none());
+    assert_eq!(
+        state(store, ids[4]).await,
+        JobState::Queued,
+        "other queues untouched"
+    );
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn bulk_actions_step_through_a_filter() {
+                super::bulk_actions_step_through_a_filter(super::$backend().await).await;
+            }
             #[tokio::test]
             async fn a_job_moves_through_its_states() {
                 super::a_job_moves_through_its_states(super::$backend().await).await;

@@ -68,6 +68,9 @@ pub trait Store: Send + Sync + 'static {
     /// Puts a job that ended badly back in its queue; returns it if it is ready to run.
     async fn requeue(&self, id: JobId, max_attempts: Option<u32>) -> Result<Option<ReadyJob>>;
 
+    /// One step of a bulk cancel, requeue or delete by filter, in one transaction.
+    async fn bulk(&self, bulk: Bulk) -> Result<BulkDone>;
+
     /// The scheduler's state changes, committed together. These never wait behind client
     /// writes and are never refused for a full queue.
     async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome>;
@@ -453,9 +456,80 @@ pub struct ListFilter {
     pub parent_job_id: Option<JobId>,
     /// Only this tenant's jobs.
     pub tenant_id: Option<String>,
+    /// Only jobs with this label (key, value).
+    pub label: Option<(String, String)>,
+    /// Only jobs submitted at or after this time (ms since the epoch).
+    pub submitted_after_ms: Option<i64>,
+    /// Only jobs submitted before this time (ms since the epoch).
+    pub submitted_before_ms: Option<i64>,
     /// Only jobs submitted after this sequence number (from the page token).
     pub after_seq: i64,
     pub page_size: u32,
+}
+
+/// What a bulk action does to each job its filter matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// Cancel queued and running jobs (with their dependents and children, as `Cancel`).
+    Cancel,
+    /// Put FAILED, CANCELLED and DEADLINE_EXCEEDED jobs back in their queues, as `Requeue`.
+    Requeue,
+    /// Delete finished jobs with their attempts. A job that an unfinished job depends on is
+    /// kept (its output is that job's input).
+    Delete,
+}
+
+impl BulkAction {
+    /// The states a job must be in for the action to change it.
+    pub fn applies_to(self) -> &'static [JobState] {
+        match self {
+            BulkAction::Cancel => &[JobState::Queued, JobState::Running],
+            BulkAction::Requeue => &[
+                JobState::Failed,
+                JobState::Cancelled,
+                JobState::DeadlineExceeded,
+            ],
+            BulkAction::Delete => &[
+                JobState::Succeeded,
+                JobState::Failed,
+                JobState::Cancelled,
+                JobState::DeadlineExceeded,
+            ],
+        }
+    }
+}
+
+/// One step of a bulk action: the jobs the filter matches (and the action applies to), from
+/// `filter.after_seq` on, at most `filter.page_size` of them. The caller goes on from
+/// `BulkDone::next_after_seq` until it is `None`; so a long action is many short
+/// transactions, and can stop and resume anywhere.
+#[derive(Debug, Clone)]
+pub struct Bulk {
+    pub action: BulkAction,
+    pub filter: ListFilter,
+    /// Only these jobs (and only those the filter matches); empty means every match.
+    pub ids: Vec<JobId>,
+    /// Count every match from the cursor on, change nothing.
+    pub dry_run: bool,
+    /// Why, for `Cancel` (the jobs' error).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BulkDone {
+    /// Jobs matched: in this step, or (dry run) all from the cursor on.
+    pub matched: u64,
+    /// Jobs changed in this step (a match a cascade already changed, or that a rule keeps,
+    /// such as a requeue whose dependency failed, is matched but not changed).
+    pub changed: u64,
+    /// Where the next step starts; `None` when none is left.
+    pub next_after_seq: Option<i64>,
+    /// For a cancel: what it cancelled (cascades included), for the scheduler and waiters.
+    pub cancelled: Option<Cancelled>,
+    /// For a requeue: the jobs ready to run now, and the ones back to waiting for their
+    /// dependencies with their deadlines.
+    pub ready: Vec<ReadyJob>,
+    pub waiting: Vec<(JobId, i64)>,
 }
 
 #[derive(Debug, Clone)]

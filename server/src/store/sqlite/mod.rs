@@ -9,6 +9,7 @@
 //! `read.rs`. Reads go to a small pool of read-only connections that WAL lets run beside the
 //! writer.
 
+mod bulk;
 mod cancel;
 mod lifecycle;
 mod migrate;
@@ -30,9 +31,9 @@ use rusqlite::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    CancelTarget, Cancelled, DeadLetterGroup, Fire, Fired, ListFilter, ListPage, MinuteCount,
-    ProgressReport, Progressed, Recovered, Store, StoreConfig, Submit, Submitted, SyncMode,
-    TransitionOutcome, Transitions, WriterStats,
+    Bulk, BulkDone, CancelTarget, Cancelled, DeadLetterGroup, Fire, Fired, ListFilter, ListPage,
+    MinuteCount, ProgressReport, Progressed, Recovered, Store, StoreConfig, Submit, Submitted,
+    SyncMode, TransitionOutcome, Transitions, WriterStats,
 };
 use crate::{
     domain::{
@@ -158,6 +159,18 @@ impl Store for SqliteStore {
         self.call(|reply| Command::Requeue {
             id,
             max_attempts,
+            reply,
+        })
+        .await?
+    }
+
+    async fn bulk(&self, bulk: Bulk) -> Result<BulkDone> {
+        if bulk.dry_run {
+            // A count changes nothing: the read pool answers it, not the writer.
+            return self.readers.run(move |conn| bulk::count(conn, &bulk)).await;
+        }
+        self.call(|reply| Command::Bulk {
+            bulk: Box::new(bulk),
             reply,
         })
         .await?

@@ -132,28 +132,11 @@ pub(super) fn get(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
 pub(super) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
     let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ?");
     let mut args = vec![Value::Integer(filter.after_seq)];
+    matching(filter, &mut sql, &mut args);
     let mut add = |clause: &str, value: Value| {
         sql.push_str(clause);
         args.push(value);
     };
-    if let Some(queue) = &filter.queue {
-        add(" AND queue = ?", Value::Text(queue.clone()));
-    }
-    if let Some(state) = filter.state {
-        add(" AND state = ?", Value::Integer(state.code()));
-    }
-    if let Some(kind) = &filter.kind {
-        add(" AND kind = ?", Value::Text(kind.clone()));
-    }
-    if let Some(group) = &filter.group_id {
-        add(" AND group_id = ?", Value::Text(group.clone()));
-    }
-    if let Some(parent) = &filter.parent_job_id {
-        add(" AND parent_job_id = ?", Value::Text(parent.to_string()));
-    }
-    if let Some(tenant) = &filter.tenant_id {
-        add(" AND tenant_id = ?", Value::Text(tenant.clone()));
-    }
     // One row more than the page tells whether another page follows.
     add(
         " ORDER BY seq LIMIT ?",
@@ -248,6 +231,48 @@ pub(super) fn dead_letters(
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The `AND …` clauses (and their arguments) that select the jobs `filter` matches; its
+/// `after_seq` and `page_size` are the caller's.
+pub(super) fn matching(filter: &ListFilter, sql: &mut String, args: &mut Vec<Value>) {
+    let mut add = |clause: &str, value: Value| {
+        sql.push_str(clause);
+        args.push(value);
+    };
+    if let Some(queue) = &filter.queue {
+        add(" AND queue = ?", Value::Text(queue.clone()));
+    }
+    if let Some(state) = filter.state {
+        add(" AND state = ?", Value::Integer(state.code()));
+    }
+    if let Some(kind) = &filter.kind {
+        add(" AND kind = ?", Value::Text(kind.clone()));
+    }
+    if let Some(group) = &filter.group_id {
+        add(" AND group_id = ?", Value::Text(group.clone()));
+    }
+    if let Some(parent) = &filter.parent_job_id {
+        add(" AND parent_job_id = ?", Value::Text(parent.to_string()));
+    }
+    if let Some(tenant) = &filter.tenant_id {
+        add(" AND tenant_id = ?", Value::Text(tenant.clone()));
+    }
+    if let Some(after) = filter.submitted_after_ms {
+        add(" AND created_at_ms >= ?", Value::Integer(after));
+    }
+    if let Some(before) = filter.submitted_before_ms {
+        add(" AND created_at_ms < ?", Value::Integer(before));
+    }
+    if let Some((key, value)) = &filter.label {
+        // `labels` is a JSON object of strings; `json_each` compares the key as given (no
+        // JSON path syntax to escape).
+        add(
+            " AND EXISTS (SELECT 1 FROM json_each(jobs.labels) WHERE json_each.key = ?",
+            Value::Text(key.clone()),
+        );
+        add(" AND json_each.value = ?)", Value::Text(value.clone()));
+    }
 }
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {

@@ -13,13 +13,13 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Counters, cancel, lifecycle, progress, schedules, submit};
+use super::{Counters, bulk, cancel, lifecycle, progress, schedules, submit};
 use crate::{
     domain::{JobId, NewSchedule, Quota, ReadyJob, ScheduleKey, now_ms},
     error::{Error, Result, StoreFault},
     store::{
-        CancelTarget, Cancelled, Fire, Fired, ProgressReport, Progressed, Submit, Submitted,
-        TransitionOutcome, Transitions,
+        Bulk, BulkDone, CancelTarget, Cancelled, Fire, Fired, ProgressReport, Progressed, Submit,
+        Submitted, TransitionOutcome, Transitions,
     },
     telemetry::{Metrics, Tally},
 };
@@ -48,6 +48,11 @@ pub(super) enum Command {
         id: JobId,
         max_attempts: Option<u32>,
         reply: oneshot::Sender<Result<Option<ReadyJob>>>,
+    },
+    /// One step of a bulk action.
+    Bulk {
+        bulk: Box<Bulk>,
+        reply: oneshot::Sender<Result<BulkDone>>,
     },
     Admin {
         op: AdminOp,
@@ -134,6 +139,7 @@ enum Pending {
         oneshot::Sender<Result<Option<ReadyJob>>>,
         Result<Option<ReadyJob>>,
     ),
+    Bulk(oneshot::Sender<Result<BulkDone>>, Result<BulkDone>),
     Admin(oneshot::Sender<Result<()>>, Result<()>),
     Progress(oneshot::Sender<Result<Progressed>>, Result<Progressed>),
     Recover(oneshot::Sender<Result<Recovering>>, Result<Recovering>),
@@ -186,6 +192,7 @@ impl Pending {
             Pending::Cancel(tx, r) => answer(tx, r, commit),
             Pending::Transition(tx, r) => answer(tx, r, commit),
             Pending::Requeue(tx, r) => answer(tx, r, commit),
+            Pending::Bulk(tx, r) => answer(tx, r, commit),
             Pending::Admin(tx, r) => answer(tx, r, commit),
             Pending::Progress(tx, r) => answer(tx, r, commit),
             Pending::Recover(tx, r) => answer(tx, r, commit),
@@ -201,6 +208,7 @@ impl Pending {
             Pending::Cancel(_, r) => fault_of(r),
             Pending::Transition(_, r) => fault_of(r),
             Pending::Requeue(_, r) => fault_of(r),
+            Pending::Bulk(_, r) => fault_of(r),
             Pending::Admin(_, r) => fault_of(r),
             Pending::Progress(_, r) => fault_of(r),
             Pending::Recover(_, r) => fault_of(r),
@@ -353,6 +361,16 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             *rows += u64::from(result.is_ok());
             Pending::Requeue(reply, result)
         }
+        Command::Bulk { bulk, reply } => {
+            let mut result = savepoint(conn, |c| bulk::apply(c, &bulk));
+            if let Ok(done) = &mut result {
+                *rows += done.changed;
+                if let Some(cancelled) = &mut done.cancelled {
+                    tally.append(&mut cancelled.metrics);
+                }
+            }
+            Pending::Bulk(reply, result)
+        }
         Command::Admin { op, reply } => {
             let result = savepoint(conn, |c| admin(c, &op));
             *rows += u64::from(result.is_ok());
@@ -415,6 +433,7 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
             Pending::Transition(reply, Ok(TransitionOutcome::default()))
         }
         Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
+        Command::Bulk { reply, .. } => Pending::Bulk(reply, Err(Error::ShuttingDown)),
         Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
         Command::Progress { reply, .. } => Pending::Progress(reply, Ok(Progressed::default())),
         Command::Recover { reply } => Pending::Recover(reply, Ok(Default::default())),
@@ -426,7 +445,10 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
 }
 
 /// Runs `f` in a savepoint: its writes are kept if it succeeds and undone if it fails.
-fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+pub(super) fn savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
     conn.prepare_cached("SAVEPOINT command")?.execute([])?;
     match f(conn) {
         Ok(value) => {

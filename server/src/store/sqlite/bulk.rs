@@ -1,0 +1,165 @@
+//! Bulk cancel, requeue and delete by filter: one bounded step per transaction.
+//!
+//! A step picks the matching jobs the action applies to after the cursor (`after_seq`), in
+//! submission order, at most a page of them, and changes each with the same rules as the
+//! single-job call (`cancel`, `requeue`). Jobs it changes stop matching (their state moves
+//! out of the action's states), so a cursor by sequence number always advances and a
+//! resumed action neither skips nor repeats a job.
+
+use rusqlite::{Connection, params, params_from_iter, types::Value};
+
+use super::{cancel, lifecycle, read, writer::savepoint};
+use crate::{
+    domain::{JobId, JobState},
+    error::{Error, Result},
+    store::{Bulk, BulkAction, BulkDone, CancelTarget, Cancelled},
+};
+
+/// A finished job is deleted only if nothing unfinished needs it: no queued or running job
+/// depends on it (its output is their input) or is its parent.
+const DELETABLE: &str =
+    " AND NOT EXISTS (SELECT 1 FROM dependencies d JOIN jobs w ON w.id = d.job_id
+        WHERE d.depends_on = jobs.id AND w.state IN (10, 20))
+    AND (jobs.parent_job_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs p
+        WHERE p.id = jobs.parent_job_id AND p.state IN (10, 20)))";
+
+/// `WHERE …` for the jobs `bulk` applies to after its cursor, with its arguments.
+fn candidates(bulk: &Bulk) -> (String, Vec<Value>) {
+    let mut sql = String::from(" WHERE seq > ?");
+    let mut args = vec![Value::Integer(bulk.filter.after_seq)];
+    let states = bulk.action.applies_to();
+    sql.push_str(" AND state IN (");
+    for (i, state) in states.iter().enumerate() {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+        args.push(Value::Integer(state.code()));
+    }
+    sql.push(')');
+    read::matching(&bulk.filter, &mut sql, &mut args);
+    if !bulk.ids.is_empty() {
+        sql.push_str(" AND id IN (");
+        for (i, id) in bulk.ids.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(Value::Text(id.to_string()));
+        }
+        sql.push(')');
+    }
+    if bulk.action == BulkAction::Delete {
+        sql.push_str(DELETABLE);
+    }
+    (sql, args)
+}
+
+/// A dry run: how many jobs from the cursor on the action would change.
+pub(super) fn count(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
+    let (clauses, args) = candidates(bulk);
+    let matched: i64 = conn
+        .prepare(&format!("SELECT count(*) FROM jobs{clauses}"))?
+        .query_row(params_from_iter(args), |row| row.get(0))?;
+    Ok(BulkDone {
+        matched: matched.max(0) as u64,
+        ..BulkDone::default()
+    })
+}
+
+/// One step: changes up to a page of matching jobs.
+pub(super) fn apply(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
+    let (clauses, mut args) = candidates(bulk);
+    let page = bulk.filter.page_size as usize;
+    args.push(Value::Integer(page as i64 + 1));
+    let mut picked: Vec<(i64, JobId, Option<i64>)> = conn
+        .prepare(&format!(
+            "SELECT seq, id, deadline_ms FROM jobs{clauses} ORDER BY seq LIMIT ?"
+        ))?
+        .query_map(params_from_iter(args), |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let more = picked.len() > page;
+    picked.truncate(page);
+    let mut done = BulkDone {
+        matched: picked.len() as u64,
+        next_after_seq: more.then(|| picked.last().map(|p| p.0)).flatten(),
+        ..BulkDone::default()
+    };
+    for (seq, id, deadline_ms) in picked {
+        // Each job in its own savepoint: a rule that keeps one job keeps its writes out and
+        // the step goes on.
+        let changed = match bulk.action {
+            BulkAction::Cancel => {
+                match savepoint(conn, |c| {
+                    cancel::cancel(c, &CancelTarget::Job(id), &bulk.reason)
+                }) {
+                    Ok(cancelled) => {
+                        absorb(&mut done.cancelled, cancelled);
+                        true
+                    }
+                    // Cancelled already, by a cascade earlier in this step.
+                    Err(Error::FailedPrecondition { .. }) => false,
+                    Err(err) => return Err(err),
+                }
+            }
+            BulkAction::Requeue => match savepoint(conn, |c| lifecycle::requeue(c, id, None)) {
+                Ok(Some(ready)) => {
+                    done.ready.push(ready);
+                    true
+                }
+                Ok(None) => {
+                    if let Some(deadline) = deadline_ms {
+                        done.waiting.push((id, deadline));
+                    }
+                    true
+                }
+                // Its dependency ended badly: requeue that first.
+                Err(Error::FailedPrecondition { .. }) => false,
+                Err(err) => return Err(err),
+            },
+            BulkAction::Delete => {
+                delete(conn, seq, id)?;
+                true
+            }
+        };
+        done.changed += u64::from(changed);
+    }
+    Ok(done)
+}
+
+fn absorb(into: &mut Option<Cancelled>, mut more: Cancelled) {
+    match into {
+        None => *into = Some(more),
+        Some(all) => {
+            all.ids.append(&mut more.ids);
+            all.dependents.append(&mut more.dependents);
+            all.running.append(&mut more.running);
+            all.metrics.append(&mut more.metrics);
+        }
+    }
+    if let Some(all) = into {
+        all.state = Some(JobState::Cancelled);
+    }
+}
+
+/// Deletes a finished job and everything kept for it: its attempts, its checkpoint, its
+/// dependency edges and the idempotency key that named it. Its group keeps its counts.
+pub(super) fn delete(conn: &Connection, seq: i64, id: JobId) -> Result<()> {
+    conn.prepare_cached("DELETE FROM attempts WHERE job_seq = ?1")?
+        .execute(params![seq])?;
+    conn.prepare_cached("DELETE FROM job_checkpoints WHERE job_seq = ?1")?
+        .execute(params![seq])?;
+    // By primary key (depends_on, job_id): the edges to its dependents, then its own, which
+    // its `depends_on` column lists.
+    conn.prepare_cached("DELETE FROM dependencies WHERE depends_on = ?1")?
+        .execute(params![id])?;
+    conn.prepare_cached(
+        "DELETE FROM dependencies WHERE job_id = ?1 AND depends_on IN
+            (SELECT value FROM json_each((SELECT depends_on FROM jobs WHERE seq = ?2)))",
+    )?
+    .execute(params![id, seq])?;
+    conn.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE job_id = ?1 AND (queue, tenant_key, key) =
+            (SELECT queue, coalesce(tenant_id, ''), idempotency_key FROM jobs WHERE seq = ?2)",
+    )?
+    .execute(params![id, seq])?;
+    conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
+        .execute(params![seq])?;
+    Ok(())
+}
