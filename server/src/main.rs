@@ -45,7 +45,7 @@ async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(at) => Some(
             tokio::net::TcpListener::bind(at)
                 .await
-                .with_context(|| format!("binding --metrics {at}"))?,
+                .with_context(|| format!("binding --http {at}"))?,
         ),
         None => None,
     };

@@ -35,10 +35,12 @@ const TOKENS: &str = "\
 tok-admin-console    *      admin
 tok-reader-console   *      reader
 tok-worker-console   *      admin
+tok-acme-console     acme   client
 ";
 const ADMIN: &str = "tok-admin-console";
 const READER: &str = "tok-reader-console";
 const WORKER_TOKEN: &str = "tok-worker-console";
+const ACME: &str = "tok-acme-console";
 
 /// Runs a setup command to completion; a failure panics with `hint` and the command's output.
 fn run(command: &mut std::process::Command, hint: &str) -> String {
@@ -622,6 +624,22 @@ async fn writes_need_the_admin_role_and_the_session_csrf_token() {
         .await;
     assert_eq!(status, 403);
     browser.screenshot("reader-dead-letters").await;
+
+    // A tenant's token sees only its tenant's jobs: not this one, which has none.
+    let get = |path: &str, token: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        )
+    };
+    let (status, _, page) = http(console, &get("/dead-letters", ACME)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains(&id), "another tenant's job is not listed");
+    let (status, _, page) = http(console, &get(&format!("/jobs/{id}"), ACME)).await;
+    assert_eq!(status, 404, "{page}");
+    let (status, _, page) = http(console, &get(&format!("/jobs/{id}"), READER)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&id));
 
     // Over plain HTTP: no token is sent to sign in; an admin's token without the session's
     // CSRF token is 403; with it, the write is done.

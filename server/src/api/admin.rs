@@ -79,13 +79,13 @@ impl AdminApi {
 
 /// The coordinator's own numbers (workers, quotas, stats): for admins and all-tenants readers.
 pub(crate) fn view(identity: &Identity) -> Result<(), Status> {
-    identity.require(Role::Reader)?;
-    if identity.role == Role::Reader && !identity.sees_all() {
-        return Err(Status::permission_denied(
+    match identity.role {
+        Role::Reader if identity.sees_all() => Ok(()),
+        Role::Reader => Err(Status::permission_denied(
             "the coordinator's numbers need an admin or an all-tenants (*) reader token",
-        ));
+        )),
+        _ => identity.require(Role::Admin),
     }
-    Ok(())
 }
 
 #[tonic::async_trait]
