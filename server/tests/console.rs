@@ -589,6 +589,29 @@ async fn bulk_requeue_on_the_dead_letter_page_runs_the_selected_jobs_again() {
         })
         .await;
     }
+
+    // Delete every job the filter matches (after the page's confirmation): they are gone.
+    browser.goto("/dead-letters?kind=fail").await;
+    browser
+        .submit("document.querySelector('button[value=delete-matching]').click()")
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#bulk-result').dataset.changed")
+            .await,
+        "3",
+        "{}",
+        browser.text("main").await
+    );
+    for id in &ids {
+        let gone = fleet.client.get(id).await;
+        assert!(gone.is_err(), "{id} deleted: {gone:?}");
+    }
+    browser.goto("/dead-letters").await;
+    assert_eq!(
+        browser.text("#dead-letter-groups td").await,
+        "No failed jobs."
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

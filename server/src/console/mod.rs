@@ -312,7 +312,7 @@ impl IntoResponse for Failure {
                 }
             }
         };
-        let mut response = (status, secure(body)).into_response();
+        let mut response = (status, html_body(body)).into_response();
         headers(response.headers_mut());
         response
     }
@@ -338,7 +338,7 @@ fn headers(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-fn secure(markup: Markup) -> ([(header::HeaderName, &'static str); 1], String) {
+fn html_body(markup: Markup) -> ([(header::HeaderName, &'static str); 1], String) {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         markup.into_string(),
@@ -347,7 +347,7 @@ fn secure(markup: Markup) -> ([(header::HeaderName, &'static str); 1], String) {
 
 /// An HTML answer for `caller`, with the session cookie if it needs one.
 fn respond(caller: &Caller, markup: Markup) -> Response {
-    let mut response = secure(markup).into_response();
+    let mut response = html_body(markup).into_response();
     headers(response.headers_mut());
     if let Some(session) = &caller.new_cookie
         && let Ok(value) = HeaderValue::from_str(&session_cookie(session))

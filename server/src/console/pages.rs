@@ -767,7 +767,7 @@ pub(super) fn login_page(error: Option<&str>) -> Response {
             }
         }
     };
-    let mut response = super::secure(markup).into_response();
+    let mut response = super::html_body(markup).into_response();
     super::headers(response.headers_mut());
     if error.is_some() {
         *response.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
