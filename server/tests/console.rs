@@ -544,6 +544,28 @@ async fn the_pages_show_what_grpc_reports_and_escape_what_jobs_carry() {
             .iter()
             .any(|q| q.queue == "default" && q.paused)
     );
+    browser
+        .submit(
+            "const f = document.querySelector('#quota-form'); \
+             f.querySelector('[name=scope]').value = 'queue:default'; \
+             f.querySelector('[name=max_in_flight]').value = '3'; \
+             f.querySelector('[name=rate_per_second]').value = '50'; \
+             f.querySelector('button').click()",
+        )
+        .await;
+    let quota = support::quota_of(client, "queue:default")
+        .await
+        .expect("the form set a quota");
+    assert_eq!(
+        (quota.max_in_flight, quota.rate_per_second),
+        (Some(3), Some(50.0))
+    );
+    assert_eq!(
+        browser
+            .text("#quotas tr[data-scope=\"queue:default\"] td:nth-child(2)")
+            .await,
+        "0 / 3"
+    );
     browser.screenshot("queues").await;
     browser.goto("/dead-letters").await;
     assert_eq!(browser.text("#dead-letter-groups td.count").await, "1");

@@ -46,6 +46,7 @@ async fn pause_queue(console: Console, headers: HeaderMap, body: Bytes, paused: 
     let form = Params::form(&body);
     let caller = console.writer(&headers, &form)?;
     let queue = form.get("queue").unwrap_or("").to_owned();
+    tracing::info!(who = %caller.who(), queue, paused, "console: pause or resume");
     if paused {
         console
             .admin
@@ -93,6 +94,7 @@ pub(super) async fn set_quota(
         held: 0,
         queued: 0,
     };
+    tracing::info!(who = %caller.who(), scope = quota.scope, "console: set quota");
     console
         .admin
         .set_quota(request(&caller, v1::SetQuotaRequest { quota: Some(quota) }))
@@ -108,6 +110,7 @@ pub(super) async fn cancel(
 ) -> Done {
     let form = Params::form(&body);
     let caller = console.writer(&headers, &form)?;
+    tracing::info!(who = %caller.who(), job.id = %id, "console: cancel");
     console
         .jobs
         .cancel(request(
@@ -129,6 +132,7 @@ pub(super) async fn requeue(
 ) -> Done {
     let form = Params::form(&body);
     let caller = console.writer(&headers, &form)?;
+    tracing::info!(who = %caller.who(), job.id = %id, "console: requeue");
     console
         .jobs
         .requeue(request(
@@ -230,6 +234,10 @@ pub(super) async fn bulk(State(console): State<Console>, headers: HeaderMap, bod
             Some(seq) => filter.after_seq = seq,
         }
     };
+    tracing::info!(
+        who = %caller.who(), ?action, selected = ids.len(), matched, changed, more = left,
+        "console: bulk action"
+    );
     let verb = match action {
         BulkAction::Requeue => "requeued",
         BulkAction::Cancel => "cancelled",
