@@ -116,7 +116,8 @@ pub fn graph(nodes: &[Node]) -> Markup {
         .map(|(i, n)| (n.id.as_str(), i))
         .collect();
     let rows = layers.iter().map(Vec::len).max().unwrap_or(0);
-    let width = (10 + layers.len() * (NODE_W + GAP_X)).max(560);
+    // Wide enough for the legend too.
+    let width = (10 + layers.len() * (NODE_W + GAP_X)).max(20 + STATES.len() * 120 + 40);
     let legend_y = 20 + rows * (NODE_H + GAP_Y);
     let height = legend_y + 30;
     html! {
