@@ -126,15 +126,7 @@ impl Console {
 
     /// The CSRF token of a session.
     fn csrf(&self, session: &str) -> String {
-        let mut digest = Sha256::new();
-        digest.update(&self.secret[..]);
-        digest.update(b"\0csrf\0");
-        digest.update(session.as_bytes());
-        let mut out = String::with_capacity(64);
-        for b in digest.finalize().iter() {
-            let _ = write!(out, "{b:02x}");
-        }
-        out
+        csrf_token(&self.secret, session)
     }
 
     /// A write's caller: a session with the form's CSRF token, and the admin role.
@@ -155,6 +147,20 @@ impl Console {
         }
         Ok(caller)
     }
+}
+
+/// A session's CSRF token: a SHA-256 digest of it under the console's key, in hex. Only the
+/// console can make one, and a page from another origin cannot read it.
+fn csrf_token(secret: &[u8; 32], session: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(secret);
+    digest.update(b"\0csrf\0");
+    digest.update(session.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest.finalize().iter() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Compares in time that does not depend on where they differ.

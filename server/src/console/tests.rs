@@ -6,24 +6,23 @@ use maud::html;
 use super::*;
 
 #[test]
-fn csrf_tokens_are_per_session_and_compared_whole() {
-    let secret = [7u8; 32];
-    let token = |session: &str| {
-        let mut digest = Sha256::new();
-        digest.update(secret);
-        digest.update(b"\0csrf\0");
-        digest.update(session.as_bytes());
-        digest
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let a = token("session-a");
+fn csrf_tokens_are_per_session_and_key_and_compared_whole() {
+    let key = [7u8; 32];
+    let a = csrf_token(&key, "session-a");
     assert_eq!(a.len(), 64);
-    assert_ne!(a, token("session-b"));
+    assert_eq!(
+        a,
+        csrf_token(&key, "session-a"),
+        "the same session, the same token"
+    );
+    assert_ne!(a, csrf_token(&key, "session-b"));
+    assert_ne!(
+        a,
+        csrf_token(&[8u8; 32], "session-a"),
+        "a restart's key makes others"
+    );
     assert!(csrf_matches(&a, &a));
-    assert!(!csrf_matches(&a, &token("session-b")));
+    assert!(!csrf_matches(&a, &csrf_token(&key, "session-b")));
     assert!(!csrf_matches(&a, &a[..63]), "a prefix is not the token");
     assert!(!csrf_matches(&a, ""));
 }
