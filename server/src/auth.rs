@@ -2,8 +2,10 @@
 //! `x-tenant-id` and every caller may do everything. With `--tokens FILE`, every call to the
 //! job, admin and worker services needs `authorization: Bearer <token>`; the token names the
 //! tenant (and a role), a tenant sees only its own jobs, admin RPCs need the admin role, and
-//! worker streams need the worker (or admin) role. Health and reflection stay open, for load
-//! balancers and tools.
+//! worker streams need the worker (or admin) role. A reader sees (its tenant's, or with `*`
+//! everything) and changes nothing: the web console's read-only operators. Health and
+//! reflection stay open, for load balancers and tools. The web console (`console/`) takes the
+//! same tokens.
 
 use std::{
     collections::HashMap,
@@ -26,6 +28,19 @@ pub enum Role {
     Worker,
     /// Everything, for every tenant.
     Admin,
+    /// Sees, changes nothing: its tenant's jobs, or (tenant `*`) everything an admin sees.
+    Reader,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Worker => "worker",
+            Role::Admin => "admin",
+            Role::Reader => "reader",
+        }
+    }
 }
 
 /// The caller of a request, put in its extensions by [`AuthLayer`].
@@ -54,25 +69,35 @@ impl Identity {
 
     /// Whether this caller may see a job or group of `tenant`.
     pub fn may_see(&self, tenant: &str) -> bool {
-        !self.authenticated || self.role == Role::Admin || self.tenant.as_deref() == Some(tenant)
+        self.sees_all() || self.role == Role::Admin || self.tenant.as_deref() == Some(tenant)
     }
 
+    /// Whether this caller sees every tenant's jobs and the coordinator's own numbers: an open
+    /// coordinator's, an admin's or an all-tenants reader's (only those have no tenant).
+    pub fn sees_all(&self) -> bool {
+        !self.authenticated || self.tenant.is_none()
+    }
+
+    /// `Client`: may change its tenant's jobs (every role but the reader); `Reader`: may see
+    /// what admin reads show (readers and admins); `Worker` and `Admin`: those roles (an admin
+    /// may do everything).
     pub fn require(&self, role: Role) -> Result<(), Status> {
         let allowed = match role {
-            Role::Client => true,
+            Role::Client => self.role != Role::Reader,
+            Role::Reader => matches!(self.role, Role::Reader | Role::Admin),
             Role::Worker => matches!(self.role, Role::Worker | Role::Admin),
             Role::Admin => self.role == Role::Admin,
         };
         if allowed || !self.authenticated {
             Ok(())
+        } else if role == Role::Client {
+            Err(Status::permission_denied(
+                "a reader's token changes nothing",
+            ))
         } else {
             Err(Status::permission_denied(format!(
                 "this call needs the {} role",
-                match role {
-                    Role::Admin => "admin",
-                    Role::Worker => "worker",
-                    Role::Client => "client",
-                }
+                role.as_str()
             )))
         }
     }
@@ -83,8 +108,9 @@ impl Identity {
 pub struct Tokens(HashMap<String, Identity>);
 
 impl Tokens {
-    /// Reads a tokens file: one `TOKEN TENANT [client|worker|admin]` per line; `#` starts a
-    /// comment. The tenant `*` with the admin role acts for every tenant.
+    /// Reads a tokens file: one `TOKEN TENANT [client|worker|admin|reader]` per line; `#`
+    /// starts a comment. The tenant `*` with the admin role acts for every tenant; with the
+    /// reader role it sees every tenant's jobs.
     pub fn load(path: &Path) -> Result<Tokens, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("tokens file {}: {e}", path.display()))?;
@@ -108,9 +134,10 @@ impl Tokens {
                         "client" => Role::Client,
                         "worker" => Role::Worker,
                         "admin" => Role::Admin,
+                        "reader" => Role::Reader,
                         other => {
                             return Err(format!(
-                                "line {}: role {other:?} is not client, worker or admin",
+                                "line {}: role {other:?} is not client, worker, admin or reader",
                                 n + 1
                             ));
                         }
@@ -124,7 +151,7 @@ impl Tokens {
                     n + 1
                 ));
             }
-            let tenant = if tenant == "*" && role == Role::Admin {
+            let tenant = if tenant == "*" && matches!(role, Role::Admin | Role::Reader) {
                 None
             } else {
                 crate::api::validate::name("tenant", tenant)
@@ -147,16 +174,25 @@ impl Tokens {
 impl Tokens {
     /// Who the `authorization` header names.
     fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, Status> {
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = bearer(headers)
             .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
-        self.0
-            .get(token.trim())
-            .cloned()
+        self.token(token)
             .ok_or_else(|| Status::unauthenticated("unknown token"))
     }
+
+    /// Who a token is, if it is one of the file's.
+    pub fn token(&self, token: &str) -> Option<Identity> {
+        self.0.get(token.trim()).cloned()
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// The tower layer that checks tokens on every service but health and reflection, and puts
@@ -167,10 +203,8 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    pub fn new(tokens: Option<Tokens>) -> AuthLayer {
-        AuthLayer {
-            tokens: tokens.map(Arc::new),
-        }
+    pub fn new(tokens: Option<Arc<Tokens>>) -> AuthLayer {
+        AuthLayer { tokens }
     }
 }
 
@@ -244,5 +278,17 @@ mod tests {
             Tokens::parse("secret-a1 * client").is_err(),
             "only an admin acts for all"
         );
+        let readers = Tokens::parse("secret-r1 * reader\nsecret-r2 acme reader").expect("valid");
+        let all = &readers.0["secret-r1"];
+        assert_eq!((all.role, all.tenant.as_deref()), (Role::Reader, None));
+        assert!(all.sees_all() && all.may_see("acme"));
+        assert!(all.require(Role::Reader).is_ok());
+        assert!(
+            all.require(Role::Client).is_err(),
+            "a reader changes nothing"
+        );
+        assert!(all.require(Role::Admin).is_err());
+        let acme = &readers.0["secret-r2"];
+        assert!(!acme.sees_all() && acme.may_see("acme") && !acme.may_see("other"));
     }
 }

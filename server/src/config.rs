@@ -92,13 +92,19 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_MAX_DEADLINE", default_value = "366d", value_parser = parse_duration)]
     pub max_deadline: Duration,
 
-    /// Serve Prometheus metrics at `http://ADDR/metrics` (off when unset; port 0 picks a free
-    /// port, and the chosen address is printed on a second line).
-    #[arg(long, env = "SWITCHYARD_METRICS", value_name = "ADDR")]
+    /// Serve HTTP at ADDR: the web console at `http://ADDR/` and Prometheus metrics at
+    /// `http://ADDR/metrics` (off when unset; port 0 picks a free port, and the chosen address
+    /// is printed on a second line). `--metrics` is another name for it.
+    #[arg(
+        long = "http",
+        visible_alias = "metrics",
+        env = "SWITCHYARD_HTTP",
+        value_name = "ADDR"
+    )]
     pub metrics: Option<SocketAddr>,
 
-    /// Tokens file: one `TOKEN TENANT [client|worker|admin]` per line. With it, every call
-    /// needs `authorization: Bearer <token>`, and a tenant sees only its own jobs.
+    /// Tokens file: one `TOKEN TENANT [client|worker|admin|reader]` per line. With it, every
+    /// call (and the web console) needs a token, and a tenant sees only its own jobs.
     #[arg(long, env = "SWITCHYARD_TOKENS")]
     pub tokens: Option<PathBuf>,
 
@@ -137,7 +143,7 @@ pub struct Config {
     /// How long a lost stream's attempts wait for their worker to come back.
     pub reconnect_grace: Duration,
     pub retry: RetryPolicy,
-    /// Where to serve Prometheus metrics, if anywhere.
+    /// Where to serve HTTP (the console and Prometheus metrics), if anywhere.
     pub metrics: Option<SocketAddr>,
     pub max_deadline: Duration,
     pub tokens: Option<PathBuf>,
@@ -236,6 +242,14 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_has_metrics_as_its_other_name() {
+        for flag in ["--http", "--metrics"] {
+            let args = ServerArgs::parse_from(["switchyard-server", flag, "127.0.0.1:0"]);
+            assert_eq!(args.metrics, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+        }
+    }
 
     #[test]
     fn db_urls() {

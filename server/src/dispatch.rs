@@ -11,7 +11,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -176,6 +176,7 @@ impl WorkerService for WorkerApi {
             kill: kill.clone(),
         };
         let held = held_attempts(&hello.held);
+        let heard = Arc::new(AtomicI64::new(now_ms()));
         let adopted = self
             .scheduler
             .connect(
@@ -191,6 +192,7 @@ impl WorkerService for WorkerApi {
                         .flatten(),
                     slots: hello.slots,
                     peer,
+                    last_heartbeat_ms: heard.clone(),
                 },
                 held,
                 link,
@@ -216,6 +218,7 @@ impl WorkerService for WorkerApi {
             id,
             interval,
             max_result_bytes: self.max_result_bytes,
+            heard,
         };
         let (reports, writer) = progress::Reports::start(self.store.clone(), id, self.heartbeat);
         self.sessions.spawn(writer);
@@ -252,6 +255,8 @@ struct Terms {
     id: u64,
     interval: Duration,
     max_result_bytes: usize,
+    /// When the worker's last heartbeat came (wall clock, for `ListWorkers` and the console).
+    heard: Arc<AtomicI64>,
 }
 
 /// Forwards the worker's messages and watches the stream's liveness until it ends.
@@ -268,6 +273,7 @@ async fn session(
         id,
         interval,
         max_result_bytes,
+        heard,
     } = terms;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -297,6 +303,7 @@ async fn session(
                 last_heard = Instant::now();
                 let forwarded = match m.message {
                     Some(worker_message::Message::Heartbeat(h)) => {
+                        heard.store(now_ms(), Ordering::Relaxed);
                         received = h.sequence;
                         acked = acked.max(h.ack);
                         Ok(())

@@ -1,6 +1,6 @@
-//! The coordinator's HTTP face: [`router`], the axum routes (`GET /metrics` today; more, such
-//! as a web console, merge in there), and [`serve`], which answers them on a listener until
-//! shutdown. Any other path is 404, any other method on a route 405.
+//! The coordinator's HTTP face: [`router`], the axum routes (`GET /metrics`, and the web
+//! console of [`crate::console`] merged beside it), and [`serve`], which answers them on a
+//! listener until shutdown. Any other path is 404, any other method on a route 405.
 //!
 //! It faces whatever can reach the port, so everything is bounded: connections open at once,
 //! the time a client may take to send its request head and to be done, the head's size, and
@@ -38,7 +38,10 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
 
-use crate::telemetry::{self, Metrics};
+use crate::{
+    console::Console,
+    telemetry::{self, Metrics},
+};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 32;
@@ -57,10 +60,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Every route the coordinator answers over HTTP. Add routes here (or `merge` a router) so
 /// that [`serve`]'s bounds cover them.
-pub fn router(metrics: Metrics) -> Router {
-    Router::new()
+pub fn router(metrics: Metrics, console: Option<Console>) -> Router {
+    let router = Router::new()
         .route("/metrics", get(scrape).fallback(method_not_allowed))
-        .with_state(metrics)
+        .with_state(metrics);
+    match console {
+        Some(console) => router.merge(crate::console::router(console)),
+        None => router,
+    }
 }
 
 /// `GET /metrics` (axum answers `HEAD` from it too, without the body).
@@ -91,11 +98,12 @@ async fn timed_out(err: BoxError) -> StatusCode {
 pub fn serve(
     listener: TcpListener,
     metrics: Metrics,
+    console: Option<Console>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) {
     // Outermost first: a timeout turns into a 503 response, so the connection still answers.
-    let app = router(metrics).layer(
+    let app = router(metrics, console).layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(timed_out))
             .timeout(REQUEST_TIMEOUT),
@@ -259,7 +267,10 @@ mod tests {
             .uri(uri)
             .body(Body::empty())
             .expect("request");
-        let response = router(metrics).oneshot(request).await.expect("infallible");
+        let response = router(metrics, None)
+            .oneshot(request)
+            .await
+            .expect("infallible");
         let (parts, body) = response.into_parts();
         let body = to_bytes(body, usize::MAX).await.expect("body");
         let body = String::from_utf8(body.to_vec()).expect("utf-8");
@@ -311,7 +322,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        serve(listener, Metrics::new(), shutdown.clone(), &tasks);
+        serve(listener, Metrics::new(), None, shutdown.clone(), &tasks);
 
         // A client that connects and says nothing holds one connection, not the endpoint.
         let _silent = TcpStream::connect(addr).await.expect("connect");

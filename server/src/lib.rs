@@ -6,6 +6,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
@@ -39,7 +40,7 @@ use telemetry::Metrics;
 
 /// Serves the coordinator on `listener` until `shutdown` fires, then drains: health turns
 /// `NOT_SERVING`, in-flight calls finish, and the store commits what it holds and closes.
-/// With `config.metrics` set, it binds that address for the metrics endpoint too.
+/// With `config.metrics` set, it binds that address for HTTP too: the web console and metrics.
 pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
     let metrics = match config.metrics {
         Some(addr) => {
@@ -52,15 +53,22 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     run_with(listener, metrics, config, shutdown).await
 }
 
-/// [`run`], with the metrics endpoint on a listener the caller has bound (so that it can tell
-/// the chosen port); `config.metrics` is not looked at. `None` serves no metrics (they are
-/// still recorded).
+/// [`run`], with the HTTP endpoint (console and metrics) on a listener the caller has bound (so
+/// that it can tell the chosen port); `config.metrics` is not looked at. `None` serves no HTTP
+/// (metrics are still recorded).
 pub async fn run_with(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    // gRPC and the console take the same tokens.
+    let tokens = match &config.tokens {
+        Some(path) => Some(std::sync::Arc::new(
+            auth::Tokens::load(path).map_err(Error::Config)?,
+        )),
+        None => None,
+    };
     let metrics = Metrics::new();
     let store = store::open(&config.store, metrics.clone())?;
     let recovered = match store.recover().await {
@@ -79,14 +87,6 @@ pub async fn run_with(
         health.clone(),
         telemetry_stop.clone(),
     ));
-    if let Some(listener) = metrics_listener {
-        http::serve(
-            listener,
-            metrics.clone(),
-            telemetry_stop.clone(),
-            &telemetry,
-        );
-    }
     tracing::info!(ready = recovered.ready.len(), "store open");
     let notifier = Notifier::default();
     // The scheduler and the worker sessions stop with their own token, after the gRPC server
@@ -125,9 +125,9 @@ pub async fn run_with(
             sessions.clone(),
             config.max_deadline,
         ),
-        admin: api::AdminApi::new(store.clone(), scheduler.clone(), notifier, ticker),
+        admin: api::AdminApi::new(store.clone(), scheduler.clone(), notifier.clone(), ticker),
         workers: dispatch::WorkerApi::new(
-            scheduler,
+            scheduler.clone(),
             store.clone(),
             config.heartbeat_interval,
             config.reconnect_grace,
@@ -136,6 +136,23 @@ pub async fn run_with(
             sessions.clone(),
         ),
     };
+    if let Some(listener) = metrics_listener {
+        let console = console::Console::new(
+            services.jobs.clone(),
+            services.admin.clone(),
+            store.clone(),
+            scheduler.clone(),
+            notifier,
+            tokens.clone(),
+        );
+        http::serve(
+            listener,
+            metrics.clone(),
+            Some(console),
+            telemetry_stop.clone(),
+            &telemetry,
+        );
+    }
     // Long calls (worker streams, Wait) end when the drain starts, so the server can stop.
     let drain = inner.clone();
     let stopping = async move {
@@ -145,6 +162,7 @@ pub async fn run_with(
     let result = serve(
         listener,
         &config,
+        tokens,
         services,
         (health, health_service),
         stopping,
@@ -259,6 +277,7 @@ async fn follow_store_health(
 async fn serve(
     listener: TcpListener,
     config: &Config,
+    tokens: Option<std::sync::Arc<auth::Tokens>>,
     services: Services,
     (health, health_service): (
         tonic_health::server::HealthReporter,
@@ -295,10 +314,6 @@ async fn serve(
     let workers = WorkerServiceServer::new(services.workers)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let tokens = match &config.tokens {
-        Some(path) => Some(auth::Tokens::load(path).map_err(Error::Config)?),
-        None => None,
-    };
     // Every call passes these layers, outermost first:
     // 1. admission: a call past the ceiling is refused before it costs anything, not even a
     //    token check;

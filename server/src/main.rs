@@ -41,11 +41,21 @@ async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let metrics = match args.metrics {
+    // `SWITCHYARD_METRICS` was the flag's environment name before it became --http; it still
+    // works where `--http` and `SWITCHYARD_HTTP` are both unset.
+    let http = match (args.metrics, std::env::var("SWITCHYARD_METRICS")) {
+        (Some(at), _) => Some(at),
+        (None, Ok(text)) => Some(
+            text.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("SWITCHYARD_METRICS={text:?} is not an address"))?,
+        ),
+        (None, Err(_)) => None,
+    };
+    let metrics = match http {
         Some(at) => Some(
             tokio::net::TcpListener::bind(at)
                 .await
-                .with_context(|| format!("binding --metrics {at}"))?,
+                .with_context(|| format!("binding --http {at}"))?,
         ),
         None => None,
     };

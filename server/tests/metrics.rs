@@ -186,7 +186,7 @@ fn check_histograms(samples: &BTreeMap<String, f64>, types: &BTreeMap<String, St
 }
 
 #[tokio::test]
-async fn the_endpoint_serves_prometheus_text_at_metrics_and_nothing_else() {
+async fn the_endpoint_serves_prometheus_text_at_metrics_beside_the_console() {
     let (_coordinator, client, metrics) = coordinator(&[]).await;
     client
         .submit(JobSpec::new("default", "echo"))
@@ -203,8 +203,13 @@ async fn the_endpoint_serves_prometheus_text_at_metrics_and_nothing_else() {
     }
     assert_eq!(scrape.types.len(), FAMILIES.len(), "{:?}", scrape.types);
 
-    let (status, _, _) = http(metrics, "GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
-    assert_eq!(status, 404);
+    // `/` is the web console (open: this coordinator has no tokens), other paths are 404.
+    let (status, headers, _) = http(metrics, "GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("text/html; charset=utf-8")
+    );
     let (status, _, _) = http(metrics, "GET /metricsx HTTP/1.1\r\n\r\n").await;
     assert_eq!(status, 404);
     let (status, headers, _) = http(metrics, "POST /metrics HTTP/1.1\r\n\r\n").await;

@@ -232,9 +232,11 @@ async fn spawn(
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let addr = read_addr(&mut lines, dir, "switchyard-server listening on ").await;
-    let metrics = args
-        .iter()
-        .any(|arg| arg == "--metrics" || arg.starts_with("--metrics="));
+    let metrics = args.iter().any(|arg| {
+        ["--http", "--metrics"]
+            .iter()
+            .any(|flag| arg == flag || arg.starts_with(&format!("{flag}=")))
+    });
     let metrics_addr = if metrics {
         Some(read_addr(&mut lines, dir, "switchyard-server metrics on ").await)
     } else {

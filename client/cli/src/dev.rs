@@ -44,8 +44,9 @@ pub struct DevArgs {
     /// Queues the workers serve (comma-separated).
     #[arg(long, default_value = "default")]
     queues: String,
-    /// Serve the coordinator's Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve the coordinator's web console at http://ADDR/ and its Prometheus metrics at
+    /// http://ADDR/metrics (the coordinator's --http).
+    #[arg(long, visible_alias = "http", value_name = "ADDR")]
     metrics: Option<String>,
     /// When stopped, how long the workers' running jobs may take to finish (e.g. 30s); those
     /// still running then go back to the queue, not counted as a failed attempt.
@@ -475,6 +476,7 @@ fn banner(
         ),
     ];
     if let Some(metrics) = metrics {
+        lines.push(format!("  console      http://{metrics}/"));
         lines.push(format!("  metrics      http://{metrics}/metrics"));
     }
     lines.push(format!("  database     {}", args.db));

@@ -77,6 +77,17 @@ impl AdminApi {
     }
 }
 
+/// The coordinator's own numbers (workers, quotas, stats): for admins and all-tenants readers.
+pub(crate) fn view(identity: &Identity) -> Result<(), Status> {
+    match identity.role {
+        Role::Reader if identity.sees_all() => Ok(()),
+        Role::Reader => Err(Status::permission_denied(
+            "the coordinator's numbers need an admin or an all-tenants (*) reader token",
+        )),
+        _ => identity.require(Role::Admin),
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn set_quota(
@@ -100,7 +111,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::ListQuotasRequest>,
     ) -> Result<Response<v1::ListQuotasResponse>, Status> {
-        Identity::of(&request).require(Role::Admin)?;
+        view(&Identity::of(&request))?;
         let quotas = self.store.quotas().await?;
         let held = self
             .scheduler
@@ -138,7 +149,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        Identity::of(&request).require(Role::Admin)?;
+        view(&Identity::of(&request))?;
         let workers = self.scheduler.workers().await?;
         Ok(Response::new(v1::ListWorkersResponse {
             workers: workers.into_iter().map(convert::worker).collect(),
@@ -149,7 +160,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
-        Identity::of(&request).require(Role::Admin)?;
+        view(&Identity::of(&request))?;
         let counts = self.store.queue_counts().await?;
         let paused = self.store.paused().await?;
         let mut queues: Vec<v1::QueueStats> =
@@ -204,7 +215,6 @@ impl AdminService for AdminApi {
         request: Request<v1::ListSchedulesRequest>,
     ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
         let identity = Identity::of(&request);
-        identity.require(Role::Client)?;
         // A tenant-bound caller sees its own; an admin sees every tenant's.
         let tenant = match scope(&identity) {
             Some(tenant) => Some(tenant),

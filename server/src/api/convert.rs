@@ -232,6 +232,7 @@ pub(crate) fn worker(w: WorkerView) -> v1::WorkerInfo {
         running: w.running,
         connected_at: Some(timestamp(w.connected_at_ms)),
         peer: w.peer,
+        last_heartbeat: Some(timestamp(w.last_heartbeat_ms)),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::auth::{Identity, Role};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 pub use admin::AdminApi;
+pub(crate) use admin::view;
 pub use validate::{MAX_BATCH_JOBS, MAX_PAYLOAD_BYTES};
 
 use crate::{
@@ -572,12 +573,12 @@ fn ready_job(job: &JobRecord) -> ReadyJob {
     }
 }
 
-fn page_token(seq: i64) -> String {
+pub(crate) fn page_token(seq: i64) -> String {
     format!("s{seq}")
 }
 
 /// A page token or bulk cursor (`field`) back as the sequence number it came from.
-fn parse_page_token(field: &str, token: &str) -> Result<i64> {
+pub(crate) fn parse_page_token(field: &str, token: &str) -> Result<i64> {
     if token.is_empty() {
         return Ok(0);
     }
@@ -597,6 +598,8 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        // A reader's token changes nothing.
+        Identity::of(&request).require(Role::Client)?;
         let ctx = self.call_context(&request, false).await?;
         let scope = scope(&Identity::of(&request));
         let req = request.into_inner();
@@ -621,6 +624,8 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchResponse>, Status> {
+        // A reader's token changes nothing.
+        Identity::of(&request).require(Role::Client)?;
         let ctx = self.call_context(&request, false).await?;
         let scope = scope(&Identity::of(&request));
         let req = request.into_inner();
@@ -673,6 +678,8 @@ impl JobService for JobApi {
 
     #[tracing::instrument(skip_all)]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        // A reader's token changes nothing.
+        Identity::of(&request).require(Role::Client)?;
         let timeout = deadline::of(&request);
         let ctx = self.call_context(&request, true).await?;
         let scope = scope(&Identity::of(&request));
@@ -861,6 +868,8 @@ impl JobService for JobApi {
 
     #[tracing::instrument(skip_all, fields(job.id = %request.get_ref().job_id))]
     async fn requeue(&self, request: Request<v1::RequeueRequest>) -> Result<Response<Job>, Status> {
+        // A reader's token changes nothing.
+        Identity::of(&request).require(Role::Client)?;
         let identity = Identity::of(&request);
         let req = request.into_inner();
         if req.job_id.is_empty() {
@@ -900,6 +909,8 @@ impl JobService for JobApi {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
+        // A reader's token changes nothing.
+        Identity::of(&request).require(Role::Client)?;
         let identity = Identity::of(&request);
         let req = request.into_inner();
         let target = match req.target {

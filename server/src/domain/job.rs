@@ -295,4 +295,6 @@ pub struct WorkerView {
     pub running: u32,
     pub connected_at_ms: i64,
     pub peer: String,
+    /// When its last heartbeat came (its connect, before the first).
+    pub last_heartbeat_ms: i64,
 }

@@ -676,6 +676,10 @@ impl Core {
                 running: s.info.slots.saturating_sub(s.credits),
                 connected_at_ms: s.connected_at_ms,
                 peer: s.info.peer.clone(),
+                last_heartbeat_ms: s
+                    .info
+                    .last_heartbeat_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect()
     }

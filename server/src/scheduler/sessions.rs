@@ -15,6 +15,8 @@ pub struct SessionInfo {
     pub tenant: Option<String>,
     pub slots: u32,
     pub peer: String,
+    /// When its last heartbeat came (ms since the epoch); the session's task keeps it.
+    pub last_heartbeat_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[derive(Debug)]
@@ -141,6 +143,7 @@ pub(crate) mod tests {
             tenant: None,
             slots,
             peer: String::new(),
+            last_heartbeat_ms: Default::default(),
         }
     }
 

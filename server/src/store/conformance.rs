@@ -1421,9 +1421,111 @@ async fn bulk_actions_step_through_a_filter(b: Backend) {
     );
 }
 
+/// The console's reads: jobs ended per minute and state, the oldest queued job per queue, and
+/// FAILED jobs grouped by kind and error (a tenant's only, when asked).
+async fn the_console_counts_ends_queues_and_dead_letters(b: Backend) {
+    let store = &*b.store;
+    let since = crate::domain::now_ms() / 60_000 * 60_000 - 60_000;
+    let mut acme = new_job("q");
+    acme.tenant_id = Some("acme".into());
+    let mut jobs = vec![new_job("q"), new_job("q"), acme, new_job("q")];
+    jobs[1].kind = "mail".into();
+    let done = submit(store, jobs, None).await;
+    let ready: Vec<ReadyJob> = done
+        .iter()
+        .map(|d| d.ready.clone().expect("ready"))
+        .collect();
+    let waiting = submit(store, vec![new_job("other")], None).await;
+    // The first succeeds; the next three fail for good (the last with another error).
+    let out = store
+        .transition(transitions(vec![], ready.iter().map(start).collect()))
+        .await
+        .expect("start");
+    assert_eq!(out.started.len(), 4);
+    let mut finishes = vec![finish(ready[0].id, 1, Outcome::Succeeded(vec![]))];
+    for job in &ready[1..3] {
+        finishes.push(finish(job.id, 1, failure(false)));
+    }
+    finishes.push(finish(
+        ready[3].id,
+        1,
+        Outcome::Failed {
+            message: "other".into(),
+            retryable: false,
+            retry_after_ms: None,
+            cancelled: false,
+        },
+    ));
+    store
+        .transition(transitions(finishes, vec![]))
+        .await
+        .expect("finish");
+
+    let minutes = store.ended_per_minute(since).await.expect("per minute");
+    let count = |state| -> u64 {
+        minutes
+            .iter()
+            .filter(|m| m.state == state)
+            .map(|m| m.count)
+            .sum()
+    };
+    assert_eq!(
+        (count(JobState::Succeeded), count(JobState::Failed)),
+        (1, 3)
+    );
+    assert!(
+        minutes
+            .iter()
+            .all(|m| m.minute_ms % 60_000 == 0 && m.minute_ms >= since)
+    );
+    assert!(
+        store
+            .ended_per_minute(crate::domain::now_ms() + 120_000)
+            .await
+            .expect("per minute")
+            .is_empty()
+    );
+
+    let oldest = store.oldest_queued().await.expect("oldest");
+    let created = store
+        .get(waiting[0].id)
+        .await
+        .expect("get")
+        .expect("the job")
+        .created_at_ms;
+    assert_eq!(oldest, [("other".to_owned(), created)]);
+
+    let groups = store.dead_letters(None, 10).await.expect("dead letters");
+    let shown: Vec<(&str, Option<&str>, u64)> = groups
+        .iter()
+        .map(|g| (g.kind.as_str(), g.error.as_deref(), g.count))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("echo", Some("boom"), 1),
+            ("echo", Some("other"), 1),
+            ("mail", Some("boom"), 1)
+        ],
+        "largest first, then by kind and error"
+    );
+    let acme = store
+        .dead_letters(Some("acme".into()), 10)
+        .await
+        .expect("acme's");
+    assert_eq!(acme.len(), 1);
+    assert_eq!((acme[0].kind.as_str(), acme[0].count), ("echo", 1));
+    assert_eq!(store.dead_letters(None, 1).await.expect("one").len(), 1);
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn the_console_counts_ends_queues_and_dead_letters() {
+                super::the_console_counts_ends_queues_and_dead_letters(super::$backend().await)
+                    .await;
+            }
             #[tokio::test]
             async fn bulk_actions_step_through_a_filter() {
                 super::bulk_actions_step_through_a_filter(super::$backend().await).await;

@@ -110,6 +110,21 @@ pub trait Store: Send + Sync + 'static {
 
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>>;
 
+    /// Jobs that ended at or after `since_ms`, counted per minute and end state, oldest minute
+    /// first (for an hour, at most 60 × 4 rows).
+    async fn ended_per_minute(&self, since_ms: i64) -> Result<Vec<MinuteCount>>;
+
+    /// Per queue with queued jobs, when its oldest queued job was submitted.
+    async fn oldest_queued(&self) -> Result<Vec<(String, i64)>>;
+
+    /// FAILED jobs (of `tenant` only, if given) grouped by kind and error, the largest group
+    /// first, at most `limit` groups.
+    async fn dead_letters(
+        &self,
+        tenant: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterGroup>>;
+
     /// Stores a new schedule; `ScheduleExists` if its tenant already has one by that name.
     async fn create_schedule(&self, schedule: NewSchedule) -> Result<()>;
 
@@ -522,6 +537,25 @@ pub struct ListPage {
     pub jobs: Vec<JobRecord>,
     /// The sequence number of the last job, when there are more after it.
     pub next_after_seq: Option<i64>,
+}
+
+/// Jobs that ended in one minute one way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteCount {
+    /// The minute's start (ms since the epoch, a multiple of 60,000).
+    pub minute_ms: i64,
+    pub state: JobState,
+    pub count: u64,
+}
+
+/// FAILED jobs of one kind that ended with the same error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterGroup {
+    pub kind: String,
+    pub error: Option<String>,
+    pub count: u64,
+    /// When the latest of them failed.
+    pub last_failed_ms: Option<i64>,
 }
 
 /// The writer's numbers since start, for `Stats` and tests of group commit.

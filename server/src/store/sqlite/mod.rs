@@ -31,9 +31,9 @@ use rusqlite::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    Bulk, BulkDone, CancelTarget, Cancelled, Fire, Fired, ListFilter, ListPage, ProgressReport,
-    Progressed, Recovered, Store, StoreConfig, Submit, Submitted, SyncMode, TransitionOutcome,
-    Transitions, WriterStats,
+    Bulk, BulkDone, CancelTarget, Cancelled, DeadLetterGroup, Fire, Fired, ListFilter, ListPage,
+    MinuteCount, ProgressReport, Progressed, Recovered, Store, StoreConfig, Submit, Submitted,
+    SyncMode, TransitionOutcome, Transitions, WriterStats,
 };
 use crate::{
     domain::{
@@ -239,6 +239,26 @@ impl Store for SqliteStore {
 
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>> {
         self.readers.run(read::queue_counts).await
+    }
+
+    async fn ended_per_minute(&self, since_ms: i64) -> Result<Vec<MinuteCount>> {
+        self.readers
+            .run(move |conn| read::ended_per_minute(conn, since_ms))
+            .await
+    }
+
+    async fn oldest_queued(&self) -> Result<Vec<(String, i64)>> {
+        self.readers.run(read::oldest_queued).await
+    }
+
+    async fn dead_letters(
+        &self,
+        tenant: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterGroup>> {
+        self.readers
+            .run(move |conn| read::dead_letters(conn, tenant.as_deref(), limit))
+            .await
     }
 
     async fn create_schedule(&self, schedule: NewSchedule) -> Result<()> {

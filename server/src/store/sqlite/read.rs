@@ -12,7 +12,7 @@ use crate::{
         QueueCounts, Quota,
     },
     error::{Error, Result},
-    store::{GroupKey, ListFilter, ListPage, StoreConfig},
+    store::{DeadLetterGroup, GroupKey, ListFilter, ListPage, MinuteCount, StoreConfig},
 };
 
 pub(super) struct Readers {
@@ -179,6 +179,58 @@ pub(super) fn queue_counts(conn: &Connection) -> Result<Vec<QueueCounts>> {
         }
     }
     Ok(out)
+}
+
+/// Ended jobs per minute and state. No index covers `finished_at_ms`: this reads the ended
+/// jobs' rows once (retention keeps their number bounded); the answer is at most a row per
+/// minute and state.
+const ENDED_PER_MINUTE: &str = "SELECT finished_at_ms / 60000 * 60000 AS minute, state, count(*)
+     FROM jobs WHERE finished_at_ms >= ?1 GROUP BY minute, state ORDER BY minute";
+
+pub(super) fn ended_per_minute(conn: &Connection, since_ms: i64) -> Result<Vec<MinuteCount>> {
+    let mut stmt = conn.prepare_cached(ENDED_PER_MINUTE)?;
+    let rows = stmt.query_map([since_ms], |row| {
+        Ok(MinuteCount {
+            minute_ms: row.get(0)?,
+            state: row.get(1)?,
+            count: row.get::<_, i64>(2)?.max(0) as u64,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The oldest queued job per queue, through `jobs_state` (queued rows only).
+const OLDEST_QUEUED: &str =
+    "SELECT queue, min(created_at_ms) FROM jobs WHERE state = ?1 GROUP BY queue ORDER BY queue";
+
+pub(super) fn oldest_queued(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(OLDEST_QUEUED)?;
+    let rows = stmt.query_map([JobState::Queued.code()], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// FAILED jobs by kind and error, through `jobs_state` (failed rows only).
+const DEAD_LETTERS: &str = "SELECT kind, error, count(*) AS n, max(finished_at_ms) FROM jobs
+     WHERE state = ?1 AND (?2 IS NULL OR tenant_id = ?2)
+     GROUP BY kind, error ORDER BY n DESC, kind, error LIMIT ?3";
+
+pub(super) fn dead_letters(
+    conn: &Connection,
+    tenant: Option<&str>,
+    limit: u32,
+) -> Result<Vec<DeadLetterGroup>> {
+    let mut stmt = conn.prepare_cached(DEAD_LETTERS)?;
+    let rows = stmt.query_map(params![JobState::Failed.code(), tenant, limit], |row| {
+        Ok(DeadLetterGroup {
+            kind: row.get(0)?,
+            error: row.get(1)?,
+            count: row.get::<_, i64>(2)?.max(0) as u64,
+            last_failed_ms: row.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// The `AND …` clauses (and their arguments) that select the jobs `filter` matches; its
