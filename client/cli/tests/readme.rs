@@ -52,6 +52,11 @@ const SKIPPED: &[(&str, &str)] = &[
         "ghz ",
         "ghz is not installed where tests run (a load generator)",
     ),
+    (
+        "switchyard-server --http ",
+        "runs a coordinator in the foreground: server/tests/console.rs starts one with --http \
+         and --tokens and signs in to its console",
+    ),
 ];
 
 /// Every line of the README's ` ```sh ` blocks, continuation lines joined, comments cut.

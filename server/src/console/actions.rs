@@ -176,9 +176,19 @@ pub(super) async fn bulk(State(console): State<Console>, headers: HeaderMap, bod
         .get("do")
         .and_then(parse_do)
         .ok_or_else(|| Failure::BadRequest("do: expected requeue, cancel or delete".into()))?;
-    // The page's filter, on dead letters only; a selection must also match it.
+    // The page's filter, on dead letters only (a selection must also match it); except a
+    // cancel, which stops the jobs of that filter still queued or running (a dead letter has
+    // ended already).
     let mut filter = pages::jobs_query(&caller, &form)?;
-    filter.state = Some(JobState::Failed);
+    filter.state = match action {
+        Action::Cancel if !matching => {
+            return Err(Failure::BadRequest(
+                "a dead letter has ended already: cancel the queued and running jobs matching the filter instead".into(),
+            ));
+        }
+        Action::Cancel => None,
+        Action::Requeue | Action::Delete => Some(JobState::Failed),
+    };
     filter.after_seq = 0;
     filter.page_size = BULK_STEP;
     let ids = if matching {

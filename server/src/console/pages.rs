@@ -719,11 +719,12 @@ pub(super) async fn dead_letters(
                 div.actions {
                     span #selected-count data-count-of="id" { "0 selected" } " "
                     button type="submit" name="do" value="requeue" #requeue-selected { "Requeue selected" }
-                    button type="submit" name="do" value="cancel" { "Cancel selected" }
                     button type="submit" name="do" value="delete" data-confirm="Delete the selected jobs for good?" { "Delete selected" }
                     " · "
                     button type="submit" name="do" value="requeue-matching" #requeue-matching data-confirm="Requeue every failed job matching the filter?" { "Requeue all matching" }
-                    button type="submit" name="do" value="cancel-matching" data-confirm="Cancel every failed job matching the filter?" { "Cancel all matching" }
+                    // A dead letter has ended: what a cancel can still stop is the rest of the
+                    // failing kind, the jobs of this filter still queued or running.
+                    button type="submit" name="do" value="cancel-matching" data-confirm="Cancel every queued or running job matching the filter?" { "Cancel queued and running matching" }
                     button type="submit" name="do" value="delete-matching" data-confirm="Delete every failed job matching the filter for good?" { "Delete all matching" }
                 }
             }
