@@ -17,7 +17,6 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use switchyard_client::{Batch, Client, JobSpec};
 use switchyard_proto::v1::{AttemptOutcome, JobState};
 use switchyard_testkit::{Coordinator, Worker};
@@ -42,76 +41,15 @@ const READER: &str = "tok-reader-console";
 const WORKER_TOKEN: &str = "tok-worker-console";
 const ACME: &str = "tok-acme-console";
 
-/// Runs a setup command to completion; a failure panics with `hint` and the command's output.
-fn run(command: &mut std::process::Command, hint: &str) -> String {
-    let shown = format!("{command:?}");
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{hint}\n`{shown}` could not start: {e}"));
-    assert!(
-        out.status.success(),
-        "{hint}\n`{shown}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// The driver's interpreter: a virtual environment with `requirements.txt`, made once per
-/// requirements and interpreter and reused (`$PYTHON` picks the interpreter).
+/// The virtual environment's interpreter, made once per run (see `support::python`).
 fn venv_python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let version = run(
-            std::process::Command::new(&base).arg("--version"),
-            "the console tests need python3 with pip and venv: install it, or point $PYTHON at one",
-        );
-        let requirements = Path::new(DRIVER).join("requirements.txt");
-        let wanted = std::fs::read(&requirements).expect("read tests/console/requirements.txt");
-        let key = Sha256::new()
-            .chain_update(&wanted)
-            .chain_update(version.trim())
-            .finalize();
-        let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("console-cdp-{key}"));
-        let python = venv.join("bin").join("python");
-        if venv.join("ready").exists() {
-            return python;
-        }
-        // Built beside it and renamed into place only when complete.
-        let building = venv.with_extension(format!("building-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&building);
-        run(
-            std::process::Command::new(&base)
-                .args(["-m", "venv"])
-                .arg(&building),
-            "`python3 -m venv` failed: install python3-venv",
-        );
-        run(
-            std::process::Command::new(building.join("bin").join("python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "-q",
-                    "-r",
-                ])
-                .arg(&requirements),
-            "pip could not install tests/console/requirements.txt from PyPI",
-        );
-        std::fs::write(building.join("ready"), &wanted).expect("mark the environment ready");
-        if let Err(e) = std::fs::rename(&building, &venv) {
-            let _ = std::fs::remove_dir_all(&building);
-            assert!(
-                venv.join("ready").exists(),
-                "move the environment into place: {e}"
-            );
-        }
-        python
+        support::python::venv(
+            "console-cdp",
+            &Path::new(DRIVER).join("requirements.txt"),
+            "the console tests",
+        )
     })
 }
 

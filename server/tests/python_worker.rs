@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sha2::{Digest, Sha256};
 use switchyard_client::{Batch, JobSpec};
 use switchyard_proto::v1::{AttemptOutcome, JobState};
 use switchyard_testkit::{Coordinator, Worker, signal};
@@ -33,86 +32,15 @@ use support::{
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python-worker");
 const PROTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto/proto");
 
-/// Runs a setup command to completion; a failure panics with `hint` and the command's output.
-fn run(command: &mut std::process::Command, hint: &str) -> String {
-    let shown = format!("{command:?}");
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{hint}\n`{shown}` could not start: {e}"));
-    assert!(
-        out.status.success(),
-        "{hint}\n`{shown}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// The virtual environment's interpreter, with the pinned requirements installed: made once
-/// per requirements file and interpreter, then reused (`$PYTHON` picks the interpreter).
+/// The virtual environment's interpreter, made once per run (see `support::python`).
 fn venv_python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let version = run(
-            std::process::Command::new(&base).arg("--version"),
-            "the Python worker test needs python3 (CPython 3.11 with pip and venv): install it, \
-             or point $PYTHON at one",
-        );
-        let requirements = Path::new(EXAMPLE).join("requirements.txt");
-        let wanted = std::fs::read(&requirements).expect("read the example's requirements.txt");
-        let key = Sha256::new()
-            .chain_update(&wanted)
-            .chain_update(version.trim())
-            .finalize();
-        let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("python-worker-{key}"));
-        let python = venv.join("bin").join("python");
-        if venv.join("ready").exists() {
-            return python;
-        }
-        // Built beside it and renamed into place only when complete: an interrupted run never
-        // leaves a half-installed environment that a later one would trust.
-        let building = venv.with_extension(format!("building-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&building);
-        let started = Instant::now();
-        run(
-            std::process::Command::new(&base)
-                .args(["-m", "venv"])
-                .arg(&building),
-            "`python3 -m venv` failed: the Python worker test needs the venv module (on Debian \
-             and Ubuntu: apt-get install python3-venv)",
-        );
-        run(
-            std::process::Command::new(building.join("bin").join("python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "-q",
-                    "-r",
-                ])
-                .arg(&requirements),
-            "pip could not install examples/python-worker/requirements.txt from PyPI",
-        );
-        std::fs::write(building.join("ready"), &wanted).expect("mark the environment ready");
-        if let Err(e) = std::fs::rename(&building, &venv) {
-            // Another run finished first: use its environment.
-            let _ = std::fs::remove_dir_all(&building);
-            assert!(
-                venv.join("ready").exists(),
-                "move the environment into place: {e}"
-            );
-        }
-        eprintln!(
-            "made the Python worker's environment {} in {:?}",
-            venv.display(),
-            started.elapsed()
-        );
-        python
+        support::python::venv(
+            "python-worker",
+            &Path::new(EXAMPLE).join("requirements.txt"),
+            "the Python worker test",
+        )
     })
 }
 
@@ -137,7 +65,7 @@ impl PyWorker {
             .expect("list the .proto files")
             .map(|entry| entry.expect("a .proto file").path())
             .filter(|path| path.extension().is_some_and(|e| e == "proto"));
-        run(
+        support::python::run(
             std::process::Command::new(python)
                 .args(["-m", "grpc_tools.protoc", "-I", PROTOS])
                 .arg(format!("--python_out={}", stubs.display()))

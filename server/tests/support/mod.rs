@@ -5,6 +5,8 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::{
     future::Future,
     time::{Duration, SystemTime, UNIX_EPOCH},
