@@ -574,6 +574,223 @@ async fn keys_bind_for_a_window_or_while_their_job_is_live(b: Backend) {
     assert_eq!(stored.payload, b"new");
 }
 
+/// Everything pruning may remove, due now: every terminal state ended before `ahead_ms` from
+/// now.
+fn prune_all(ahead_ms: i64, limit: u32, watched: Vec<super::GroupKey>) -> super::Prune {
+    let now = crate::domain::now_ms() + ahead_ms;
+    super::Prune {
+        cutoffs: JobState::ALL.iter().map(|s| (*s, now)).collect(),
+        now_ms: now,
+        limit,
+        watched,
+    }
+}
+
+/// Prunes batch after batch until one removes nothing; returns the sum.
+async fn prune_until_done(store: &dyn Store, prune: super::Prune) -> super::Pruned {
+    let mut total = super::Pruned::default();
+    loop {
+        let done = store.prune(prune.clone()).await.expect("prune");
+        if done.is_empty() {
+            return total;
+        }
+        total.jobs += done.jobs;
+        total.groups += done.groups;
+        total.keys += done.keys;
+    }
+}
+
+/// Starts and succeeds a ready job.
+async fn succeed(store: &dyn Store, ready: &ReadyJob) {
+    store
+        .transition(transitions(vec![], vec![start(ready)]))
+        .await
+        .expect("start");
+    store
+        .transition(transitions(
+            vec![finish(ready.id, 1, Outcome::Succeeded(b"out".to_vec()))],
+            vec![],
+        ))
+        .await
+        .expect("succeed");
+}
+
+/// Finished jobs go once their state's cutoff has passed, with their key, in batches of at
+/// most `limit`; queued and running jobs never go, however old.
+async fn prune_removes_finished_jobs_past_their_cutoff(b: Backend) {
+    let store = &*b.store;
+    let done = submit(
+        store,
+        vec![
+            NewJob {
+                idempotency_key: Some("k".into()),
+                ..new_job("q")
+            },
+            new_job("q"),
+            new_job("q"),
+            new_job("q"),
+            new_job("q"),
+        ],
+        None,
+    )
+    .await;
+    let ready: Vec<ReadyJob> = done.iter().filter_map(|s| s.ready.clone()).collect();
+    let (succeeded, cancelled, also, queued, running) =
+        (&ready[0], &ready[1], &ready[2], &ready[3], &ready[4]);
+    succeed(store, succeeded).await;
+    succeed(store, also).await;
+    store
+        .cancel(CancelTarget::Job(cancelled.id), "no".into())
+        .await
+        .expect("cancel");
+    store
+        .transition(transitions(vec![], vec![start(running)]))
+        .await
+        .expect("start");
+
+    // Ended after the cutoff (an hour ago): kept.
+    let kept = store
+        .prune(prune_all(-3_600_000, 500, vec![]))
+        .await
+        .expect("prune");
+    assert_eq!(kept, super::Pruned::default());
+    // A state with no cutoff is kept forever.
+    let only_failed = super::Prune {
+        cutoffs: vec![(JobState::Failed, crate::domain::now_ms() + 60_000)],
+        ..prune_all(60_000, 500, vec![])
+    };
+    assert_eq!(store.prune(only_failed).await.expect("prune").jobs, 0);
+
+    // All due: at most `limit` per batch.
+    let first = store
+        .prune(prune_all(60_000, 2, vec![]))
+        .await
+        .expect("prune");
+    assert_eq!(first.jobs, 2);
+    let rest = prune_until_done(store, prune_all(60_000, 2, vec![])).await;
+    assert_eq!(rest.jobs, 1);
+    for gone in [succeeded, cancelled, also] {
+        assert!(store.get(gone.id).await.expect("get").is_none(), "pruned");
+    }
+    assert_eq!(state(store, queued.id).await, JobState::Queued);
+    assert_eq!(state(store, running.id).await, JobState::Running);
+    // The pruned job's key went with it.
+    let again = submit(
+        store,
+        vec![NewJob {
+            idempotency_key: Some("k".into()),
+            ..new_job("q")
+        }],
+        None,
+    )
+    .await;
+    assert!(!again[0].duplicate, "the key left with its job");
+}
+
+/// A dependency stays while a job that depends on it does; a group's jobs stay while one of
+/// them is unfinished or the group is watched, and the group goes with its last job.
+async fn prune_keeps_dependencies_and_live_or_watched_groups(b: Backend) {
+    let store = &*b.store;
+    let dep = submit(store, vec![new_job("q")], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    succeed(store, &dep).await;
+    let dependent = submit(
+        store,
+        vec![NewJob {
+            depends_on: vec![dep.id],
+            ..new_job("q")
+        }],
+        None,
+    )
+    .await[0]
+        .ready
+        .clone()
+        .expect("its dependency succeeded");
+    let group = submit(store, vec![new_job("q"), new_job("q")], Some("g")).await;
+    let (x, y) = (group[0].id, group[1].id);
+    store
+        .cancel(CancelTarget::Job(x), "no".into())
+        .await
+        .expect("cancel one");
+
+    let key = super::GroupKey {
+        tenant: String::new(),
+        id: "g".into(),
+    };
+    assert_eq!(
+        prune_until_done(store, prune_all(60_000, 500, vec![])).await,
+        super::Pruned::default(),
+        "the dependency's dependent and the group's other job are live"
+    );
+
+    succeed(store, &dependent).await;
+    store
+        .cancel(CancelTarget::Job(y), "no".into())
+        .await
+        .expect("cancel the other");
+    let pruned = prune_until_done(store, prune_all(60_000, 500, vec![key.clone()])).await;
+    assert_eq!(
+        pruned.jobs, 2,
+        "the dependent, then its dependency; not the watched group"
+    );
+    assert!(store.get(dep.id).await.expect("get").is_none());
+    assert!(store.get(x).await.expect("get").is_some(), "watched");
+    assert!(
+        store
+            .group("g".into(), Some(String::new()))
+            .await
+            .expect("group")
+            .is_some()
+    );
+
+    let pruned = prune_until_done(store, prune_all(60_000, 500, vec![])).await;
+    assert_eq!((pruned.jobs, pruned.groups), (2, 1));
+    assert!(
+        store
+            .group("g".into(), Some(String::new()))
+            .await
+            .expect("group")
+            .is_none()
+    );
+    assert!(
+        store
+            .group_events(key, 0, 10)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+}
+
+/// A key whose window has passed is removed (and its job stays); a live one is not.
+async fn prune_removes_expired_keys(b: Backend) {
+    use super::Uniqueness;
+    let store = &*b.store;
+    let keyed = |key: &str, for_ms: i64| NewJob {
+        idempotency_key: Some(key.into()),
+        unique: Uniqueness {
+            for_ms: Some(for_ms),
+            ..Default::default()
+        },
+        ..new_job("q")
+    };
+    let done = submit(
+        store,
+        vec![keyed("short", 1_000), keyed("long", 3_600_000)],
+        None,
+    )
+    .await;
+    let pruned = store
+        .prune(prune_all(60_000, 500, vec![]))
+        .await
+        .expect("prune");
+    assert_eq!((pruned.jobs, pruned.keys), (0, 1));
+    assert_eq!(state(store, done[0].id).await, JobState::Queued);
+    let repeat = submit(store, vec![keyed("long", 3_600_000)], None).await;
+    assert!(repeat[0].duplicate && repeat[0].id == done[1].id);
+}
+
 /// Every check, as a test against one backend: `suite!(name)` runs them against the backend
 /// that `async fn name() -> Backend` opens.
 /// A tenant-scoped submit cannot name another tenant's job, and group names are each
@@ -1310,6 +1527,19 @@ macro_rules! suite {
                     super::$backend().await,
                 )
                 .await;
+            }
+            #[tokio::test]
+            async fn prune_removes_finished_jobs_past_their_cutoff() {
+                super::prune_removes_finished_jobs_past_their_cutoff(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn prune_keeps_dependencies_and_live_or_watched_groups() {
+                super::prune_keeps_dependencies_and_live_or_watched_groups(super::$backend().await)
+                    .await;
+            }
+            #[tokio::test]
+            async fn prune_removes_expired_keys() {
+                super::prune_removes_expired_keys(super::$backend().await).await;
             }
         }
     };

@@ -128,6 +128,17 @@ pub trait Store: Send + Sync + 'static {
     /// The scheduler's own write: it waits for room rather than being refused.
     async fn fire_schedule(&self, fire: Fire) -> Result<Fired>;
 
+    /// Removes one small batch of what retention lets go (see [`Prune`]): finished jobs past
+    /// their state's cutoff with their attempts, checkpoints, dependency edges and keys; groups
+    /// (and their events) left with no job; idempotency keys whose window has passed. Queued and
+    /// running jobs are never removed. A client write (may be `Overloaded`): call it again
+    /// until it removes nothing.
+    async fn prune(&self, prune: Prune) -> Result<Pruned>;
+
+    /// Gives back to the file system up to `pages` free pages (SQLite's incremental vacuum),
+    /// as one short client write; returns the size of the store after it.
+    async fn vacuum(&self, pages: u32) -> Result<StoreSize>;
+
     /// What the writer has done since start.
     fn writer_stats(&self) -> WriterStats;
 
@@ -369,6 +380,45 @@ pub struct Started {
     pub queued_since_ms: i64,
 }
 
+/// One batch of pruning: what is due, and what must stay.
+#[derive(Debug, Clone)]
+pub struct Prune {
+    /// For each terminal state that is pruned, the end time (Unix ms) before which its jobs
+    /// are due. A state not named is kept forever.
+    pub cutoffs: Vec<(JobState, i64)>,
+    /// Idempotency keys whose window ended by this time (Unix ms) are removed.
+    pub now_ms: i64,
+    /// The most jobs (and, apart, expired keys) one batch removes: it bounds the transaction.
+    pub limit: u32,
+    /// Groups with a `WatchGroup` open on them: their jobs, events and record stay.
+    pub watched: Vec<GroupKey>,
+}
+
+/// What one batch of pruning removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub groups: u64,
+    /// Idempotency keys whose window had passed (a pruned job's own key is not counted).
+    pub keys: u64,
+}
+
+impl Pruned {
+    pub fn is_empty(&self) -> bool {
+        self.jobs == 0 && self.groups == 0 && self.keys == 0
+    }
+}
+
+/// How large the store is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSize {
+    /// The database's pages times the page size: the main file's size once the WAL is
+    /// checkpointed (the WAL is not counted: it is reset at each checkpoint).
+    pub bytes: u64,
+    /// Pages free inside the file, that a vacuum can give back.
+    pub free_pages: u64,
+}
+
 /// What a committed batch of transitions did.
 #[derive(Debug, Default)]
 pub struct TransitionOutcome {
@@ -392,7 +442,7 @@ pub struct TransitionOutcome {
 }
 
 /// A group: its name in its tenant's namespace (`""` for no tenant).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GroupKey {
     pub tenant: String,
     pub id: String,

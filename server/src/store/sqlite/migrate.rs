@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0006_schedules.sql"),
     include_str!("../../../../migrations/sqlite/0007_progress.sql"),
     include_str!("../../../../migrations/sqlite/0008_attempt_timeouts.sql"),
+    include_str!("../../../../migrations/sqlite/0009_retention.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

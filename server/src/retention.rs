@@ -1,0 +1,168 @@
+//! Retention: the pruner task, which keeps the database from growing without end. Every
+//! `--prune-interval` it asks the store to remove what the `--retain-*` flags let go, one
+//! small batch ([`PRUNE_BATCH`] jobs) per transaction until a batch finds nothing, then gives
+//! the freed pages back to the file system in bounded steps, and records the store's size.
+//!
+//! Each batch is an ordinary client write: it waits its turn in the writer's queue behind the
+//! submits already there and rides in a group commit like them, never on the scheduler's lane,
+//! and the task yields between batches, so a backlog of millions of due jobs costs submitters
+//! a little latency per batch rather than one long stall. What the store keeps however old it
+//! is (live jobs, dependencies of kept jobs, running or watched groups) is its rule
+//! (`store::sqlite::prune`); the watched groups come from the [`Notifier`].
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Retention,
+    domain::{JobState, now_ms},
+    error::{Error, Result},
+    fanin::Notifier,
+    store::{Prune, Pruned, Store},
+    telemetry::Metrics,
+};
+
+/// Jobs one pruning transaction removes at most: small enough that the commit it rides in
+/// stays short.
+pub const PRUNE_BATCH: u32 = 500;
+
+/// Free pages one vacuum step gives back at most (4 MiB of 4 KiB pages).
+const VACUUM_STEP: u32 = 1024;
+
+/// How long to wait before trying again when the write queue is full.
+const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+
+impl Retention {
+    /// For each terminal state that is pruned, the end time before which its jobs are due.
+    pub fn cutoffs(&self, now_ms: i64) -> Vec<(JobState, i64)> {
+        [
+            (JobState::Succeeded, self.succeeded),
+            (JobState::Failed, self.failed),
+            (JobState::Cancelled, self.cancelled),
+            (JobState::DeadlineExceeded, self.deadline_exceeded),
+        ]
+        .into_iter()
+        .filter_map(|(state, kept)| {
+            let kept = i64::try_from(kept?.as_millis()).unwrap_or(i64::MAX);
+            Some((state, now_ms.saturating_sub(kept)))
+        })
+        .collect()
+    }
+}
+
+/// Starts the pruner on `tasks`; it stops when `stop` fires.
+pub fn start(
+    store: Arc<dyn Store>,
+    notifier: Notifier,
+    metrics: Metrics,
+    retention: Retention,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let pruner = Pruner {
+        store,
+        notifier,
+        metrics,
+        retention,
+        stop,
+    };
+    tasks.spawn(pruner.run());
+}
+
+struct Pruner {
+    store: Arc<dyn Store>,
+    notifier: Notifier,
+    metrics: Metrics,
+    retention: Retention,
+    stop: CancellationToken,
+}
+
+impl Pruner {
+    async fn run(self) {
+        let every = self.retention.interval;
+        // The first pass after one interval: a coordinator that starts does its own work first.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            match self.pass().await {
+                Ok(pruned) if !pruned.is_empty() => tracing::info!(
+                    jobs = pruned.jobs,
+                    groups = pruned.groups,
+                    keys = pruned.keys,
+                    "pruned"
+                ),
+                Ok(_) => {}
+                Err(Error::ShuttingDown) => break,
+                Err(err) => tracing::warn!(cause = %err, "pruning failed; trying again later"),
+            }
+        }
+    }
+
+    /// One pass: batches until one removes nothing, then the vacuum.
+    async fn pass(&self) -> Result<Pruned> {
+        let mut total = Pruned::default();
+        while !self.stop.is_cancelled() {
+            let now = now_ms();
+            let prune = Prune {
+                cutoffs: self.retention.cutoffs(now),
+                now_ms: now,
+                limit: PRUNE_BATCH,
+                // Read for each batch: a watch opened meanwhile counts from the next one.
+                watched: self.notifier.watched_groups(),
+            };
+            let pruned = match self.store.prune(prune).await {
+                Err(Error::Overloaded(_)) => {
+                    self.back_off().await;
+                    continue;
+                }
+                other => other?,
+            };
+            // The reply comes after the commit: what is counted is gone.
+            self.metrics.pruned(pruned.jobs);
+            total.jobs += pruned.jobs;
+            total.groups += pruned.groups;
+            total.keys += pruned.keys;
+            if pruned.is_empty() {
+                break;
+            }
+            // Let the submits that queued behind this batch go first.
+            tokio::task::yield_now().await;
+        }
+        self.vacuum().await?;
+        Ok(total)
+    }
+
+    /// Gives the free pages back, a bounded step at a time, and records the size.
+    async fn vacuum(&self) -> Result<()> {
+        let mut free = u64::MAX;
+        while !self.stop.is_cancelled() {
+            let size = match self.store.vacuum(VACUUM_STEP).await {
+                Err(Error::Overloaded(_)) => {
+                    self.back_off().await;
+                    continue;
+                }
+                other => other?,
+            };
+            self.metrics.set_store_bytes(size.bytes);
+            // A database without incremental vacuum frees nothing: stop when a step does not.
+            if size.free_pages == 0 || size.free_pages >= free {
+                break;
+            }
+            free = size.free_pages;
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
+    async fn back_off(&self) {
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(BUSY_BACKOFF) => {}
+        }
+    }
+}

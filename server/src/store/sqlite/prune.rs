@@ -1,0 +1,264 @@
+//! Retention: removing, in small batches, the finished jobs whose state's retention has passed,
+//! with every row that belongs to them, the groups they leave empty, and the idempotency keys
+//! whose window has passed; and giving the freed pages back (incremental vacuum). Runs on the
+//! writer thread, inside its transaction; the pruner task (`crate::retention`) decides when.
+//!
+//! What stays however old it is:
+//! - queued and running jobs (they have no end time);
+//! - a job another job depends on, for as long as that dependent is kept: its output feeds
+//!   the dependent's start, and a requeued dependent runs again on it;
+//! - the jobs of a group that still has an unfinished job, or that a `WatchGroup` watches
+//!   (its results are read from them); the group and its events go with its last job.
+
+use std::collections::HashSet;
+
+use rusqlite::{Connection, params};
+
+use super::parse_json_ids;
+use crate::{
+    domain::JobId,
+    error::Result,
+    store::{GroupKey, Prune, Pruned, StoreSize},
+};
+
+/// Jobs of state `?1` that ended before `?2` and nothing keeps, oldest end first. `?3` is the
+/// watched groups as a JSON array of `[tenant, id]` pairs.
+const DUE: &str = "SELECT j.seq, j.id, j.queue, coalesce(j.tenant_id, ''), j.idempotency_key,
+        j.group_id, j.depends_on
+    FROM jobs j
+    WHERE j.state = ?1 AND j.finished_at_ms < ?2
+      AND NOT EXISTS (SELECT 1 FROM dependencies d WHERE d.depends_on = j.id)
+      AND (j.group_id IS NULL OR (
+          NOT EXISTS (SELECT 1 FROM jobs g
+              WHERE g.group_id = j.group_id AND g.state < 30 /* unfinished */
+                AND coalesce(g.tenant_id, '') = coalesce(j.tenant_id, ''))
+          AND NOT EXISTS (SELECT 1 FROM json_each(?3) w
+              WHERE json_extract(w.value, '$[0]') = coalesce(j.tenant_id, '')
+                AND json_extract(w.value, '$[1]') = j.group_id)))
+    ORDER BY j.finished_at_ms
+    LIMIT ?4";
+const DELETE_ATTEMPTS: &str = "DELETE FROM attempts WHERE job_seq = ?1";
+const DELETE_CHECKPOINT: &str = "DELETE FROM job_checkpoints WHERE job_seq = ?1";
+/// The job's own edges to what it depended on (by the primary key, from its `depends_on`).
+const DELETE_DEPENDENCY: &str = "DELETE FROM dependencies WHERE depends_on = ?1 AND job_id = ?2";
+/// The job's key, if it still binds to this job (a later job may have taken it).
+const DELETE_OWN_KEY: &str = "DELETE FROM idempotency_keys
+    WHERE queue = ?1 AND tenant_key = ?2 AND key = ?3 AND job_id = ?4";
+const DELETE_JOB: &str = "DELETE FROM jobs WHERE seq = ?1";
+const GROUP_HAS_JOBS: &str =
+    "SELECT 1 FROM jobs WHERE group_id = ?2 AND coalesce(tenant_id, '') = ?1 LIMIT 1";
+/// A group's events whose job is gone: another tenant's group of the same name keeps its own.
+const DELETE_GROUP_EVENTS: &str = "DELETE FROM group_events WHERE group_id = ?1
+    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = group_events.job_id)";
+const DELETE_GROUP: &str = "DELETE FROM groups WHERE tenant_key = ?1 AND id = ?2";
+const DELETE_EXPIRED_KEYS: &str = "DELETE FROM idempotency_keys
+    WHERE (queue, tenant_key, key) IN (
+        SELECT queue, tenant_key, key FROM idempotency_keys
+        WHERE expires_at_ms <= ?1 ORDER BY expires_at_ms LIMIT ?2)";
+
+/// One due job, with what points at its other rows.
+struct Due {
+    seq: i64,
+    id: JobId,
+    queue: String,
+    tenant_key: String,
+    key: Option<String>,
+    group: Option<String>,
+    depends_on: Option<String>,
+}
+
+/// One batch: at most `prune.limit` jobs, and at most as many expired keys.
+pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
+    let watched: Vec<(&str, &str)> = prune
+        .watched
+        .iter()
+        .map(|g| (g.tenant.as_str(), g.id.as_str()))
+        .collect();
+    let watched = serde_json::to_string(&watched).unwrap_or_else(|_| "[]".into());
+    let mut pruned = Pruned::default();
+    let mut left = i64::from(prune.limit);
+    let mut groups: HashSet<GroupKey> = HashSet::new();
+    for (state, cutoff) in &prune.cutoffs {
+        if left <= 0 {
+            break;
+        }
+        if !state.is_terminal() {
+            // Only an end time makes a job due; a live job is never pruned.
+            continue;
+        }
+        let due = conn
+            .prepare_cached(DUE)?
+            .query_map(params![state, cutoff, watched, left], |row| {
+                Ok(Due {
+                    seq: row.get(0)?,
+                    id: row.get(1)?,
+                    queue: row.get(2)?,
+                    tenant_key: row.get(3)?,
+                    key: row.get(4)?,
+                    group: row.get(5)?,
+                    depends_on: row.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for job in due {
+            remove_job(conn, &job)?;
+            if let Some(group) = job.group {
+                groups.insert(GroupKey {
+                    tenant: job.tenant_key,
+                    id: group,
+                });
+            }
+            pruned.jobs += 1;
+            left -= 1;
+        }
+    }
+    for group in groups {
+        let has_jobs = conn
+            .prepare_cached(GROUP_HAS_JOBS)?
+            .exists(params![group.tenant, group.id])?;
+        if !has_jobs {
+            conn.prepare_cached(DELETE_GROUP_EVENTS)?
+                .execute(params![group.id])?;
+            pruned.groups += conn
+                .prepare_cached(DELETE_GROUP)?
+                .execute(params![group.tenant, group.id])? as u64;
+        }
+    }
+    pruned.keys = conn
+        .prepare_cached(DELETE_EXPIRED_KEYS)?
+        .execute(params![prune.now_ms, prune.limit])? as u64;
+    Ok(pruned)
+}
+
+fn remove_job(conn: &Connection, job: &Due) -> Result<()> {
+    conn.prepare_cached(DELETE_ATTEMPTS)?
+        .execute(params![job.seq])?;
+    conn.prepare_cached(DELETE_CHECKPOINT)?
+        .execute(params![job.seq])?;
+    if let Some(depends_on) = &job.depends_on {
+        let mut delete = conn.prepare_cached(DELETE_DEPENDENCY)?;
+        for dep in parse_json_ids(depends_on) {
+            delete.execute(params![dep, job.id])?;
+        }
+    }
+    if let Some(key) = &job.key {
+        conn.prepare_cached(DELETE_OWN_KEY)?.execute(params![
+            job.queue,
+            job.tenant_key,
+            key,
+            job.id
+        ])?;
+    }
+    conn.prepare_cached(DELETE_JOB)?.execute(params![job.seq])?;
+    Ok(())
+}
+
+/// Moves up to `pages` free pages to the end of the file and truncates them off.
+pub(super) fn vacuum(conn: &Connection, pages: u32) -> Result<StoreSize> {
+    // It frees one page per step: run it to the end (`execute_batch` would step it once).
+    let mut stmt = conn.prepare(&format!("PRAGMA incremental_vacuum({})", pages.max(1)))?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    drop(rows);
+    drop(stmt);
+    size(conn)
+}
+
+/// The database's size: its pages and those free inside it.
+pub(super) fn size(conn: &Connection) -> Result<StoreSize> {
+    let pragma = |name: &str| -> Result<i64> {
+        Ok(conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))?)
+    };
+    let bytes = pragma("page_count")?.saturating_mul(pragma("page_size")?);
+    Ok(StoreSize {
+        bytes: bytes.max(0) as u64,
+        free_pages: pragma("freelist_count")?.max(0) as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use crate::{
+        store::{
+            CancelTarget, NewJob, Prune, Store, StoreConfig, SyncMode,
+            conformance::{new_job, submit},
+            sqlite::SqliteStore,
+        },
+        telemetry::Metrics,
+    };
+
+    fn config(dir: &tempfile::TempDir) -> StoreConfig {
+        StoreConfig {
+            path: dir.path().join("prune.db"),
+            sync: SyncMode::Normal,
+            readers: 1,
+            write_queue: 64,
+            busy_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    fn auto_vacuum(config: &StoreConfig) -> i64 {
+        Connection::open(&config.path)
+            .and_then(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)))
+            .expect("read auto_vacuum")
+    }
+
+    /// A new database is made with incremental vacuum: what pruning frees, vacuum gives back
+    /// to the file system.
+    #[tokio::test]
+    async fn freed_pages_go_back_to_the_file_system() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = config(&dir);
+        let store = SqliteStore::open(&config, Metrics::new()).expect("open");
+        let jobs: Vec<NewJob> = (0..200)
+            .map(|_| NewJob {
+                payload: vec![7; 8192],
+                ..new_job("q")
+            })
+            .collect();
+        let done = submit(&store, jobs, None).await;
+        for job in &done {
+            store
+                .cancel(CancelTarget::Job(job.id), "no".into())
+                .await
+                .expect("cancel");
+        }
+        let full = store.vacuum(1).await.expect("size");
+        let now = crate::domain::now_ms() + 60_000;
+        let prune = Prune {
+            cutoffs: vec![(crate::domain::JobState::Cancelled, now)],
+            now_ms: now,
+            limit: 500,
+            watched: vec![],
+        };
+        assert_eq!(store.prune(prune).await.expect("prune").jobs, 200);
+        let freed = store.vacuum(1).await.expect("size");
+        assert!(freed.free_pages > 100, "{freed:?}");
+        let after = store.vacuum(1_000_000).await.expect("vacuum");
+        assert_eq!(after.free_pages, 0);
+        assert!(
+            after.bytes + 1024 * 1024 < full.bytes,
+            "{after:?} < {full:?}"
+        );
+        store.close().await.expect("close");
+        assert_eq!(auto_vacuum(&config), 2, "incremental");
+    }
+
+    /// A small database made without incremental vacuum is switched at open.
+    #[tokio::test]
+    async fn a_small_old_database_is_switched_at_open() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = config(&dir);
+        Connection::open(&config.path)
+            .and_then(|c| {
+                c.execute_batch("CREATE TABLE old (x INTEGER); INSERT INTO old VALUES (1);")
+            })
+            .expect("an old database");
+        assert_eq!(auto_vacuum(&config), 0);
+        let store = SqliteStore::open(&config, Metrics::new()).expect("open");
+        store.close().await.expect("close");
+        assert_eq!(auto_vacuum(&config), 2);
+    }
+}
