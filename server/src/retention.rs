@@ -1,12 +1,16 @@
 //! Retention: the pruner task, which keeps the database from growing without end. Every
 //! `--prune-interval` it asks the store to remove what the `--retain-*` flags let go, one
-//! small batch ([`PRUNE_BATCH`] jobs) per transaction until a batch finds nothing, then gives
-//! the freed pages back to the file system in bounded steps, and records the store's size.
+//! small batch (at most [`PRUNE_BATCH`] jobs) per transaction until a batch finds nothing,
+//! then gives the freed pages back to the file system in bounded steps, and records the
+//! store's size.
 //!
 //! Each batch is an ordinary client write: it waits its turn in the writer's queue behind the
-//! submits already there and rides in a group commit like them, never on the scheduler's lane,
-//! and the task yields between batches, so a backlog of millions of due jobs costs submitters
-//! a little latency per batch rather than one long stall. What the store keeps however old it
+//! submits already there and rides in a group commit like them, never on the scheduler's lane.
+//! A submit that arrives while a batch runs waits for it, so the batch is kept short: its size
+//! follows how long the last one took ([`BATCH_TARGET`]: halved when slower, grown when well
+//! under), and the task pauses as long as a batch took before the next, so pruning holds the
+//! writer at most half the time. A backlog of millions of due jobs then costs submitters a few
+//! milliseconds at worst, never one long stall. What the store keeps however old it
 //! is (live jobs, dependencies of kept jobs, running or watched groups) is its rule
 //! (`store::sqlite::prune`); the watched groups come from the [`Notifier`].
 
@@ -27,8 +31,16 @@ use crate::{
 /// stays short.
 pub const PRUNE_BATCH: u32 = 500;
 
-/// Free pages one vacuum step gives back at most (4 MiB of 4 KiB pages).
-const VACUUM_STEP: u32 = 1024;
+/// The fewest jobs a batch asks for, however slow the store.
+const MIN_BATCH: u32 = 16;
+
+/// How long one batch should take, from sending it to its commit: what a submit that arrives
+/// meanwhile waits at worst, beside its own commit.
+pub const BATCH_TARGET: Duration = Duration::from_millis(4);
+
+/// Free pages one vacuum step gives back at most (1 MiB of 4 KiB pages): each moved page is
+/// written again, so a step is kept about as short as a pruning batch.
+const VACUUM_STEP: u32 = 256;
 
 /// How long to wait before trying again when the write queue is full.
 const BUSY_BACKOFF: Duration = Duration::from_millis(50);
@@ -106,15 +118,17 @@ impl Pruner {
     /// One pass: batches until one removes nothing, then the vacuum.
     async fn pass(&self) -> Result<Pruned> {
         let mut total = Pruned::default();
+        let mut limit = PRUNE_BATCH / 4;
         while !self.stop.is_cancelled() {
             let now = now_ms();
             let prune = Prune {
                 cutoffs: self.retention.cutoffs(now),
                 now_ms: now,
-                limit: PRUNE_BATCH,
+                limit,
                 // Read for each batch: a watch opened meanwhile counts from the next one.
                 watched: self.notifier.watched_groups(),
             };
+            let began = tokio::time::Instant::now();
             let pruned = match self.store.prune(prune).await {
                 Err(Error::Overloaded(_)) => {
                     self.back_off().await;
@@ -122,6 +136,7 @@ impl Pruner {
                 }
                 other => other?,
             };
+            let took = began.elapsed();
             // The reply comes after the commit: what is counted is gone.
             self.metrics.pruned(pruned.jobs);
             total.jobs += pruned.jobs;
@@ -130,8 +145,9 @@ impl Pruner {
             if pruned.is_empty() {
                 break;
             }
-            // Let the submits that queued behind this batch go first.
-            tokio::task::yield_now().await;
+            limit = next_limit(limit, took);
+            // The writer is the submitters' as long again.
+            self.pause(took).await;
         }
         self.vacuum().await?;
         Ok(total)
@@ -141,6 +157,7 @@ impl Pruner {
     async fn vacuum(&self) -> Result<()> {
         let mut free = u64::MAX;
         while !self.stop.is_cancelled() {
+            let began = tokio::time::Instant::now();
             let size = match self.store.vacuum(VACUUM_STEP).await {
                 Err(Error::Overloaded(_)) => {
                     self.back_off().await;
@@ -154,15 +171,48 @@ impl Pruner {
                 break;
             }
             free = size.free_pages;
-            tokio::task::yield_now().await;
+            self.pause(began.elapsed()).await;
         }
         Ok(())
     }
 
     async fn back_off(&self) {
+        self.pause(BUSY_BACKOFF).await;
+    }
+
+    async fn pause(&self, time: Duration) {
         tokio::select! {
             _ = self.stop.cancelled() => {}
-            _ = tokio::time::sleep(BUSY_BACKOFF) => {}
+            _ = tokio::time::sleep(time) => {}
         }
+    }
+}
+
+/// The next batch's size: halved after a batch slower than [`BATCH_TARGET`], a quarter more
+/// after one well under it, within [`MIN_BATCH`]..=[`PRUNE_BATCH`].
+fn next_limit(limit: u32, took: Duration) -> u32 {
+    let next = if took > BATCH_TARGET {
+        limit / 2
+    } else if took < BATCH_TARGET / 2 {
+        limit + limit / 4 + 1
+    } else {
+        limit
+    };
+    next.clamp(MIN_BATCH, PRUNE_BATCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_follow_how_long_the_last_took() {
+        let slow = BATCH_TARGET * 3;
+        let fast = BATCH_TARGET / 4;
+        assert_eq!(next_limit(100, slow), 50);
+        assert_eq!(next_limit(20, slow), MIN_BATCH);
+        assert_eq!(next_limit(100, fast), 126);
+        assert_eq!(next_limit(PRUNE_BATCH, fast), PRUNE_BATCH);
+        assert_eq!(next_limit(100, BATCH_TARGET), 100);
     }
 }

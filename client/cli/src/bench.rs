@@ -888,8 +888,13 @@ async fn prune(args: PruneBench, json_out: bool, log_format: LogFormat) -> anyho
         async move { crate::dev::start_coordinator(&args, log_format).await }
     };
 
-    // The coordinator makes the schema; the old jobs go in while it is stopped.
-    let (mut coordinator, _) = start("0").await?;
+    // The coordinator makes the schema (it has once it answers); the old jobs go in while it
+    // is stopped.
+    let (mut coordinator, addr) = start("0").await?;
+    Client::connect(format!("http://{addr}"))
+        .await?
+        .stats()
+        .await?;
     crate::dev::stop(&mut coordinator).await?;
     let filling = Instant::now();
     let fill_db = db.clone();
