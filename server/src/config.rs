@@ -120,7 +120,8 @@ pub struct ServerArgs {
     pub idempotency_ttl: Duration,
 
     /// How often the pruner looks for what retention lets go. Each pass removes it in small
-    /// transactions (500 jobs each) until nothing is left, then gives the freed pages back.
+    /// transactions (up to 500 jobs, sized to take a few milliseconds each) until nothing is
+    /// left, then gives the freed pages back to the file system.
     #[arg(long, env = "SWITCHYARD_PRUNE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub prune_interval: Duration,
 

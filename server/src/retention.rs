@@ -23,7 +23,7 @@ use crate::{
     domain::{JobState, now_ms},
     error::{Error, Result},
     fanin::Notifier,
-    store::{Prune, Pruned, Store},
+    store::{Cutoff, Prune, Pruned, Store},
     telemetry::Metrics,
 };
 
@@ -47,7 +47,7 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 
 impl Retention {
     /// For each terminal state that is pruned, the end time before which its jobs are due.
-    pub fn cutoffs(&self, now_ms: i64) -> Vec<(JobState, i64)> {
+    pub fn cutoffs(&self, now_ms: i64) -> Vec<Cutoff> {
         [
             (JobState::Succeeded, self.succeeded),
             (JobState::Failed, self.failed),
@@ -57,7 +57,7 @@ impl Retention {
         .into_iter()
         .filter_map(|(state, kept)| {
             let kept = i64::try_from(kept?.as_millis()).unwrap_or(i64::MAX);
-            Some((state, now_ms.saturating_sub(kept)))
+            Some(Cutoff::new(state, now_ms.saturating_sub(kept)))
         })
         .collect()
     }
@@ -115,14 +115,16 @@ impl Pruner {
         }
     }
 
-    /// One pass: batches until one removes nothing, then the vacuum.
+    /// One pass: batches until everything due (as of its start) has been looked at, then the
+    /// vacuum.
     async fn pass(&self) -> Result<Pruned> {
         let mut total = Pruned::default();
         let mut limit = PRUNE_BATCH / 4;
+        let now = now_ms();
+        let mut cutoffs = self.retention.cutoffs(now);
         while !self.stop.is_cancelled() {
-            let now = now_ms();
             let prune = Prune {
-                cutoffs: self.retention.cutoffs(now),
+                cutoffs: cutoffs.clone(),
                 now_ms: now,
                 limit,
                 // Read for each batch: a watch opened meanwhile counts from the next one.
@@ -142,9 +144,10 @@ impl Pruner {
             total.jobs += pruned.jobs;
             total.groups += pruned.groups;
             total.keys += pruned.keys;
-            if pruned.is_empty() {
+            if pruned.done {
                 break;
             }
+            cutoffs = pruned.next;
             limit = next_limit(limit, took);
             // The writer is the submitters' as long again.
             self.pause(took).await;

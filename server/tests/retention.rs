@@ -241,7 +241,8 @@ async fn the_database_stops_growing_under_steady_load() {
                 .expect("submit a round");
         let ids: Vec<String> = done.jobs.into_iter().map(|j| j.job_id).collect();
         support::finished_all(&client, &ids).await;
-        // Every job so far pruned, then the size the pass after it measured.
+        // Every job so far pruned; the size is the latest pass's (it may lag by one pass, the
+        // same for every round).
         let total = (round * ROUND) as f64;
         eventually(&format!("round {round} pruned"), || async {
             (metric(metrics, "switchyard_pruned_jobs_total").await >= total).then_some(())
@@ -253,7 +254,8 @@ async fn the_database_stops_growing_under_steady_load() {
     }
     let warm = sizes[..WARM_UP].iter().copied().fold(0.0, f64::max);
     let later = sizes[WARM_UP..].iter().copied().fold(0.0, f64::max);
-    // One round is ~600 KiB of payload and rows; twelve would be 7 MiB without pruning.
+    // One round is ~1 MiB of payloads, outputs and rows; twelve would be 12 MiB without
+    // pruning.
     assert!(
         later <= warm + 512.0 * 1024.0,
         "the store grew after the warm-up: {sizes:?}"

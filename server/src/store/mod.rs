@@ -132,7 +132,7 @@ pub trait Store: Send + Sync + 'static {
     /// their state's cutoff with their attempts, checkpoints, dependency edges and keys; groups
     /// (and their events) left with no job; idempotency keys whose window has passed. Queued and
     /// running jobs are never removed. A client write (may be `Overloaded`): call it again
-    /// until it removes nothing.
+    /// with the cutoffs it returns (`Pruned::next`) until it is `done`.
     async fn prune(&self, prune: Prune) -> Result<Pruned>;
 
     /// Gives back to the file system up to `pages` free pages (SQLite's incremental vacuum),
@@ -383,27 +383,55 @@ pub struct Started {
 /// One batch of pruning: what is due, and what must stay.
 #[derive(Debug, Clone)]
 pub struct Prune {
-    /// For each terminal state that is pruned, the end time (Unix ms) before which its jobs
-    /// are due. A state not named is kept forever.
-    pub cutoffs: Vec<(JobState, i64)>,
+    /// The terminal states that are pruned, each with its cutoff and where the pass got to.
+    /// A state not named is kept forever.
+    pub cutoffs: Vec<Cutoff>,
     /// Idempotency keys whose window ended by this time (Unix ms) are removed.
     pub now_ms: i64,
-    /// The most jobs (and, apart, expired keys) one batch removes: it bounds the transaction.
+    /// The most finished jobs one batch looks at (and expired keys it removes): it bounds the
+    /// transaction's work, however many of the jobs it looks at must stay.
     pub limit: u32,
     /// Groups with a `WatchGroup` open on them: their jobs, events and record stay.
     pub watched: Vec<GroupKey>,
 }
 
-/// What one batch of pruning removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// One state's jobs that are due: those that ended before `before_ms`, looked at in order of
+/// their end, after position `after` (end time, then submission order) where the last batch
+/// stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    pub state: JobState,
+    pub before_ms: i64,
+    pub after: (i64, i64),
+}
+
+impl Cutoff {
+    /// From the start: every job of `state` that ended before `before_ms`.
+    pub fn new(state: JobState, before_ms: i64) -> Cutoff {
+        Cutoff {
+            state,
+            before_ms,
+            after: (i64::MIN, i64::MIN),
+        }
+    }
+}
+
+/// What one batch of pruning removed, and where to go on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub jobs: u64,
     pub groups: u64,
     /// Idempotency keys whose window had passed (a pruned job's own key is not counted).
     pub keys: u64,
+    /// The next batch's cutoffs: the states not yet looked at to the end, with where this
+    /// batch stopped. Empty (and `done`) once the pass has seen everything due.
+    pub next: Vec<Cutoff>,
+    /// Nothing due is left to look at: the pass is over.
+    pub done: bool,
 }
 
 impl Pruned {
+    /// Whether it removed nothing.
     pub fn is_empty(&self) -> bool {
         self.jobs == 0 && self.groups == 0 && self.keys == 0
     }

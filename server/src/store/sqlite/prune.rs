@@ -12,31 +12,36 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::parse_json_ids;
 use crate::{
     domain::JobId,
     error::Result,
-    store::{GroupKey, Prune, Pruned, StoreSize},
+    store::{Cutoff, GroupKey, Prune, Pruned, StoreSize},
 };
 
-/// Jobs of state `?1` that ended before `?2` and nothing keeps, oldest end first. `?3` is the
-/// watched groups as a JSON array of `[tenant, id]` pairs.
-const DUE: &str = "SELECT j.seq, j.id, j.queue, coalesce(j.tenant_id, ''), j.idempotency_key,
-        j.group_id, j.depends_on
+/// The next jobs of state `?1` that ended before `?2`, after position (`?3` end, `?4` seq), in
+/// order: what one batch looks at (the `jobs_finished` index holds them in this order).
+const NEXT_DUE: &str = "SELECT seq, finished_at_ms FROM jobs
+    WHERE state = ?1 AND finished_at_ms < ?2
+      AND finished_at_ms >= ?3 AND (finished_at_ms > ?3 OR seq > ?4)
+    ORDER BY finished_at_ms, seq
+    LIMIT ?5";
+/// Job `?1`, unless something keeps it. `?2` is the watched groups as a JSON array of
+/// `[tenant, id]` pairs.
+const UNLESS_KEPT: &str = "SELECT j.seq, j.id, j.queue, coalesce(j.tenant_id, ''),
+        j.idempotency_key, j.group_id, j.depends_on
     FROM jobs j
-    WHERE j.state = ?1 AND j.finished_at_ms < ?2
+    WHERE j.seq = ?1
       AND NOT EXISTS (SELECT 1 FROM dependencies d WHERE d.depends_on = j.id)
       AND (j.group_id IS NULL OR (
           NOT EXISTS (SELECT 1 FROM jobs g
               WHERE g.group_id = j.group_id AND g.state < 30 /* unfinished */
                 AND coalesce(g.tenant_id, '') = coalesce(j.tenant_id, ''))
-          AND NOT EXISTS (SELECT 1 FROM json_each(?3) w
+          AND NOT EXISTS (SELECT 1 FROM json_each(?2) w
               WHERE json_extract(w.value, '$[0]') = coalesce(j.tenant_id, '')
-                AND json_extract(w.value, '$[1]') = j.group_id)))
-    ORDER BY j.finished_at_ms
-    LIMIT ?4";
+                AND json_extract(w.value, '$[1]') = j.group_id)))";
 const DELETE_ATTEMPTS: &str = "DELETE FROM attempts WHERE job_seq = ?1";
 const DELETE_CHECKPOINT: &str = "DELETE FROM job_checkpoints WHERE job_seq = ?1";
 /// The job's own edges to what it depended on (by the primary key, from its `depends_on`).
@@ -67,7 +72,9 @@ struct Due {
     depends_on: Option<String>,
 }
 
-/// One batch: at most `prune.limit` jobs, and at most as many expired keys.
+/// One batch: looks at up to `prune.limit` due jobs (removing those nothing keeps) and
+/// removes up to as many expired keys. Bounded by what it looks at, not by what it removes,
+/// so that many due jobs that must stay (a large group still running) cost each batch no more.
 pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
     let watched: Vec<(&str, &str)> = prune
         .watched
@@ -78,29 +85,39 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
     let mut pruned = Pruned::default();
     let mut left = i64::from(prune.limit);
     let mut groups: HashSet<GroupKey> = HashSet::new();
-    for (state, cutoff) in &prune.cutoffs {
+    // Only an end time makes a job due: a live state is never looked at.
+    for cutoff in prune.cutoffs.iter().filter(|c| c.state.is_terminal()) {
         if left <= 0 {
-            break;
-        }
-        if !state.is_terminal() {
-            // Only an end time makes a job due; a live job is never pruned.
+            pruned.next.push(*cutoff);
             continue;
         }
+        let (after_ms, after_seq) = cutoff.after;
         let due = conn
-            .prepare_cached(DUE)?
-            .query_map(params![state, cutoff, watched, left], |row| {
-                Ok(Due {
-                    seq: row.get(0)?,
-                    id: row.get(1)?,
-                    queue: row.get(2)?,
-                    tenant_key: row.get(3)?,
-                    key: row.get(4)?,
-                    group: row.get(5)?,
-                    depends_on: row.get(6)?,
-                })
-            })?
+            .prepare_cached(NEXT_DUE)?
+            .query_map(
+                params![cutoff.state, cutoff.before_ms, after_ms, after_seq, left],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        for job in due {
+        let looked = due.len() as i64;
+        for &(seq, _) in &due {
+            let Some(job) = conn
+                .prepare_cached(UNLESS_KEPT)?
+                .query_row(params![seq, watched], |row| {
+                    Ok(Due {
+                        seq: row.get(0)?,
+                        id: row.get(1)?,
+                        queue: row.get(2)?,
+                        tenant_key: row.get(3)?,
+                        key: row.get(4)?,
+                        group: row.get(5)?,
+                        depends_on: row.get(6)?,
+                    })
+                })
+                .optional()?
+            else {
+                continue;
+            };
             remove_job(conn, &job)?;
             if let Some(group) = job.group {
                 groups.insert(GroupKey {
@@ -109,8 +126,17 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
                 });
             }
             pruned.jobs += 1;
-            left -= 1;
         }
+        // Fewer than asked for: this state has nothing more that is due.
+        if looked == left
+            && let Some(&(seq, ended)) = due.last()
+        {
+            pruned.next.push(Cutoff {
+                after: (ended, seq),
+                ..*cutoff
+            });
+        }
+        left -= looked;
     }
     for group in groups {
         let has_jobs = conn
@@ -127,6 +153,7 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
     pruned.keys = conn
         .prepare_cached(DELETE_EXPIRED_KEYS)?
         .execute(params![prune.now_ms, prune.limit])? as u64;
+    pruned.done = pruned.next.is_empty() && pruned.keys < u64::from(prune.limit);
     Ok(pruned)
 }
 
@@ -228,7 +255,10 @@ mod tests {
         let full = store.vacuum(1).await.expect("size");
         let now = crate::domain::now_ms() + 60_000;
         let prune = Prune {
-            cutoffs: vec![(crate::domain::JobState::Cancelled, now)],
+            cutoffs: vec![crate::store::Cutoff::new(
+                crate::domain::JobState::Cancelled,
+                now,
+            )],
             now_ms: now,
             limit: 500,
             watched: vec![],
