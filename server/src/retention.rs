@@ -7,9 +7,10 @@
 //! Each batch is an ordinary client write: it waits its turn in the writer's queue behind the
 //! submits already there and rides in a group commit like them, never on the scheduler's lane.
 //! A submit that arrives while a batch runs waits for it, so the batch is kept short: its size
-//! follows how long the last one took ([`BATCH_TARGET`]: halved when slower, grown when well
-//! under), and the task pauses as long as a batch took before the next, so pruning holds the
-//! writer at most half the time. A backlog of millions of due jobs then costs submitters a few
+//! follows how long the last one's statements took in the store ([`BATCH_TARGET`]: halved when
+//! slower, grown when well under; the commit's fsync is not counted, every submit pays its
+//! own), and the task pauses as long again before the next, so pruning holds the writer at
+//! most half the time. A backlog of millions of due jobs then costs submitters a few
 //! milliseconds at worst, never one long stall. What the store keeps however old it
 //! is (live jobs, dependencies of kept jobs, running or watched groups) is its rule
 //! (`store::sqlite::prune`); the watched groups come from the [`Notifier`].
@@ -34,8 +35,8 @@ pub const PRUNE_BATCH: u32 = 500;
 /// The fewest jobs a batch asks for, however slow the store.
 const MIN_BATCH: u32 = 16;
 
-/// How long one batch should take, from sending it to its commit: what a submit that arrives
-/// meanwhile waits at worst, beside its own commit.
+/// How long one batch's statements should take in the store: what a submit that shares its
+/// commit waits for it at worst, beside the commit itself.
 pub const BATCH_TARGET: Duration = Duration::from_millis(4);
 
 /// Free pages one vacuum step gives back at most (1 MiB of 4 KiB pages): each moved page is
@@ -130,7 +131,6 @@ impl Pruner {
                 // Read for each batch: a watch opened meanwhile counts from the next one.
                 watched: self.notifier.watched_groups(),
             };
-            let began = tokio::time::Instant::now();
             let pruned = match self.store.prune(prune).await {
                 Err(Error::Overloaded(_)) => {
                     self.back_off().await;
@@ -138,7 +138,9 @@ impl Pruner {
                 }
                 other => other?,
             };
-            let took = began.elapsed();
+            // The batch's own work, not its commit's fsync: what a submit in the same commit
+            // waited for because of it.
+            let took = pruned.work;
             // The reply comes after the commit: what is counted is gone.
             self.metrics.pruned(pruned.jobs);
             total.jobs += pruned.jobs;
@@ -149,8 +151,8 @@ impl Pruner {
             }
             cutoffs = pruned.next;
             limit = next_limit(limit, took);
-            // The writer is the submitters' as long again.
-            self.pause(took).await;
+            // The writer is the submitters' as long again (at least a millisecond).
+            self.pause(took.max(Duration::from_millis(1))).await;
         }
         self.vacuum().await?;
         Ok(total)

@@ -428,6 +428,9 @@ pub struct Pruned {
     pub next: Vec<Cutoff>,
     /// Nothing due is left to look at: the pass is over.
     pub done: bool,
+    /// How long the batch's own statements took in the store, not counting its commit: what
+    /// it added to the commit it rode in.
+    pub work: std::time::Duration,
 }
 
 impl Pruned {

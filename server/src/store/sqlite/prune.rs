@@ -82,6 +82,7 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
         .map(|g| (g.tenant.as_str(), g.id.as_str()))
         .collect();
     let watched = serde_json::to_string(&watched).unwrap_or_else(|_| "[]".into());
+    let began = std::time::Instant::now();
     let mut pruned = Pruned::default();
     let mut left = i64::from(prune.limit);
     let mut groups: HashSet<GroupKey> = HashSet::new();
@@ -127,7 +128,7 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
             }
             pruned.jobs += 1;
         }
-        // Fewer than asked for: this state has nothing more that is due.
+        // As many as asked for: more may be due after the last one (fewer: the state is done).
         if looked == left
             && let Some(&(seq, ended)) = due.last()
         {
@@ -154,6 +155,7 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
         .prepare_cached(DELETE_EXPIRED_KEYS)?
         .execute(params![prune.now_ms, prune.limit])? as u64;
     pruned.done = pruned.next.is_empty() && pruned.keys < u64::from(prune.limit);
+    pruned.work = began.elapsed();
     Ok(pruned)
 }
 
