@@ -76,6 +76,13 @@ impl JobSpec {
         self
     }
 
+    /// With an idempotency key: how long the coordinator remembers it after the first submit
+    /// (unset: the coordinator's `--idempotency-ttl`); a repeat later makes a new job.
+    pub fn idempotency_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.request.idempotency_ttl = ttl.try_into().ok();
+        self
+    }
+
     /// With an idempotency key: the key binds only while its job is queued or running.
     pub fn unique_while_active(mut self) -> Self {
         self.request.unique_while_active = true;

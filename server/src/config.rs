@@ -92,6 +92,39 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_MAX_DEADLINE", default_value = "366d", value_parser = parse_duration)]
     pub max_deadline: Duration,
 
+    /// How long a SUCCEEDED job is kept after it ended, with its attempts and other rows;
+    /// then the pruner removes it. `0` keeps succeeded jobs forever. Queued and running jobs
+    /// are never removed, nor a job another kept job depends on, nor the jobs of a group that
+    /// is still running or watched.
+    #[arg(long, env = "SWITCHYARD_RETAIN_SUCCEEDED", default_value = "1d", value_parser = parse_retention)]
+    pub retain_succeeded: Duration,
+
+    /// How long a FAILED job (the dead-letter set) is kept after it ended; `0`: forever.
+    /// Longer than --retain-succeeded by default, so that failures can be looked at and
+    /// requeued.
+    #[arg(long, env = "SWITCHYARD_RETAIN_FAILED", default_value = "7d", value_parser = parse_retention)]
+    pub retain_failed: Duration,
+
+    /// How long a CANCELLED job is kept after it ended; `0`: forever.
+    #[arg(long, env = "SWITCHYARD_RETAIN_CANCELLED", default_value = "7d", value_parser = parse_retention)]
+    pub retain_cancelled: Duration,
+
+    /// How long a DEADLINE_EXCEEDED job is kept after it ended; `0`: forever.
+    #[arg(long, env = "SWITCHYARD_RETAIN_DEADLINE_EXCEEDED", default_value = "7d", value_parser = parse_retention)]
+    pub retain_deadline_exceeded: Duration,
+
+    /// How long an idempotency key binds after its job's submit when the job sets no window
+    /// of its own (`idempotency_ttl`, `unique_for`); a repeat later makes a new job. `0`: as
+    /// long as the job is kept. A key never outlives its job.
+    #[arg(long, env = "SWITCHYARD_IDEMPOTENCY_TTL", default_value = "1d", value_parser = parse_retention)]
+    pub idempotency_ttl: Duration,
+
+    /// How often the pruner looks for what retention lets go. Each pass removes it in small
+    /// transactions (up to 500 jobs, sized to take a few milliseconds each) until nothing is
+    /// left, then gives the freed pages back to the file system.
+    #[arg(long, env = "SWITCHYARD_PRUNE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+
     /// Serve HTTP at ADDR: the web console at `http://ADDR/` and Prometheus metrics at
     /// `http://ADDR/metrics` (off when unset; port 0 picks a free port, and the chosen address
     /// is printed on a second line). `--metrics` is another name for it.
@@ -150,6 +183,19 @@ pub struct Config {
     pub max_in_flight: usize,
     pub max_long_polls: usize,
     pub tls: Option<Tls>,
+    pub retention: Retention,
+    /// The window of an idempotency key whose job sets none (`None`: as long as the job).
+    pub idempotency_ttl: Option<Duration>,
+}
+
+/// How long finished jobs are kept, by state (`None`: forever), and how often to prune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub succeeded: Option<Duration>,
+    pub failed: Option<Duration>,
+    pub cancelled: Option<Duration>,
+    pub deadline_exceeded: Option<Duration>,
+    pub interval: Duration,
 }
 
 /// TLS files: certificate chain and key, and for mutual TLS the clients' CA.
@@ -194,6 +240,14 @@ impl ServerArgs {
                 base_ms: self.retry_base.as_millis() as i64,
                 cap_ms: self.retry_cap.max(self.retry_base).as_millis() as i64,
             },
+            retention: Retention {
+                succeeded: kept_for(self.retain_succeeded),
+                failed: kept_for(self.retain_failed),
+                cancelled: kept_for(self.retain_cancelled),
+                deadline_exceeded: kept_for(self.retain_deadline_exceeded),
+                interval: self.prune_interval,
+            },
+            idempotency_ttl: kept_for(self.idempotency_ttl),
         }
     }
 }
@@ -230,6 +284,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A retention: `0` (keep forever) or a duration up to 366 days.
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let d = switchyard_proto::text::parse_duration(text)?;
+    if d > Duration::from_secs(366 * 86_400) {
+        return Err(format!(
+            "{text:?}: must be at most 366 days (or 0: forever)"
+        ));
+    }
+    Ok(d)
+}
+
+/// `0` is forever.
+fn kept_for(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
 /// A grace period: `0` (none) up to a day.
 fn parse_grace(text: &str) -> Result<Duration, String> {
     let d = switchyard_proto::text::parse_duration(text)?;
@@ -261,5 +331,38 @@ mod tests {
         assert!(parse_db_url("postgres://x").is_err());
         assert!(parse_db_url("sqlite://:memory:").is_err());
         assert!(parse_db_url("sqlite://").is_err());
+    }
+
+    #[test]
+    fn retention_defaults_and_forever() {
+        let config = ServerArgs::parse_from(["switchyard-server"]).config();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            config.retention,
+            Retention {
+                succeeded: Some(day),
+                failed: Some(7 * day),
+                cancelled: Some(7 * day),
+                deadline_exceeded: Some(7 * day),
+                interval: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(config.idempotency_ttl, Some(day));
+        let config = ServerArgs::parse_from([
+            "switchyard-server",
+            "--retain-succeeded",
+            "0",
+            "--retain-failed",
+            "0s",
+            "--idempotency-ttl",
+            "0",
+        ])
+        .config();
+        assert_eq!(
+            (config.retention.succeeded, config.retention.failed),
+            (None, None)
+        );
+        assert_eq!(config.idempotency_ttl, None);
+        assert!(parse_retention("367d").is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! Fan-in: whoever waits for a job (`Wait`, `Run`) is woken when its terminal state commits.
-//! No polling: the scheduler and the API call [`Notifier::notify`] after each commit.
+//! No polling: the scheduler and the API call [`Notifier::notify`] after each commit. It also
+//! knows which groups a `WatchGroup` stream watches ([`Notifier::watch_group`]), for retention
+//! to leave them alone.
 
 use std::{
     collections::HashMap,
@@ -8,14 +10,18 @@ use std::{
 
 use tokio::sync::{oneshot, watch};
 
-use crate::domain::JobId;
+use crate::{domain::JobId, store::GroupKey};
 
-/// Waiters by job id, and a counter of commits that ended jobs (for group watchers). Cheap
-/// to clone.
+/// Watched groups, each with how many streams watch it.
+type Watched = Arc<Mutex<HashMap<GroupKey, usize>>>;
+
+/// Waiters by job id, a counter of commits that ended jobs (for group watchers), and the
+/// groups being watched. Cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
     waiters: Arc<Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>>,
     ended: Arc<watch::Sender<u64>>,
+    watched: Watched,
 }
 
 impl Default for Notifier {
@@ -23,6 +29,33 @@ impl Default for Notifier {
         Notifier {
             waiters: Arc::default(),
             ended: Arc::new(watch::Sender::new(0)),
+            watched: Arc::default(),
+        }
+    }
+}
+
+/// A group counted as watched for as long as this lives: a `WatchGroup` stream holds one.
+#[derive(Debug)]
+pub struct WatchGuard {
+    watched: Watched,
+    group: GroupKey,
+}
+
+impl WatchGuard {
+    pub fn group(&self) -> &GroupKey {
+        &self.group
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Ok(mut watched) = self.watched.lock()
+            && let Some(count) = watched.get_mut(&self.group)
+        {
+            *count -= 1;
+            if *count == 0 {
+                watched.remove(&self.group);
+            }
         }
     }
 }
@@ -61,6 +94,26 @@ impl Notifier {
     /// ended, and waits for the next change: nothing ends unnoticed in between.
     pub fn ended(&self) -> watch::Receiver<u64> {
         self.ended.subscribe()
+    }
+
+    /// Counts `group` as watched until the guard is dropped. Take it before reading the group,
+    /// so that a pruning batch that starts after the read leaves it alone.
+    pub fn watch_group(&self, group: GroupKey) -> WatchGuard {
+        if let Ok(mut watched) = self.watched.lock() {
+            *watched.entry(group.clone()).or_default() += 1;
+        }
+        WatchGuard {
+            watched: self.watched.clone(),
+            group,
+        }
+    }
+
+    /// The groups watched now.
+    pub fn watched_groups(&self) -> Vec<GroupKey> {
+        self.watched
+            .lock()
+            .map(|watched| watched.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Drops the registrations of waiters that gave up on `job_id`.

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod fanin;
 pub mod http;
+pub mod retention;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
@@ -115,6 +116,16 @@ pub async fn run_with(
             return Err(err);
         }
     };
+    // Housekeeping (the pruner) stops at the drain, before the store closes.
+    let housekeeping = TaskTracker::new();
+    retention::start(
+        store.clone(),
+        notifier.clone(),
+        metrics.clone(),
+        config.retention,
+        inner.clone(),
+        &housekeeping,
+    );
     let sessions = TaskTracker::new();
     let services = Services {
         jobs: api::JobApi::new(
@@ -124,6 +135,7 @@ pub async fn run_with(
             inner.clone(),
             sessions.clone(),
             config.max_deadline,
+            config.idempotency_ttl,
         ),
         admin: api::AdminApi::new(store.clone(), scheduler.clone(), notifier.clone(), ticker),
         workers: dispatch::WorkerApi::new(
@@ -169,8 +181,10 @@ pub async fn run_with(
     )
     .await;
     inner.cancel();
+    housekeeping.close();
     sessions.close();
     sessions.wait().await;
+    housekeeping.wait().await;
     // The ticker first: its last fire may still hand a job to the scheduler.
     if let Err(err) = ticker_task.await {
         tracing::error!(cause = %err, "schedule ticker failed");

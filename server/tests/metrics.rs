@@ -32,6 +32,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("switchyard_progress_reports_total", "counter"),
     ("switchyard_attempts_detached", "gauge"),
     ("switchyard_attempts_readopted_total", "counter"),
+    ("switchyard_store_bytes", "gauge"),
+    ("switchyard_pruned_jobs_total", "counter"),
 ];
 
 async fn coordinator(extra: &[&str]) -> (Coordinator, Client, SocketAddr) {

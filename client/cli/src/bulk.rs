@@ -19,7 +19,7 @@ pub enum Action {
     Cancel,
     /// Put failed, cancelled and deadline_exceeded jobs back in their queues.
     Requeue,
-    /// Delete finished jobs (not those a queued or running job still needs).
+    /// Delete finished jobs (not those another job depends on, nor children of a running parent).
     Delete,
 }
 

@@ -234,6 +234,10 @@ struct SubmitArgs {
     /// With --idempotency-key: the key binds only this long after the first submit (e.g. 10m).
     #[arg(long, value_parser = parse_duration, requires = "idempotency_key")]
     unique_for: Option<Duration>,
+    /// With --idempotency-key: how long the coordinator remembers the key (e.g. 1h; default:
+    /// the coordinator's --idempotency-ttl, 1 day unless set otherwise).
+    #[arg(long, value_parser = parse_duration, requires = "idempotency_key")]
+    idempotency_ttl: Option<Duration>,
     /// With --idempotency-key: the key binds only while its job is queued or running.
     #[arg(long, requires = "idempotency_key")]
     unique_while_active: bool,
@@ -557,6 +561,9 @@ async fn submit(client: &Client, args: SubmitArgs, json: bool) -> anyhow::Result
     }
     if let Some(window) = args.unique_for {
         spec = spec.unique_for(window);
+    }
+    if let Some(ttl) = args.idempotency_ttl {
+        spec = spec.idempotency_ttl(ttl);
     }
     if args.unique_while_active {
         spec = spec.unique_while_active();

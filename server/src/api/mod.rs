@@ -61,6 +61,8 @@ pub struct JobApi {
     /// Work that outlives a call (cancelling the job of a `Run` whose caller hung up).
     tasks: TaskTracker,
     max_deadline: std::time::Duration,
+    /// The window of an idempotency key whose job sets none (`None`: as long as the job).
+    idempotency_ttl: Option<std::time::Duration>,
 }
 
 impl JobApi {
@@ -71,6 +73,7 @@ impl JobApi {
         shutdown: CancellationToken,
         tasks: TaskTracker,
         max_deadline: std::time::Duration,
+        idempotency_ttl: Option<std::time::Duration>,
     ) -> Self {
         JobApi {
             store,
@@ -79,6 +82,7 @@ impl JobApi {
             shutdown,
             tasks,
             max_deadline,
+            idempotency_ttl,
         }
     }
 
@@ -91,6 +95,9 @@ impl JobApi {
     ) -> Result<validate::Context> {
         let (identity, metadata) = (&Identity::of(request), request.metadata());
         let mut ctx = context(metadata, crate::trace::of(request))?;
+        ctx.idempotency_ttl_ms = self
+            .idempotency_ttl
+            .map(|ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         // A token vouches for its tenant; only an admin token acting for all may name one.
         if identity.authenticated && identity.tenant.is_some() {
             ctx.tenant_id = identity.tenant.clone();
@@ -398,6 +405,7 @@ fn context(
         parent_job_id: None,
         parent_attempt: None,
         deadline_ms: None,
+        idempotency_ttl_ms: None,
     })
 }
 
@@ -448,6 +456,8 @@ struct GroupWatch {
     after: i64,
     page: std::collections::VecDeque<crate::domain::GroupEvent>,
     done: bool,
+    /// Keeps retention off the group while the stream is open.
+    _watching: crate::fanin::WatchGuard,
 }
 
 impl GroupWatch {
@@ -837,8 +847,20 @@ impl JobService for JobApi {
         let group = validate::optional_name("group_id", &req.group_id)?
             .ok_or_else(|| Error::invalid("group_id", "is required"))?;
         let after = parse_cursor(&req.cursor)?;
+        // Watched before it is read: a pruning batch that starts after the read leaves it be.
+        let tenant = scope(&identity).unwrap_or_default();
+        let watching = self.notifier.watch_group(crate::store::GroupKey {
+            tenant,
+            id: group.clone(),
+        });
         // Refuse an unknown (or another tenant's) group before the stream starts.
         let group = self.visible_group(&identity, group).await?.key();
+        // An admin's view finds the group in whichever tenant has it: watch that one.
+        let watching = if watching.group() == &group {
+            watching
+        } else {
+            self.notifier.watch_group(group.clone())
+        };
         let watch = GroupWatch {
             store: self.store.clone(),
             ended: self.notifier.ended(),
@@ -847,6 +869,7 @@ impl JobService for JobApi {
             after,
             page: std::collections::VecDeque::new(),
             done: false,
+            _watching: watching,
         };
         Ok(Response::new(Box::pin(futures::stream::unfold(
             watch,

@@ -129,6 +129,9 @@ pub struct Context {
     /// and for calls from inside a handler, the parent's deadline, capped by the server's
     /// maximum. A job's own `deadline` may only bring it closer.
     pub deadline_ms: Option<i64>,
+    /// The coordinator's `--idempotency-ttl` (ms; `None`: keys are kept as long as their
+    /// jobs): the window of a key whose job sets none.
+    pub idempotency_ttl_ms: Option<i64>,
 }
 
 /// Turns one `SubmitRequest` into a job to store. `prefix` names it inside a batch
@@ -211,17 +214,31 @@ pub fn job(
     } else {
         Some(req.idempotency_key)
     };
+    let unique_for = req
+        .unique_for
+        .map(|d| duration_ms(&field("unique_for"), &d, MAX_HORIZON_MS, "366 days"))
+        .transpose()?;
+    let ttl = req
+        .idempotency_ttl
+        .map(|d| duration_ms(&field("idempotency_ttl"), &d, MAX_HORIZON_MS, "366 days"))
+        .transpose()?;
+    // Both windows hold when both are set; with neither, the coordinator's ttl, unless the key
+    // binds while its job is live (then it lasts as long as the job, and goes with it).
+    let for_ms = match (unique_for, ttl) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (Some(w), None) | (None, Some(w)) => Some(w),
+        (None, None) if req.unique_while_active => None,
+        (None, None) => ctx.idempotency_ttl_ms,
+    };
     let unique = crate::store::Uniqueness {
-        for_ms: req
-            .unique_for
-            .map(|d| duration_ms(&field("unique_for"), &d, MAX_HORIZON_MS, "366 days"))
-            .transpose()?,
+        for_ms: idempotency_key.as_ref().and(for_ms),
         while_active: req.unique_while_active,
         debounce: req.debounce,
     };
     if idempotency_key.is_none() {
         let asked = [
-            ("unique_for", unique.for_ms.is_some()),
+            ("unique_for", unique_for.is_some()),
+            ("idempotency_ttl", ttl.is_some()),
             ("unique_while_active", unique.while_active),
             ("debounce", unique.debounce),
         ];
@@ -616,6 +633,7 @@ mod properties {
     use super::*;
 
     const FIELDS: &[&str] = &[
+        "idempotency_ttl",
         "unique_for",
         "unique_while_active",
         "debounce",

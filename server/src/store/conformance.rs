@@ -574,6 +574,240 @@ async fn keys_bind_for_a_window_or_while_their_job_is_live(b: Backend) {
     assert_eq!(stored.payload, b"new");
 }
 
+/// Everything pruning may remove, due now: every terminal state ended before `ahead_ms` from
+/// now.
+fn prune_all(ahead_ms: i64, limit: u32, watched: Vec<super::GroupKey>) -> super::Prune {
+    let now = crate::domain::now_ms() + ahead_ms;
+    super::Prune {
+        cutoffs: JobState::ALL
+            .iter()
+            .map(|s| super::Cutoff::new(*s, now))
+            .collect(),
+        now_ms: now,
+        limit,
+        watched,
+    }
+}
+
+/// Prunes batch after batch until one removes nothing; returns the sum.
+async fn prune_until_done(store: &dyn Store, mut prune: super::Prune) -> (u64, u64, u64) {
+    let mut total = (0, 0, 0);
+    loop {
+        let done = store.prune(prune.clone()).await.expect("prune");
+        total.0 += done.jobs;
+        total.1 += done.groups;
+        total.2 += done.keys;
+        if done.done {
+            return total;
+        }
+        prune.cutoffs = done.next;
+    }
+}
+
+/// Starts and succeeds a ready job.
+async fn succeed(store: &dyn Store, ready: &ReadyJob) {
+    store
+        .transition(transitions(vec![], vec![start(ready)]))
+        .await
+        .expect("start");
+    store
+        .transition(transitions(
+            vec![finish(ready.id, 1, Outcome::Succeeded(b"out".to_vec()))],
+            vec![],
+        ))
+        .await
+        .expect("succeed");
+}
+
+/// Finished jobs go once their state's cutoff has passed, with their key, in batches of at
+/// most `limit`; queued and running jobs never go, however old.
+async fn prune_removes_finished_jobs_past_their_cutoff(b: Backend) {
+    let store = &*b.store;
+    let done = submit(
+        store,
+        vec![
+            NewJob {
+                idempotency_key: Some("k".into()),
+                ..new_job("q")
+            },
+            new_job("q"),
+            new_job("q"),
+            new_job("q"),
+            new_job("q"),
+        ],
+        None,
+    )
+    .await;
+    let ready: Vec<ReadyJob> = done.iter().filter_map(|s| s.ready.clone()).collect();
+    let (succeeded, cancelled, also, queued, running) =
+        (&ready[0], &ready[1], &ready[2], &ready[3], &ready[4]);
+    succeed(store, succeeded).await;
+    succeed(store, also).await;
+    store
+        .cancel(CancelTarget::Job(cancelled.id), "no".into())
+        .await
+        .expect("cancel");
+    store
+        .transition(transitions(vec![], vec![start(running)]))
+        .await
+        .expect("start");
+
+    // Ended after the cutoff (an hour ago): kept.
+    let kept = store
+        .prune(prune_all(-3_600_000, 500, vec![]))
+        .await
+        .expect("prune");
+    assert!(kept.is_empty() && kept.done, "{kept:?}");
+    // A state with no cutoff is kept forever.
+    let only_failed = super::Prune {
+        cutoffs: vec![super::Cutoff::new(
+            JobState::Failed,
+            crate::domain::now_ms() + 60_000,
+        )],
+        ..prune_all(60_000, 500, vec![])
+    };
+    assert_eq!(store.prune(only_failed).await.expect("prune").jobs, 0);
+
+    // All due: at most `limit` per batch.
+    let first = store
+        .prune(prune_all(60_000, 2, vec![]))
+        .await
+        .expect("prune");
+    assert_eq!(first.jobs, 2);
+    assert!(!first.done, "more is due");
+    let rest = store
+        .prune(super::Prune {
+            cutoffs: first.next.clone(),
+            ..prune_all(60_000, 2, vec![])
+        })
+        .await
+        .expect("prune");
+    assert_eq!(rest.jobs, 1);
+    assert!(rest.done, "{rest:?}");
+    for gone in [succeeded, cancelled, also] {
+        assert!(store.get(gone.id).await.expect("get").is_none(), "pruned");
+    }
+    assert_eq!(state(store, queued.id).await, JobState::Queued);
+    assert_eq!(state(store, running.id).await, JobState::Running);
+    // The pruned job's key went with it.
+    let again = submit(
+        store,
+        vec![NewJob {
+            idempotency_key: Some("k".into()),
+            ..new_job("q")
+        }],
+        None,
+    )
+    .await;
+    assert!(!again[0].duplicate, "the key left with its job");
+}
+
+/// A dependency stays while a job that depends on it does; a group's jobs stay while one of
+/// them is unfinished or the group is watched, and the group goes with its last job.
+async fn prune_keeps_dependencies_and_live_or_watched_groups(b: Backend) {
+    let store = &*b.store;
+    let dep = submit(store, vec![new_job("q")], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    succeed(store, &dep).await;
+    let dependent = submit(
+        store,
+        vec![NewJob {
+            depends_on: vec![dep.id],
+            ..new_job("q")
+        }],
+        None,
+    )
+    .await[0]
+        .ready
+        .clone()
+        .expect("its dependency succeeded");
+    let group = submit(store, vec![new_job("q"), new_job("q")], Some("g")).await;
+    let (x, y) = (group[0].id, group[1].id);
+    store
+        .cancel(CancelTarget::Job(x), "no".into())
+        .await
+        .expect("cancel one");
+
+    let key = super::GroupKey {
+        tenant: String::new(),
+        id: "g".into(),
+    };
+    assert_eq!(
+        prune_until_done(store, prune_all(60_000, 500, vec![])).await,
+        (0, 0, 0),
+        "the dependency's dependent and the group's other job are live"
+    );
+
+    succeed(store, &dependent).await;
+    store
+        .cancel(CancelTarget::Job(y), "no".into())
+        .await
+        .expect("cancel the other");
+    // A pass looks at each due job once: the dependency, still kept by its dependent when
+    // looked at, goes in the next pass.
+    let pass = prune_until_done(store, prune_all(60_000, 500, vec![key.clone()])).await;
+    assert_eq!(pass.0, 1, "the dependent; not the watched group");
+    assert!(store.get(dep.id).await.expect("get").is_some());
+    let pass = prune_until_done(store, prune_all(60_000, 500, vec![key.clone()])).await;
+    assert_eq!(pass.0, 1, "then its dependency");
+    assert!(store.get(dep.id).await.expect("get").is_none());
+    assert!(store.get(x).await.expect("get").is_some(), "watched");
+    assert!(
+        store
+            .group("g".into(), Some(String::new()))
+            .await
+            .expect("group")
+            .is_some()
+    );
+
+    let pass = prune_until_done(store, prune_all(60_000, 500, vec![])).await;
+    assert_eq!((pass.0, pass.1), (2, 1));
+    assert!(
+        store
+            .group("g".into(), Some(String::new()))
+            .await
+            .expect("group")
+            .is_none()
+    );
+    assert!(
+        store
+            .group_events(key, 0, 10)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+}
+
+/// A key whose window has passed is removed (and its job stays); a live one is not.
+async fn prune_removes_expired_keys(b: Backend) {
+    use super::Uniqueness;
+    let store = &*b.store;
+    let keyed = |key: &str, for_ms: i64| NewJob {
+        idempotency_key: Some(key.into()),
+        unique: Uniqueness {
+            for_ms: Some(for_ms),
+            ..Default::default()
+        },
+        ..new_job("q")
+    };
+    let done = submit(
+        store,
+        vec![keyed("short", 1_000), keyed("long", 3_600_000)],
+        None,
+    )
+    .await;
+    let pruned = store
+        .prune(prune_all(60_000, 500, vec![]))
+        .await
+        .expect("prune");
+    assert_eq!((pruned.jobs, pruned.keys), (0, 1));
+    assert_eq!(state(store, done[0].id).await, JobState::Queued);
+    let repeat = submit(store, vec![keyed("long", 3_600_000)], None).await;
+    assert!(repeat[0].duplicate && repeat[0].id == done[1].id);
+}
+
 /// Every check, as a test against one backend: `suite!(name)` runs them against the backend
 /// that `async fn name() -> Backend` opens.
 /// A tenant-scoped submit cannot name another tenant's job, and group names are each
@@ -1247,7 +1481,7 @@ fn bulk(action: BulkAction, filter: ListFilter) -> Bulk {
 
 /// Bulk actions and `List` share the filter (label and submit time too); a bulk action goes
 /// step by step from its cursor, changes only the states it applies to, and a dry run counts
-/// what it would change. Delete keeps what an unfinished job still needs.
+/// what it would change. Delete keeps what another job still needs.
 async fn bulk_actions_step_through_a_filter(b: Backend) {
     let store = &*b.store;
     let labelled = |team: &str| NewJob {
@@ -1407,11 +1641,19 @@ async fn bulk_actions_step_through_a_filter(b: Backend) {
         .cancel(CancelTarget::Job(needer_id), "stop".into())
         .await
         .expect("cancel");
+    // The dependent goes first; its dependency once nothing depends on it any more.
+    let dependent = store
+        .bulk(bulk(BulkAction::Delete, queue_d.clone()))
+        .await
+        .expect("delete");
+    assert_eq!(dependent.changed, 1);
+    assert!(store.get(needer_id).await.expect("get").is_none());
+    assert!(store.get(needed_id).await.expect("get").is_some());
     let deleted = store
         .bulk(bulk(BulkAction::Delete, queue_d))
         .await
         .expect("delete");
-    assert_eq!(deleted.changed, 2);
+    assert_eq!(deleted.changed, 1);
     assert!(store.get(needed_id).await.expect("get").is_none());
     assert!(store.get(needer_id).await.expect("get").is_none());
     assert_eq!(
@@ -1602,6 +1844,19 @@ macro_rules! suite {
                     super::$backend().await,
                 )
                 .await;
+            }
+            #[tokio::test]
+            async fn prune_removes_finished_jobs_past_their_cutoff() {
+                super::prune_removes_finished_jobs_past_their_cutoff(super::$backend().await).await;
+            }
+            #[tokio::test]
+            async fn prune_keeps_dependencies_and_live_or_watched_groups() {
+                super::prune_keeps_dependencies_and_live_or_watched_groups(super::$backend().await)
+                    .await;
+            }
+            #[tokio::test]
+            async fn prune_removes_expired_keys() {
+                super::prune_removes_expired_keys(super::$backend().await).await;
             }
         }
     };

@@ -146,6 +146,17 @@ pub trait Store: Send + Sync + 'static {
     /// The scheduler's own write: it waits for room rather than being refused.
     async fn fire_schedule(&self, fire: Fire) -> Result<Fired>;
 
+    /// Removes one small batch of what retention lets go (see [`Prune`]): finished jobs past
+    /// their state's cutoff with their attempts, checkpoints, dependency edges and keys; groups
+    /// (and their events) left with no job; idempotency keys whose window has passed. Queued and
+    /// running jobs are never removed. A client write (may be `Overloaded`): call it again
+    /// with the cutoffs it returns (`Pruned::next`) until it is `done`.
+    async fn prune(&self, prune: Prune) -> Result<Pruned>;
+
+    /// Gives back to the file system up to `pages` free pages (SQLite's incremental vacuum),
+    /// as one short client write; returns the size of the store after it.
+    async fn vacuum(&self, pages: u32) -> Result<StoreSize>;
+
     /// What the writer has done since start.
     fn writer_stats(&self) -> WriterStats;
 
@@ -387,6 +398,76 @@ pub struct Started {
     pub queued_since_ms: i64,
 }
 
+/// One batch of pruning: what is due, and what must stay.
+#[derive(Debug, Clone)]
+pub struct Prune {
+    /// The terminal states that are pruned, each with its cutoff and where the pass got to.
+    /// A state not named is kept forever.
+    pub cutoffs: Vec<Cutoff>,
+    /// Idempotency keys whose window ended by this time (Unix ms) are removed.
+    pub now_ms: i64,
+    /// The most finished jobs one batch looks at (and expired keys it removes): it bounds the
+    /// transaction's work, however many of the jobs it looks at must stay.
+    pub limit: u32,
+    /// Groups with a `WatchGroup` open on them: their jobs, events and record stay.
+    pub watched: Vec<GroupKey>,
+}
+
+/// One state's jobs that are due: those that ended before `before_ms`, looked at in order of
+/// their end, after position `after` (end time, then submission order) where the last batch
+/// stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    pub state: JobState,
+    pub before_ms: i64,
+    pub after: (i64, i64),
+}
+
+impl Cutoff {
+    /// From the start: every job of `state` that ended before `before_ms`.
+    pub fn new(state: JobState, before_ms: i64) -> Cutoff {
+        Cutoff {
+            state,
+            before_ms,
+            after: (i64::MIN, i64::MIN),
+        }
+    }
+}
+
+/// What one batch of pruning removed, and where to go on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub groups: u64,
+    /// Idempotency keys whose window had passed (a pruned job's own key is not counted).
+    pub keys: u64,
+    /// The next batch's cutoffs: the states not yet looked at to the end, with where this
+    /// batch stopped. Empty (and `done`) once the pass has seen everything due.
+    pub next: Vec<Cutoff>,
+    /// Nothing due is left to look at: the pass is over.
+    pub done: bool,
+    /// How long the batch's own statements took in the store, not counting its commit: what
+    /// it added to the commit it rode in.
+    pub work: std::time::Duration,
+}
+
+impl Pruned {
+    /// Whether it removed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.jobs == 0 && self.groups == 0 && self.keys == 0
+    }
+}
+
+/// How large the store is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSize {
+    /// The database's pages times the page size: the main file's size once the WAL is
+    /// checkpointed (the WAL is not counted: it is reset at each checkpoint).
+    pub bytes: u64,
+    /// Pages free inside the file, that a vacuum can give back.
+    pub free_pages: u64,
+}
+
 /// What a committed batch of transitions did.
 #[derive(Debug, Default)]
 pub struct TransitionOutcome {
@@ -410,7 +491,7 @@ pub struct TransitionOutcome {
 }
 
 /// A group: its name in its tenant's namespace (`""` for no tenant).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GroupKey {
     pub tenant: String,
     pub id: String,
@@ -474,8 +555,8 @@ pub enum BulkAction {
     Cancel,
     /// Put FAILED, CANCELLED and DEADLINE_EXCEEDED jobs back in their queues, as `Requeue`.
     Requeue,
-    /// Delete finished jobs with their attempts. A job that an unfinished job depends on is
-    /// kept (its output is that job's input).
+    /// Delete finished jobs with their attempts. A job that another job depends on is kept
+    /// (its output is that job's input), as retention keeps it.
     Delete,
 }
 

@@ -212,6 +212,8 @@ struct Inner {
     progress_reports: Bounded<QueueLabels, Counter>,
     attempts_detached: Gauge,
     attempts_readopted: Counter,
+    store_bytes: Gauge,
+    pruned_jobs: Counter,
 }
 
 impl Default for Metrics {
@@ -347,6 +349,18 @@ impl Metrics {
                 "Attempts a reconnecting worker held on to and took up again (after a network blip or a coordinator restart)",
                 Counter::default(),
             ),
+            store_bytes: unlabelled(
+                r,
+                "switchyard_store_bytes",
+                "Size of the database: its pages times the page size, which is the main file's size once the WAL is checkpointed (the WAL itself is not counted). Measured at start and after each pruning pass",
+                Gauge::default(),
+            ),
+            pruned_jobs: unlabelled(
+                r,
+                "switchyard_pruned_jobs",
+                "Finished jobs removed by retention (with their attempts and other rows)",
+                Counter::default(),
+            ),
             registry,
         };
         Metrics {
@@ -453,6 +467,16 @@ impl Metrics {
     /// A reconnecting worker took up `attempts` it held.
     pub fn readopted(&self, attempts: u64) {
         self.inner.attempts_readopted.inc_by(attempts);
+    }
+
+    /// Sets the database's size in bytes.
+    pub fn set_store_bytes(&self, bytes: u64) {
+        self.inner.store_bytes.set(saturating_i64(bytes));
+    }
+
+    /// Retention removed `jobs` finished jobs. Call after the commit.
+    pub fn pruned(&self, jobs: u64) {
+        self.inner.pruned_jobs.inc_by(jobs);
     }
 
     /// A running attempt's progress report was stored. Call after the commit.
@@ -640,7 +664,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(typed.len(), 17, "{out}");
+        assert_eq!(typed.len(), 19, "{out}");
         assert!(out.contains("switchyard_progress_reports_total{queue=\"a\"} 2\n"));
         assert!(out.contains("switchyard_jobs_submitted_total{queue=\"a\"} 1\n"));
         assert!(

@@ -6,20 +6,20 @@
 //! out of the action's states), so a cursor by sequence number always advances and a
 //! resumed action neither skips nor repeats a job.
 
-use rusqlite::{Connection, params, params_from_iter, types::Value};
+use rusqlite::{Connection, params_from_iter, types::Value};
 
-use super::{cancel, lifecycle, read, writer::savepoint};
+use super::{cancel, lifecycle, prune, read, writer::savepoint};
 use crate::{
     domain::{JobId, JobState},
     error::{Error, Result},
     store::{Bulk, BulkAction, BulkDone, CancelTarget, Cancelled},
 };
 
-/// A finished job is deleted only if nothing unfinished needs it: no queued or running job
-/// depends on it (its output is their input) or is its parent.
+/// A finished job is deleted only if nothing needs it, as retention decides
+/// (`prune.rs`): no job depends on it (its output is a dependent's input, also for a
+/// dependent requeued later), and its parent no longer runs.
 const DELETABLE: &str =
-    " AND NOT EXISTS (SELECT 1 FROM dependencies d JOIN jobs w ON w.id = d.job_id
-        WHERE d.depends_on = jobs.id AND w.state IN (10, 20))
+    " AND NOT EXISTS (SELECT 1 FROM dependencies d WHERE d.depends_on = jobs.id)
     AND (jobs.parent_job_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs p
         WHERE p.id = jobs.parent_job_id AND p.state IN (10, 20)))";
 
@@ -123,7 +123,7 @@ pub(super) fn apply(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
                 Err(err) => return Err(err),
             },
             BulkAction::Delete => {
-                delete(conn, seq, id)?;
+                prune::remove(conn, seq)?;
                 true
             }
         };
@@ -145,30 +145,4 @@ fn absorb(into: &mut Option<Cancelled>, mut more: Cancelled) {
     if let Some(all) = into {
         all.state = Some(JobState::Cancelled);
     }
-}
-
-/// Deletes a finished job and everything kept for it: its attempts, its checkpoint, its
-/// dependency edges and the idempotency key that named it. Its group keeps its counts.
-pub(super) fn delete(conn: &Connection, seq: i64, id: JobId) -> Result<()> {
-    conn.prepare_cached("DELETE FROM attempts WHERE job_seq = ?1")?
-        .execute(params![seq])?;
-    conn.prepare_cached("DELETE FROM job_checkpoints WHERE job_seq = ?1")?
-        .execute(params![seq])?;
-    // By primary key (depends_on, job_id): the edges to its dependents, then its own, which
-    // its `depends_on` column lists.
-    conn.prepare_cached("DELETE FROM dependencies WHERE depends_on = ?1")?
-        .execute(params![id])?;
-    conn.prepare_cached(
-        "DELETE FROM dependencies WHERE job_id = ?1 AND depends_on IN
-            (SELECT value FROM json_each((SELECT depends_on FROM jobs WHERE seq = ?2)))",
-    )?
-    .execute(params![id, seq])?;
-    conn.prepare_cached(
-        "DELETE FROM idempotency_keys WHERE job_id = ?1 AND (queue, tenant_key, key) =
-            (SELECT queue, coalesce(tenant_id, ''), idempotency_key FROM jobs WHERE seq = ?2)",
-    )?
-    .execute(params![id, seq])?;
-    conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
-        .execute(params![seq])?;
-    Ok(())
 }

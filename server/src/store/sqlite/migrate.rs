@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0007_progress.sql"),
     include_str!("../../../../migrations/sqlite/0008_attempt_timeouts.sql"),
     include_str!("../../../../migrations/sqlite/0009_dependencies_by_job.sql"),
+    include_str!("../../../../migrations/sqlite/0010_retention.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

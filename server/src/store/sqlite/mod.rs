@@ -6,7 +6,7 @@
 //! the writer always serves first and that never refuses, so client submits cannot starve
 //! dispatch. The SQL of each operation lives beside it: `submit.rs`, `cancel.rs`,
 //! `lifecycle.rs` (starts, finishes, recovery), `progress.rs` (what running attempts report),
-//! `read.rs`. Reads go to a small pool of read-only connections that WAL lets run beside the
+//! `prune.rs` (retention and incremental vacuum), `read.rs`. Reads go to a small pool of read-only connections that WAL lets run beside the
 //! writer.
 
 mod bulk;
@@ -14,6 +14,7 @@ mod cancel;
 mod lifecycle;
 mod migrate;
 mod progress;
+mod prune;
 mod read;
 mod schedules;
 mod submit;
@@ -32,8 +33,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     Bulk, BulkDone, CancelTarget, Cancelled, DeadLetterGroup, Fire, Fired, ListFilter, ListPage,
-    MinuteCount, ProgressReport, Progressed, Recovered, Store, StoreConfig, Submit, Submitted,
-    SyncMode, TransitionOutcome, Transitions, WriterStats,
+    MinuteCount, ProgressReport, Progressed, Prune, Pruned, Recovered, Store, StoreConfig,
+    StoreSize, Submit, Submitted, SyncMode, TransitionOutcome, Transitions, WriterStats,
 };
 use crate::{
     domain::{
@@ -66,7 +67,9 @@ impl SqliteStore {
     /// Opens (creating if missing) the database, applies migrations and starts the writer.
     pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<SqliteStore> {
         let mut conn = open_connection(config, false)?;
+        incremental_vacuum(&conn, config)?;
         migrate::run(&mut conn)?;
+        metrics.set_store_bytes(prune::size(&conn)?.bytes);
         let readers = read::Readers::open(config, config.readers.max(1))?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
@@ -307,6 +310,15 @@ impl Store for SqliteStore {
         .await?
     }
 
+    async fn prune(&self, prune: Prune) -> Result<Pruned> {
+        // A client write: housekeeping waits its turn behind the submits already queued.
+        self.call(|reply| Command::Prune { prune, reply }).await?
+    }
+
+    async fn vacuum(&self, pages: u32) -> Result<StoreSize> {
+        self.call(|reply| Command::Vacuum { pages, reply }).await?
+    }
+
     fn writer_stats(&self) -> WriterStats {
         self.counters.snapshot()
     }
@@ -365,6 +377,44 @@ impl Counters {
     }
 }
 
+/// Largest database (bytes) that is rewritten at open to switch it to incremental vacuum;
+/// a larger one is left as it is, with a warning, since `VACUUM` copies the whole file.
+const VACUUM_SWITCH_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Makes sure pages freed by pruning can be given back (`auto_vacuum = INCREMENTAL`). A new
+/// database has it from the start (`open_connection` sets it before the first table exists).
+/// One created before retention has to be rewritten once by `VACUUM` to switch: done here
+/// while the file is small (a quick copy), otherwise left to the operator (pruning still
+/// reuses the freed pages inside the file, it just never shrinks it).
+fn incremental_vacuum(conn: &Connection, config: &StoreConfig) -> Result<()> {
+    let wrap = |source| Error::Open {
+        path: config.path.display().to_string(),
+        source,
+    };
+    // 0 none, 1 full, 2 incremental.
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+        .map_err(wrap)?;
+    if mode == 2 {
+        return Ok(());
+    }
+    let size = prune::size(conn)?.bytes;
+    if size <= VACUUM_SWITCH_MAX_BYTES {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(wrap)?;
+        conn.execute_batch("VACUUM").map_err(wrap)?;
+        tracing::info!(bytes = size, "database switched to incremental vacuum");
+    } else {
+        tracing::warn!(
+            bytes = size,
+            "the database predates incremental vacuum: pruned space is reused but the file \
+             will not shrink; switch it once, with the coordinator stopped, by running \
+             `PRAGMA auto_vacuum = INCREMENTAL; VACUUM;` in sqlite3"
+        );
+    }
+    Ok(())
+}
+
 /// Opens one connection with the per-connection pragmas on it.
 fn open_connection(config: &StoreConfig, read_only: bool) -> Result<Connection> {
     let (path, sync) = (config.path.as_path(), config.sync);
@@ -382,6 +432,10 @@ fn open_connection(config: &StoreConfig, read_only: bool) -> Result<Connection> 
     let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
     conn.busy_timeout(config.busy_timeout).map_err(wrap)?;
     if !read_only {
+        // Before anything else touches a new file: auto_vacuum can only be chosen before the
+        // first table is created (on an existing database this does nothing until a VACUUM).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(wrap)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(wrap)?;
         // Each command runs in a savepoint, whose statement journal (what undoes that one

@@ -13,13 +13,13 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Counters, bulk, cancel, lifecycle, progress, schedules, submit};
+use super::{Counters, bulk, cancel, lifecycle, progress, prune, schedules, submit};
 use crate::{
     domain::{JobId, NewSchedule, Quota, ReadyJob, ScheduleKey, now_ms},
     error::{Error, Result, StoreFault},
     store::{
-        Bulk, BulkDone, CancelTarget, Cancelled, Fire, Fired, ProgressReport, Progressed, Submit,
-        Submitted, TransitionOutcome, Transitions,
+        Bulk, BulkDone, CancelTarget, Cancelled, Fire, Fired, ProgressReport, Progressed, Prune,
+        Pruned, StoreSize, Submit, Submitted, TransitionOutcome, Transitions,
     },
     telemetry::{Metrics, Tally},
 };
@@ -74,6 +74,16 @@ pub(super) enum Command {
     /// A small real write: can the store commit again?
     Probe {
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// One small batch of retention.
+    Prune {
+        prune: Prune,
+        reply: oneshot::Sender<Result<Pruned>>,
+    },
+    /// Gives back up to `pages` free pages.
+    Vacuum {
+        pages: u32,
+        reply: oneshot::Sender<Result<StoreSize>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -145,6 +155,8 @@ enum Pending {
     Recover(oneshot::Sender<Result<Recovering>>, Result<Recovering>),
     Fire(oneshot::Sender<Result<Fired>>, Result<Fired>),
     Probe(oneshot::Sender<Result<()>>, Result<()>),
+    Prune(oneshot::Sender<Result<Pruned>>, Result<Pruned>),
+    Vacuum(oneshot::Sender<Result<StoreSize>>, Result<StoreSize>),
     Close(oneshot::Sender<()>),
 }
 
@@ -198,6 +210,8 @@ impl Pending {
             Pending::Recover(tx, r) => answer(tx, r, commit),
             Pending::Fire(tx, r) => answer(tx, r, commit),
             Pending::Probe(tx, r) => answer(tx, r, commit),
+            Pending::Prune(tx, r) => answer(tx, r, commit),
+            Pending::Vacuum(tx, r) => answer(tx, r, commit),
             Pending::Close(tx) => drop(tx.send(())),
         }
     }
@@ -214,6 +228,8 @@ impl Pending {
             Pending::Recover(_, r) => fault_of(r),
             Pending::Fire(_, r) => fault_of(r),
             Pending::Probe(_, r) => fault_of(r),
+            Pending::Prune(_, r) => fault_of(r),
+            Pending::Vacuum(_, r) => fault_of(r),
             Pending::Close(_) => None,
         }
     }
@@ -269,10 +285,19 @@ fn commit_batch(
     counters: &Counters,
     metrics: &Metrics,
 ) -> Option<StoreFault> {
-    // Taking stock at start, and probing, are the store's own work, not anyone's commands.
+    // Taking stock at start, probing and housekeeping (pruning, vacuum) are the store's own
+    // work, not anyone's commands.
     let commands = batch
         .iter()
-        .filter(|c| !matches!(c, Command::Recover { .. } | Command::Probe { .. }))
+        .filter(|c| {
+            !matches!(
+                c,
+                Command::Recover { .. }
+                    | Command::Probe { .. }
+                    | Command::Prune { .. }
+                    | Command::Vacuum { .. }
+            )
+        })
         .count() as u64;
     let mut rows = 0u64;
     // Held until the commit: a command that rolls back, or a failed commit, counts nothing.
@@ -398,6 +423,13 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             Pending::Fire(reply, result)
         }
         Command::Probe { reply } => Pending::Probe(reply, savepoint(conn, probe)),
+        // Deletions: not rows written.
+        Command::Prune { prune, reply } => {
+            Pending::Prune(reply, savepoint(conn, |c| prune::prune(c, &prune)))
+        }
+        Command::Vacuum { pages, reply } => {
+            Pending::Vacuum(reply, savepoint(conn, |c| prune::vacuum(c, pages)))
+        }
         Command::Close { reply } => Pending::Close(reply),
     }
 }
@@ -439,6 +471,8 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
         Command::Recover { reply } => Pending::Recover(reply, Ok(Default::default())),
         Command::Fire { reply, .. } => Pending::Fire(reply, Ok(Fired::Stale)),
         Command::Probe { reply } => Pending::Probe(reply, Ok(())),
+        Command::Prune { reply, .. } => Pending::Prune(reply, Ok(Pruned::default())),
+        Command::Vacuum { reply, .. } => Pending::Vacuum(reply, Ok(StoreSize::default())),
         Command::Close { reply } => Pending::Close(reply),
     };
     pending.send(err);
