@@ -37,11 +37,11 @@ const MIN_BATCH: u32 = 16;
 
 /// How long one batch's statements should take in the store: what a submit that shares its
 /// commit waits for it at worst, beside the commit itself.
-pub const BATCH_TARGET: Duration = Duration::from_millis(4);
+pub const BATCH_TARGET: Duration = Duration::from_millis(1);
 
-/// Free pages one vacuum step gives back at most (1 MiB of 4 KiB pages): each moved page is
+/// Free pages one vacuum step gives back at most (256 KiB of 4 KiB pages): each moved page is
 /// written again, so a step is kept about as short as a pruning batch.
-const VACUUM_STEP: u32 = 256;
+const VACUUM_STEP: u32 = 64;
 
 /// How long to wait before trying again when the write queue is full.
 const BUSY_BACKOFF: Duration = Duration::from_millis(50);

@@ -255,9 +255,17 @@ async fn the_database_stops_growing_under_steady_load() {
     let warm = sizes[..WARM_UP].iter().copied().fold(0.0, f64::max);
     let later = sizes[WARM_UP..].iter().copied().fold(0.0, f64::max);
     // One round is ~1 MiB of payloads, outputs and rows; twelve would be 12 MiB without
-    // pruning.
+    // pruning. A size is measured at the end of a pass, which can come while the next round
+    // is still running (not yet due): so a reading may hold one round more than was pruned
+    // (seen in CI: one reading of 1.1 MiB among 124 KiB ones). Growth would pass that by
+    // several rounds.
+    const ONE_ROUND: f64 = 1.5 * 1024.0 * 1024.0;
     assert!(
-        later <= warm + 512.0 * 1024.0,
+        later <= warm + ONE_ROUND,
         "the store grew after the warm-up: {sizes:?}"
+    );
+    assert!(
+        later < 4.0 * ONE_ROUND,
+        "the store holds more than a few rounds: {sizes:?}"
     );
 }

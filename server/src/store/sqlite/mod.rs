@@ -61,6 +61,50 @@ pub struct SqliteStore {
     counters: Arc<Counters>,
     health: watch::Receiver<Option<crate::error::StoreFault>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    checkpointer: Arc<Mutex<Option<Checkpointer>>>,
+}
+
+/// How often the checkpointer copies what the WAL holds into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// The writer checkpoints itself only past this many WAL pages (SQLite's default is 1,000):
+/// a backstop for a checkpointer that cannot keep up (a reader holding an old snapshot).
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
+/// WAL checkpoints off the writer's path: a thread of its own with its own connection runs a
+/// PASSIVE checkpoint (which never blocks the writer) every [`CHECKPOINT_EVERY`]. Left to the
+/// writer, a checkpoint (copy a thousand pages and fsync the database file) ran inside some
+/// commit every few megabytes of WAL, and every write queued behind that commit waited for it:
+/// the submit p99 while retention deletes a million rows (issue 15).
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(config: &StoreConfig) -> Result<Checkpointer> {
+        let conn = open_connection(config, false)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("switchyard-checkpoint".into())
+            .spawn(move || {
+                // A message or a closed channel both mean stop.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(err) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(cause = %err, "store: checkpoint failed; the next one retries");
+                    }
+                }
+            })?;
+        Ok(Checkpointer { stop, handle })
+    }
+
+    fn stop(self) -> std::thread::Result<()> {
+        let _ = self.stop.send(());
+        self.handle.join()
+    }
 }
 
 impl SqliteStore {
@@ -77,6 +121,8 @@ impl SqliteStore {
         let thread_counters = counters.clone();
         let (health_tx, health) = watch::channel(None);
         metrics.set_store_healthy(true);
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
+        let checkpointer = Checkpointer::start(config)?;
         let handle = std::thread::Builder::new()
             .name("switchyard-writer".into())
             .spawn(move || {
@@ -98,6 +144,7 @@ impl SqliteStore {
             counters,
             health,
             writer: Arc::new(Mutex::new(Some(handle))),
+            checkpointer: Arc::new(Mutex::new(Some(checkpointer))),
         })
     }
 
@@ -344,6 +391,17 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?
                 .map_err(|_| Error::Io(std::io::Error::other("writer thread panicked")))?;
+        }
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .map_err(|_| Error::Corrupt("checkpointer handle lock poisoned".into()))?
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            tokio::task::spawn_blocking(move || checkpointer.stop())
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+                .map_err(|_| Error::Io(std::io::Error::other("checkpoint thread panicked")))?;
         }
         self.readers.close();
         Ok(())
