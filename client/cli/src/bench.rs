@@ -185,18 +185,28 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
+    drive_while(concurrency.min(count), move |i| i < count, op).await
+}
+
+/// Calls `op` with `concurrency` in flight, timing each, while `go` says so of the next
+/// call's number.
+async fn drive_while<G, F, Fut>(concurrency: u64, go: G, op: F) -> Measure
+where
+    G: Fn(u64) -> bool + Clone + Send + 'static,
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let start = Instant::now();
-    for _ in 0..concurrency.min(count) {
-        let next = next.clone();
-        let op = op.clone();
+    for _ in 0..concurrency {
+        let (next, go, op) = (next.clone(), go.clone(), op.clone());
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as u64;
-                if i >= count {
+                if !go(i) {
                     break;
                 }
                 let t = Instant::now();
@@ -213,8 +223,7 @@ where
             (latencies, errors)
         });
     }
-    let mut latencies = Vec::with_capacity(count as usize);
-    let mut errors = 0;
+    let (mut latencies, mut errors) = (Vec::new(), 0);
     while let Some(done) = tasks.join_next().await {
         if let Ok((l, e)) = done {
             latencies.extend(l);
@@ -224,7 +233,7 @@ where
     let elapsed = start.elapsed();
     latencies.sort_unstable();
     Measure {
-        calls: count,
+        calls: latencies.len() as u64 + errors,
         errors,
         elapsed,
         latencies,
@@ -814,44 +823,19 @@ fn parked(i: u64) -> JobSpec {
 
 /// `Submit`s of parked jobs, `concurrency` in flight, until `stop` is raised.
 async fn submits_until(client: &Client, concurrency: u64, stop: Arc<AtomicBool>) -> Measure {
-    let mut tasks = JoinSet::new();
-    let start = Instant::now();
-    for task in 0..concurrency {
-        let (client, stop) = (client.clone(), stop.clone());
-        tasks.spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0u64);
-            let mut i = task << 32;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                match client.submit(parked(i)).await {
-                    Ok(_) => latencies.push(t.elapsed()),
-                    Err(err) => {
-                        errors += 1;
-                        if errors == 1 {
-                            tracing::warn!(cause = %err, "call failed");
-                        }
-                    }
-                }
-                i += 1;
+    let client = client.clone();
+    drive_while(
+        concurrency,
+        move |_| !stop.load(Ordering::Relaxed),
+        move |i| {
+            let client = client.clone();
+            async move {
+                client.submit(parked(i)).await?;
+                Ok(())
             }
-            (latencies, errors)
-        });
-    }
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    while let Some(done) = tasks.join_next().await {
-        if let Ok((l, e)) = done {
-            latencies.extend(l);
-            errors += e;
-        }
-    }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    Measure {
-        calls: latencies.len() as u64 + errors,
-        errors,
-        elapsed,
-        latencies,
-    }
+        },
+    )
+    .await
 }
 
 /// How many old jobs are left.

@@ -299,18 +299,8 @@ impl AdminService for AdminApi {
                     .map_err(|_| Error::invalid(format!("job_ids[{i}]"), "is not a job id"))
             })
             .collect::<Result<Vec<_>>>()?;
-        if req.reason.len() > 1024 {
-            return Err(Error::invalid("reason", "must be at most 1024 bytes").into());
-        }
-        let fields = validate::FilterFields {
-            queue: &req.queue,
-            state: req.state,
-            kind: &req.kind,
-            label: &req.label,
-            tenant_id: &req.tenant_id,
-            submitted_after: req.submitted_after.as_ref(),
-            submitted_before: req.submitted_before.as_ref(),
-        };
+        validate::reason(&req.reason)?;
+        let fields = validate::filter_fields!(req);
         let filter = ListFilter {
             after_seq: parse_page_token("cursor", &req.cursor)?,
             page_size: limit,

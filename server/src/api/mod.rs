@@ -765,15 +765,7 @@ impl JobService for JobApi {
                 }
             },
         };
-        let fields = validate::FilterFields {
-            queue: &req.queue,
-            state: req.state,
-            kind: &req.kind,
-            label: &req.label,
-            tenant_id: &req.tenant_id,
-            submitted_after: req.submitted_after.as_ref(),
-            submitted_before: req.submitted_before.as_ref(),
-        };
+        let fields = validate::filter_fields!(req);
         let filter = ListFilter {
             group_id: validate::optional_name("group_id", &req.group_id)?,
             parent_job_id,
@@ -941,9 +933,7 @@ impl JobService for JobApi {
             Some(Target::GroupId(id)) if !id.is_empty() => Target::GroupId(id),
             _ => return Err(Error::invalid("target", "set job_id or group_id").into()),
         };
-        if req.reason.len() > 1024 {
-            return Err(Error::invalid("reason", "must be at most 1024 bytes").into());
-        }
+        validate::reason(&req.reason)?;
         let reason = if req.reason.is_empty() {
             "cancelled by request".to_owned()
         } else {

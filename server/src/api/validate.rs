@@ -58,6 +58,31 @@ pub fn optional_name(field: &str, value: &str) -> Result<Option<String>> {
     Ok(Some(value.to_owned()))
 }
 
+/// A cancel's `reason` (`Cancel`, `Bulk`): at most 1 KiB.
+pub fn reason(reason: &str) -> Result<()> {
+    if reason.len() > 1024 {
+        return Err(Error::invalid("reason", "must be at most 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// The [`FilterFields`] of a request that spells the filter with `List`'s field names
+/// (`ListRequest`, `BulkRequest`).
+macro_rules! filter_fields {
+    ($req:expr) => {
+        $crate::api::validate::FilterFields {
+            queue: &$req.queue,
+            state: $req.state,
+            kind: &$req.kind,
+            label: &$req.label,
+            tenant_id: &$req.tenant_id,
+            submitted_after: $req.submitted_after.as_ref(),
+            submitted_before: $req.submitted_before.as_ref(),
+        }
+    };
+}
+pub(crate) use filter_fields;
+
 /// The job filter that `List` and `Bulk` share, as the request spells it.
 #[derive(Debug, Clone, Copy)]
 pub struct FilterFields<'a> {

@@ -302,12 +302,7 @@ pub(super) async fn jobs(State(console): State<Console>, headers: HeaderMap, uri
                 }
             }
             label { "kind " input name="kind" value=(value("kind")); }
-            @if caller.scope().is_none() {
-                label { "tenant " input name="tenant" value=(value("tenant")); }
-            }
-            label { "label " input name="label" placeholder="key=value" value=(value("label")); }
-            label { "submitted after " input name="after" type="datetime-local" value=(value("after")); }
-            label { "before " input name="before" type="datetime-local" value=(value("before")); }
+            (tenant_label_time_inputs(&caller, &params))
             button type="submit" { "Filter" }
         }
         (jobs_table(&jobs, None))
@@ -699,12 +694,7 @@ pub(super) async fn dead_letters(
         form.filters method="get" action="/dead-letters" {
             label { "queue " input name="queue" value=(value("queue")); }
             label { "kind " input name="kind" value=(value("kind")); }
-            @if caller.scope().is_none() {
-                label { "tenant " input name="tenant" value=(value("tenant")); }
-            }
-            label { "label " input name="label" placeholder="key=value" value=(value("label")); }
-            label { "submitted after " input name="after" type="datetime-local" value=(value("after")); }
-            label { "before " input name="before" type="datetime-local" value=(value("before")); }
+            (tenant_label_time_inputs(&caller, &params))
             button type="submit" { "Filter" }
         }
         form #bulk method="post" action="/dead-letters/bulk" {
@@ -735,6 +725,20 @@ pub(super) async fn dead_letters(
         }
     };
     Ok(page(&console, &caller, "Dead letters", content))
+}
+
+/// The filter inputs the jobs and dead-letter pages share: tenant (for a caller who sees
+/// every tenant), label and submit time, filled in from the page's query.
+fn tenant_label_time_inputs(caller: &Caller, params: &Params) -> Markup {
+    let value = |key: &str| params.get(key).unwrap_or("").to_owned();
+    html! {
+        @if caller.scope().is_none() {
+            label { "tenant " input name="tenant" value=(value("tenant")); }
+        }
+        label { "label " input name="label" placeholder="key=value" value=(value("label")); }
+        label { "submitted after " input name="after" type="datetime-local" value=(value("after")); }
+        label { "before " input name="before" type="datetime-local" value=(value("before")); }
+    }
 }
 
 // --- login ------------------------------------------------------------------------------------

@@ -28,25 +28,41 @@ const DELETABLE: &str =
 fn candidates(bulk: &Bulk, states: &[JobState]) -> (String, Vec<Value>) {
     let mut sql = String::from(" WHERE seq > ?");
     let mut args = vec![Value::Integer(bulk.filter.after_seq)];
-    sql.push_str(" AND state IN (");
-    for (i, state) in states.iter().enumerate() {
-        sql.push_str(if i == 0 { "?" } else { ", ?" });
-        args.push(Value::Integer(state.code()));
-    }
-    sql.push(')');
+    in_list(
+        &mut sql,
+        &mut args,
+        " AND state",
+        states.iter().map(|s| Value::Integer(s.code())),
+    );
     read::matching(&bulk.filter, &mut sql, &mut args);
     if !bulk.ids.is_empty() {
-        sql.push_str(" AND id IN (");
-        for (i, id) in bulk.ids.iter().enumerate() {
-            sql.push_str(if i == 0 { "?" } else { ", ?" });
-            args.push(Value::Text(id.to_string()));
-        }
-        sql.push(')');
+        in_list(
+            &mut sql,
+            &mut args,
+            " AND id",
+            bulk.ids.iter().map(|id| Value::Text(id.to_string())),
+        );
     }
     if bulk.action == BulkAction::Delete {
         sql.push_str(DELETABLE);
     }
     (sql, args)
+}
+
+/// Appends `<column> IN (?, …)` with `values` as its arguments.
+fn in_list(
+    sql: &mut String,
+    args: &mut Vec<Value>,
+    column: &str,
+    values: impl Iterator<Item = Value>,
+) {
+    sql.push_str(column);
+    sql.push_str(" IN (");
+    for (i, value) in values.enumerate() {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+        args.push(value);
+    }
+    sql.push(')');
 }
 
 /// A dry run: how many jobs from the cursor on the action would change.

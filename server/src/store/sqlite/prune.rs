@@ -72,6 +72,21 @@ struct Due {
     depends_on: Option<String>,
 }
 
+impl Due {
+    /// `seq, id, queue, tenant key, idempotency key, group, depends_on`, in that order.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Due> {
+        Ok(Due {
+            seq: row.get(0)?,
+            id: row.get(1)?,
+            queue: row.get(2)?,
+            tenant_key: row.get(3)?,
+            key: row.get(4)?,
+            group: row.get(5)?,
+            depends_on: row.get(6)?,
+        })
+    }
+}
+
 /// One batch: looks at up to `prune.limit` due jobs (removing those nothing keeps) and
 /// removes up to as many expired keys. Bounded by what it looks at, not by what it removes,
 /// so that many due jobs that must stay (a large group still running) cost each batch no more.
@@ -104,17 +119,7 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
         for &(seq, _) in &due {
             let Some(job) = conn
                 .prepare_cached(UNLESS_KEPT)?
-                .query_row(params![seq, watched], |row| {
-                    Ok(Due {
-                        seq: row.get(0)?,
-                        id: row.get(1)?,
-                        queue: row.get(2)?,
-                        tenant_key: row.get(3)?,
-                        key: row.get(4)?,
-                        group: row.get(5)?,
-                        depends_on: row.get(6)?,
-                    })
-                })
+                .query_row(params![seq, watched], Due::from_row)
                 .optional()?
             else {
                 continue;
@@ -164,20 +169,10 @@ pub(super) fn prune(conn: &Connection, prune: &Prune) -> Result<Pruned> {
 pub(super) fn remove(conn: &Connection, seq: i64) -> Result<()> {
     let job = conn
         .prepare_cached(
-            "SELECT seq, id, queue, coalesce(tenant_id, ''), idempotency_key, group_id, depends_on
-             FROM jobs WHERE seq = ?1",
+            "SELECT j.seq, j.id, j.queue, coalesce(j.tenant_id, ''), j.idempotency_key, j.group_id,
+                j.depends_on FROM jobs j WHERE j.seq = ?1",
         )?
-        .query_row(params![seq], |row| {
-            Ok(Due {
-                seq: row.get(0)?,
-                id: row.get(1)?,
-                queue: row.get(2)?,
-                tenant_key: row.get(3)?,
-                key: row.get(4)?,
-                group: row.get(5)?,
-                depends_on: row.get(6)?,
-            })
-        })
+        .query_row(params![seq], Due::from_row)
         .optional()?;
     match job {
         Some(job) => remove_job(conn, &job),
