@@ -460,3 +460,31 @@ async fn a_submit_flood_does_not_stop_dispatch() {
         "a scheduler commit was refused behind client submits:\n{log}"
     );
 }
+
+/// A job's path costs at most three commits, as the design says: its submit, the start of
+/// its attempt and its result (concurrent work shares them). Counted through `Stats`, so a
+/// change that adds a commit to the path fails here.
+#[tokio::test]
+async fn a_jobs_path_costs_at_most_three_commits() {
+    const JOBS: u64 = 20;
+    // Housekeeping (pruning, probes) is the store's own work and not counted as commits.
+    let coordinator = Coordinator::start().await;
+    let client = connect(&coordinator).await;
+    let _worker = Worker::start(&coordinator.url(), &["--queues", "path"]).await;
+    let before = stats(&client).await.store.expect("store stats");
+    for i in 0..JOBS {
+        let job = JobSpec::new("path", "echo").payload(format!("{i}"));
+        let done = client
+            .run(job, Some(std::time::Duration::from_secs(30)))
+            .await
+            .expect("run");
+        assert_eq!(done.state(), JobState::Succeeded);
+    }
+    let after = stats(&client).await.store.expect("store stats");
+    let commits = after.commits - before.commits;
+    assert!(
+        commits <= 3 * JOBS,
+        "{commits} commits for {JOBS} jobs run one after another: more than submit, start and result ({after:?})"
+    );
+    assert!(commits >= JOBS, "each submit commits: {commits} for {JOBS}");
+}

@@ -19,6 +19,8 @@ use switchyard_telemetry::logging::Format as LogFormat;
 use tokio::task::JoinSet;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+mod scale;
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -43,6 +45,10 @@ enum BenchCommand {
     /// all past their retention), then `Submit` latency while the coordinator's pruner
     /// removes them, against the same submits on the same database with pruning off.
     Prune(PruneBench),
+    /// Scale: memory per queued job with `--queued` jobs waiting, a restart (SIGKILL, start
+    /// again) with them, dispatch rate at that depth against a shallow queue in the same run,
+    /// and `Stats`/`List`/`Get` latency over `--finished` finished jobs (written with SQL).
+    Scale(scale::ScaleBench),
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +253,7 @@ pub async fn run(args: BenchArgs, json_out: bool, log_format: LogFormat) -> anyh
         BenchCommand::Quota(bench) => fleet(bench, true, json_out, log_format).await,
         BenchCommand::E2e(bench) => e2e(bench, json_out, log_format).await,
         BenchCommand::Prune(bench) => prune(bench, json_out, log_format).await,
+        BenchCommand::Scale(bench) => scale::scale(bench, json_out, log_format).await,
     }
 }
 
@@ -289,6 +296,22 @@ impl Fleet {
         let mut fleet = Fleet::coordinator(args, log_format).await?;
         fleet.add_workers(args).await?;
         Ok(fleet)
+    }
+
+    /// A fleet around a coordinator started elsewhere (at `url`), whose database is in `dir`.
+    fn around(
+        coordinator: crate::dev::Process,
+        url: String,
+        log_format: LogFormat,
+        dir: tempfile::TempDir,
+    ) -> Fleet {
+        Fleet {
+            coordinator,
+            workers: Vec::new(),
+            url,
+            log_format,
+            _dir: dir,
+        }
     }
 
     /// The coordinator alone, on a fresh database.
@@ -781,15 +804,27 @@ const PRUNE_TARGET_P99_MS: f64 = 10.0;
 const OLD_MS: i64 = 2 * 24 * 3600 * 1000;
 
 /// Writes `count` succeeded jobs (each with one attempt) that ended two days ago straight into
-/// the database, in one transaction. The schema is the coordinator's (it made the file); the
-/// bench writes only the columns a finished job needs.
+/// the database, in one transaction.
 fn fill_old_jobs(db: &std::path::Path, count: u64) -> anyhow::Result<()> {
+    fill_finished_jobs(db, count, OLD_MS)
+}
+
+/// The id of the `n`-th job [`fill_finished_jobs`] wrote: distinct, well-formed UUIDv7-shaped
+/// ids in order.
+fn old_job_id(n: u64) -> String {
+    format!("00000000-0000-7000-8000-{:012x}", n & 0xffff_ffff_ffff)
+}
+
+/// Writes `count` succeeded jobs of queue `old` (each with one attempt) that ended `age_ms`
+/// ago straight into the database, in one transaction. The schema is the coordinator's (it
+/// made the file); the bench writes only the columns a finished job needs.
+fn fill_finished_jobs(db: &std::path::Path, count: u64, age_ms: i64) -> anyhow::Result<()> {
     let mut conn = rusqlite::Connection::open(db).context("open the bench database")?;
     let tx = conn.transaction()?;
     let ended = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64
-        - OLD_MS;
+        - age_ms;
     {
         let mut job = tx.prepare(
             "INSERT INTO jobs (id, queue, kind, payload, max_attempts, state, attempt,
@@ -801,14 +836,9 @@ fn fill_old_jobs(db: &std::path::Path, count: u64) -> anyhow::Result<()> {
             "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms, finished_at_ms,
                 outcome) VALUES (?1, 1, 'bench-worker', ?2, ?3, 20 /* succeeded */)",
         )?;
-        for i in 0..count as i64 {
-            // Distinct, well-formed UUIDv7-shaped ids in order.
-            let id = format!(
-                "00000000-0000-7000-8000-{:012x}",
-                i as u64 & 0xffff_ffff_ffff
-            );
-            let at = ended - 1000 + (i % 1000);
-            job.execute(rusqlite::params![id, at - 1, at])?;
+        for i in 0..count {
+            let at = ended - 1000 + (i % 1000) as i64;
+            job.execute(rusqlite::params![old_job_id(i), at - 1, at])?;
             attempt.execute(rusqlite::params![tx.last_insert_rowid(), at - 1, at])?;
         }
     }

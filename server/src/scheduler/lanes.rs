@@ -1,10 +1,15 @@
 //! Ready jobs, waiting for a worker: one lane per (queue, kind), and within it a sub-queue per
 //! fairness bucket (tenant and concurrency key) served round-robin, so that one tenant's (or
 //! key's) backlog does not delay another's; in priority order within each bucket.
+//!
+//! A deep queue is mostly this structure, so a job here is kept small: its lane and bucket
+//! are shared (`Arc`) by every job in them, and each job keeps only what they do not say
+//! (its [`Entry`]); the [`ReadyJob`] is put back together when it leaves.
 
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap},
+    sync::Arc,
 };
 
 use crate::domain::{JobId, ReadyJob};
@@ -12,47 +17,77 @@ use crate::domain::{JobId, ReadyJob};
 /// Order within a bucket: higher priority, then earlier `run_at`, then submission order.
 pub(crate) type Order = (Reverse<i32>, i64, i64);
 
-/// The fairness bucket of a job within its lane: its tenant and concurrency key.
+/// The fairness bucket of a job within its lane: its tenant and concurrency key (empty for
+/// none).
 pub(crate) type Bucket = (String, String);
 
 /// A lane: the jobs of one (queue, kind).
 pub(crate) type LaneKey = (String, String);
 
+/// What a lane keeps of a job beyond its lane, bucket and order.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: JobId,
+    deadline_ms: Option<i64>,
+    weight: u32,
+    attempt: u32,
+}
+
 /// Where a ready job sits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Place {
-    pub lane: LaneKey,
-    pub bucket: Bucket,
-    pub order: Order,
+#[derive(Debug, Clone)]
+struct Place {
+    lane: Arc<LaneKey>,
+    bucket: Arc<Bucket>,
+    order: Order,
+}
+
+/// The head of a bucket, as `best` shows it to the caller's checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Head<'a> {
+    pub queue: &'a str,
+    pub tenant_id: Option<&'a str>,
+    pub concurrency_key: Option<&'a str>,
+    pub weight: u32,
+}
+
+impl Head<'_> {
+    /// The quota scopes that apply to it.
+    pub(crate) fn scopes(&self) -> Vec<String> {
+        crate::domain::scopes(self.queue, self.concurrency_key, self.tenant_id)
+    }
+}
+
+fn some(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 #[derive(Debug, Default)]
 struct Lane {
-    buckets: BTreeMap<Bucket, BTreeMap<Order, ReadyJob>>,
+    buckets: BTreeMap<Arc<Bucket>, BTreeMap<Order, Entry>>,
     /// The bucket served last: the next pick looks at the ones after it first.
-    last: Option<Bucket>,
+    last: Option<Arc<Bucket>>,
 }
 
 impl Lane {
     /// Buckets in round-robin order, starting after the last one served.
-    fn rotation(&self) -> Vec<&Bucket> {
-        let keys: Vec<&Bucket> = self.buckets.keys().collect();
-        let start = match &self.last {
-            Some(last) => keys.partition_point(|k| *k <= last),
-            None => 0,
-        };
-        keys[start..]
-            .iter()
-            .chain(&keys[..start])
-            .copied()
-            .collect()
+    fn rotation(&self) -> impl Iterator<Item = (&Arc<Bucket>, &BTreeMap<Order, Entry>)> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let last = self.last.as_deref();
+        let after = self
+            .buckets
+            .range::<Bucket, _>((last.map_or(Unbounded, Excluded), Unbounded));
+        let before = last.into_iter().flat_map(move |l| {
+            self.buckets
+                .range::<Bucket, (std::ops::Bound<&Bucket>, _)>((Unbounded, Included(l)))
+        });
+        after.chain(before)
     }
 }
 
 /// Every ready job, by lane and bucket, and where each one is.
 #[derive(Debug, Default)]
 pub(crate) struct Lanes {
-    lanes: HashMap<LaneKey, Lane>,
+    lanes: HashMap<Arc<LaneKey>, Lane>,
     index: HashMap<JobId, Place>,
 }
 
@@ -71,22 +106,38 @@ impl Lanes {
         if self.index.contains_key(&job.id) {
             return;
         }
-        let place = Place {
-            lane: (job.queue.clone(), job.kind.clone()),
-            bucket: (
-                job.tenant_id.clone().unwrap_or_default(),
-                job.concurrency_key.clone().unwrap_or_default(),
-            ),
-            order: (Reverse(job.priority), job.run_at_ms, job.seq),
+        let key = (job.queue, job.kind);
+        let lane_key = match self.lanes.get_key_value(&key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(key),
         };
-        self.index.insert(job.id, place.clone());
-        self.lanes
-            .entry(place.lane)
-            .or_default()
-            .buckets
-            .entry(place.bucket)
-            .or_default()
-            .insert(place.order, job);
+        let lane = self.lanes.entry(lane_key.clone()).or_default();
+        let bucket = (
+            job.tenant_id.unwrap_or_default(),
+            job.concurrency_key.unwrap_or_default(),
+        );
+        let bucket_key = match lane.buckets.get_key_value(&bucket) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(bucket),
+        };
+        let order = (Reverse(job.priority), job.run_at_ms, job.seq);
+        lane.buckets.entry(bucket_key.clone()).or_default().insert(
+            order,
+            Entry {
+                id: job.id,
+                deadline_ms: job.deadline_ms,
+                weight: job.weight,
+                attempt: job.attempt,
+            },
+        );
+        self.index.insert(
+            job.id,
+            Place {
+                lane: lane_key,
+                bucket: bucket_key,
+                order,
+            },
+        );
     }
 
     /// Takes a job out (it is dispatched, or leaves the queue).
@@ -94,14 +145,30 @@ impl Lanes {
         let place = self.index.remove(&id)?;
         let lane = self.lanes.get_mut(&place.lane)?;
         let jobs = lane.buckets.get_mut(&place.bucket)?;
-        let job = jobs.remove(&place.order);
+        let entry = jobs.remove(&place.order);
         if jobs.is_empty() {
             lane.buckets.remove(&place.bucket);
         }
         if lane.buckets.is_empty() {
             self.lanes.remove(&place.lane);
         }
-        job
+        let entry = entry?;
+        let (queue, kind) = &*place.lane;
+        let (tenant, key) = &*place.bucket;
+        let (Reverse(priority), run_at_ms, seq) = place.order;
+        Some(ReadyJob {
+            id: entry.id,
+            queue: queue.clone(),
+            kind: kind.clone(),
+            priority,
+            run_at_ms,
+            seq,
+            deadline_ms: entry.deadline_ms,
+            weight: entry.weight,
+            tenant_id: some(tenant).map(str::to_owned),
+            concurrency_key: some(key).map(str::to_owned),
+            attempt: entry.attempt,
+        })
     }
 
     /// Takes the job at `place` as served: its bucket goes to the back of the rotation.
@@ -122,24 +189,30 @@ impl Lanes {
         &self,
         mut serves: impl FnMut(&str, &str) -> bool,
         mut bucket_ok: impl FnMut(&Bucket) -> bool,
-        mut can_start: impl FnMut(&ReadyJob) -> bool,
+        mut can_start: impl FnMut(&Head<'_>) -> bool,
     ) -> Option<JobId> {
         let mut best: Option<(Order, JobId)> = None;
-        for ((queue, kind), lane) in &self.lanes {
+        for (lane_key, lane) in &self.lanes {
+            let (queue, kind) = &**lane_key;
             if !serves(queue, kind) {
                 continue;
             }
-            for bucket in lane.rotation() {
+            for (bucket, jobs) in lane.rotation() {
                 if !bucket_ok(bucket) {
                     continue;
                 }
-                let Some((order, job)) = lane.buckets.get(bucket).and_then(|b| b.first_key_value())
-                else {
+                let Some((order, entry)) = jobs.first_key_value() else {
                     continue;
                 };
-                if can_start(job) {
+                let head = Head {
+                    queue,
+                    tenant_id: some(&bucket.0),
+                    concurrency_key: some(&bucket.1),
+                    weight: entry.weight,
+                };
+                if can_start(&head) {
                     if best.as_ref().is_none_or(|(b, _)| order < b) {
-                        best = Some((*order, job.id));
+                        best = Some((*order, entry.id));
                     }
                     break;
                 }
@@ -224,9 +297,8 @@ pub(crate) mod tests {
             Some(test_id(10))
         );
         // With b's head unable to start, a's next goes.
-        let blocked = test_id(10);
         assert_eq!(
-            lanes.best(|_, _| true, |_| true, |j| j.id != blocked),
+            lanes.best(|_, _| true, |_| true, |h| h.tenant_id != Some("b")),
             Some(test_id(1))
         );
         // A worker bound to tenant b sees only b's bucket.

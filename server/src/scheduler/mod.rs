@@ -45,7 +45,7 @@ use crate::{
     domain::{Blocked, Dispatch, JobId, Outcome, Quota, ReadyJob, WorkerView, now_ms},
     error::{Error, Result},
     fanin::Notifier,
-    store::{Recovered, RetryPolicy, Store},
+    store::{Recovered, RetryPolicy, Store, Transitions},
     telemetry::Metrics,
 };
 
@@ -342,13 +342,34 @@ struct Runner {
     shutdown: CancellationToken,
 }
 
+/// Transitions committing at once. The next round is gathered and handed to the store while
+/// the previous one commits, so the scheduler's work overlaps the writer's; the writer may
+/// then put both in one commit. What a round plans never depends on the outcome of one still
+/// committing: assignments, retries and wake-ups happen only when a round has settled.
+const IN_FLIGHT: usize = 2;
+
+/// A transition handed to the store, with what it was (to undo if it fails).
+type Committing =
+    futures::future::BoxFuture<'static, (Transitions, Result<crate::store::TransitionOutcome>)>;
+
 impl Runner {
     async fn run(mut self) {
+        use futures::StreamExt;
         let mut messages = Vec::with_capacity(ROUND);
+        let mut committing: futures::stream::FuturesOrdered<Committing> =
+            futures::stream::FuturesOrdered::new();
+        // After a failed commit, nothing new is handed to the store before this.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
-            let busy = self.core.can_dispatch() || self.core.has_pending() || !self.dead.is_empty();
+            let can_plan = committing.len() < IN_FLIGHT
+                && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
+            let busy = can_plan
+                && (self.core.can_dispatch() || self.core.has_pending() || !self.dead.is_empty());
             if !busy {
-                let wake = self.core.next_wake();
+                let wake = [self.core.next_wake(), retry_at]
+                    .into_iter()
+                    .flatten()
+                    .min();
                 let sleep = async {
                     match wake {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -362,10 +383,18 @@ impl Runner {
                             break;
                         }
                     }
+                    Some((ops, result)) = committing.next(), if !committing.is_empty() => {
+                        if !self.settled(ops, result) {
+                            retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+                        }
+                    }
                     _ = sleep => {}
                 }
             } else if self.shutdown.is_cancelled() {
                 break;
+            }
+            if retry_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                retry_at = None;
             }
             while messages.len() < ROUND {
                 match self.inbox.try_recv() {
@@ -385,29 +414,50 @@ impl Runner {
             self.core.pick();
             self.carry_out();
             self.publish();
+            if committing.len() >= IN_FLIGHT || retry_at.is_some() {
+                continue;
+            }
             let Some(ops) = self.core.plan(self.retry) else {
                 continue;
             };
-            match self.store.transition(ops.clone()).await {
-                Ok(mut out) => {
-                    let terminal = std::mem::take(&mut out.terminal);
-                    self.core.settle(out);
-                    self.carry_out();
-                    self.publish();
-                    self.notifier.notify(&terminal);
-                }
-                Err(err) => {
-                    tracing::error!(cause = %err, "committing scheduler transitions failed; retrying");
-                    self.core.unplan(ops);
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-            }
+            let store = self.store.clone();
+            committing.push_back(Box::pin(async move {
+                let result = store.transition(ops.clone()).await;
+                (ops, result)
+            }));
+        }
+        // What is committing now is waited for: its assignments are not sent (the sessions
+        // are ending), but what it finished is woken.
+        while let Some((ops, result)) = committing.next().await {
+            self.settled(ops, result);
         }
         self.finish_up().await;
         tracing::debug!("scheduler stopped");
+    }
+
+    /// A transition the store answered: on success its effects are carried out and its
+    /// waiters woken; on failure it is undone, to be planned again. Returns whether it
+    /// committed.
+    fn settled(
+        &mut self,
+        ops: Transitions,
+        result: Result<crate::store::TransitionOutcome>,
+    ) -> bool {
+        match result {
+            Ok(mut out) => {
+                let terminal = std::mem::take(&mut out.terminal);
+                self.core.settle(out);
+                self.carry_out();
+                self.publish();
+                self.notifier.notify(&terminal);
+                true
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, "committing scheduler transitions failed; retrying");
+                self.core.unplan(ops);
+                false
+            }
+        }
     }
 
     /// At shutdown, once every session has ended: what the workers reported last is

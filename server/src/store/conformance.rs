@@ -1760,9 +1760,92 @@ async fn the_console_counts_ends_queues_and_dead_letters(b: Backend) {
     assert_eq!(store.dead_letters(None, 1).await.expect("one").len(), 1);
 }
 
+/// Queues `a` and `b` counted by state from their jobs, one page each.
+async fn counted(store: &dyn Store) -> Vec<crate::domain::QueueCounts> {
+    let mut counts = Vec::new();
+    for queue in ["a", "b"] {
+        let page = store
+            .list(ListFilter {
+                queue: Some(queue.into()),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        let mut c = crate::domain::QueueCounts {
+            queue: queue.into(),
+            ..Default::default()
+        };
+        for job in &page.jobs {
+            c.count(job.state, 1);
+        }
+        counts.push(c);
+    }
+    counts
+}
+
+/// The counts `Stats` shows are kept as jobs move, and equal what the jobs themselves say:
+/// after submits, starts, a success, a retry, a failure, cancels, a requeue and a prune, in
+/// two queues.
+async fn queue_counts_follow_every_change(b: Backend) {
+    let store = &*b.store;
+    let a = submit(store, (0..6).map(|_| new_job("a")).collect(), None).await;
+    submit(store, (0..2).map(|_| new_job("b")).collect(), None).await;
+    let ready: Vec<ReadyJob> = a.iter().map(|s| s.ready.clone().expect("ready")).collect();
+    store
+        .transition(transitions(vec![], ready[..4].iter().map(start).collect()))
+        .await
+        .expect("start four");
+    let failed_once = Finish {
+        job_id: ready[1].id,
+        attempt: 1,
+        outcome: failure(true),
+    };
+    store
+        .transition(transitions(
+            vec![
+                finish(ready[0].id, 1, Outcome::Succeeded(vec![])),
+                failed_once,
+                finish(ready[2].id, 1, failure(false)),
+            ],
+            vec![],
+        ))
+        .await
+        .expect("finish three");
+    store
+        .cancel(CancelTarget::Job(ready[4].id), "no".into())
+        .await
+        .expect("cancel");
+    store.requeue(ready[2].id, None).await.expect("requeue");
+    store
+        .cancel(CancelTarget::Job(ready[2].id), "again".into())
+        .await
+        .expect("cancel the requeued");
+
+    let kept = store.queue_counts().await.expect("counts");
+    assert_eq!(kept, counted(store).await);
+    assert_eq!(
+        (kept[0].queued, kept[0].running, kept[0].succeeded),
+        (2, 1, 1),
+        "queue a: 1 never started and 1 retrying; 1 running; 1 succeeded"
+    );
+    assert_eq!(kept[0].cancelled, 1 + 1);
+
+    // Pruning and deleting take jobs out of the counts.
+    prune_until_done(store, prune_all(60_000, 500, vec![])).await;
+    let after_prune = store.queue_counts().await.expect("counts");
+    assert_eq!(after_prune, counted(store).await);
+    assert_eq!(after_prune[0].succeeded + after_prune[0].cancelled, 0);
+    assert_eq!(after_prune[1].queued, 2, "queue b is untouched");
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn queue_counts_follow_every_change() {
+                super::queue_counts_follow_every_change(super::$backend().await).await;
+            }
             #[tokio::test]
             async fn the_console_counts_ends_queues_and_dead_letters() {
                 super::the_console_counts_ends_queues_and_dead_letters(super::$backend().await)

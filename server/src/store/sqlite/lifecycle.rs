@@ -18,9 +18,6 @@ const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, q
     coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || queue)),
     started_at_ms, weight, tenant_id, concurrency_key, timeout_ms IS NULL
     FROM jobs WHERE id = ?1";
-const SUCCEED: &str = "UPDATE jobs SET state = 30 /* succeeded */, output = ?1, error = NULL,
-        finished_at_ms = ?2
-    WHERE seq = ?3";
 const FAIL: &str = "UPDATE jobs SET state = ?1, error = ?2, failures = ?3, finished_at_ms = ?4
     WHERE seq = ?5";
 const RETRY: &str =
@@ -37,16 +34,16 @@ const NOW_READY_DEPENDENTS: &str = "
                       WHERE d2.job_id = j.id AND p.state != 30 /* succeeded */)";
 /// The scheduler names the attempt it starts: the job's next one. A start that finds the job
 /// no longer queued, or at another attempt, does nothing. The attempt resumes from the last
-/// checkpoint an earlier one stored.
+/// checkpoint an earlier one stored. Its timeout is the job's own, or else its queue's.
 const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = ?4, worker_id = ?1,
         started_at_ms = ?2
     WHERE id = ?3 AND state = 10 /* queued */ AND attempt = ?4 - 1
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
-        group_id, tenant_id, max_attempts, depends_on, timeout_ms,
+        group_id, tenant_id, max_attempts, depends_on,
+        coalesce(timeout_ms, (SELECT q.attempt_timeout_ms FROM quotas q
+                              WHERE q.scope = 'queue:' || jobs.queue)),
         max(created_at_ms, coalesce(run_at_ms, 0)),
         (SELECT c.checkpoint FROM job_checkpoints c WHERE c.job_seq = jobs.seq)";
-/// A queue's default attempt timeout, for a job with none of its own.
-const QUEUE_TIMEOUT: &str = "SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || ?1";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES (?1, ?2, ?3, ?4, 10 /* running */)";
 const DEPENDENCY_OUTPUTS: &str =
@@ -199,6 +196,55 @@ impl Current {
 /// worker's timer may fire a little before ours).
 const DEADLINE_SLACK_MS: i64 = 1000;
 
+/// A success, the common case, fenced in the update itself: one statement finds the current
+/// attempt and ends the job.
+const SUCCEED_CURRENT: &str = "UPDATE jobs SET state = 30 /* succeeded */, output = ?1,
+        error = NULL, finished_at_ms = ?2
+    WHERE id = ?3 AND state = 20 /* running */ AND attempt = ?4
+    RETURNING seq, queue, started_at_ms";
+
+fn succeed(
+    conn: &Connection,
+    finish: &Finish,
+    output: &[u8],
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<()> {
+    let id = finish.job_id;
+    let current = conn
+        .prepare_cached(SUCCEED_CURRENT)?
+        .query_row(params![output, now, id, finish.attempt], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .optional()?;
+    // The fence: only the job's current, running attempt may finish it.
+    let Some((seq, queue, started_at_ms)) = current else {
+        out.stale.push((id, finish.attempt));
+        return Ok(());
+    };
+    conn.prepare_cached(END_ATTEMPT)?.execute(params![
+        now,
+        AttemptOutcome::Succeeded,
+        Option::<&str>::None,
+        seq,
+        finish.attempt
+    ])?;
+    out.metrics
+        .ended(&queue, AttemptOutcome::Succeeded, started_at_ms, now);
+    out.metrics.finished(&queue, JobState::Succeeded);
+    out.terminal.push(id);
+    let ready_now = conn
+        .prepare_cached(&format!("SELECT {READY_COLUMNS_J} {NOW_READY_DEPENDENTS}"))?
+        .query_map(params![id], ready_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    out.ready.extend(ready_now);
+    Ok(())
+}
+
 fn finish(
     conn: &Connection,
     finish: &Finish,
@@ -206,6 +252,9 @@ fn finish(
     now: i64,
     out: &mut TransitionOutcome,
 ) -> Result<()> {
+    if let Outcome::Succeeded(output) = &finish.outcome {
+        return succeed(conn, finish, output, now, out);
+    }
     let current = conn
         .prepare_cached(RUNNING_JOB)?
         .query_row(params![finish.job_id], |row| {
@@ -323,18 +372,8 @@ fn finish(
                 out.ready.push(current.ready(id, at));
             }
         }
-        Outcome::Succeeded(output) => {
-            conn.prepare_cached(SUCCEED)?
-                .execute(params![output, now, current.seq])?;
-            end_attempt(out, AttemptOutcome::Succeeded, None)?;
-            out.terminal.push(id);
-            out.metrics.finished(&current.queue, JobState::Succeeded);
-            let ready_now = conn
-                .prepare_cached(&format!("SELECT {READY_COLUMNS_J} {NOW_READY_DEPENDENTS}"))?
-                .query_map(params![id], ready_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            out.ready.extend(ready_now);
-        }
+        // Taken by `succeed` above.
+        Outcome::Succeeded(_) => {}
         Outcome::Failed {
             message,
             retryable,
@@ -499,15 +538,6 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
         .optional()?;
     let Some((seq, mut dispatch, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
         return Ok(None);
-    };
-    // A job with no timeout of its own gets its queue's default, if the queue has one.
-    let timeout_ms = match timeout_ms {
-        Some(t) => Some(t),
-        None => conn
-            .prepare_cached(QUEUE_TIMEOUT)?
-            .query_row(params![dispatch.queue], |row| row.get::<_, Option<i64>>(0))
-            .optional()?
-            .flatten(),
     };
     dispatch.ends_ms = match (deadline_ms, timeout_ms.map(|t| now + t)) {
         (Some(d), Some(t)) => Some(d.min(t)),

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0008_attempt_timeouts.sql"),
     include_str!("../../../../migrations/sqlite/0009_dependencies_by_job.sql"),
     include_str!("../../../../migrations/sqlite/0010_retention.sql"),
+    include_str!("../../../../migrations/sqlite/0011_job_counts.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

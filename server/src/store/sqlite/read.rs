@@ -160,9 +160,8 @@ pub(super) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
 
 pub(super) fn queue_counts(conn: &Connection) -> Result<Vec<QueueCounts>> {
     let mut out: Vec<QueueCounts> = Vec::new();
-    let mut stmt = conn.prepare_cached(
-        "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT queue, state, n FROM job_counts WHERE n > 0 ORDER BY queue")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let queue: String = row.get(0)?;

@@ -216,6 +216,25 @@ impl Pending {
         }
     }
 
+    /// Whether the command itself failed (its writes are to be undone).
+    fn failed(&self) -> bool {
+        match self {
+            Pending::Submit(_, r) => r.is_err(),
+            Pending::Cancel(_, r) => r.is_err(),
+            Pending::Transition(_, r) => r.is_err(),
+            Pending::Requeue(_, r) => r.is_err(),
+            Pending::Bulk(_, r) => r.is_err(),
+            Pending::Admin(_, r) => r.is_err(),
+            Pending::Progress(_, r) => r.is_err(),
+            Pending::Recover(_, r) => r.is_err(),
+            Pending::Fire(_, r) => r.is_err(),
+            Pending::Probe(_, r) => r.is_err(),
+            Pending::Prune(_, r) => r.is_err(),
+            Pending::Vacuum(_, r) => r.is_err(),
+            Pending::Close(_) => false,
+        }
+    }
+
     fn fault(&self) -> Option<StoreFault> {
         match self {
             Pending::Submit(_, r) => fault_of(r),
@@ -314,8 +333,45 @@ fn commit_batch(
             _ => None,
         };
     }
-    for command in batch.drain(..) {
-        pending.push(apply(conn, command, &mut rows, &mut tally));
+    // The scheduler's transitions go first (each source's own order is kept), and the first
+    // command runs outside a savepoint: with nothing before it in the transaction, undoing it
+    // is rolling the transaction back. A savepoint copies every page a command touches into a
+    // journal first, which for a scheduler round is most of the pages the batch writes.
+    batch.sort_by_key(|c| !matches!(c, Command::Transition { .. }));
+    let mut queue = batch.drain(..);
+    if let Some(first) = queue.next() {
+        let done = apply(conn, first, Guard::Alone, &mut rows, &mut tally);
+        let failed = done.failed();
+        pending.push(done);
+        // Some errors (a full disk, an I/O error) have already rolled the transaction back.
+        let restart = || {
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK")?;
+            }
+            conn.execute_batch("BEGIN IMMEDIATE")
+        };
+        if failed && let Err(err) = restart() {
+            let err = Err(Failed::from(err));
+            for command in queue {
+                refuse(command, &err);
+            }
+            for reply in pending {
+                reply.send(&Ok(()));
+            }
+            return match err {
+                Err(Failed::Store(fault, _)) => Some(fault),
+                _ => None,
+            };
+        }
+    }
+    for command in queue {
+        pending.push(apply(
+            conn,
+            command,
+            Guard::Savepoint,
+            &mut rows,
+            &mut tally,
+        ));
     }
     let commit = conn.execute_batch("COMMIT").map_err(|err| {
         tracing::error!(cause = %err, "commit failed; rolling back");
@@ -345,11 +401,38 @@ fn commit_batch(
     fault
 }
 
-/// Applies one command in its savepoint; its reply waits for the commit.
-fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally) -> Pending {
+/// How a command's writes are undone if it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// In a savepoint of its own, rolled back to if it fails.
+    Savepoint,
+    /// Alone so far in its transaction: the caller rolls the transaction back if it fails.
+    Alone,
+}
+
+/// Runs `f` as `guard` says.
+fn guarded<T>(
+    conn: &Connection,
+    guard: Guard,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    match guard {
+        Guard::Savepoint => savepoint(conn, f),
+        Guard::Alone => f(conn),
+    }
+}
+
+/// Applies one command under its guard; its reply waits for the commit.
+fn apply(
+    conn: &Connection,
+    command: Command,
+    guard: Guard,
+    rows: &mut u64,
+    tally: &mut Tally,
+) -> Pending {
     match command {
         Command::Submit { submit, reply } => {
-            let result = savepoint(conn, |c| submit::submit(c, &submit));
+            let result = guarded(conn, guard, |c| submit::submit(c, &submit));
             if let Ok(done) = &result {
                 *rows += done.iter().filter(|s| !s.duplicate).count() as u64;
                 submit::tally(tally, &submit.jobs, done);
@@ -361,7 +444,7 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             reason,
             reply,
         } => {
-            let mut result = savepoint(conn, |c| cancel::cancel(c, &target, &reason));
+            let mut result = guarded(conn, guard, |c| cancel::cancel(c, &target, &reason));
             if let Ok(done) = &mut result {
                 *rows += (done.ids.len() + done.dependents.len()) as u64;
                 tally.append(&mut done.metrics);
@@ -369,7 +452,7 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             Pending::Cancel(reply, result)
         }
         Command::Transition { ops, reply } => {
-            let mut result = savepoint(conn, |c| lifecycle::transition(c, &ops));
+            let mut result = guarded(conn, guard, |c| lifecycle::transition(c, &ops));
             if let Ok(done) = &mut result {
                 *rows += (ops.finishes.len() + done.started.len() + done.cancelled_dependents.len())
                     as u64;
@@ -382,12 +465,12 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             max_attempts,
             reply,
         } => {
-            let result = savepoint(conn, |c| lifecycle::requeue(c, id, max_attempts));
+            let result = guarded(conn, guard, |c| lifecycle::requeue(c, id, max_attempts));
             *rows += u64::from(result.is_ok());
             Pending::Requeue(reply, result)
         }
         Command::Bulk { bulk, reply } => {
-            let mut result = savepoint(conn, |c| bulk::apply(c, &bulk));
+            let mut result = guarded(conn, guard, |c| bulk::apply(c, &bulk));
             if let Ok(done) = &mut result {
                 *rows += done.changed;
                 if let Some(cancelled) = &mut done.cancelled {
@@ -397,23 +480,25 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             Pending::Bulk(reply, result)
         }
         Command::Admin { op, reply } => {
-            let result = savepoint(conn, |c| admin(c, &op));
+            let result = guarded(conn, guard, |c| admin(c, &op));
             *rows += u64::from(result.is_ok());
             Pending::Admin(reply, result)
         }
         Command::Progress { reports, reply } => {
-            let mut result = savepoint(conn, |c| progress::progress(c, &reports));
+            let mut result = guarded(conn, guard, |c| progress::progress(c, &reports));
             if let Ok(done) = &mut result {
                 *rows += u64::from(done.stored);
                 tally.append(&mut done.metrics);
             }
             Pending::Progress(reply, result)
         }
-        Command::Recover { reply } => Pending::Recover(reply, savepoint(conn, lifecycle::recover)),
+        Command::Recover { reply } => {
+            Pending::Recover(reply, guarded(conn, guard, lifecycle::recover))
+        }
         Command::Fire { fire, reply } => {
             // Counted only if it commits, like every command's metrics.
             let mut counted = Tally::default();
-            let result = savepoint(conn, |c| schedules::fire(c, &fire, &mut counted));
+            let result = guarded(conn, guard, |c| schedules::fire(c, &fire, &mut counted));
             if let Ok(Fired::Submitted(s)) = &result
                 && !s.duplicate
             {
@@ -422,13 +507,13 @@ fn apply(conn: &Connection, command: Command, rows: &mut u64, tally: &mut Tally)
             }
             Pending::Fire(reply, result)
         }
-        Command::Probe { reply } => Pending::Probe(reply, savepoint(conn, probe)),
+        Command::Probe { reply } => Pending::Probe(reply, guarded(conn, guard, probe)),
         // Deletions: not rows written.
         Command::Prune { prune, reply } => {
-            Pending::Prune(reply, savepoint(conn, |c| prune::prune(c, &prune)))
+            Pending::Prune(reply, guarded(conn, guard, |c| prune::prune(c, &prune)))
         }
         Command::Vacuum { pages, reply } => {
-            Pending::Vacuum(reply, savepoint(conn, |c| prune::vacuum(c, pages)))
+            Pending::Vacuum(reply, guarded(conn, guard, |c| prune::vacuum(c, pages)))
         }
         Command::Close { reply } => Pending::Close(reply),
     }
