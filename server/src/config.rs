@@ -345,6 +345,10 @@ mod tests {
             assert_eq!(parse_db_url(url), Ok(DbUrl::Postgres(url.to_owned())));
         }
         assert!(parse_db_url("postgres://").is_err());
+        // Logs and `{:?}` never show a password.
+        let url = DbUrl::Postgres("postgres://u:secret@h:5432/d?password=other".into());
+        assert_eq!(url.to_string(), "postgres://u:***@h:5432/d");
+        assert!(!format!("{url:?}").contains("secret"));
         assert!(parse_db_url("mysql://x").is_err());
         assert!(parse_db_url("sqlite://:memory:").is_err());
         assert!(parse_db_url("sqlite://").is_err());

@@ -218,7 +218,7 @@ fn bindir() -> Result<PathBuf, String> {
 /// `None` (this process's user) otherwise.
 fn run_as() -> Result<Option<(u32, u32)>, String> {
     // /proc/self belongs to this process's effective user.
-    let root = std::fs::metadata("/proc/self").map_or(false, |m| m.uid() == 0);
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     if !root {
         return Ok(None);
     }

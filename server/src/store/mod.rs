@@ -46,17 +46,23 @@ impl DbUrl {
         match self {
             DbUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
             DbUrl::Postgres(url) => {
-                // scheme://user:password@host/… -> scheme://user:***@host/…
+                // scheme://user:password@host/… -> scheme://user:***@host/…; the options
+                // after `?` (which may hold a password too) are left out.
+                let url = url.split('?').next().unwrap_or_default();
                 let Some((scheme, rest)) = url.split_once("://") else {
-                    return url.clone();
+                    return url.to_owned();
                 };
                 match rest.rsplit_once('@') {
                     Some((credentials, host)) => {
                         let user = credentials.split(':').next().unwrap_or_default();
-                        let password = credentials.contains(':').then_some(":***").unwrap_or("");
+                        let password = if credentials.contains(':') {
+                            ":***"
+                        } else {
+                            ""
+                        };
                         format!("{scheme}://{user}{password}@{host}")
                     }
-                    None => url.clone(),
+                    None => url.to_owned(),
                 }
             }
         }

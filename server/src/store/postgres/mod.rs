@@ -152,7 +152,7 @@ macro_rules! transaction {
                 other => break other,
             }
         };
-        store.committed(&result, began);
+        store.committed(lane, &result, began);
         result
     }};
 }
@@ -236,19 +236,24 @@ impl PostgresStore {
         }
     }
 
-    /// After a write: counts it if it committed, and moves health. A store fault makes the
-    /// store unhealthy; anything else (a commit, or a refusal the database answered) shows it
-    /// can commit.
-    fn committed<T>(&self, result: &Result<T>, began: Instant) {
+    /// After a write: times it if it committed a command (housekeeping is not one), and
+    /// moves health. A store fault makes the store unhealthy; anything else (a commit, or a
+    /// refusal the database answered) shows it can commit.
+    fn committed<T>(&self, lane: Lane, result: &Result<T>, began: Instant) {
         let fault = match result {
             Err(Error::Store { fault, .. }) => Some(*fault),
             _ => None,
         };
-        if result.is_ok() {
-            self.counters.record(1, 1);
+        if result.is_ok() && lane != Lane::Housekeeping {
             self.metrics.store_committed(began.elapsed(), 1);
         }
         self.set_health(fault);
+    }
+
+    /// Counts a committed command and the job rows it wrote, as the SQLite writer does (here
+    /// every commit carries one command).
+    fn count(&self, rows: usize) {
+        self.counters.record(1, rows as u64);
     }
 
     fn set_health(&self, fault: Option<StoreFault>) {
@@ -309,6 +314,7 @@ impl Store for PostgresStore {
     async fn submit(&self, submit: Submit) -> Result<Vec<Submitted>> {
         let done = transaction!(self, Lane::Client, |conn| submit::submit(conn, &submit)
             .await)?;
+        self.count(done.iter().filter(|s| !s.duplicate).count());
         let mut tally = Tally::default();
         submit::tally(&mut tally, &submit.jobs, &done);
         self.metrics.record(tally);
@@ -320,17 +326,20 @@ impl Store for PostgresStore {
             conn, &target, &reason
         )
         .await)?;
+        self.count(done.ids.len() + done.dependents.len());
         self.metrics.record(std::mem::take(&mut done.metrics));
         Ok(done)
     }
 
     async fn requeue(&self, id: JobId, max_attempts: Option<u32>) -> Result<Option<ReadyJob>> {
-        transaction!(self, Lane::Client, |conn| lifecycle::requeue(
+        let ready = transaction!(self, Lane::Client, |conn| lifecycle::requeue(
             conn,
             id,
             max_attempts
         )
-        .await)
+        .await)?;
+        self.count(1);
+        Ok(ready)
     }
 
     async fn bulk(&self, bulk: Bulk) -> Result<BulkDone> {
@@ -339,6 +348,7 @@ impl Store for PostgresStore {
             return self.read(bulk::count(&self.pool, &bulk).await).await;
         }
         let mut done = transaction!(self, Lane::Client, |conn| bulk::apply(conn, &bulk).await)?;
+        self.count(done.changed as usize);
         if let Some(cancelled) = &mut done.cancelled {
             self.metrics.record(std::mem::take(&mut cancelled.metrics));
         }
@@ -350,6 +360,7 @@ impl Store for PostgresStore {
             conn, &ops
         )
         .await)?;
+        self.count(ops.finishes.len() + done.started.len() + done.cancelled_dependents.len());
         self.metrics.record(std::mem::take(&mut done.metrics));
         Ok(done)
     }
@@ -359,16 +370,21 @@ impl Store for PostgresStore {
             conn, &reports
         )
         .await)?;
+        self.count(done.stored as usize);
         self.metrics.record(std::mem::take(&mut done.metrics));
         Ok(done)
     }
 
     async fn set_quota(&self, quota: Quota) -> Result<()> {
-        transaction!(self, Lane::Client, |conn| set_quota(conn, &quota).await)
+        transaction!(self, Lane::Client, |conn| set_quota(conn, &quota).await)?;
+        self.count(1);
+        Ok(())
     }
 
     async fn pause(&self, queue: String, paused: bool) -> Result<()> {
-        transaction!(self, Lane::Client, |conn| pause(conn, &queue, paused).await)
+        transaction!(self, Lane::Client, |conn| pause(conn, &queue, paused).await)?;
+        self.count(1);
+        Ok(())
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
@@ -428,19 +444,25 @@ impl Store for PostgresStore {
         transaction!(self, Lane::Client, |conn| schedules::create(
             conn, &schedule
         )
-        .await)
+        .await)?;
+        self.count(1);
+        Ok(())
     }
 
     async fn pause_schedule(&self, key: ScheduleKey, paused: bool) -> Result<()> {
         transaction!(self, Lane::Client, |conn| schedules::set_paused(
             conn, &key, paused
         )
-        .await)
+        .await)?;
+        self.count(1);
+        Ok(())
     }
 
     async fn delete_schedule(&self, key: ScheduleKey) -> Result<()> {
         transaction!(self, Lane::Client, |conn| schedules::delete(conn, &key)
-            .await)
+            .await)?;
+        self.count(1);
+        Ok(())
     }
 
     async fn schedule(&self, key: ScheduleKey) -> Result<Option<ScheduleRecord>> {
@@ -461,9 +483,9 @@ impl Store for PostgresStore {
                 .await
                 .map(|fired| (fired, tally))
         })?;
-        if let Fired::Submitted(s) = &fired
-            && !s.duplicate
-        {
+        let stored = matches!(&fired, Fired::Submitted(s) if !s.duplicate);
+        self.count(usize::from(stored));
+        if stored {
             self.metrics.record(tally);
         }
         Ok(fired)
@@ -491,14 +513,12 @@ impl Store for PostgresStore {
     }
 
     async fn probe(&self) -> Result<()> {
-        let began = Instant::now();
         let result = probe(&self.priority).await;
         // Not a command: health follows it, the counters do not.
         let fault = match &result {
             Err(Error::Store { fault, .. }) => Some(*fault),
             _ => None,
         };
-        let _ = began;
         self.set_health(fault);
         result
     }
