@@ -45,29 +45,43 @@ pub fn server() -> &'static PgServer {
 /// A fresh, empty database on the process's server (starting it if need be), as a
 /// `postgres://` URL for `--db`.
 pub async fn database() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let server = tokio::task::spawn_blocking(server)
         .await
         .expect("the postgres server starts");
-    let name = format!("t_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let out = tokio::process::Command::new(server.bin.join("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U"])
-        .args(["postgres", "-d", "postgres", "-p"])
-        .arg(server.port.to_string())
-        .arg("-c")
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
+    server.database().await
+}
+
+/// A server of the caller's own, stopped when it is dropped: for a test that takes its
+/// database away.
+pub async fn own_server() -> PgServer {
+    tokio::task::spawn_blocking(PgServer::start)
         .await
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "CREATE DATABASE {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    server.url(&name)
+        .expect("the postgres server starts")
+        .unwrap_or_else(|err| panic!("postgres: {err}"))
 }
 
 impl PgServer {
+    /// A fresh, empty database on this server, as a `postgres://` URL.
+    pub async fn database(&self) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!("t_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let out = tokio::process::Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U"])
+            .args(["postgres", "-d", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .await
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.url(&name)
+    }
+
     /// A URL to database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)

@@ -39,6 +39,8 @@ mod prune;
 mod read;
 mod schedules;
 mod submit;
+#[cfg(test)]
+mod tests;
 
 use std::{
     str::FromStr,
@@ -75,8 +77,6 @@ use crate::{
 const PRIORITY_CONNECTIONS: u32 = 2;
 /// Connections for client writes, beside the readers.
 const WRITER_CONNECTIONS: u32 = 4;
-/// How long a call waits for a connection (a server out of reach fails after this).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries of a transaction that met a deadlock or a serialization failure.
 const MAX_RETRIES: u32 = 5;
 
@@ -180,9 +180,12 @@ impl PostgresStore {
         }
         let options = options.options(settings);
         let readers = u32::try_from(config.readers.max(1)).unwrap_or(u32::MAX);
+        // How long a call waits for a connection; a server out of reach fails after this.
+        // `--busy-timeout` too: the wait for a lock another process holds, in SQLite.
+        let acquire_timeout = config.busy_timeout.max(Duration::from_millis(100));
         let pool = PgPoolOptions::new()
             .max_connections(readers.saturating_add(WRITER_CONNECTIONS))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/postgres")
@@ -191,7 +194,7 @@ impl PostgresStore {
             .inspect_err(|err| tracing::error!(cause = %err, "postgres migrations failed"))?;
         let priority = PgPoolOptions::new()
             .max_connections(PRIORITY_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
         let (health_tx, health) = watch::channel(None);
