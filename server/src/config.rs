@@ -65,7 +65,8 @@ pub struct ServerArgs {
     pub write_queue: u64,
 
     /// How long a write waits for the database's lock when another process holds it, before
-    /// it is refused with UNAVAILABLE (retryable); health answers NOT_SERVING meanwhile.
+    /// it is refused with UNAVAILABLE (retryable); health answers NOT_SERVING meanwhile. On
+    /// Postgres: a row another transaction holds (`lock_timeout`), and a free connection.
     #[arg(long, env = "SWITCHYARD_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub busy_timeout: Duration,
 

@@ -65,7 +65,7 @@ impl PgServer {
     pub async fn database(&self) -> String {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!("t_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let out = tokio::process::Command::new(self.bin.join("psql"))
+        let out = tokio::process::Command::new(tool(&self.bin, "psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U"])
             .args(["postgres", "-d", "postgres", "-p"])
             .arg(self.port.to_string())
@@ -151,7 +151,7 @@ impl PgServer {
         // Ready when pg_isready says so: it asks the server itself, and returns at once.
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let ready = Command::new(server.bin.join("pg_isready"))
+            let ready = Command::new(tool(&server.bin, "pg_isready"))
                 .args(["-q", "-h", "127.0.0.1", "-t", "1", "-p"])
                 .arg(port.to_string())
                 .status()
@@ -250,6 +250,17 @@ fn run_as() -> Result<Option<(u32, u32)>, String> {
         .ok_or_else(|| {
             "running as root, and there is no `postgres` user to run the server as".to_owned()
         })
+}
+
+/// A client program: beside the server's binaries, or else on `PATH` (Debian's
+/// `postgresql-client` puts `psql` and `pg_isready` in /usr/bin too).
+fn tool(bin: &Path, name: &str) -> PathBuf {
+    let beside = bin.join(name);
+    if beside.exists() {
+        beside
+    } else {
+        PathBuf::from(name)
+    }
 }
 
 fn as_user(mut command: Command, user: Option<(u32, u32)>) -> Command {
