@@ -193,3 +193,22 @@ async fn health_follows_a_database_that_goes_away() {
     );
     store.close().await.expect("close");
 }
+
+/// `store::open` picks the backend by the URL's scheme, `postgresql://` as `postgres://`.
+#[tokio::test]
+async fn store_open_picks_postgres_by_the_url() {
+    let url =
+        switchyard_testkit::postgres::database()
+            .await
+            .replacen("postgres://", "postgresql://", 1);
+    let store = crate::store::open(&config(url), Metrics::new())
+        .await
+        .expect("open");
+    store.submit(one(new_job("q"))).await.expect("submit");
+    assert_eq!(store.writer_stats().commits, 1);
+    store.close().await.expect("close");
+    assert!(matches!(
+        store.submit(one(new_job("q"))).await,
+        Err(Error::ShuttingDown)
+    ));
+}
