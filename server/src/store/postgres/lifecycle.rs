@@ -51,7 +51,8 @@ const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = $4, wor
 const QUEUE_TIMEOUT: &str = "SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || $1";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES ($1, $2, $3, $4, 10 /* running */)";
-const DEPENDENCY_OUTPUTS: &str = "SELECT id, output FROM jobs WHERE id = ANY($1) ORDER BY id";
+const DEPENDENCY_OUTPUTS: &str =
+    "SELECT id, output FROM jobs WHERE id = ANY($1) ORDER BY id COLLATE \"C\"";
 
 /// Applies finishes first (they free things), then expiries, then starts.
 pub(super) async fn transition(

@@ -1,4 +1,5 @@
-//! Reads, on the pool (each a statement or a few, outside any write's transaction).
+//! Reads, on the pool (each a statement or a few, outside any write's transaction). Text is
+//! ordered bytewise (`COLLATE "C"`), as SQLite orders it, whatever the database's collation.
 
 use sqlx::{AssertSqlSafe, PgPool, postgres::PgRow};
 
@@ -154,8 +155,8 @@ pub(super) async fn list(pool: &PgPool, filter: &ListFilter) -> Result<ListPage>
     })
 }
 
-const QUEUE_COUNTS: &str =
-    "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue";
+const QUEUE_COUNTS: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
+    ORDER BY queue COLLATE \"C\"";
 
 pub(super) async fn queue_counts(pool: &PgPool) -> Result<Vec<QueueCounts>> {
     let mut out: Vec<QueueCounts> = Vec::new();
@@ -198,7 +199,8 @@ pub(super) async fn ended_per_minute(pool: &PgPool, since_ms: i64) -> Result<Vec
 
 /// The oldest queued job per queue, through `jobs_state` (queued rows only).
 const OLDEST_QUEUED: &str =
-    "SELECT queue, min(created_at_ms) FROM jobs WHERE state = $1 GROUP BY queue ORDER BY queue";
+    "SELECT queue, min(created_at_ms) FROM jobs WHERE state = $1 GROUP BY queue
+    ORDER BY queue COLLATE \"C\"";
 
 pub(super) async fn oldest_queued(pool: &PgPool) -> Result<Vec<(String, i64)>> {
     sqlx::query(OLDEST_QUEUED)
@@ -213,7 +215,7 @@ pub(super) async fn oldest_queued(pool: &PgPool) -> Result<Vec<(String, i64)>> {
 /// FAILED jobs by kind and error, through `jobs_state` (failed rows only).
 const DEAD_LETTERS: &str = "SELECT kind, error, count(*) AS n, max(finished_at_ms) FROM jobs
      WHERE state = $1 AND ($2::text IS NULL OR tenant_id = $2)
-     GROUP BY kind, error ORDER BY n DESC, kind, error LIMIT $3";
+     GROUP BY kind, error ORDER BY n DESC, kind COLLATE \"C\", error COLLATE \"C\" NULLS FIRST LIMIT $3";
 
 pub(super) async fn dead_letters(
     pool: &PgPool,
@@ -332,7 +334,7 @@ fn job_from_row(row: &PgRow) -> Result<JobRecord> {
 const GROUP: &str = "SELECT id, size, cancel_on_failure, created_at_ms, failed_job_id, error,
         tenant_id
     FROM groups WHERE id = $1 AND ($2::text IS NULL OR tenant_key = $2)
-    ORDER BY tenant_key LIMIT 1";
+    ORDER BY tenant_key COLLATE \"C\" LIMIT 1";
 const GROUP_COUNTS: &str = "SELECT state, count(*) FROM jobs
     WHERE group_id = $1 AND coalesce(tenant_id, '') = $2 GROUP BY state";
 
@@ -407,7 +409,7 @@ pub(super) async fn group_events(
 
 const QUOTAS: &str = "SELECT q.scope, q.max_in_flight, q.max_queued, q.rate_per_second, q.burst,
         coalesce(c.queued, 0), q.attempt_timeout_ms
-    FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope ORDER BY q.scope";
+    FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope ORDER BY q.scope COLLATE \"C\"";
 
 /// Every quota, with the jobs queued in its scope now.
 pub(super) async fn quotas(pool: &PgPool) -> Result<Vec<(Quota, u64)>> {
@@ -450,7 +452,7 @@ pub(super) async fn waiting(pool: &PgPool) -> Result<Vec<(JobId, i64)>> {
 
 pub(super) async fn paused(pool: &PgPool) -> Result<Vec<String>> {
     Ok(
-        sqlx::query_scalar("SELECT queue FROM paused_queues ORDER BY queue")
+        sqlx::query_scalar("SELECT queue FROM paused_queues ORDER BY queue COLLATE \"C\"")
             .fetch_all(pool)
             .await?,
     )

@@ -21,7 +21,7 @@ const SET_PAUSED: &str = "UPDATE schedules SET paused = $3 WHERE tenant_key = $1
 const DELETE: &str = "DELETE FROM schedules WHERE tenant_key = $1 AND id = $2";
 const LIST: &str = "SELECT tenant_key, id, tenant_id, cron, time_zone, job, misfire, overlap,
         paused, created_at_ms, last_fired_ms, last_job_id, last_error
-    FROM schedules WHERE $1::text IS NULL OR tenant_key = $1 ORDER BY tenant_key, id";
+    FROM schedules WHERE $1::text IS NULL OR tenant_key = $1 ORDER BY tenant_key COLLATE \"C\", id COLLATE \"C\"";
 const GET: &str = "SELECT tenant_key, id, tenant_id, cron, time_zone, job, misfire, overlap,
         paused, created_at_ms, last_fired_ms, last_job_id, last_error
     FROM schedules WHERE tenant_key = $1 AND id = $2";
