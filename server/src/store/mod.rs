@@ -1,9 +1,9 @@
 //! The durable record of every job, behind one trait ([`Store`]) so that a backend is a choice
 //! made at start. The operations are the ones the api and the scheduler need; each is one
 //! transaction. [`sqlite`] is the embedded default: one writer thread, group commit, a read
-//! pool. [`postgres`] keeps the same record in a Postgres database, through a connection pool,
-//! each write its own transaction. The conformance suite (`conformance.rs`, tests only) holds every backend to the same
-//! behaviour.
+//! pool. [`postgres`] keeps the same record in a Postgres database, through connection pools,
+//! each write its own transaction. The conformance suite (`conformance.rs`, tests only) holds
+//! every backend to the same behaviour.
 
 pub mod postgres;
 pub mod sqlite;
