@@ -273,7 +273,7 @@ impl PostgresStore {
 
     /// A read: a server out of reach makes the store unhealthy (reads never make it healthy
     /// again; a probe's write does).
-    async fn read<T>(&self, result: Result<T>) -> Result<T> {
+    fn read<T>(&self, result: Result<T>) -> Result<T> {
         if let Err(Error::Store {
             fault: fault @ StoreFault::Unreachable,
             ..
@@ -348,7 +348,7 @@ impl Store for PostgresStore {
     async fn bulk(&self, bulk: Bulk) -> Result<BulkDone> {
         if bulk.dry_run {
             // A count changes nothing: a read.
-            return self.read(bulk::count(&self.pool, &bulk).await).await;
+            return self.read(bulk::count(&self.pool, &bulk).await);
         }
         let mut done = transaction!(self, Lane::Client, |conn| bulk::apply(conn, &bulk).await)?;
         self.count(done.changed as usize);
@@ -391,16 +391,15 @@ impl Store for PostgresStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        self.read(read::get(&self.pool, id).await).await
+        self.read(read::get(&self.pool, id).await)
     }
 
     async fn list(&self, filter: ListFilter) -> Result<ListPage> {
-        self.read(read::list(&self.pool, &filter).await).await
+        self.read(read::list(&self.pool, &filter).await)
     }
 
     async fn group(&self, id: String, tenant: Option<String>) -> Result<Option<GroupRecord>> {
         self.read(read::group(&self.pool, &id, tenant.as_deref()).await)
-            .await
     }
 
     async fn group_events(
@@ -410,28 +409,26 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<GroupEvent>> {
         self.read(read::group_events(&self.pool, &group, after, limit).await)
-            .await
     }
 
     async fn quotas(&self) -> Result<Vec<(Quota, u64)>> {
-        self.read(read::quotas(&self.pool).await).await
+        self.read(read::quotas(&self.pool).await)
     }
 
     async fn paused(&self) -> Result<Vec<String>> {
-        self.read(read::paused(&self.pool).await).await
+        self.read(read::paused(&self.pool).await)
     }
 
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>> {
-        self.read(read::queue_counts(&self.pool).await).await
+        self.read(read::queue_counts(&self.pool).await)
     }
 
     async fn ended_per_minute(&self, since_ms: i64) -> Result<Vec<MinuteCount>> {
         self.read(read::ended_per_minute(&self.pool, since_ms).await)
-            .await
     }
 
     async fn oldest_queued(&self) -> Result<Vec<(String, i64)>> {
-        self.read(read::oldest_queued(&self.pool).await).await
+        self.read(read::oldest_queued(&self.pool).await)
     }
 
     async fn dead_letters(
@@ -440,7 +437,6 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<DeadLetterGroup>> {
         self.read(read::dead_letters(&self.pool, tenant.as_deref(), limit).await)
-            .await
     }
 
     async fn create_schedule(&self, schedule: NewSchedule) -> Result<()> {
@@ -469,12 +465,11 @@ impl Store for PostgresStore {
     }
 
     async fn schedule(&self, key: ScheduleKey) -> Result<Option<ScheduleRecord>> {
-        self.read(schedules::get(&self.pool, &key).await).await
+        self.read(schedules::get(&self.pool, &key).await)
     }
 
     async fn schedules(&self, tenant: Option<String>) -> Result<Vec<ScheduleRecord>> {
         self.read(schedules::list(&self.pool, tenant.as_deref()).await)
-            .await
     }
 
     async fn fire_schedule(&self, fire: Fire) -> Result<Fired> {
@@ -502,7 +497,7 @@ impl Store for PostgresStore {
 
     async fn vacuum(&self, _pages: u32) -> Result<StoreSize> {
         // Postgres gives space back by itself (autovacuum); this only measures the database.
-        let size = self.read(prune::size(&self.pool).await).await?;
+        let size = self.read(prune::size(&self.pool).await)?;
         self.metrics.set_store_bytes(size.bytes);
         Ok(size)
     }
