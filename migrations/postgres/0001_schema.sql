@@ -157,23 +157,33 @@ CREATE TABLE paused_queues (
 );
 
 -- Queued jobs per scope, kept by the triggers below, for admission (`max_queued`) inside the
--- submitting transaction.
+-- submitting transaction and for ListQuotas. A scope's count is spread over 16 rows, the
+-- job's id picking its row (the same one when it leaves the queue): a transaction holds the
+-- row it changed until it commits, so with one row per scope every submit to a queue would
+-- wait for the one before it to commit (fsync included). A scope's count is the sum of its rows
+-- (so the sum stays right even if a row alone went negative: the row is only a spreading).
 CREATE TABLE queued_counts (
-    scope  TEXT   PRIMARY KEY,
-    queued BIGINT NOT NULL
+    scope  TEXT     NOT NULL,
+    shard  SMALLINT NOT NULL,
+    queued BIGINT   NOT NULL,
+    PRIMARY KEY (scope, shard)
 );
 
 CREATE FUNCTION switchyard_queued_in() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    shard_of SMALLINT := hashtext(NEW.id) & 15;
 BEGIN
-    INSERT INTO queued_counts (scope, queued) VALUES ('queue:' || NEW.queue, 1)
-        ON CONFLICT (scope) DO UPDATE SET queued = queued_counts.queued + 1;
+    INSERT INTO queued_counts (scope, shard, queued) VALUES ('queue:' || NEW.queue, shard_of, 1)
+        ON CONFLICT (scope, shard) DO UPDATE SET queued = queued_counts.queued + 1;
     IF NEW.tenant_id IS NOT NULL THEN
-        INSERT INTO queued_counts (scope, queued) VALUES ('tenant:' || NEW.tenant_id, 1)
-            ON CONFLICT (scope) DO UPDATE SET queued = queued_counts.queued + 1;
+        INSERT INTO queued_counts (scope, shard, queued)
+            VALUES ('tenant:' || NEW.tenant_id, shard_of, 1)
+            ON CONFLICT (scope, shard) DO UPDATE SET queued = queued_counts.queued + 1;
     END IF;
     IF NEW.concurrency_key IS NOT NULL THEN
-        INSERT INTO queued_counts (scope, queued) VALUES ('key:' || NEW.concurrency_key, 1)
-            ON CONFLICT (scope) DO UPDATE SET queued = queued_counts.queued + 1;
+        INSERT INTO queued_counts (scope, shard, queued)
+            VALUES ('key:' || NEW.concurrency_key, shard_of, 1)
+            ON CONFLICT (scope, shard) DO UPDATE SET queued = queued_counts.queued + 1;
     END IF;
     RETURN NULL;
 END;
@@ -182,7 +192,8 @@ $$;
 CREATE FUNCTION switchyard_queued_out() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE queued_counts SET queued = queued - 1
-        WHERE scope IN ('queue:' || NEW.queue, 'tenant:' || NEW.tenant_id,
+        WHERE shard = hashtext(NEW.id) & 15
+          AND scope IN ('queue:' || NEW.queue, 'tenant:' || NEW.tenant_id,
                         'key:' || NEW.concurrency_key);
     RETURN NULL;
 END;

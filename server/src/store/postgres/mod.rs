@@ -75,8 +75,10 @@ use crate::{
 /// Connections the scheduler's writes have to themselves: it has one transition in flight at
 /// a time, plus a schedule fire and a probe.
 const PRIORITY_CONNECTIONS: u32 = 2;
-/// Connections for client writes, beside the readers.
-const WRITER_CONNECTIONS: u32 = 4;
+/// Connections for client writes, beside the readers: commits wait for the WAL's flush, and
+/// concurrent ones share it (Postgres's own group commit), so more of them in flight is more
+/// throughput.
+const WRITER_CONNECTIONS: u32 = 16;
 /// Tries of a transaction that met a deadlock or a serialization failure.
 const MAX_RETRIES: u32 = 5;
 

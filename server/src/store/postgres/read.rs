@@ -407,9 +407,13 @@ pub(super) async fn group_events(
         .collect()
 }
 
+/// A scope's count is the sum of its rows (see the schema).
 const QUOTAS: &str = "SELECT q.scope, q.max_in_flight, q.max_queued, q.rate_per_second, q.burst,
         coalesce(c.queued, 0), q.attempt_timeout_ms
-    FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope ORDER BY q.scope COLLATE \"C\"";
+    FROM quotas q LEFT JOIN LATERAL (
+        SELECT sum(n.queued)::bigint AS queued FROM queued_counts n WHERE n.scope = q.scope) c
+        ON true
+    ORDER BY q.scope COLLATE \"C\"";
 
 /// Every quota, with the jobs queued in its scope now.
 pub(super) async fn quotas(pool: &PgPool) -> Result<Vec<(Quota, u64)>> {

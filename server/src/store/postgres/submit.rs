@@ -28,7 +28,8 @@ pub(super) fn tally(tally: &mut Tally, jobs: &[NewJob], done: &[Submitted]) {
 const LOCK_LIMITS: &str = "SELECT scope, max_queued FROM quotas
     WHERE max_queued IS NOT NULL AND scope = ANY($1) ORDER BY scope FOR UPDATE";
 /// Read after the lock (a statement of its own, so it sees what committed while it waited).
-const QUEUED: &str = "SELECT scope, queued FROM queued_counts WHERE scope = ANY($1)";
+const QUEUED: &str = "SELECT scope, sum(queued)::bigint FROM queued_counts
+    WHERE scope = ANY($1) GROUP BY scope";
 
 async fn admit(conn: &mut PgConnection, jobs: &[&NewJob]) -> Result<()> {
     let mut adding: HashMap<String, u64> = HashMap::new();
