@@ -91,7 +91,20 @@ impl PgServer {
         self.port
     }
 
+    /// Starts a server, trying again on another port if the one it picked was taken before
+    /// the server bound it.
     fn start() -> Result<PgServer, String> {
+        let mut failed = Vec::new();
+        for _ in 0..3 {
+            match PgServer::start_once() {
+                Ok(server) => return Ok(server),
+                Err(err) => failed.push(err),
+            }
+        }
+        Err(failed.join("; then: "))
+    }
+
+    fn start_once() -> Result<PgServer, String> {
         let bin = bindir()?;
         let user = run_as()?;
         let dir = tempfile::Builder::new()
@@ -112,6 +125,7 @@ impl PgServer {
             .output()
             .map_err(|e| format!("initdb: {e}"))?;
         if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
             return Err(format!(
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr)
@@ -131,7 +145,7 @@ impl PgServer {
             wait
             rm -rf "$2"
         "#;
-        let mut child = as_user(Command::new("sh"), user)
+        let child = as_user(Command::new("sh"), user)
             .arg("-c")
             .arg(script)
             .arg("switchyard-pg")
@@ -143,10 +157,11 @@ impl PgServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting postgres: {e}"))?;
+        // From here on, a failure drops the server, which stops it and removes its directory.
         let server = PgServer {
             port,
             bin,
-            child: Mutex::new(None),
+            child: Mutex::new(Some(child)),
         };
         // Ready when pg_isready says so: it asks the server itself, and returns at once.
         let deadline = Instant::now() + START_TIMEOUT;
@@ -157,22 +172,18 @@ impl PgServer {
                 .status()
                 .map_err(|e| format!("pg_isready: {e}"))?;
             if ready.success() {
-                break;
+                return Ok(server);
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "the server exited ({status}) before it was ready: {}",
-                    read(&log)
-                ));
+            // Say, the port was taken meanwhile ("could not create any TCP/IP sockets").
+            let log = read(&log);
+            if log.contains("FATAL") {
+                return Err(format!("the server did not start: {log}"));
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(format!("not ready after {START_TIMEOUT:?}: {}", read(&log)));
+                return Err(format!("not ready after {START_TIMEOUT:?}: {log}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        *server.child.lock().map_err(|_| "poisoned".to_owned())? = Some(child);
-        Ok(server)
     }
 }
 
