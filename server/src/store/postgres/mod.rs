@@ -190,10 +190,9 @@ impl PostgresStore {
             .acquire_timeout(acquire_timeout)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("../migrations/postgres")
-            .run(&pool)
-            .await
-            .inspect_err(|err| tracing::error!(cause = %err, "postgres migrations failed"))?;
+        // Each migration in its own transaction, under sqlx's advisory lock (two coordinators
+        // starting at once apply each one once).
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         let priority = PgPoolOptions::new()
             .max_connections(PRIORITY_CONNECTIONS)
             .acquire_timeout(acquire_timeout)
