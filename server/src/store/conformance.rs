@@ -902,7 +902,7 @@ async fn tenants_name_only_their_own_jobs_and_groups(b: Backend) {
     assert_eq!(a_group.queued, 1, "only a's job counts in a's group");
 }
 
-fn schedule(tenant: &str, id: &str, overlap: Overlap) -> NewSchedule {
+pub(crate) fn schedule(tenant: &str, id: &str, overlap: Overlap) -> NewSchedule {
     NewSchedule {
         key: ScheduleKey {
             tenant: tenant.into(),
@@ -928,7 +928,7 @@ fn schedule(tenant: &str, id: &str, overlap: Overlap) -> NewSchedule {
     }
 }
 
-fn fire_of(key: &ScheduleKey, tick_ms: i64) -> Fire {
+pub(crate) fn fire_of(key: &ScheduleKey, tick_ms: i64) -> Fire {
     Fire {
         key: key.clone(),
         tick_ms,

@@ -212,3 +212,33 @@ async fn store_open_picks_postgres_by_the_url() {
         Err(Error::ShuttingDown)
     ));
 }
+
+/// Fires of one tick racing (a retry, or another coordinator's ticker) store one job: the
+/// first takes the schedule's row, the others find the tick handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_fires_of_one_tick_store_one_job() {
+    use crate::store::{
+        Fired,
+        conformance::{fire_of, schedule},
+    };
+    let store = open().await;
+    let s = schedule("a", "nightly", crate::domain::Overlap::Allow);
+    let key = s.key.clone();
+    store.create_schedule(s).await.expect("create");
+    let calls = (0..8).map(|_| {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move { store.fire_schedule(fire_of(&key, 1000)).await })
+    });
+    let fired: Vec<Fired> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|call| call.expect("task").expect("fire"))
+        .collect();
+    let submitted = fired
+        .iter()
+        .filter(|f| matches!(f, Fired::Submitted(s) if !s.duplicate))
+        .count();
+    let stale = fired.iter().filter(|f| **f == Fired::Stale).count();
+    assert_eq!((submitted, stale), (1, 7), "{fired:?}");
+    store.close().await.expect("close");
+}
