@@ -5,9 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, builder::TypedValueParser as _};
 use switchyard_telemetry::logging::Format as LogFormat;
 
-use crate::store::{RetryPolicy, StoreConfig, SyncMode};
+use crate::store::{DbUrl, RetryPolicy, StoreConfig, SyncMode};
 
-/// The Switchyard coordinator: takes jobs over gRPC and keeps them durably in SQLite.
+/// The Switchyard coordinator: takes jobs over gRPC and keeps them durably in SQLite (or
+/// Postgres).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchyard-server", version)]
 pub struct ServerArgs {
@@ -15,9 +16,11 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Database: `sqlite://PATH`. The file is created if missing.
+    /// Database: `sqlite://PATH` (the file is created if missing), or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DBNAME` (an existing database; the schema is
+    /// created or brought up to date at start).
     #[arg(long, env = "SWITCHYARD_DB", default_value = "sqlite://switchyard.db", value_parser = parse_db_url)]
-    pub db: PathBuf,
+    pub db: DbUrl,
 
     /// When a commit reaches the disk. `full`: fsync on every commit, so an acknowledged job
     /// survives a killed process and a power cut. `normal`: faster; survives a killed process,
@@ -62,7 +65,8 @@ pub struct ServerArgs {
     pub write_queue: u64,
 
     /// How long a write waits for the database's lock when another process holds it, before
-    /// it is refused with UNAVAILABLE (retryable); health answers NOT_SERVING meanwhile.
+    /// it is refused with UNAVAILABLE (retryable); health answers NOT_SERVING meanwhile. On
+    /// Postgres: a row another transaction holds (`lock_timeout`), and a free connection.
     #[arg(long, env = "SWITCHYARD_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub busy_timeout: Duration,
 
@@ -210,7 +214,7 @@ impl ServerArgs {
     pub fn config(&self) -> Config {
         Config {
             store: StoreConfig {
-                path: self.db.clone(),
+                db: self.db.clone(),
                 sync: self.sync,
                 readers: 4,
                 write_queue: self.write_queue as usize,
@@ -256,22 +260,29 @@ impl Config {
     /// Defaults for a database file, as the flags give them.
     pub fn for_path(path: impl Into<PathBuf>) -> Config {
         let mut args = ServerArgs::parse_from(["switchyard-server"]);
-        args.db = path.into();
+        args.db = DbUrl::Sqlite(path.into());
         args.config()
     }
 }
 
-/// `sqlite://PATH` (relative) or `sqlite:///PATH` (absolute) to a file path.
-pub fn parse_db_url(url: &str) -> Result<PathBuf, String> {
+/// `sqlite://PATH` (relative) or `sqlite:///PATH` (absolute) to a file path; `postgres://…`
+/// or `postgresql://…` to a Postgres database, kept as given (the driver parses the rest).
+pub fn parse_db_url(url: &str) -> Result<DbUrl, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return match url.split_once("://") {
+            Some((_, rest)) if !rest.is_empty() => Ok(DbUrl::Postgres(url.to_owned())),
+            _ => Err("expected postgres://USER:PASSWORD@HOST:PORT/DBNAME".to_owned()),
+        };
+    }
     let path = url
         .strip_prefix("sqlite://")
-        .ok_or_else(|| format!("{url:?}: expected sqlite://PATH"))?;
+        .ok_or_else(|| format!("{url:?}: expected sqlite://PATH or postgres://…"))?;
     if path.is_empty() || path.starts_with(':') || path.contains('?') {
         return Err(format!(
             "{url:?}: expected sqlite://PATH to a file (in-memory databases and options are not supported)"
         ));
     }
-    Ok(PathBuf::from(path))
+    Ok(DbUrl::Sqlite(PathBuf::from(path)))
 }
 
 /// `250ms`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds); at least 1 ms, at most 366
@@ -323,12 +334,23 @@ mod tests {
 
     #[test]
     fn db_urls() {
-        assert_eq!(parse_db_url("sqlite://a.db"), Ok(PathBuf::from("a.db")));
+        assert_eq!(
+            parse_db_url("sqlite://a.db"),
+            Ok(DbUrl::Sqlite(PathBuf::from("a.db")))
+        );
         assert_eq!(
             parse_db_url("sqlite:///tmp/a.db"),
-            Ok(PathBuf::from("/tmp/a.db"))
+            Ok(DbUrl::Sqlite(PathBuf::from("/tmp/a.db")))
         );
-        assert!(parse_db_url("postgres://x").is_err());
+        for url in ["postgres://u:p@h:5432/d", "postgresql://h/d"] {
+            assert_eq!(parse_db_url(url), Ok(DbUrl::Postgres(url.to_owned())));
+        }
+        assert!(parse_db_url("postgres://").is_err());
+        // Logs and `{:?}` never show a password.
+        let url = DbUrl::Postgres("postgres://u:secret@h:5432/d?password=other".into());
+        assert_eq!(url.to_string(), "postgres://u:***@h:5432/d");
+        assert!(!format!("{url:?}").contains("secret"));
+        assert!(parse_db_url("mysql://x").is_err());
         assert!(parse_db_url("sqlite://:memory:").is_err());
         assert!(parse_db_url("sqlite://").is_err());
     }

@@ -52,6 +52,10 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("postgres: {0}")]
+    Postgres(sqlx::Error),
+    #[error("postgres migrations: {0}")]
+    PostgresMigration(#[from] sqlx::migrate::MigrateError),
     #[error("commit failed: {0}")]
     CommitFailed(String),
     #[error("stored row is corrupt: {0}")]
@@ -73,6 +77,8 @@ pub enum StoreFault {
     Full,
     /// Another process holds the database's write lock: retry with backoff.
     Busy,
+    /// The database server cannot be reached (Postgres): retry with backoff.
+    Unreachable,
 }
 
 impl StoreFault {
@@ -84,6 +90,9 @@ impl StoreFault {
             StoreFault::Busy => {
                 "the coordinator's database is locked by another process; nothing was stored (retry with backoff)"
             }
+            StoreFault::Unreachable => {
+                "the coordinator cannot reach its database; nothing was stored (retry with backoff)"
+            }
         }
     }
 
@@ -92,6 +101,7 @@ impl StoreFault {
         match self {
             StoreFault::Full => "full",
             StoreFault::Busy => "busy",
+            StoreFault::Unreachable => "unreachable",
         }
     }
 }
@@ -119,6 +129,44 @@ impl From<rusqlite::Error> for Error {
                 detail: err.to_string(),
             },
             None => Error::Database(err),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// As for SQLite: what the caller can act on (a full disk, a lock held too long, a server
+    /// out of reach) is told apart from other database errors. A closed pool is a store that
+    /// was closed.
+    fn from(err: sqlx::Error) -> Self {
+        let fault = match &err {
+            sqlx::Error::PoolClosed => return Error::ShuttingDown,
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => Some(StoreFault::Unreachable),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // disk_full.
+                Some("53100") => Some(StoreFault::Full),
+                // lock_not_available: `lock_timeout` (from --busy-timeout) passed.
+                Some("55P03") => Some(StoreFault::Busy),
+                // too_many_connections; admin_shutdown, crash_shutdown, cannot_connect_now;
+                // connection exceptions.
+                Some(code)
+                    if code == "53300" || code.starts_with("57P") || code.starts_with("08") =>
+                {
+                    Some(StoreFault::Unreachable)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match fault {
+            Some(fault) => Error::Store {
+                fault,
+                detail: err.to_string(),
+            },
+            None => Error::Postgres(err),
         }
     }
 }
@@ -159,10 +207,12 @@ impl From<Error> for Status {
                 tracing::warn!(fault = fault.as_str(), cause = %detail, "the store cannot write");
                 match fault {
                     StoreFault::Full => Code::ResourceExhausted,
-                    StoreFault::Busy => Code::Unavailable,
+                    StoreFault::Busy | StoreFault::Unreachable => Code::Unavailable,
                 }
             }
             Error::Database(_)
+            | Error::Postgres(_)
+            | Error::PostgresMigration(_)
             | Error::Migration { .. }
             | Error::Open { .. }
             | Error::CommitFailed(_)

@@ -71,7 +71,7 @@ pub async fn run_with(
         None => None,
     };
     let metrics = Metrics::new();
-    let store = store::open(&config.store, metrics.clone())?;
+    let store = store::open(&config.store, metrics.clone()).await?;
     let recovered = match store.recover().await {
         Ok(recovered) => recovered,
         Err(err) => {

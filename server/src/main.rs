@@ -65,7 +65,7 @@ async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(metrics) = &metrics {
         println!("switchyard-server metrics on {}", metrics.local_addr()?);
     }
-    tracing::info!(%addr, db = %args.db.display(), sync = ?args.sync, "coordinator starting");
+    tracing::info!(%addr, db = %args.db, sync = ?args.sync, "coordinator starting");
 
     // SIGINT and SIGTERM both start a drain.
     let shutdown = switchyard_telemetry::shutdown::on_signals();

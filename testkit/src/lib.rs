@@ -2,6 +2,7 @@
 //! temporary database, talked to over gRPC. Each handle kills its process when dropped.
 
 pub mod otlp;
+pub mod postgres;
 mod proxy;
 
 pub use proxy::Proxy;

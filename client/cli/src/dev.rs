@@ -32,7 +32,8 @@ pub struct DevArgs {
     /// Where the coordinator listens (`127.0.0.1:0` picks a free port).
     #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
     listen: String,
-    /// The database (`sqlite://PATH`), created if missing.
+    /// The database: `sqlite://PATH` (created if missing) or `postgres://…` (an existing
+    /// database), passed to the coordinator as its `--db`.
     #[arg(long, default_value = "sqlite://switchyard-dev.db")]
     db: String,
     /// Worker processes to start (each serves the built-in kinds).

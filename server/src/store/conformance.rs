@@ -1,7 +1,7 @@
 //! The storage conformance suite: what every backend must do, written against the [`Store`]
 //! trait alone. Each check is a plain async function over a [`Backend`]; the `suite!` macro
-//! at the bottom runs all of them against each backend (SQLite today; a second backend adds
-//! one line there).
+//! at the bottom runs all of them against each backend (SQLite, and Postgres on a server the
+//! test process starts for itself: `switchyard_testkit::postgres`).
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -39,7 +39,7 @@ impl Backend {
 pub(crate) async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = super::StoreConfig {
-        path: dir.path().join("conformance.db"),
+        db: super::DbUrl::Sqlite(dir.path().join("conformance.db")),
         sync: super::SyncMode::Normal,
         readers: 2,
         write_queue: 64,
@@ -59,6 +59,35 @@ pub(crate) async fn sqlite() -> Backend {
         store,
         reopen: Box::new(open),
         _dir: Some(dir),
+    }
+}
+
+/// A fresh database on the test process's own Postgres server (`switchyard_testkit::postgres`);
+/// a restart closes the store's pools and opens a new store on the same database.
+pub(crate) async fn postgres() -> Backend {
+    let config = super::StoreConfig {
+        db: super::DbUrl::Postgres(switchyard_testkit::postgres::database().await),
+        sync: super::SyncMode::Normal,
+        readers: 2,
+        write_queue: 64,
+        busy_timeout: std::time::Duration::from_secs(5),
+    };
+    let open = move || -> Opened {
+        let config = config.clone();
+        Box::pin(async move {
+            let store: Arc<dyn Store> = Arc::new(
+                super::postgres::PostgresStore::open(&config, Metrics::new())
+                    .await
+                    .expect("open postgres"),
+            );
+            store
+        })
+    };
+    let store = open().await;
+    Backend {
+        store,
+        reopen: Box::new(open),
+        _dir: None,
     }
 }
 
@@ -873,7 +902,7 @@ async fn tenants_name_only_their_own_jobs_and_groups(b: Backend) {
     assert_eq!(a_group.queued, 1, "only a's job counts in a's group");
 }
 
-fn schedule(tenant: &str, id: &str, overlap: Overlap) -> NewSchedule {
+pub(crate) fn schedule(tenant: &str, id: &str, overlap: Overlap) -> NewSchedule {
     NewSchedule {
         key: ScheduleKey {
             tenant: tenant.into(),
@@ -899,7 +928,7 @@ fn schedule(tenant: &str, id: &str, overlap: Overlap) -> NewSchedule {
     }
 }
 
-fn fire_of(key: &ScheduleKey, tick_ms: i64) -> Fire {
+pub(crate) fn fire_of(key: &ScheduleKey, tick_ms: i64) -> Fire {
     Fire {
         key: key.clone(),
         tick_ms,
@@ -1946,3 +1975,4 @@ macro_rules! suite {
 }
 
 suite!(sqlite);
+suite!(postgres);

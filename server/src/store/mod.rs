@@ -1,9 +1,11 @@
 //! The durable record of every job, behind one trait ([`Store`]) so that a backend is a choice
 //! made at start. The operations are the ones the api and the scheduler need; each is one
 //! transaction. [`sqlite`] is the embedded default: one writer thread, group commit, a read
-//! pool. The conformance suite (`conformance.rs`, tests only) holds every backend to the same
-//! behaviour.
+//! pool. [`postgres`] keeps the same record in a Postgres database, through connection pools,
+//! each write its own transaction. The conformance suite (`conformance.rs`, tests only) holds
+//! every backend to the same behaviour.
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -29,12 +31,64 @@ pub enum SyncMode {
     Normal,
 }
 
+/// Which database, from `--db`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    /// `sqlite://PATH`: a file, created if missing.
+    Sqlite(PathBuf),
+    /// `postgres://…` (or `postgresql://…`), as given: an existing database.
+    Postgres(String),
+}
+
+impl DbUrl {
+    /// The URL with any password replaced, for logs.
+    fn redacted(&self) -> String {
+        match self {
+            DbUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DbUrl::Postgres(url) => {
+                // scheme://user:password@host/… -> scheme://user:***@host/…; the options
+                // after `?` (which may hold a password too) are left out.
+                let url = url.split('?').next().unwrap_or_default();
+                let Some((scheme, rest)) = url.split_once("://") else {
+                    return url.to_owned();
+                };
+                match rest.rsplit_once('@') {
+                    Some((credentials, host)) => {
+                        let user = credentials.split(':').next().unwrap_or_default();
+                        let password = if credentials.contains(':') {
+                            ":***"
+                        } else {
+                            ""
+                        };
+                        format!("{scheme}://{user}{password}@{host}")
+                    }
+                    None => url.to_owned(),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Never the password, not even in `{:?}` (the config is logged at start).
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbUrl({})", self.redacted())
+    }
+}
+
 /// Where the store lives and how it writes.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub path: PathBuf,
+    pub db: DbUrl,
     pub sync: SyncMode,
-    /// Read-only connections in the read pool.
+    /// Read-only connections in the read pool (Postgres: the pool holds this many more than
+    /// its writers).
     pub readers: usize,
     /// Client commands that may wait for the writer before submitters are pushed back. The
     /// scheduler's own writes do not count against it.
@@ -44,9 +98,12 @@ pub struct StoreConfig {
     pub busy_timeout: std::time::Duration,
 }
 
-/// Opens the configured backend.
-pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(sqlite::SqliteStore::open(config, metrics)?))
+/// Opens the backend `--db` names.
+pub async fn open(config: &StoreConfig, metrics: Metrics) -> Result<Arc<dyn Store>> {
+    Ok(match &config.db {
+        DbUrl::Sqlite(_) => Arc::new(sqlite::SqliteStore::open(config, metrics)?),
+        DbUrl::Postgres(_) => Arc::new(postgres::PostgresStore::open(config, metrics).await?),
+    })
 }
 
 /// The operations of a backend. Every write is one transaction, acknowledged only once it is

@@ -445,8 +445,9 @@ const VACUUM_SWITCH_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// while the file is small (a quick copy), otherwise left to the operator (pruning still
 /// reuses the freed pages inside the file, it just never shrinks it).
 fn incremental_vacuum(conn: &Connection, config: &StoreConfig) -> Result<()> {
+    let path = path(config)?;
     let wrap = |source| Error::Open {
-        path: config.path.display().to_string(),
+        path: path.display().to_string(),
         source,
     };
     // 0 none, 1 full, 2 incremental.
@@ -473,9 +474,17 @@ fn incremental_vacuum(conn: &Connection, config: &StoreConfig) -> Result<()> {
     Ok(())
 }
 
+/// The database file `--db` names.
+fn path(config: &StoreConfig) -> Result<&std::path::Path> {
+    match &config.db {
+        super::DbUrl::Sqlite(path) => Ok(path),
+        other => Err(Error::Config(format!("{other}: not a sqlite:// database"))),
+    }
+}
+
 /// Opens one connection with the per-connection pragmas on it.
 fn open_connection(config: &StoreConfig, read_only: bool) -> Result<Connection> {
-    let (path, sync) = (config.path.as_path(), config.sync);
+    let (path, sync) = (path(config)?, config.sync);
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {

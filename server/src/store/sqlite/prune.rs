@@ -241,7 +241,7 @@ mod tests {
 
     fn config(dir: &tempfile::TempDir) -> StoreConfig {
         StoreConfig {
-            path: dir.path().join("prune.db"),
+            db: crate::store::DbUrl::Sqlite(dir.path().join("prune.db")),
             sync: SyncMode::Normal,
             readers: 1,
             write_queue: 64,
@@ -250,7 +250,10 @@ mod tests {
     }
 
     fn auto_vacuum(config: &StoreConfig) -> i64 {
-        Connection::open(&config.path)
+        let crate::store::DbUrl::Sqlite(path) = &config.db else {
+            panic!("a sqlite config")
+        };
+        Connection::open(path)
             .and_then(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)))
             .expect("read auto_vacuum")
     }
@@ -304,7 +307,10 @@ mod tests {
     async fn a_small_old_database_is_switched_at_open() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let config = config(&dir);
-        Connection::open(&config.path)
+        let crate::store::DbUrl::Sqlite(path) = &config.db else {
+            panic!("a sqlite config")
+        };
+        Connection::open(path)
             .and_then(|c| {
                 c.execute_batch("CREATE TABLE old (x INTEGER); INSERT INTO old VALUES (1);")
             })
