@@ -134,12 +134,17 @@ fn temp_dir(args: &ScaleBench) -> anyhow::Result<tempfile::TempDir> {
     .context("temporary directory for the bench database")
 }
 
-/// p50 and p99 of `n` calls of `op`, one at a time, in ms.
+/// p50 and p99 of `n` calls of `op`, one at a time, in ms, after three not counted.
 async fn timed<F, Fut>(n: u64, mut op: F) -> anyhow::Result<(f64, f64)>
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    // The first calls open the coordinator's read connections and warm its caches: not
+    // counted.
+    for i in 0..3 {
+        op(i).await?;
+    }
     let mut took = Vec::with_capacity(n as usize);
     for i in 0..n {
         let t = Instant::now();
@@ -217,6 +222,13 @@ pub(super) async fn scale(
     json_out: bool,
     log_format: LogFormat,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        WARM + args.window < args.queued,
+        "--window {} needs more than {} jobs queued (--queued {})",
+        args.window,
+        WARM + args.window,
+        args.queued
+    );
     // The shallow baseline: a queue of `WARM + window` plus a little, drained.
     let shallow_dir = temp_dir(&args)?;
     let shallow_db = shallow_dir.path().join("shallow.db");
@@ -244,6 +256,8 @@ pub(super) async fn scale(
 
     let restarting = Instant::now();
     let (process, client, url) = coordinator(&deep_db, log_format).await?;
+    // It listens before it has taken stock; serving is its first answer.
+    client.stats().await?;
     let serving_s = restarting.elapsed().as_secs_f64();
     let rss_restarted = rss(&process)?;
     let mut fleet = super::Fleet::around(process, url, log_format, deep_dir);
