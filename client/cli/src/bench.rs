@@ -654,19 +654,22 @@ async fn submit_batches(client: &Client, count: u64) -> anyhow::Result<Vec<Strin
 /// Waits until `count` jobs of queue `bench` have succeeded (polling `Stats`: a bench may
 /// look at numbers on a timer).
 async fn all_succeeded(client: &Client, count: u64) -> anyhow::Result<()> {
-    loop {
-        let stats = client.stats().await?;
-        let done: u64 = stats
-            .queues
-            .iter()
-            .filter(|q| q.queue == "bench")
-            .map(|q| q.succeeded + q.failed + q.cancelled + q.deadline_exceeded)
-            .sum();
-        if done >= count {
-            return Ok(());
-        }
+    while ended(client).await? < count {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// Jobs of queue `bench` that have ended, by `Stats`.
+async fn ended(client: &Client) -> anyhow::Result<u64> {
+    Ok(client
+        .stats()
+        .await?
+        .queues
+        .iter()
+        .filter(|q| q.queue == "bench")
+        .map(|q| q.succeeded + q.failed + q.cancelled + q.deadline_exceeded)
+        .sum())
 }
 
 /// Submit→start and submit→finish of every succeeded job, in ms, sorted.

@@ -6,6 +6,7 @@
 //! every backend to the same behaviour.
 
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 #[cfg(test)]

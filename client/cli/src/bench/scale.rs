@@ -11,7 +11,7 @@ use serde_json::json;
 use switchyard_client::{Client, JobState, ListFilter};
 use switchyard_telemetry::logging::Format as LogFormat;
 
-use super::{FleetBench, ms, pct, submit_batches};
+use super::{FleetBench, ended, ms, pct, submit_batches};
 use crate::dev::Process;
 
 /// The coordinator's memory per queued job beyond its payload, at most (issue 12).
@@ -79,18 +79,6 @@ fn rss(process: &Process) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .context("no VmRSS in /proc/PID/status")?;
     Ok(kib * 1024)
-}
-
-/// Jobs of queue `bench` that have ended.
-async fn ended(client: &Client) -> anyhow::Result<u64> {
-    Ok(client
-        .stats()
-        .await?
-        .queues
-        .iter()
-        .filter(|q| q.queue == "bench")
-        .map(|q| q.succeeded + q.failed + q.cancelled + q.deadline_exceeded)
-        .sum())
 }
 
 /// Waits (polling `Stats`: the figure is taken from outside) until `count` jobs have ended.

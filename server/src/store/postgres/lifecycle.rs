@@ -4,6 +4,7 @@
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::{Columns, READY_COLUMNS, READY_COLUMNS_J, cancel, ready_from_row};
+use crate::store::rules::{self, Current, EXPIRED_BEFORE_RUNNING};
 use crate::{
     domain::{
         AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, RunningAttempt, now_ms,
@@ -88,7 +89,6 @@ pub(super) async fn transition(
 const EXPIRE: &str = "UPDATE jobs SET state = 60 /* deadline_exceeded */, error = $1,
         finished_at_ms = $2
     WHERE id = $3 AND state = 10 /* queued */ RETURNING queue";
-const EXPIRED_BEFORE_RUNNING: &str = "its deadline passed before it could run";
 
 /// A queued job whose deadline passed: it ends without ever running.
 async fn expire(
@@ -169,47 +169,6 @@ async fn end_descendants(
     Ok(())
 }
 
-struct Current {
-    seq: i64,
-    state: JobState,
-    attempt: u32,
-    failures: u32,
-    max_attempts: u32,
-    queue: String,
-    kind: String,
-    priority: i32,
-    deadline_ms: Option<i64>,
-    timeout_ms: Option<i64>,
-    /// The timeout is the queue's default, not the job's own.
-    queue_timeout: bool,
-    started_at_ms: Option<i64>,
-    weight: u32,
-    tenant_id: Option<String>,
-    concurrency_key: Option<String>,
-}
-
-impl Current {
-    fn ready(&self, id: JobId, run_at_ms: i64) -> ReadyJob {
-        ReadyJob {
-            id,
-            queue: self.queue.clone(),
-            kind: self.kind.clone(),
-            priority: self.priority,
-            run_at_ms,
-            seq: self.seq,
-            deadline_ms: self.deadline_ms,
-            weight: self.weight,
-            tenant_id: self.tenant_id.clone(),
-            concurrency_key: self.concurrency_key.clone(),
-            attempt: self.attempt,
-        }
-    }
-}
-
-/// How close to a deadline a handler's own "I was cancelled" counts as that deadline (the
-/// worker's timer may fire a little before ours).
-const DEADLINE_SLACK_MS: i64 = 1000;
-
 async fn finish(
     conn: &mut PgConnection,
     finish: &Finish,
@@ -250,40 +209,8 @@ async fn finish(
     };
     let id = finish.job_id;
 
-    // A handler that stopped because its own timer fired is the job's deadline or the
-    // attempt's timeout, whichever it was; any other stop it chose is a cancellation.
-    let near = |at: Option<i64>| at.is_some_and(|at| now >= at - DEADLINE_SLACK_MS);
-    let outcome = match &finish.outcome {
-        Outcome::Failed {
-            cancelled: true, ..
-        } if near(current.deadline_ms) => Outcome::Expired,
-        Outcome::Failed {
-            cancelled: true, ..
-        } if near(
-            current
-                .timeout_ms
-                .zip(current.started_at_ms)
-                .map(|(t, s)| s + t),
-        ) =>
-        {
-            Outcome::TimedOut
-        }
-        other => other.clone(),
-    };
-    // Children belong to the attempt that submitted them: one that ends other than in
-    // success takes its unfinished children with it, whether or not the job runs again.
-    let how = match &outcome {
-        Outcome::Succeeded(_) => None,
-        Outcome::Failed {
-            cancelled: true, ..
-        } => Some("CANCELLED"),
-        Outcome::Failed { .. } => Some("FAILED"),
-        Outcome::Lost(_) => Some("LOST"),
-        Outcome::Released(_) => Some("RELEASED"),
-        Outcome::Interrupted(_) => Some("INTERRUPTED"),
-        Outcome::Expired => Some("DEADLINE_EXCEEDED"),
-        Outcome::TimedOut => Some("TIMED_OUT"),
-    };
+    let outcome = current.outcome_of(&finish.outcome, now);
+    let how = rules::ends_children(&outcome);
     if let Some(how) = how {
         let (ended, running) =
             cancel::end_attempt_children(conn, id, current.attempt, how, now, &mut out.metrics)
@@ -313,16 +240,7 @@ async fn finish(
             end_job(conn, &ended, now, out).await?;
         }
         Outcome::TimedOut => {
-            let message = format!(
-                "attempt {} ran past {} of {} ms",
-                current.attempt,
-                if current.queue_timeout {
-                    "its queue's attempt timeout"
-                } else {
-                    "its timeout"
-                },
-                current.timeout_ms.unwrap_or_default()
-            );
+            let message = current.timed_out();
             end_attempt(
                 conn,
                 &current,
@@ -380,7 +298,7 @@ async fn finish(
                 out.ready.push(current.ready(id, run_at));
             } else {
                 let error = if state == JobState::Failed && *retryable {
-                    format!("{message} (after {})", attempts(failures))
+                    rules::out_of_attempts(message, failures)
                 } else {
                     message.clone()
                 };
@@ -469,7 +387,7 @@ async fn again_or_fail(
         requeue_after(conn, Some(message), failures, run_at, current.seq).await?;
         return Ok(Some(run_at));
     }
-    let error = format!("{message} (after {})", attempts(failures));
+    let error = rules::out_of_attempts(message, failures);
     let ended = Ended {
         id,
         current,
@@ -719,14 +637,4 @@ pub(super) async fn recover(pool: &PgPool) -> Result<(Vec<ReadyJob>, Vec<Running
     .map(ready_from_row)
     .collect::<Result<Vec<_>>>()?;
     Ok((ready, running))
-}
-
-/// `1 attempt`, `3 attempts`: the count in a job's final error, as a person writes it.
-fn attempts(n: impl Into<u64>) -> String {
-    let n = n.into();
-    if n == 1 {
-        "1 attempt".to_owned()
-    } else {
-        format!("{n} attempts")
-    }
 }
