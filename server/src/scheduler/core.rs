@@ -75,6 +75,9 @@ pub(crate) struct Core {
     paused: HashSet<String>,
     /// Queued jobs in memory (ready or delayed) by queue, for the queue-depth gauge.
     depth: HashMap<String, u64>,
+    /// Attempts the store ended (cancelled) while their start was still committing: when
+    /// the start settles, the attempt is dropped instead of sent.
+    ended_while_starting: HashSet<Key>,
     /// The next transition, gathered over a round.
     finishes: Vec<Finish>,
     expire: Vec<JobId>,
@@ -100,6 +103,7 @@ impl Core {
             quotas: Quotas::default(),
             paused: HashSet::new(),
             depth: HashMap::new(),
+            ended_while_starting: HashSet::new(),
             finishes: Vec::new(),
             expire: Vec::new(),
             starts: Vec::new(),
@@ -359,6 +363,15 @@ impl Core {
             let Some(session) = self.attempts.get(&key).map(|e| e.session) else {
                 continue;
             };
+            if self.ended_while_starting.remove(&key) {
+                // Cancelled in the store after this start committed, before it settled: its
+                // worker never hears of it, and its slot and permits come back.
+                self.retire(key);
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.credits += 1;
+                }
+                continue;
+            }
             let Some(worker_id) = self.sessions.get(session).map(|s| s.info.worker_id.clone())
             else {
                 // The session died while its start was committing: not the worker's fault.
@@ -434,6 +447,7 @@ impl Core {
     /// Takes an attempt out of the table and gives back its permits: the one place they are
     /// given back, whatever way the attempt ended.
     fn retire(&mut self, key: Key) -> Option<super::attempts::Entry> {
+        self.ended_while_starting.remove(&key);
         let entry = self.attempts.remove(&key)?;
         self.quotas.release(&entry.job.scopes(), entry.job.weight);
         self.attempt_ends.cancel(key);
@@ -465,6 +479,9 @@ impl Core {
             // The store has ended it already; a worker that comes back with it is told to
             // stop then, as it is not re-adopted.
             self.retire(key);
+        } else if phase == Phase::Starting {
+            // Its start is still committing (a round in flight): dropped when it settles.
+            self.ended_while_starting.insert(key);
         } else if self.fence(key) {
             self.effects.push(Effect::Stop {
                 session,

@@ -131,6 +131,35 @@ async fn a_stopped_attempt_keeps_its_permits_until_its_handler_returns() {
     assert_eq!(picked(&mut core), [(test_id(2), 1)]);
 }
 
+/// A cancel that commits while the attempt's start is still committing (two rounds in
+/// flight) reaches the core before the start settles: the attempt is never sent, and its
+/// slot and permit come back.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cancelled_while_its_start_commits_is_never_sent() {
+    let mut core = core();
+    core.set_quota(&limit("key:k", 1));
+    core.enqueue(keyed(1, "k", 1));
+    core.enqueue(keyed(2, "k", 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
+    core.pick();
+    let ops = core.plan(RETRY).expect("a start");
+    assert_eq!(ops.starts[0].job_id, test_id(1));
+    core.stop_ended(test_id(1), 1, "cancelled");
+    assert!(core.take_effects().is_empty(), "nothing to stop yet");
+    commit(&mut core, ops, None);
+    assert!(
+        core.take_effects().is_empty(),
+        "the cancelled attempt is not assigned"
+    );
+    assert_eq!(core.held("key:k"), 0);
+    // The slot and the permit serve the next job.
+    assert_eq!(picked(&mut core), [(test_id(2), 1)]);
+    assert!(matches!(
+        core.take_effects().as_slice(),
+        [Effect::Assign { .. }]
+    ));
+}
+
 #[tokio::test(start_paused = true)]
 async fn tenants_are_served_round_robin_within_a_queue() {
     let mut core = core();
