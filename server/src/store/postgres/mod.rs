@@ -46,7 +46,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -95,6 +95,8 @@ pub struct PostgresStore {
     metrics: Metrics,
     health_tx: Arc<watch::Sender<Option<StoreFault>>>,
     health: watch::Receiver<Option<StoreFault>>,
+    /// The latest time a scheduler transition was stamped with ([`PostgresStore::stamp`]).
+    last_stamp: Arc<AtomicI64>,
 }
 
 /// Which path a write takes.
@@ -208,11 +210,19 @@ impl PostgresStore {
             metrics,
             health_tx: Arc::new(health_tx),
             health,
+            last_stamp: Arc::new(AtomicI64::new(0)),
         };
         store
             .metrics
             .set_store_bytes(prune::size(&store.pool).await?.bytes);
         Ok(store)
+    }
+
+    /// The time a scheduler transition is stamped with: now, never earlier than one handed
+    /// over before it (should the clock step back).
+    fn stamp(&self) -> i64 {
+        let now = now_ms();
+        now.max(self.last_stamp.fetch_max(now, Ordering::Relaxed))
     }
 
     /// A permit for a client write, refused at once when too many are in flight.
@@ -360,8 +370,13 @@ impl Store for PostgresStore {
     }
 
     async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome> {
+        // Stamped before anything waits: the scheduler hands rounds over in order and may have
+        // two committing at once, and a start it planned on the permit a finish freed must
+        // not be stamped before that finish (SQLite's one writer stamps them in order too).
+        // The same time on a retry of the transaction.
+        let now = self.stamp();
         let mut done = transaction!(self, Lane::Priority, |conn| lifecycle::transition(
-            conn, &ops
+            conn, &ops, now
         )
         .await)?;
         self.count(ops.finishes.len() + done.started.len() + done.cancelled_dependents.len());
