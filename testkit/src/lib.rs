@@ -72,7 +72,9 @@ pub fn backend() -> Backend {
 pub fn skip_on_postgres(reason: &str) -> bool {
     let skip = backend() == Backend::Postgres;
     if skip {
-        eprintln!("skipped on postgres: {reason}");
+        // Straight to stderr, past the test harness's capture: the line shows in CI's log.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped on postgres: {reason}");
     }
     skip
 }
