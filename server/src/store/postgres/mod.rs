@@ -97,6 +97,9 @@ pub struct PostgresStore {
     health: watch::Receiver<Option<StoreFault>>,
     /// The latest time a scheduler transition was stamped with ([`PostgresStore::stamp`]).
     last_stamp: Arc<AtomicI64>,
+    /// Held by a scheduler transition from its hand-over to its commit: they commit one at
+    /// a time, in the order they were handed over (a fair lock), as on SQLite's one writer.
+    transitions: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Which path a write takes.
@@ -211,6 +214,7 @@ impl PostgresStore {
             health_tx: Arc::new(health_tx),
             health,
             last_stamp: Arc::new(AtomicI64::new(0)),
+            transitions: Arc::new(tokio::sync::Mutex::new(())),
         };
         store
             .metrics
@@ -370,10 +374,14 @@ impl Store for PostgresStore {
     }
 
     async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome> {
-        // Stamped before anything waits: the scheduler hands rounds over in order and may have
-        // two committing at once, and a start it planned on the permit a finish freed must
-        // not be stamped before that finish (SQLite's one writer stamps them in order too).
-        // The same time on a retry of the transaction.
+        // The scheduler hands rounds over in order and may have two committing at once. They
+        // commit in that order, as on SQLite: a round must not see what a later one did (an
+        // errgroup's failure that cancels its queued siblings must not find one that a later
+        // round started meanwhile running: its stop would come before the start settled, and
+        // the worker would run a cancelled job). The fair lock is asked for on the first poll,
+        // before anything else waits. The stamp follows the same order (and a retry keeps
+        // it): a start planned on the permit a finish freed is never stamped before it.
+        let _turn = self.transitions.lock().await;
         let now = self.stamp();
         let mut done = transaction!(self, Lane::Priority, |conn| lifecycle::transition(
             conn, &ops, now
