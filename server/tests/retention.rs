@@ -224,6 +224,12 @@ async fn idempotency_keys_bind_for_their_ttl() {
 /// pruned, later rounds reuse the space of earlier ones.
 #[tokio::test]
 async fn the_database_stops_growing_under_steady_load() {
+    if switchyard_testkit::skip_on_postgres(
+        "it measures SQLite's pages and incremental vacuum; Postgres's size (an empty \
+         database is ~8 MB) shrinks by autovacuum, on its own schedule",
+    ) {
+        return;
+    }
     const ROUND: usize = 200;
     const WARM_UP: usize = 4;
     const ROUNDS: usize = 12;

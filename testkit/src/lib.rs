@@ -1,5 +1,9 @@
 //! Starts the real Switchyard processes for tests: the coordinator on `127.0.0.1:0` with a
 //! temporary database, talked to over gRPC. Each handle kills its process when dropped.
+//!
+//! `SWITCHYARD_TEST_BACKEND` picks the coordinator's store: `sqlite` (the default: a file in a
+//! temporary directory) or `postgres` (a fresh database on the test process's private
+//! PostgreSQL server, [`postgres`]). [`backend`] says which one a test runs on.
 
 pub mod otlp;
 pub mod postgres;
@@ -45,14 +49,72 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A coordinator process and the directory that holds its database and log.
+/// The store the coordinators of this test run use, from `SWITCHYARD_TEST_BACKEND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite` or unset: a database file in a temporary directory.
+    Sqlite,
+    /// `postgres`: a fresh database on the test process's PostgreSQL server.
+    Postgres,
+}
+
+/// The backend `SWITCHYARD_TEST_BACKEND` selects (`sqlite` when it is unset or empty).
+pub fn backend() -> Backend {
+    match std::env::var("SWITCHYARD_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") => Backend::Postgres,
+        Ok(other) => panic!("SWITCHYARD_TEST_BACKEND={other:?}: expected sqlite or postgres"),
+    }
+}
+
+/// True (after saying so on stderr) when the tests run on Postgres: for a test that is about
+/// SQLite itself (its file, its locks, its failpoints), which returns early then.
+pub fn skip_on_postgres(reason: &str) -> bool {
+    let skip = backend() == Backend::Postgres;
+    if skip {
+        // Straight to stderr, past the test harness's capture: the line shows in CI's log.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped on postgres: {reason}");
+    }
+    skip
+}
+
+/// Where a coordinator keeps its jobs: the `--db` URL, and the SQLite file behind it.
+#[derive(Clone, Debug)]
+struct Db {
+    url: String,
+    /// The SQLite database file; `None` on Postgres.
+    path: Option<PathBuf>,
+}
+
+impl Db {
+    /// The one place that decides a new coordinator's `--db`: a SQLite file in `dir`, or a
+    /// fresh Postgres database. A restart reuses it (the same file or database).
+    async fn new(dir: &Path) -> Db {
+        match backend() {
+            Backend::Sqlite => {
+                let path = dir.join("switchyard.db");
+                Db {
+                    url: format!("sqlite://{}", path.display()),
+                    path: Some(path),
+                }
+            }
+            Backend::Postgres => Db {
+                url: postgres::database().await,
+                path: None,
+            },
+        }
+    }
+}
+
+/// A coordinator process and the directory that holds its log (and its SQLite database).
 pub struct Coordinator {
     child: Option<Child>,
     _stdout: Option<ChildStdout>,
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     dir: Arc<TempDir>,
-    db: PathBuf,
+    db: Db,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -75,14 +137,20 @@ impl Coordinator {
     }
 
     /// Starts a coordinator whose database lives in `db_dir` (say, a small filesystem the test
-    /// made), or in the coordinator's own temporary directory.
+    /// made: SQLite only), or in the coordinator's own temporary directory (or, on Postgres, a
+    /// fresh database).
     pub async fn start_in(
         db_dir: Option<&Path>,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Coordinator {
         let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
-        let db = db_dir.unwrap_or(dir.path()).join("switchyard.db");
+        assert!(
+            db_dir.is_none() || backend() == Backend::Sqlite,
+            "a database directory is SQLite's: skip this test on {:?}",
+            backend()
+        );
+        let db = Db::new(db_dir.unwrap_or(dir.path())).await;
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
@@ -116,8 +184,17 @@ impl Coordinator {
         format!("http://{}", self.addr)
     }
 
+    /// The SQLite database file (panics on Postgres: skip such a test there).
     pub fn db_path(&self) -> PathBuf {
-        self.db.clone()
+        self.db
+            .path
+            .clone()
+            .expect("the coordinator runs on Postgres: there is no database file")
+    }
+
+    /// The `--db` URL the coordinator runs on (the same across restarts).
+    pub fn db_url(&self) -> &str {
+        &self.db.url
     }
 
     /// Everything the coordinator has logged (stderr), across restarts.
@@ -206,7 +283,7 @@ pub fn signal(pid: u32, name: &str) {
 /// second when `--metrics` is among `args`.
 async fn spawn(
     dir: &Path,
-    db: &Path,
+    db: &Db,
     args: &[String],
     env: &[(String, String)],
     listen: &str,
@@ -220,7 +297,7 @@ async fn spawn(
         .arg("--listen")
         .arg(listen)
         .arg("--db")
-        .arg(format!("sqlite://{}", db.display()))
+        .arg(&db.url)
         .args(args)
         .env("SWITCHYARD_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)))

@@ -207,14 +207,31 @@ where
     }
 }
 
-/// Waits until `worker` holds `n` running jobs.
+/// Waits until `worker` holds `n` running jobs, and (for `n` > 0) the store has committed
+/// their starts: a slot is taken when a start is planned, and the job is sent to the worker
+/// only once its start has committed, which takes longer on some stores than on others.
 pub async fn running_on(client: &Client, worker: &str, n: u32) {
     eventually(&format!("{n} jobs running on {worker}"), || async {
         let workers = client.workers().await.ok()?;
-        workers
+        if !workers
             .iter()
             .any(|w| w.worker_id == worker && w.running == n)
-            .then_some(())
+        {
+            return None;
+        }
+        if n == 0 {
+            return Some(());
+        }
+        let running: Vec<Job> = client
+            .list(ListFilter {
+                state: Some(JobState::Running),
+                ..Default::default()
+            })
+            .try_collect()
+            .await
+            .ok()?;
+        let committed = running.iter().filter(|j| j.worker_id == worker).count();
+        (committed >= n as usize).then_some(())
     })
     .await
 }

@@ -6,9 +6,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use super::{Columns, READY_COLUMNS, READY_COLUMNS_J, cancel, ready_from_row};
 use crate::store::rules::{self, Current, EXPIRED_BEFORE_RUNNING};
 use crate::{
-    domain::{
-        AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, RunningAttempt, now_ms,
-    },
+    domain::{AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, RunningAttempt},
     error::{Error, Result},
     store::{Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
 };
@@ -56,11 +54,12 @@ const DEPENDENCY_OUTPUTS: &str =
     "SELECT id, output FROM jobs WHERE id = ANY($1) ORDER BY id COLLATE \"C\"";
 
 /// Applies finishes first (they free things), then expiries, then starts.
+/// `now` stamps every finish and start of it (the store's [`super::PostgresStore::stamp`]).
 pub(super) async fn transition(
     conn: &mut PgConnection,
     ops: &Transitions,
+    now: i64,
 ) -> Result<TransitionOutcome> {
-    let now = now_ms();
     let mut out = TransitionOutcome::default();
     for finish in &ops.finishes {
         self::finish(conn, finish, &ops.retry, now, &mut out).await?;

@@ -46,7 +46,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -95,6 +95,11 @@ pub struct PostgresStore {
     metrics: Metrics,
     health_tx: Arc<watch::Sender<Option<StoreFault>>>,
     health: watch::Receiver<Option<StoreFault>>,
+    /// The latest time a scheduler transition was stamped with ([`PostgresStore::stamp`]).
+    last_stamp: Arc<AtomicI64>,
+    /// Held by a scheduler transition from its hand-over to its commit: they commit one at
+    /// a time, in the order they were handed over (a fair lock), as on SQLite's one writer.
+    transitions: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Which path a write takes.
@@ -208,11 +213,20 @@ impl PostgresStore {
             metrics,
             health_tx: Arc::new(health_tx),
             health,
+            last_stamp: Arc::new(AtomicI64::new(0)),
+            transitions: Arc::new(tokio::sync::Mutex::new(())),
         };
         store
             .metrics
             .set_store_bytes(prune::size(&store.pool).await?.bytes);
         Ok(store)
+    }
+
+    /// The time a scheduler transition is stamped with: now, never earlier than one handed
+    /// over before it (should the clock step back).
+    fn stamp(&self) -> i64 {
+        let now = now_ms();
+        now.max(self.last_stamp.fetch_max(now, Ordering::Relaxed))
     }
 
     /// A permit for a client write, refused at once when too many are in flight.
@@ -360,8 +374,17 @@ impl Store for PostgresStore {
     }
 
     async fn transition(&self, ops: Transitions) -> Result<TransitionOutcome> {
+        // The scheduler hands rounds over in order and may have two committing at once. They
+        // commit in that order, as on SQLite: a round must not see what a later one did (an
+        // errgroup's failure that cancels its queued siblings must not find one that a later
+        // round started meanwhile running: its stop would come before the start settled, and
+        // the worker would run a cancelled job). The fair lock is asked for on the first poll,
+        // before anything else waits. The stamp follows the same order (and a retry keeps
+        // it): a start planned on the permit a finish freed is never stamped before it.
+        let _turn = self.transitions.lock().await;
+        let now = self.stamp();
         let mut done = transaction!(self, Lane::Priority, |conn| lifecycle::transition(
-            conn, &ops
+            conn, &ops, now
         )
         .await)?;
         self.count(ops.finishes.len() + done.started.len() + done.cancelled_dependents.len());
