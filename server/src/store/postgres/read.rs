@@ -155,8 +155,9 @@ pub(super) async fn list(pool: &PgPool, filter: &ListFilter) -> Result<ListPage>
     })
 }
 
-const QUEUE_COUNTS: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
-    ORDER BY queue COLLATE \"C\"";
+/// From the trigger-kept `job_counts` (migration 0002): a few rows per queue and state.
+const QUEUE_COUNTS: &str = "SELECT queue, state, sum(n)::BIGINT FROM job_counts
+    GROUP BY queue, state HAVING sum(n) > 0 ORDER BY queue COLLATE \"C\"";
 
 pub(super) async fn queue_counts(pool: &PgPool) -> Result<Vec<QueueCounts>> {
     let mut out: Vec<QueueCounts> = Vec::new();
