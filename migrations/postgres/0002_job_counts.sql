@@ -1,8 +1,10 @@
 -- Jobs per queue and state, kept by the transaction that changes them (issue 12), as SQLite's
 -- migration 0011 keeps them: `Stats` sums a few rows per queue and state instead of counting
--- every job stored. Each (queue, state) is spread over 16 rows, chosen by the job's id, as
--- `queued_counts` is: a transaction holds a row it changed until it commits, and one row per
--- queue and state would make every write to a queue wait for the one before it.
+-- every job stored. Each (queue, state) is spread over 16 rows, and a transaction writes only
+-- the rows of its own connection's shard (a row may go below zero; the sum is the count). A
+-- transaction holds a row it changed until it commits: one row per queue and state would make
+-- every write to a queue wait for the one before it, and rows chosen per job would be taken
+-- in a different order by each transaction, and deadlock.
 CREATE TABLE job_counts (
     queue TEXT     NOT NULL,
     state BIGINT   NOT NULL,
@@ -12,18 +14,18 @@ CREATE TABLE job_counts (
 );
 
 INSERT INTO job_counts (queue, state, shard, n)
-    SELECT queue, state, hashtext(id) & 15, count(*) FROM jobs
-    GROUP BY queue, state, hashtext(id) & 15;
+    SELECT queue, state, 0, count(*) FROM jobs GROUP BY queue, state;
 
 CREATE FUNCTION switchyard_job_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    mine SMALLINT := pg_backend_pid() & 15;
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE job_counts SET n = n - 1
-            WHERE queue = OLD.queue AND state = OLD.state AND shard = hashtext(OLD.id) & 15;
+        INSERT INTO job_counts (queue, state, shard, n) VALUES (OLD.queue, OLD.state, mine, -1)
+            ON CONFLICT (queue, state, shard) DO UPDATE SET n = job_counts.n - 1;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO job_counts (queue, state, shard, n)
-            VALUES (NEW.queue, NEW.state, hashtext(NEW.id) & 15, 1)
+        INSERT INTO job_counts (queue, state, shard, n) VALUES (NEW.queue, NEW.state, mine, 1)
             ON CONFLICT (queue, state, shard) DO UPDATE SET n = job_counts.n + 1;
     END IF;
     RETURN NULL;

@@ -98,6 +98,10 @@ struct FleetBench {
     /// For the coordinator the bench starts: where its temporary database goes.
     #[arg(long)]
     db_dir: Option<PathBuf>,
+    /// For the coordinator the bench starts: this database instead of a temporary SQLite
+    /// file, e.g. `postgres://user@host/db` (an empty one: the bench counts what it finds).
+    #[arg(long)]
+    db: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -266,10 +270,12 @@ struct Fleet {
     _dir: tempfile::TempDir,
 }
 
-/// The bench's own coordinator, with `extra` flags, on a fresh database in a temporary
-/// directory (under `db_dir` when given) that lives as long as the caller keeps it.
+/// The bench's own coordinator, with `extra` flags, on `db` or else a fresh SQLite database
+/// in a temporary directory (under `db_dir` when given) that lives as long as the caller keeps
+/// it.
 async fn own_coordinator(
     db_dir: Option<&std::path::Path>,
+    db: Option<&str>,
     extra: &[&str],
     log_format: LogFormat,
 ) -> anyhow::Result<(tempfile::TempDir, crate::dev::Process, String)> {
@@ -278,11 +284,15 @@ async fn own_coordinator(
         None => tempfile::tempdir(),
     }
     .context("temporary directory for the bench database")?;
+    let db = match db {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
     let mut args = vec![
         "--listen".to_owned(),
         "127.0.0.1:0".to_owned(),
         "--db".to_owned(),
-        format!("sqlite://{}", dir.path().join("bench.db").display()),
+        db,
         "--log".to_owned(),
         "warn".to_owned(),
     ];
@@ -317,7 +327,7 @@ impl Fleet {
     /// The coordinator alone, on a fresh database.
     async fn coordinator(args: &FleetBench, log_format: LogFormat) -> anyhow::Result<Fleet> {
         let (dir, coordinator, addr) =
-            own_coordinator(args.db_dir.as_deref(), &[], log_format).await?;
+            own_coordinator(args.db_dir.as_deref(), args.db.as_deref(), &[], log_format).await?;
         let url = format!("http://{addr}");
         Ok(Fleet {
             coordinator,
@@ -503,7 +513,8 @@ async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> any
                 Sync::Normal => "normal",
             };
             let (dir, child, addr) =
-                own_coordinator(args.db_dir.as_deref(), &["--sync", sync], log_format).await?;
+                own_coordinator(args.db_dir.as_deref(), None, &["--sync", sync], log_format)
+                    .await?;
             own = Some((child, dir));
             format!("http://{addr}")
         }

@@ -114,6 +114,7 @@ fn fleet_args(args: &ScaleBench) -> FleetBench {
         workers: args.workers,
         concurrency: args.concurrency,
         db_dir: args.db_dir.clone(),
+        db: None,
     }
 }
 
