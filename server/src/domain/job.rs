@@ -259,6 +259,25 @@ impl QueueCounts {
     pub fn count(&mut self, state: JobState, n: u64) {
         count_in!(self, state, n);
     }
+
+    /// Rows of (queue, state, count), ordered by queue, as one `QueueCounts` per queue.
+    pub fn fold(rows: impl IntoIterator<Item = (String, JobState, u64)>) -> Vec<QueueCounts> {
+        let mut out: Vec<QueueCounts> = Vec::new();
+        for (queue, state, n) in rows {
+            match out.last_mut() {
+                Some(last) if last.queue == queue => last.count(state, n),
+                _ => {
+                    let mut counts = QueueCounts {
+                        queue,
+                        ..Default::default()
+                    };
+                    counts.count(state, n);
+                    out.push(counts);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Limits of one scope (and a queue's default attempt timeout). A quota with nothing set

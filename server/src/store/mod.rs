@@ -697,6 +697,37 @@ pub struct DeadLetterGroup {
     pub last_failed_ms: Option<i64>,
 }
 
+/// A backend's write counters, kept as it commits; [`WriteCounters::snapshot`] is its
+/// [`WriterStats`].
+#[derive(Debug, Default)]
+pub(crate) struct WriteCounters {
+    commits: std::sync::atomic::AtomicU64,
+    commands: std::sync::atomic::AtomicU64,
+    rows_written: std::sync::atomic::AtomicU64,
+    max_batch: std::sync::atomic::AtomicU64,
+}
+
+impl WriteCounters {
+    /// One commit that carried `commands` commands and wrote `rows` job rows.
+    pub(crate) fn record(&self, commands: u64, rows: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.commands.fetch_add(commands, Relaxed);
+        self.rows_written.fetch_add(rows, Relaxed);
+        self.max_batch.fetch_max(commands, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WriterStats {
+            commits: self.commits.load(Relaxed),
+            commands: self.commands.load(Relaxed),
+            rows_written: self.rows_written.load(Relaxed),
+            max_batch: self.max_batch.load(Relaxed),
+        }
+    }
+}
+
 /// The writer's numbers since start, for `Stats` and tests of group commit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {

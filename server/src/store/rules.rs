@@ -2,7 +2,7 @@
 //! backends read the job's current row into a [`Current`], ask these rules, and write what
 //! they say in their own SQL.
 
-use crate::domain::{JobId, JobState, Outcome, ReadyJob};
+use crate::domain::{JobId, JobState, Outcome, ReadyJob, RunningAttempt};
 
 /// How close to a deadline a handler's own "I was cancelled" counts as that deadline (the
 /// worker's timer may fire a little before ours).
@@ -109,4 +109,38 @@ pub(super) fn out_of_attempts(message: &str, failures: u32) -> String {
         format!("{failures} attempts")
     };
     format!("{message} (after {count})")
+}
+
+/// When an attempt must end: the sooner of the job's deadline and the attempt's timeout
+/// (from its start), or neither.
+pub(super) fn attempt_ends(
+    deadline_ms: Option<i64>,
+    started_at_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+) -> Option<i64> {
+    let timeout_ends = started_at_ms.zip(timeout_ms).map(|(s, t)| s + t);
+    match (deadline_ms, timeout_ends) {
+        (Some(d), Some(t)) => Some(d.min(t)),
+        (d, t) => d.or(t),
+    }
+}
+
+/// An attempt found running at start, from its job's row (read with the ready columns, so
+/// `job.attempt` is the running attempt's number).
+pub(super) fn recovered(
+    job: ReadyJob,
+    worker_id: Option<String>,
+    started_at_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+) -> RunningAttempt {
+    RunningAttempt {
+        attempt: job.attempt,
+        ends_ms: attempt_ends(job.deadline_ms, started_at_ms, timeout_ms),
+        // As it was queued: its next attempt was this one.
+        job: ReadyJob {
+            attempt: job.attempt.saturating_sub(1),
+            ..job
+        },
+        worker_id: worker_id.unwrap_or_default(),
+    }
 }

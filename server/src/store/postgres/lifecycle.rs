@@ -43,11 +43,11 @@ const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = $4, wor
         started_at_ms = $2
     WHERE id = $3 AND state = 10 /* queued */ AND attempt = $4 - 1
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate,
-        labels::text, group_id, tenant_id, max_attempts, depends_on, timeout_ms,
+        labels::text, group_id, tenant_id, max_attempts, depends_on,
+        coalesce(timeout_ms, (SELECT q.attempt_timeout_ms FROM quotas q
+                              WHERE q.scope = 'queue:' || jobs.queue)),
         greatest(created_at_ms, coalesce(run_at_ms, 0)),
         (SELECT c.checkpoint FROM job_checkpoints c WHERE c.job_seq = jobs.seq)";
-/// A queue's default attempt timeout, for a job with none of its own.
-const QUEUE_TIMEOUT: &str = "SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || $1";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
     outcome) VALUES ($1, $2, $3, $4, 10 /* running */)";
 const DEPENDENCY_OUTPUTS: &str =
@@ -472,18 +472,7 @@ async fn start(
     let timeout_ms: Option<i64> = row.col(13)?;
     let queued_since: i64 = row.col(14)?;
     // A job with no timeout of its own gets its queue's default, if the queue has one.
-    let timeout_ms = match timeout_ms {
-        Some(t) => Some(t),
-        None => sqlx::query_scalar::<_, Option<i64>>(QUEUE_TIMEOUT)
-            .bind(&dispatch.queue)
-            .fetch_optional(&mut *conn)
-            .await?
-            .flatten(),
-    };
-    dispatch.ends_ms = match (deadline_ms, timeout_ms.map(|t| now + t)) {
-        (Some(d), Some(t)) => Some(d.min(t)),
-        (d, t) => d.or(t),
-    };
+    dispatch.ends_ms = rules::attempt_ends(deadline_ms, Some(now), timeout_ms);
     sqlx::query(INSERT_ATTEMPT)
         .bind(seq)
         .bind(i64::from(dispatch.attempt))
@@ -600,21 +589,7 @@ pub(super) async fn recover(pool: &PgPool) -> Result<(Vec<ReadyJob>, Vec<Running
         let worker_id: Option<String> = row.col(11)?;
         let started_at_ms: Option<i64> = row.col(12)?;
         let timeout_ms: Option<i64> = row.col(13)?;
-        let timeout_ends = started_at_ms.zip(timeout_ms).map(|(s, t)| s + t);
-        let ends_ms = match (job.deadline_ms, timeout_ends) {
-            (Some(d), Some(t)) => Some(d.min(t)),
-            (d, t) => d.or(t),
-        };
-        Ok(RunningAttempt {
-            attempt: job.attempt,
-            // As it was queued: its next attempt was this one.
-            job: ReadyJob {
-                attempt: job.attempt.saturating_sub(1),
-                ..job
-            },
-            worker_id: worker_id.unwrap_or_default(),
-            ends_ms,
-        })
+        Ok(rules::recovered(job, worker_id, started_at_ms, timeout_ms))
     })
     .collect::<Result<Vec<_>>>()?;
     if !running.is_empty() {

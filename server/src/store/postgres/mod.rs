@@ -42,11 +42,12 @@ mod submit;
 #[cfg(test)]
 mod tests;
 
+use crate::store::WriteCounters;
 use std::{
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicI64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -91,7 +92,7 @@ pub struct PostgresStore {
     priority: PgPool,
     /// Client writes in flight: bounded by `--write-queue`.
     writes: Arc<Semaphore>,
-    counters: Arc<Counters>,
+    counters: Arc<WriteCounters>,
     metrics: Metrics,
     health_tx: Arc<watch::Sender<Option<StoreFault>>>,
     health: watch::Receiver<Option<StoreFault>>,
@@ -209,7 +210,7 @@ impl PostgresStore {
             pool,
             priority,
             writes: Arc::new(Semaphore::new(config.write_queue.max(1))),
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(WriteCounters::default()),
             metrics,
             health_tx: Arc::new(health_tx),
             health,
@@ -600,33 +601,6 @@ async fn pause(conn: &mut PgConnection, queue: &str, paused: bool) -> Result<()>
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-/// Counters of the writes.
-#[derive(Debug, Default)]
-struct Counters {
-    commits: AtomicU64,
-    commands: AtomicU64,
-    rows_written: AtomicU64,
-    max_batch: AtomicU64,
-}
-
-impl Counters {
-    fn record(&self, commands: u64, rows: u64) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commands.fetch_add(commands, Ordering::Relaxed);
-        self.rows_written.fetch_add(rows, Ordering::Relaxed);
-        self.max_batch.fetch_max(commands, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> WriterStats {
-        WriterStats {
-            commits: self.commits.load(Ordering::Relaxed),
-            commands: self.commands.load(Ordering::Relaxed),
-            rows_written: self.rows_written.load(Ordering::Relaxed),
-            max_batch: self.max_batch.load(Ordering::Relaxed),
-        }
-    }
 }
 
 // How domain values are stored: ids as their hyphenated text, states and outcomes by their

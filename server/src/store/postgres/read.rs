@@ -160,22 +160,13 @@ const QUEUE_COUNTS: &str = "SELECT queue, state, sum(n)::BIGINT FROM job_counts
     GROUP BY queue, state HAVING sum(n) > 0 ORDER BY queue COLLATE \"C\"";
 
 pub(super) async fn queue_counts(pool: &PgPool) -> Result<Vec<QueueCounts>> {
-    let mut out: Vec<QueueCounts> = Vec::new();
-    for row in sqlx::query(QUEUE_COUNTS).fetch_all(pool).await? {
-        let queue: String = row.col(0)?;
-        let state = row.state(1)?;
-        let count = row.col::<i64>(2)?.max(0) as u64;
-        if out.last().is_none_or(|q| q.queue != queue) {
-            out.push(QueueCounts {
-                queue,
-                ..Default::default()
-            });
-        }
-        if let Some(counts) = out.last_mut() {
-            counts.count(state, count);
-        }
-    }
-    Ok(out)
+    let rows = sqlx::query(QUEUE_COUNTS)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| Ok((row.col(0)?, row.state(1)?, row.col::<i64>(2)?.max(0) as u64)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(QueueCounts::fold(rows))
 }
 
 /// Ended jobs per minute and state (`jobs_finished` holds only ended jobs).

@@ -457,10 +457,7 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
     let Some((seq, mut dispatch, depends_on, deadline_ms, timeout_ms, queued_since)) = row else {
         return Ok(None);
     };
-    dispatch.ends_ms = match (deadline_ms, timeout_ms.map(|t| now + t)) {
-        (Some(d), Some(t)) => Some(d.min(t)),
-        (d, t) => d.or(t),
-    };
+    dispatch.ends_ms = rules::attempt_ends(deadline_ms, Some(now), timeout_ms);
     conn.prepare_cached(INSERT_ATTEMPT)?.execute(params![
         seq,
         dispatch.attempt,
@@ -561,21 +558,7 @@ pub(super) fn recover(conn: &Connection) -> Result<(Vec<ReadyJob>, Vec<RunningAt
             let worker_id: Option<String> = row.get(11)?;
             let started_at_ms: Option<i64> = row.get(12)?;
             let timeout_ms: Option<i64> = row.get(13)?;
-            let timeout_ends = started_at_ms.zip(timeout_ms).map(|(s, t)| s + t);
-            let ends_ms = match (job.deadline_ms, timeout_ends) {
-                (Some(d), Some(t)) => Some(d.min(t)),
-                (d, t) => d.or(t),
-            };
-            Ok(RunningAttempt {
-                attempt: job.attempt,
-                // As it was queued: its next attempt was this one.
-                job: ReadyJob {
-                    attempt: job.attempt.saturating_sub(1),
-                    ..job
-                },
-                worker_id: worker_id.unwrap_or_default(),
-                ends_ms,
-            })
+            Ok(rules::recovered(job, worker_id, started_at_ms, timeout_ms))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if !running.is_empty() {

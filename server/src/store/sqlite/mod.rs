@@ -20,10 +20,8 @@ mod schedules;
 mod submit;
 mod writer;
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
-};
+use crate::store::WriteCounters;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{
     Connection, OpenFlags, ToSql,
@@ -58,7 +56,7 @@ pub struct SqliteStore {
     /// The scheduler's commands: served first, waited for rather than refused.
     priority: mpsc::Sender<Command>,
     readers: Arc<read::Readers>,
-    counters: Arc<Counters>,
+    counters: Arc<WriteCounters>,
     health: watch::Receiver<Option<crate::error::StoreFault>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     checkpointer: Arc<Mutex<Option<Checkpointer>>>,
@@ -115,7 +113,7 @@ impl SqliteStore {
         migrate::run(&mut conn)?;
         metrics.set_store_bytes(prune::size(&conn)?.bytes);
         let readers = read::Readers::open(config, config.readers.max(1))?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(WriteCounters::default());
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
         let (priority, priority_rx) = mpsc::channel(SCHEDULER_QUEUE);
         let thread_counters = counters.clone();
@@ -405,33 +403,6 @@ impl Store for SqliteStore {
         }
         self.readers.close();
         Ok(())
-    }
-}
-
-/// Counters of the writer.
-#[derive(Debug, Default)]
-struct Counters {
-    commits: AtomicU64,
-    commands: AtomicU64,
-    rows_written: AtomicU64,
-    max_batch: AtomicU64,
-}
-
-impl Counters {
-    fn record(&self, commands: u64, rows: u64) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commands.fetch_add(commands, Ordering::Relaxed);
-        self.rows_written.fetch_add(rows, Ordering::Relaxed);
-        self.max_batch.fetch_max(commands, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> WriterStats {
-        WriterStats {
-            commits: self.commits.load(Ordering::Relaxed),
-            commands: self.commands.load(Ordering::Relaxed),
-            rows_written: self.rows_written.load(Ordering::Relaxed),
-            max_batch: self.max_batch.load(Ordering::Relaxed),
-        }
     }
 }
 

@@ -159,25 +159,17 @@ pub(super) fn list(conn: &Connection, filter: &ListFilter) -> Result<ListPage> {
 }
 
 pub(super) fn queue_counts(conn: &Connection) -> Result<Vec<QueueCounts>> {
-    let mut out: Vec<QueueCounts> = Vec::new();
-    let mut stmt =
-        conn.prepare_cached("SELECT queue, state, n FROM job_counts WHERE n > 0 ORDER BY queue")?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let queue: String = row.get(0)?;
-        let state: JobState = row.get(1)?;
-        let count = row.get::<_, i64>(2)?.max(0) as u64;
-        if out.last().is_none_or(|q| q.queue != queue) {
-            out.push(QueueCounts {
-                queue,
-                ..Default::default()
-            });
-        }
-        if let Some(counts) = out.last_mut() {
-            counts.count(state, count);
-        }
-    }
-    Ok(out)
+    let rows = conn
+        .prepare_cached("SELECT queue, state, n FROM job_counts WHERE n > 0 ORDER BY queue")?
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get::<_, i64>(2)?.max(0) as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(QueueCounts::fold(rows))
 }
 
 /// Ended jobs per minute and state. No index covers `finished_at_ms`: this reads the ended

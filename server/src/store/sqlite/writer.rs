@@ -13,7 +13,8 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Counters, bulk, cancel, lifecycle, progress, prune, schedules, submit};
+use super::{bulk, cancel, lifecycle, progress, prune, schedules, submit};
+use crate::store::WriteCounters;
 use crate::{
     domain::{JobId, NewSchedule, Quota, ReadyJob, ScheduleKey, now_ms},
     error::{Error, Result, StoreFault},
@@ -261,7 +262,7 @@ pub(super) type Health = watch::Sender<Option<StoreFault>>;
 pub(super) fn run(
     mut conn: Connection,
     mut inbox: Inbox,
-    counters: &Counters,
+    counters: &WriteCounters,
     metrics: &Metrics,
     health: &Health,
 ) {
@@ -301,7 +302,7 @@ pub(super) fn run(
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Command>,
-    counters: &Counters,
+    counters: &WriteCounters,
     metrics: &Metrics,
 ) -> Option<StoreFault> {
     // Taking stock at start, probing and housekeeping (pruning, vacuum) are the store's own
