@@ -157,7 +157,8 @@ async fn reads(args: &ScaleBench, log_format: LogFormat) -> anyhow::Result<serde
     crate::dev::stop(&mut process).await?;
     let filling = Instant::now();
     let (fill_db, count) = (db.clone(), args.finished);
-    tokio::task::spawn_blocking(move || super::fill_finished_jobs(&fill_db, count, 0)).await??;
+    tokio::task::spawn_blocking(move || super::prune::fill_finished_jobs(&fill_db, count, 0))
+        .await??;
     let fill_s = filling.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -190,7 +191,7 @@ async fn reads(args: &ScaleBench, log_format: LogFormat) -> anyhow::Result<serde
         // Spread over the table, with a fixed stride.
         let n = (i * 7_919_993) % args.finished.max(1);
         async move {
-            client.get(&super::old_job_id(n)).await?;
+            client.get(&super::prune::old_job_id(n)).await?;
             Ok(())
         }
     })
