@@ -157,6 +157,26 @@ pub struct ServerArgs {
     #[arg(long, env = "SWITCHYARD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Several coordinators on one Postgres database: the URL the others reach this one at
+    /// when it leads (`http://HOST:PORT`, `https://` with TLS). Default: the --listen
+    /// address (127.0.0.1's port when it listens on every interface, which other machines
+    /// cannot reach: set it then). Each coordinator needs an address of its own.
+    #[arg(long, env = "SWITCHYARD_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+
+    /// Several coordinators on one Postgres database: how long the leader's lease runs
+    /// without a renewal. A leader that dies is replaced within this (plus a quarter of it);
+    /// the leader renews it every quarter, and stops by itself once it has failed to for
+    /// three quarters. A drain gives it up at once.
+    #[arg(long, env = "SWITCHYARD_LEADER_LEASE", default_value = "5s", value_parser = parse_lease)]
+    pub leader_lease: Duration,
+
+    /// Several coordinators with TLS: the CA (PEM) that signed the other coordinators'
+    /// certificates, for forwarding to the leader (default: --tls-cert itself). With
+    /// --tls-client-ca a follower presents its own certificate to the leader.
+    #[arg(long, env = "SWITCHYARD_PEER_CA", requires = "tls_cert")]
+    pub peer_ca: Option<PathBuf>,
+
     /// Log filter (tracing's `EnvFilter` syntax), e.g. `info` or `switchyard_server=debug`.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
@@ -190,6 +210,10 @@ pub struct Config {
     pub retention: Retention,
     /// The window of an idempotency key whose job sets none (`None`: as long as the job).
     pub idempotency_ttl: Option<Duration>,
+    /// Where the other coordinators on the database reach this one (`None`: from --listen).
+    pub advertise: Option<String>,
+    pub leader_lease: Duration,
+    pub peer_ca: Option<PathBuf>,
 }
 
 /// How long finished jobs are kept, by state (`None`: forever), and how often to prune.
@@ -252,6 +276,9 @@ impl ServerArgs {
                 interval: self.prune_interval,
             },
             idempotency_ttl: kept_for(self.idempotency_ttl),
+            advertise: self.advertise.clone(),
+            leader_lease: self.leader_lease,
+            peer_ca: self.peer_ca.clone(),
         }
     }
 }
@@ -316,6 +343,14 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
     let d = switchyard_proto::text::parse_duration(text)?;
     if d > Duration::from_secs(86_400) {
         return Err(format!("{text:?}: must be at most a day"));
+    }
+    Ok(d)
+}
+
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let d = switchyard_proto::text::parse_duration(text)?;
+    if d < Duration::from_millis(400) || d > Duration::from_secs(600) {
+        return Err(format!("{text:?}: must be between 400ms and 10m"));
     }
     Ok(d)
 }

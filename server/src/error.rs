@@ -35,6 +35,12 @@ pub enum Error {
     Overloaded(&'static str),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// This coordinator's leadership lease may have run out: another may lead now, so it
+    /// commits nothing more.
+    #[error(
+        "this coordinator no longer leads the fleet (its lease ran out); nothing was stored, retry"
+    )]
+    NotLeading,
     /// The store cannot write now, for a reason the caller can act on; nothing was stored.
     #[error("{}", .fault.explain())]
     Store { fault: StoreFault, detail: String },
@@ -201,7 +207,7 @@ impl From<Error> for Status {
             Error::GroupExists(_) | Error::ScheduleExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::DeadlinePassed => Code::DeadlineExceeded,
-            Error::Overloaded(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::Overloaded(_) | Error::ShuttingDown | Error::NotLeading => Code::Unavailable,
             Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::Store { fault, detail } => {
                 tracing::warn!(fault = fault.as_str(), cause = %detail, "the store cannot write");

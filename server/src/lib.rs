@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod dispatch;
@@ -57,6 +58,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
 /// [`run`], with the HTTP endpoint (console and metrics) on a listener the caller has bound (so
 /// that it can tell the chosen port); `config.metrics` is not looked at. `None` serves no HTTP
 /// (metrics are still recorded).
+///
+/// On a database that several coordinators share (Postgres), this coordinator first follows:
+/// it serves every call by forwarding it to the leader ([`cluster`]), until it takes the
+/// leadership lease; then it leads, as a coordinator on its own does from the start.
 pub async fn run_with(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
@@ -72,6 +77,183 @@ pub async fn run_with(
     };
     let metrics = Metrics::new();
     let store = store::open(&config.store, metrics.clone()).await?;
+    let local = listener.local_addr()?;
+    let lease = store.lease(advertised(&config, local), config.leader_lease);
+    // The address stays this coordinator's (bound, if no longer accepting) until its last
+    // commit, so that one that takes the lease over on the same address knows that its
+    // holder has stopped (`Lease::try_acquire`).
+    let _bound = match &lease {
+        Some(_) => Some(std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?),
+        None => None,
+    };
+    let peers = cluster::PeerTls::new(config.tls.as_ref(), config.peer_ca.as_deref())?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // Long calls (worker streams, Wait, forwarded calls) end when the drain starts, so the
+    // server can stop. The server stops taking calls when `halt` fires: at shutdown, or when
+    // leading failed or the lease was lost; `served` fires once it has stopped.
+    let inner = CancellationToken::new();
+    let halt = shutdown.child_token();
+    let served = CancellationToken::new();
+    let (forward_tx, forward) = tokio::sync::watch::channel(None);
+    let switched = Switched {
+        jobs: cluster::Switched::new(forward.clone(), inner.clone()),
+        admin: cluster::Switched::new(forward.clone(), inner.clone()),
+        workers: cluster::Switched::new(forward, inner.clone()),
+    };
+    let stopping = {
+        let (halt, drain) = (halt.clone(), inner.clone());
+        async move {
+            halt.cancelled().await;
+            drain.cancel();
+        }
+    };
+    let serving = async {
+        let result = serve(
+            listener,
+            &config,
+            tokens.clone(),
+            switched.clone(),
+            (health.clone(), health_service),
+            stopping,
+        )
+        .await;
+        served.cancel();
+        result
+    };
+    let leading = async {
+        let epoch = match &lease {
+            None => None,
+            Some(lease) => match cluster::follow(lease, &peers, &forward_tx, &halt).await {
+                Some(epoch) => Some(epoch),
+                None => {
+                    // Stopped before it led: it never wrote.
+                    lease.close().await;
+                    return store.close().await;
+                }
+            },
+        };
+        let led = lead(Leading {
+            store: store.clone(),
+            config: &config,
+            metrics,
+            tokens: tokens.clone(),
+            metrics_listener,
+            switched: &switched,
+            health: health.clone(),
+            inner: inner.clone(),
+            halt: halt.clone(),
+            served: served.clone(),
+            lease: lease.clone().zip(epoch),
+        })
+        .await;
+        if led.is_err() {
+            halt.cancel();
+        }
+        led
+    };
+    let (served, led) = tokio::join!(serving, leading);
+    led.and(served)
+}
+
+/// Where the other coordinators on the database reach this one: `--advertise`, or the
+/// address it listens on (127.0.0.1's port when that is every interface).
+fn advertised(config: &Config, local: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.advertise {
+        return url.clone();
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut addr = local;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("{scheme}://{addr}")
+}
+
+/// What leading needs from [`run_with`].
+struct Leading<'a> {
+    store: std::sync::Arc<dyn store::Store>,
+    config: &'a Config,
+    metrics: Metrics,
+    tokens: Option<std::sync::Arc<auth::Tokens>>,
+    metrics_listener: Option<TcpListener>,
+    switched: &'a Switched,
+    health: tonic_health::server::HealthReporter,
+    inner: CancellationToken,
+    halt: CancellationToken,
+    served: CancellationToken,
+    /// The lease and its epoch, on a database several coordinators share.
+    lease: Option<(store::postgres::Lease, i64)>,
+}
+
+/// Leads: recovers what the store holds, starts the scheduler and the rest, serves the
+/// services here, and once the server has stopped (`served`), drains and closes the store,
+/// then gives the lease up.
+async fn lead(leading: Leading<'_>) -> Result<()> {
+    let Leading {
+        store,
+        config,
+        metrics,
+        tokens,
+        metrics_listener,
+        switched,
+        health,
+        inner,
+        halt,
+        served,
+        lease,
+    } = leading;
+    // The lease is renewed until the store has closed; once it may have run out, the
+    // fence refuses every commit and the server stops.
+    let keeper_stop = CancellationToken::new();
+    let keeper = lease.clone().map(|(lease, epoch)| {
+        let (stop, lost) = (keeper_stop.clone(), halt.clone());
+        tokio::spawn(cluster::keep(lease, epoch, stop, lost))
+    });
+    let led = lead_until_served(
+        store.clone(),
+        config,
+        metrics,
+        tokens,
+        metrics_listener,
+        switched,
+        health,
+        inner,
+        served,
+    )
+    .await;
+    keeper_stop.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
+    if let Some((lease, epoch)) = lease {
+        if lease.fence().is_raised() {
+            lease.close().await;
+            return led.and(Err(Error::NotLeading));
+        }
+        if let Err(err) = lease.release(epoch).await {
+            tracing::warn!(cause = %err, "the leadership lease could not be given up; it runs out by itself");
+        }
+        lease.close().await;
+    }
+    led
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn lead_until_served(
+    store: std::sync::Arc<dyn store::Store>,
+    config: &Config,
+    metrics: Metrics,
+    tokens: Option<std::sync::Arc<auth::Tokens>>,
+    metrics_listener: Option<TcpListener>,
+    switched: &Switched,
+    health: tonic_health::server::HealthReporter,
+    inner: CancellationToken,
+    served: CancellationToken,
+) -> Result<()> {
     let recovered = match store.recover().await {
         Ok(recovered) => recovered,
         Err(err) => {
@@ -80,19 +262,15 @@ pub async fn run_with(
         }
     };
     // The endpoint stops when the drain starts, or when `run` ends for any other reason.
-    let telemetry_stop = shutdown.child_token();
+    let telemetry_stop = inner.child_token();
     let telemetry = TaskTracker::new();
-    let (health, health_service) = tonic_health::server::health_reporter();
     telemetry.spawn(follow_store_health(
         store.clone(),
-        health.clone(),
+        health,
         telemetry_stop.clone(),
     ));
     tracing::info!(ready = recovered.ready.len(), "store open");
     let notifier = Notifier::default();
-    // The scheduler and the worker sessions stop with their own token, after the gRPC server
-    // has stopped taking calls, so that nothing they commit is cut off.
-    let inner = CancellationToken::new();
     // The scheduler stops last of all, once no session can hand it a result any more.
     let scheduler_stop = CancellationToken::new();
     let (scheduler, scheduler_task) = Scheduler::start(
@@ -113,6 +291,9 @@ pub async fn run_with(
             scheduler_stop.cancel();
             let _ = scheduler_task.await;
             let _ = store.close().await;
+            telemetry_stop.cancel();
+            telemetry.close();
+            telemetry.wait().await;
             return Err(err);
         }
     };
@@ -155,7 +336,7 @@ pub async fn run_with(
             store.clone(),
             scheduler.clone(),
             notifier,
-            tokens.clone(),
+            tokens,
         );
         http::serve(
             listener,
@@ -165,21 +346,10 @@ pub async fn run_with(
             &telemetry,
         );
     }
-    // Long calls (worker streams, Wait) end when the drain starts, so the server can stop.
-    let drain = inner.clone();
-    let stopping = async move {
-        shutdown.cancelled().await;
-        drain.cancel();
-    };
-    let result = serve(
-        listener,
-        &config,
-        tokens,
-        services,
-        (health, health_service),
-        stopping,
-    )
-    .await;
+    switched.serve_here(services, config.max_message_bytes);
+    // The scheduler and the worker sessions stop after the gRPC server has stopped taking
+    // calls, so that nothing they commit is cut off.
+    served.cancelled().await;
     inner.cancel();
     housekeeping.close();
     sessions.close();
@@ -197,8 +367,7 @@ pub async fn run_with(
     telemetry_stop.cancel();
     telemetry.close();
     telemetry.wait().await;
-    closed?;
-    result
+    closed
 }
 
 /// The server's TLS settings from PEM files (the binary checks them before binding).
@@ -219,6 +388,36 @@ struct Services {
     jobs: api::JobApi,
     admin: api::AdminApi,
     workers: dispatch::WorkerApi,
+}
+
+/// The three services as the server routes them: here once this coordinator leads,
+/// forwarded to the leader until then.
+#[derive(Clone)]
+struct Switched {
+    jobs: cluster::Switched<JobServiceServer<api::JobApi>>,
+    admin: cluster::Switched<AdminServiceServer<api::AdminApi>>,
+    workers: cluster::Switched<WorkerServiceServer<dispatch::WorkerApi>>,
+}
+
+impl Switched {
+    /// Serves them here from now on, each message bounded by `limit` bytes.
+    fn serve_here(&self, services: Services, limit: usize) {
+        self.jobs.serve_here(
+            JobServiceServer::new(services.jobs)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        );
+        self.admin.serve_here(
+            AdminServiceServer::new(services.admin)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        );
+        self.workers.serve_here(
+            WorkerServiceServer::new(services.workers)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        );
+    }
 }
 
 /// The names health reports on: the server as a whole, and each service.
@@ -292,7 +491,7 @@ async fn serve(
     listener: TcpListener,
     config: &Config,
     tokens: Option<std::sync::Arc<auth::Tokens>>,
-    services: Services,
+    services: Switched,
     (health, health_service): (
         tonic_health::server::HealthReporter,
         tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
@@ -318,16 +517,11 @@ async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let limit = config.max_message_bytes;
-    let jobs = JobServiceServer::new(services.jobs)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let admin = AdminServiceServer::new(services.admin)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let workers = WorkerServiceServer::new(services.workers)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let Switched {
+        jobs,
+        admin,
+        workers,
+    } = services;
     // Every call passes these layers, outermost first:
     // 1. admission: a call past the ceiling is refused before it costs anything, not even a
     //    token check;

@@ -170,6 +170,38 @@ impl Coordinator {
         }
     }
 
+    /// Starts a coordinator on the database `db_url` names, which other coordinators may
+    /// share (several coordinators on one Postgres database: a fleet).
+    pub async fn start_on(db_url: &str, args: &[&str]) -> Coordinator {
+        let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let db = Db {
+            url: db_url.to_owned(),
+            path: None,
+        };
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, stdout, addr, metrics_addr) =
+            spawn(dir.path(), &db, &args, &[], "127.0.0.1:0").await;
+        Coordinator {
+            child: Some(child),
+            _stdout: Some(stdout),
+            addr,
+            metrics_addr,
+            dir,
+            db,
+            args,
+            env: Vec::new(),
+        }
+    }
+
+    /// Whether this process (since its last start) leads its fleet: its log says it took
+    /// the leadership lease after it last started.
+    pub fn leads(&self) -> bool {
+        let log = self.log();
+        let started = log.rfind("coordinator starting");
+        let led = log.rfind("this coordinator leads the fleet");
+        matches!((started, led), (Some(s), Some(l)) if l > s)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

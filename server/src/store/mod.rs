@@ -228,6 +228,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Finishes what was sent before and closes; later calls fail with `ShuttingDown`.
     async fn close(&self) -> Result<()>;
+
+    /// The fleet's leadership lease, for a backend that several coordinators can share
+    /// (Postgres): `address` is where the others reach this one. `None` (SQLite): this
+    /// coordinator is the database's only one, and leads from the start.
+    fn lease(&self, _address: String, _term: std::time::Duration) -> Option<postgres::Lease> {
+        None
+    }
 }
 
 /// What the scheduler starts from.

@@ -33,6 +33,7 @@
 
 mod bulk;
 mod cancel;
+mod lease;
 mod lifecycle;
 mod progress;
 mod prune;
@@ -41,6 +42,8 @@ mod schedules;
 mod submit;
 #[cfg(test)]
 mod tests;
+
+pub use lease::{Fence, Leader, Lease};
 
 use crate::store::WriteCounters;
 use std::{
@@ -101,6 +104,10 @@ pub struct PostgresStore {
     /// Held by a scheduler transition from its hand-over to its commit: they commit one at
     /// a time, in the order they were handed over (a fair lock), as on SQLite's one writer.
     transitions: Arc<tokio::sync::Mutex<()>>,
+    /// Up once this coordinator may no longer lead: every commit is refused ([`Lease`]).
+    fence: Fence,
+    /// For the lease's own connection.
+    options: PgConnectOptions,
 }
 
 /// Which path a write takes.
@@ -129,12 +136,15 @@ macro_rules! transaction {
         let mut tries = 0u32;
         let result = loop {
             let attempt: $crate::error::Result<_> = async {
+                store.fence.check()?;
                 let mut tx = pool.begin().await?;
                 let value = {
                     let $conn: &mut sqlx::PgConnection = &mut tx;
                     $body
                 };
-                match value {
+                // A coordinator that may have lost its lease commits nothing (the body's
+                // work is rolled back as the transaction drops).
+                match value.and_then(|value| store.fence.check().map(|()| value)) {
                     Ok(value) => {
                         tx.commit().await?;
                         Ok(value)
@@ -202,7 +212,7 @@ impl PostgresStore {
         let priority = PgPoolOptions::new()
             .max_connections(PRIORITY_CONNECTIONS)
             .acquire_timeout(acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let (health_tx, health) = watch::channel(None);
         metrics.set_store_healthy(true);
@@ -216,11 +226,24 @@ impl PostgresStore {
             health,
             last_stamp: Arc::new(AtomicI64::new(0)),
             transitions: Arc::new(tokio::sync::Mutex::new(())),
+            fence: Fence::default(),
+            options,
         };
         store
             .metrics
             .set_store_bytes(prune::size(&store.pool).await?.bytes);
         Ok(store)
+    }
+
+    /// This coordinator's side of the fleet's leadership lease, on a connection of its own,
+    /// sharing the store's fence. `address` is where the other coordinators reach it.
+    pub fn own_lease(&self, address: String, term: Duration) -> Lease {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(term / 4)
+            .connect_lazy_with(self.options.clone());
+        Lease::new(pool, address, term, self.fence.clone())
     }
 
     /// The time a scheduler transition is stamped with: now, never earlier than one handed
@@ -533,6 +556,10 @@ impl Store for PostgresStore {
 
     fn health(&self) -> watch::Receiver<Option<StoreFault>> {
         self.health.clone()
+    }
+
+    fn lease(&self, address: String, term: Duration) -> Option<Lease> {
+        Some(self.own_lease(address, term))
     }
 
     async fn probe(&self) -> Result<()> {
