@@ -174,14 +174,17 @@ impl Watch {
                 self.group_id.clone(),
             )]
         });
-        let request = self.client.request(
-            &call,
-            WatchGroupRequest {
-                group_id: self.group_id.clone(),
-                cursor: self.cursor.clone(),
-            },
-        );
-        match self.client.jobs().watch_group(request).await {
+        let request = WatchGroupRequest {
+            group_id: self.group_id.clone(),
+            cursor: self.cursor.clone(),
+        };
+        let opened = self
+            .client
+            .send(&call, request, None, |c, r| async move {
+                crate::jobs(c).watch_group(r).await
+            })
+            .await;
+        match opened {
             Ok(response) => Ok(Open {
                 events: response.into_inner(),
                 call,

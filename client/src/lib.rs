@@ -36,12 +36,14 @@
 //! ```
 
 mod error;
+mod failover;
 mod group;
 mod spec;
 mod trace;
 
 use std::time::Duration;
 
+use failover::{Route, Routes};
 use futures::{Stream, TryStreamExt, stream};
 use opentelemetry::KeyValue;
 use switchyard_proto::v1::{
@@ -60,10 +62,11 @@ pub use switchyard_proto::v1::{
     SubmitBatchResponse, SubmitResponse,
 };
 
-/// A connection to a coordinator. Cheap to clone: clones share one HTTP/2 connection.
+/// A connection to a coordinator, or to the first of several that answers (see
+/// [`Client::connect`]). Cheap to clone: clones share one HTTP/2 connection per address.
 #[derive(Debug, Clone)]
 pub struct Client {
-    channel: Channel,
+    routes: Routes,
     tenant: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     parent: Option<Parent>,
@@ -141,32 +144,88 @@ impl Client {
     /// Connects to a coordinator at `url`: `http://host:port`, `https://host:port` (then
     /// use [`Client::connect_with`] and a CA), or `host:port`, which means `http://host:port`
     /// (the form grpcurl takes).
+    ///
+    /// Several coordinators, comma-separated (`http://a:50051,http://b:50051`): the client
+    /// connects to the first that answers, and a call that cannot reach the coordinator it
+    /// uses (its connection cannot be made: the coordinator died or moved) is made on the next
+    /// address, round robin, and the calls after it go there too. A call that reached a
+    /// coordinator is never sent again, whatever it answered.
     pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
         Client::connect_with(url, None).await
     }
 
     /// Connects over TLS (`https://host:port`): `tls` names the CA that signed the
     /// coordinator's certificate and, for mutual TLS, this client's certificate and key.
+    /// Several addresses as for [`Client::connect`]; each is verified against its own host.
     pub async fn connect_with(url: impl Into<String>, tls: Option<&Tls>) -> Result<Client, Error> {
-        let url = url.into();
-        let endpoint = endpoint(&url, tls)?
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        let url = endpoint.uri().to_string();
-        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
-            reason: innermost(&source),
-            url: url.trim_end_matches('/').to_owned(),
-            source,
-        })?;
-        Ok(Client::from_channel(channel))
+        let endpoints = endpoints(&url.into(), tls)?;
+        let mut routes = Vec::with_capacity(endpoints.len());
+        let mut current = None;
+        let mut failed = None;
+        for (url, endpoint) in endpoints {
+            // The first address that answers is where calls go; the ones after it connect
+            // when a call needs them.
+            let channel = match current {
+                Some(_) => endpoint.connect_lazy(),
+                None => match endpoint.connect().await {
+                    Ok(channel) => {
+                        current = Some(routes.len());
+                        channel
+                    }
+                    Err(source) => {
+                        failed = Some(source);
+                        endpoint.connect_lazy()
+                    }
+                },
+            };
+            routes.push(Route { url, channel });
+        }
+        match (current, failed) {
+            (Some(current), _) => Ok(Client::on(Routes::new(routes, current))),
+            (None, Some(source)) => Err(Error::Connect {
+                reason: innermost(&source),
+                url: routes
+                    .iter()
+                    .map(|route| route.url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                source,
+            }),
+            // Not reached: `endpoints` gives at least one address, and each was tried.
+            (None, None) => Err(Error::InvalidUrl {
+                url: String::new(),
+                reason: "it is empty".into(),
+            }),
+        }
+    }
+
+    /// As [`Client::connect_with`], but nothing connects until the first call: an address
+    /// that is down now is no error (its calls fail, or move on to the next address, then).
+    pub fn connect_lazy(url: impl Into<String>, tls: Option<&Tls>) -> Result<Client, Error> {
+        let routes = endpoints(&url.into(), tls)?
+            .into_iter()
+            .map(|(url, endpoint)| Route {
+                url,
+                channel: endpoint.connect_lazy(),
+            })
+            .collect();
+        Ok(Client::on(Routes::new(routes, 0)))
     }
 
     /// Uses an existing channel (TLS, custom timeouts, interceptors' transport, …).
     pub fn from_channel(channel: Channel) -> Client {
+        Client::on(Routes::new(
+            vec![Route {
+                url: String::new(),
+                channel,
+            }],
+            0,
+        ))
+    }
+
+    fn on(routes: Routes) -> Client {
         Client {
-            channel,
+            routes,
             tenant: None,
             token: None,
             parent: None,
@@ -203,14 +262,10 @@ impl Client {
         Ok(self)
     }
 
+    /// The channel to the coordinator calls go to now (with several addresses, calls made on
+    /// it directly stay with that coordinator).
     pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    fn jobs(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::new(self.channel.clone())
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+        &self.routes.current().channel
     }
 
     /// The span of a call to `rpc`, under the parent job's trace when there is one.
@@ -288,7 +343,11 @@ impl Client {
         let message = job.into_request();
         let mut call = self.call(trace::SUBMIT);
         call.attributes(|| job_attributes(&message));
-        let result = self.jobs().submit(self.request(&call, message)).await;
+        let result = self
+            .send(&call, message, None, |c, r| async move {
+                jobs(c).submit(r).await
+            })
+            .await;
         call.record(&result);
         let response = result?.into_inner();
         call.attributes(|| {
@@ -317,7 +376,11 @@ impl Client {
             }
             attributes
         });
-        let result = self.jobs().submit_batch(self.request(&call, request)).await;
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                jobs(c).submit_batch(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
@@ -336,13 +399,17 @@ impl Client {
     pub async fn get(&self, job_id: &str) -> Result<Job, Error> {
         let mut call = self.call(trace::GET);
         call.attributes(|| job_id_attribute(job_id));
-        let request = self.request(
-            &call,
-            GetRequest {
-                job_id: job_id.to_owned(),
-            },
-        );
-        let result = self.jobs().get(request).await;
+        let request = GetRequest {
+            job_id: job_id.to_owned(),
+        };
+        let result = self
+            .send(
+                &call,
+                request,
+                None,
+                |c, r| async move { jobs(c).get(r).await },
+            )
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
@@ -351,13 +418,14 @@ impl Client {
     pub async fn group(&self, group_id: &str) -> Result<Group, Error> {
         let mut call = self.call(trace::GET_GROUP);
         call.attributes(|| vec![KeyValue::new("switchyard.group.id", group_id.to_owned())]);
-        let request = self.request(
-            &call,
-            v1::GetGroupRequest {
-                group_id: group_id.to_owned(),
-            },
-        );
-        let result = self.jobs().get_group(request).await;
+        let request = v1::GetGroupRequest {
+            group_id: group_id.to_owned(),
+        };
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                jobs(c).get_group(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
@@ -369,15 +437,15 @@ impl Client {
         let message = job.into_request();
         let mut call = self.call(trace::RUN);
         call.attributes(|| job_attributes(&message));
-        let mut request = self.request(
-            &call,
-            v1::RunRequest {
-                job: Some(message),
-                detach: false,
-            },
-        );
-        self.bound(&mut request, timeout);
-        let result = self.jobs().run(request).await;
+        let request = v1::RunRequest {
+            job: Some(message),
+            detach: false,
+        };
+        let result = self
+            .send(&call, request, timeout, |c, r| async move {
+                jobs(c).run(r).await
+            })
+            .await;
         call.record(&result);
         let response = result?.into_inner();
         if let Some(job) = &response.job {
@@ -392,14 +460,14 @@ impl Client {
     pub async fn wait(&self, job_id: &str, timeout: Option<Duration>) -> Result<Job, Error> {
         let mut call = self.call(trace::WAIT);
         call.attributes(|| job_id_attribute(job_id));
-        let mut request = self.request(
-            &call,
-            v1::WaitRequest {
-                job_id: job_id.to_owned(),
-            },
-        );
-        self.bound(&mut request, timeout);
-        let result = self.jobs().wait(request).await;
+        let request = v1::WaitRequest {
+            job_id: job_id.to_owned(),
+        };
+        let result = self
+            .send(&call, request, timeout, |c, r| async move {
+                jobs(c).wait(r).await
+            })
+            .await;
         call.record(&result);
         let response = result?.into_inner();
         response
@@ -422,26 +490,30 @@ impl Client {
                     return Ok(None);
                 };
                 let mut call = client.call(trace::LIST);
-                let request = client.request(
-                    &call,
-                    ListRequest {
-                        queue: filter.queue.unwrap_or_default(),
-                        state: filter.state.map_or(0, |s| s as i32),
-                        kind: filter.kind.unwrap_or_default(),
-                        group_id: filter.group_id.unwrap_or_default(),
-                        page_size: filter.page_size.unwrap_or(0),
-                        page_token,
-                        parent_job_id: filter.parent_job_id.unwrap_or_default(),
-                        label: filter
-                            .label
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .unwrap_or_default(),
-                        tenant_id: filter.tenant_id.unwrap_or_default(),
-                        submitted_after: filter.submitted_after.map(Into::into),
-                        submitted_before: filter.submitted_before.map(Into::into),
-                    },
-                );
-                let result = client.jobs().list(request).await;
+                let request = ListRequest {
+                    queue: filter.queue.unwrap_or_default(),
+                    state: filter.state.map_or(0, |s| s as i32),
+                    kind: filter.kind.unwrap_or_default(),
+                    group_id: filter.group_id.unwrap_or_default(),
+                    page_size: filter.page_size.unwrap_or(0),
+                    page_token,
+                    parent_job_id: filter.parent_job_id.unwrap_or_default(),
+                    label: filter
+                        .label
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .unwrap_or_default(),
+                    tenant_id: filter.tenant_id.unwrap_or_default(),
+                    submitted_after: filter.submitted_after.map(Into::into),
+                    submitted_before: filter.submitted_before.map(Into::into),
+                };
+                let result = client
+                    .send(
+                        &call,
+                        request,
+                        None,
+                        |c, r| async move { jobs(c).list(r).await },
+                    )
+                    .await;
                 call.record(&result);
                 let page = result?.into_inner();
                 let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
@@ -468,14 +540,15 @@ impl Client {
             Target::JobId(id) => job_id_attribute(id),
             Target::GroupId(id) => vec![KeyValue::new("switchyard.group.id", id.clone())],
         });
-        let request = self.request(
-            &call,
-            CancelRequest {
-                target: Some(target),
-                reason: String::new(),
-            },
-        );
-        let result = self.jobs().cancel(request).await;
+        let request = CancelRequest {
+            target: Some(target),
+            reason: String::new(),
+        };
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                jobs(c).cancel(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
@@ -484,42 +557,48 @@ impl Client {
     pub async fn requeue(&self, job_id: &str, max_attempts: Option<u32>) -> Result<Job, Error> {
         let mut call = self.call(trace::REQUEUE);
         call.attributes(|| job_id_attribute(job_id));
-        let request = self.request(
-            &call,
-            v1::RequeueRequest {
-                job_id: job_id.to_owned(),
-                max_attempts,
-            },
-        );
-        let result = self.jobs().requeue(request).await;
+        let request = v1::RequeueRequest {
+            job_id: job_id.to_owned(),
+            max_attempts,
+        };
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                jobs(c).requeue(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
 
     /// Sets a scope's limits (`queue:<q>`, `key:<k>`, `tenant:<t>`); none set removes it.
     pub async fn set_quota(&self, quota: v1::Quota) -> Result<v1::Quota, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::SET_QUOTA);
         call.attributes(|| vec![KeyValue::new("switchyard.quota.scope", quota.scope.clone())]);
-        let request = self.request(&call, v1::SetQuotaRequest { quota: Some(quota) });
-        let result = admin.set_quota(request).await;
+        let request = v1::SetQuotaRequest { quota: Some(quota) };
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                admin(c).set_quota(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
 
     /// Every quota, with the permits held and jobs queued in its scope now.
     pub async fn quotas(&self) -> Result<Vec<v1::Quota>, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::LIST_QUOTAS);
-        let request = self.request(&call, v1::ListQuotasRequest {});
-        let result = admin.list_quotas(request).await;
+        let request = v1::ListQuotasRequest {};
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                admin(c).list_quotas(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner().quotas)
     }
 
     /// Pauses (or resumes) dispatch from a queue; returns the paused queues.
     pub async fn pause_queue(&self, queue: &str, paused: bool) -> Result<Vec<String>, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(if paused {
             trace::PAUSE_QUEUE
         } else {
@@ -528,15 +607,19 @@ impl Client {
         call.attributes(|| vec![KeyValue::new("switchyard.queue", queue.to_owned())]);
         let queue = queue.to_owned();
         let result = if paused {
-            admin
-                .pause_queue(self.request(&call, v1::PauseQueueRequest { queue }))
-                .await
-                .map(|response| response.into_inner().paused)
+            let request = v1::PauseQueueRequest { queue };
+            self.send(&call, request, None, |c, r| async move {
+                admin(c).pause_queue(r).await
+            })
+            .await
+            .map(|response| response.into_inner().paused)
         } else {
-            admin
-                .resume_queue(self.request(&call, v1::ResumeQueueRequest { queue }))
-                .await
-                .map(|response| response.into_inner().paused)
+            let request = v1::ResumeQueueRequest { queue };
+            self.send(&call, request, None, |c, r| async move {
+                admin(c).resume_queue(r).await
+            })
+            .await
+            .map(|response| response.into_inner().paused)
         };
         call.record(&result);
         Ok(result?)
@@ -544,10 +627,12 @@ impl Client {
 
     /// The connected workers.
     pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::LIST_WORKERS);
-        let result = admin
-            .list_workers(self.request(&call, v1::ListWorkersRequest {}))
+        let request = v1::ListWorkersRequest {};
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                admin(c).list_workers(r).await
+            })
             .await;
         call.record(&result);
         Ok(result?.into_inner().workers)
@@ -555,25 +640,28 @@ impl Client {
 
     /// Creates a cron schedule in the caller's tenant: each tick submits `schedule.job` once.
     pub async fn create_schedule(&self, schedule: v1::Schedule) -> Result<v1::Schedule, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::CREATE_SCHEDULE);
-        let request = self.request(
-            &call,
-            v1::CreateScheduleRequest {
-                schedule: Some(schedule),
-            },
-        );
-        let result = admin.create_schedule(request).await;
+        let request = v1::CreateScheduleRequest {
+            schedule: Some(schedule),
+        };
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                admin(c).create_schedule(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
 
     /// The caller's schedules (an admin's: every tenant's), with their next runs.
     pub async fn schedules(&self) -> Result<Vec<v1::Schedule>, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::LIST_SCHEDULES);
-        let request = self.request(&call, v1::ListSchedulesRequest {});
-        let result = admin.list_schedules(request).await;
+        let request = v1::ListSchedulesRequest {};
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                admin(c).list_schedules(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner().schedules)
     }
@@ -584,19 +672,24 @@ impl Client {
         schedule_id: &str,
         paused: bool,
     ) -> Result<v1::Schedule, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let schedule_id = schedule_id.to_owned();
         let result = if paused {
             let mut call = self.call(trace::PAUSE_SCHEDULE);
-            let result = admin
-                .pause_schedule(self.request(&call, v1::PauseScheduleRequest { schedule_id }))
+            let request = v1::PauseScheduleRequest { schedule_id };
+            let result = self
+                .send(&call, request, None, |c, r| async move {
+                    admin(c).pause_schedule(r).await
+                })
                 .await;
             call.record(&result);
             result
         } else {
             let mut call = self.call(trace::RESUME_SCHEDULE);
-            let result = admin
-                .resume_schedule(self.request(&call, v1::ResumeScheduleRequest { schedule_id }))
+            let request = v1::ResumeScheduleRequest { schedule_id };
+            let result = self
+                .send(&call, request, None, |c, r| async move {
+                    admin(c).resume_schedule(r).await
+                })
                 .await;
             call.record(&result);
             result
@@ -606,15 +699,15 @@ impl Client {
 
     /// Deletes a schedule; the jobs it fired stay.
     pub async fn delete_schedule(&self, schedule_id: &str) -> Result<(), Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::DELETE_SCHEDULE);
-        let request = self.request(
-            &call,
-            v1::DeleteScheduleRequest {
-                schedule_id: schedule_id.to_owned(),
-            },
-        );
-        let result = admin.delete_schedule(request).await;
+        let request = v1::DeleteScheduleRequest {
+            schedule_id: schedule_id.to_owned(),
+        };
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                admin(c).delete_schedule(r).await
+            })
+            .await;
         call.record(&result);
         result?;
         Ok(())
@@ -623,21 +716,38 @@ impl Client {
     /// One step of a bulk cancel, requeue or delete (admin only); go on with
     /// `next_cursor` until it is empty.
     pub async fn bulk(&self, request: v1::BulkRequest) -> Result<v1::BulkResponse, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::BULK);
-        let result = admin.bulk(self.request(&call, request)).await;
+        let result = self
+            .send(&call, request, None, |c, r| async move {
+                admin(c).bulk(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
 
     /// Queue counts and the store's commit numbers.
     pub async fn stats(&self) -> Result<StatsResponse, Error> {
-        let mut admin = AdminServiceClient::new(self.channel.clone());
         let mut call = self.call(trace::STATS);
-        let result = admin.stats(self.request(&call, StatsRequest {})).await;
+        let result = self
+            .send(&call, StatsRequest {}, None, |c, r| async move {
+                admin(c).stats(r).await
+            })
+            .await;
         call.record(&result);
         Ok(result?.into_inner())
     }
+}
+
+/// The job service on `channel`, taking messages as large as a job's dependencies' outputs.
+fn jobs(channel: Channel) -> JobServiceClient<Channel> {
+    JobServiceClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+fn admin(channel: Channel) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(channel)
 }
 
 /// A submitted job's attributes, for its client span.
@@ -709,6 +819,23 @@ pub fn endpoint(url: &str, tls: Option<&Tls>) -> Result<Endpoint, Error> {
     Ok(endpoint)
 }
 
+/// The endpoints of a comma-separated list of coordinator addresses (one address is a list of
+/// one), each with [`endpoint`]'s rules and the client's connection settings, and its address
+/// as the client names it (`http://host:port`).
+fn endpoints(urls: &str, tls: Option<&Tls>) -> Result<Vec<(String, Endpoint)>, Error> {
+    urls.split(',')
+        .map(|url| {
+            let endpoint = endpoint(url, tls)?
+                .connect_timeout(Duration::from_secs(10))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+            let url = endpoint.uri().to_string().trim_end_matches('/').to_owned();
+            Ok((url, endpoint))
+        })
+        .collect()
+}
+
 /// The last cause in an error's chain, in lower case without the `(os error N)` tail: what
 /// actually went wrong (`connection refused`), not the layers it passed through.
 fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
@@ -736,4 +863,30 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
 /// A group id no one else has chosen: `grp-` and a random (v4) UUID.
 pub fn new_group_id() -> String {
     format!("grp-{}", uuid::Uuid::new_v4())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separates_coordinator_addresses() {
+        let urls = |list: &str| -> Result<Vec<String>, Error> {
+            Ok(endpoints(list, None)?
+                .into_iter()
+                .map(|(url, _)| url)
+                .collect())
+        };
+        assert_eq!(urls("http://a:1").expect("one"), ["http://a:1"]);
+        assert_eq!(
+            urls("http://a:1, b:2").expect("two"),
+            ["http://a:1", "http://b:2"]
+        );
+        for bad in ["http://a:1,", "http://a:1,,b:2", "http://a:1,ftp://b:2"] {
+            assert!(
+                matches!(urls(bad), Err(Error::InvalidUrl { .. })),
+                "{bad:?} should be refused"
+            );
+        }
+    }
 }

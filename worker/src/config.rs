@@ -1,4 +1,4 @@
-//! What a worker needs to know to connect and serve: the coordinator, its identity, its
+//! What a worker needs to know to connect and serve: the coordinators, its identity, its
 //! queues and slots, and the timings of liveness, drain and reconnect.
 
 use std::time::Duration;
@@ -9,8 +9,11 @@ use crate::Error;
 /// have a handler ([`crate::Worker::handle`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// The coordinator's address, `http://host:port`.
-    pub coordinator: String,
+    /// The coordinators' addresses, `http://host:port`, in the order tried: the worker
+    /// connects to the first, and each time its stream fails or cannot be opened it moves on
+    /// to the next (round robin, after the reconnect backoff), presenting the jobs it still
+    /// runs there as on any reconnect. One address is a list of one.
+    pub coordinators: Vec<String>,
     /// Stable id of this worker process, unique in the fleet.
     pub worker_id: String,
     /// The queues this worker takes jobs from.
@@ -45,7 +48,7 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            coordinator: "http://127.0.0.1:50051".to_owned(),
+            coordinators: vec!["http://127.0.0.1:50051".to_owned()],
             worker_id: "worker".to_owned(),
             queues: vec!["default".to_owned()],
             slots: 8,
@@ -62,10 +65,16 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Defaults (see [`Default`]) for a coordinator and a worker id.
+    /// Defaults (see [`Default`]) for a coordinator and a worker id. `coordinator` may name
+    /// several, comma-separated (`http://a:50051,http://b:50051`), as the client's
+    /// [`switchyard_client::Client::connect`] takes them.
     pub fn new(coordinator: impl Into<String>, worker_id: impl Into<String>) -> WorkerConfig {
         WorkerConfig {
-            coordinator: coordinator.into(),
+            coordinators: coordinator
+                .into()
+                .split(',')
+                .map(|url| url.trim().to_owned())
+                .collect(),
             worker_id: worker_id.into(),
             ..WorkerConfig::default()
         }
@@ -75,6 +84,12 @@ impl WorkerConfig {
     /// anything connects.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |what: String| Err(Error::InvalidConfig(what));
+        if self.coordinators.is_empty() {
+            return invalid("no coordinator address".into());
+        }
+        for url in &self.coordinators {
+            switchyard_client::endpoint(url, self.tls.as_ref()).map_err(Error::InvalidUrl)?;
+        }
         if self.worker_id.trim().is_empty() {
             return invalid("worker id is empty".into());
         }
@@ -115,8 +130,20 @@ mod tests {
     }
 
     #[test]
+    fn one_string_names_several_coordinators() {
+        let config = WorkerConfig::new("http://a:50051, b:50051", "w1");
+        assert_eq!(config.coordinators, ["http://a:50051", "b:50051"]);
+        let config = WorkerConfig::new("http://a:50051", "w1");
+        assert_eq!(config.coordinators, ["http://a:50051"]);
+    }
+
+    #[test]
     fn refuses_what_cannot_work() {
         let bad = [
+            WorkerConfig {
+                coordinators: vec![],
+                ..Default::default()
+            },
             WorkerConfig {
                 worker_id: " ".into(),
                 ..Default::default()
@@ -149,5 +176,11 @@ mod tests {
                 "{config:?} should be refused"
             );
         }
+        // A trailing comma leaves an empty address.
+        let config = WorkerConfig::new("http://a:50051,", "w1");
+        assert!(
+            matches!(config.validate(), Err(Error::InvalidUrl(_))),
+            "{config:?} should be refused"
+        );
     }
 }

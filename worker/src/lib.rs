@@ -18,7 +18,8 @@
 //! ```
 //!
 //! The worker reconnects by itself (exponential backoff with jitter) after a failed connect, a
-//! lost or silent stream, or a coordinator that drains; `run` returns only once shut down.
+//! lost or silent stream, or a coordinator that drains, to the next of
+//! [`WorkerConfig::coordinators`] when it has several; `run` returns only once shut down.
 //!
 //! Logging: the SDK logs through [`tracing`] (connects, drains, failed handlers) and installs
 //! no subscriber, as a library should. A program that has none of its own calls

@@ -37,13 +37,16 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-worker", version, args_override_self = true)]
 struct Args {
-    /// The coordinator to connect to.
+    /// The coordinator to connect to; several, comma-separated or with the flag repeated, are
+    /// tried in turn: when the stream to one fails or cannot be opened, the worker moves on to
+    /// the next (round robin) and presents the jobs it still runs there.
     #[arg(
         long,
         env = "SWITCHYARD_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
     )]
-    coordinator: String,
+    coordinator: Vec<String>,
 
     /// Queues to take jobs from, comma-separated.
     #[arg(
@@ -123,7 +126,11 @@ impl Args {
             }
         }
         WorkerConfig {
-            coordinator: self.coordinator.clone(),
+            coordinators: self
+                .coordinator
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .collect(),
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             queues,
             slots: self.concurrency,
@@ -186,7 +193,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let worker_id = worker.config().worker_id.clone();
     tracing::info!(
         worker = %worker_id,
-        coordinator = %worker.config().coordinator,
+        coordinators = %worker.config().coordinators.join(","),
         queues = ?worker.config().queues,
         kinds = ?worker.kinds(),
         slots = worker.config().slots,
@@ -292,6 +299,21 @@ mod tests {
         assert_eq!(config.heartbeat_interval, Duration::from_millis(200));
         assert_eq!(config.drain_grace, Duration::from_secs(30));
         assert_eq!(args.kinds(), Some(vec!["echo".into(), "sleep".into()]));
+        assert_eq!(config.coordinators, ["http://127.0.0.1:50051"]);
+
+        let args = Args::try_parse_from([
+            "switchyard-worker",
+            "--coordinator",
+            "http://a:50051, http://b:50051",
+            "--coordinator",
+            "c:50051",
+        ])
+        .expect("valid flags");
+        assert_eq!(
+            args.config().coordinators,
+            ["http://a:50051", "http://b:50051", "c:50051"],
+            "a list, and the flag repeated, add up"
+        );
 
         for bad in [
             &["switchyard-worker", "--concurrency", "0"][..],

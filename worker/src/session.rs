@@ -1,7 +1,8 @@
 //! The worker's side of `WorkerService.Connect` (see the header of `workers.proto`): one task
 //! owns the stream, the running handlers (a `JoinSet`) and their slots, and `select!`s over
 //! what the coordinator sends, handlers that return, the heartbeat ticker and shutdown.
-//! A lost stream is replaced with a new one after a backoff, until shutdown.
+//! A lost stream is replaced with a new one after a backoff, until shutdown: to the next of the
+//! configured coordinators (round robin), presenting the attempts still running.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -103,17 +104,29 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         // take every job and fail it.
         return Err(Error::InvalidConfig("no handlers registered".into()));
     }
-    let endpoint = switchyard_client::endpoint(&config.coordinator, config.tls.as_ref())
-        .map_err(Error::InvalidUrl)?
-        .connect_timeout(HANDSHAKE_TIMEOUT)
-        .tcp_nodelay(true);
+    let endpoints = config
+        .coordinators
+        .iter()
+        .map(|url| {
+            let endpoint = switchyard_client::endpoint(url, config.tls.as_ref())
+                .map_err(Error::InvalidUrl)?
+                .connect_timeout(HANDSHAKE_TIMEOUT)
+                .tcp_nodelay(true);
+            Ok((url.trim().to_owned(), endpoint))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut kinds: Vec<String> = handlers.keys().cloned().collect();
     kinds.sort();
 
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
-    // Handlers' own calls (child jobs) share one lazily opened connection.
+    // Handlers' own calls (child jobs) share one lazily opened connection per coordinator, and
+    // move on to the next coordinator as the client does when theirs cannot be reached.
     let coordinator = {
-        let client = switchyard_client::Client::from_channel(endpoint.connect_lazy());
+        let client = switchyard_client::Client::connect_lazy(
+            config.coordinators.join(","),
+            config.tls.as_ref(),
+        )
+        .map_err(Error::InvalidUrl)?;
         match config.token.as_deref() {
             Some(token) => client
                 .with_token(token)
@@ -140,7 +153,8 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         handlers,
         state,
         coordinator,
-        endpoint,
+        endpoints,
+        at: 0,
     };
     let mut refused = None;
     loop {
@@ -150,6 +164,7 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
                 if welcomed {
                     backoff.reset();
                 }
+                runner.move_on();
             }
             End::Refused(message) => {
                 refused = Some(message);
@@ -167,7 +182,7 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
     runner.state.send_replace(ConnectionState::Stopped);
     if let Some(message) = refused {
         return Err(Error::Refused {
-            coordinator: runner.config.coordinator,
+            coordinator: runner.address().to_owned(),
             message,
         });
     }
@@ -181,7 +196,10 @@ struct Runner {
     kinds: Vec<String>,
     handlers: HashMap<String, Handler>,
     state: tokio::sync::watch::Sender<ConnectionState>,
-    endpoint: Endpoint,
+    /// Each coordinator's address, as configured, and its endpoint.
+    endpoints: Vec<(String, Endpoint)>,
+    /// The coordinator the next stream opens to (an index into `endpoints`).
+    at: usize,
     coordinator: switchyard_client::Client,
     slots: Slots<task::Id>,
     tasks: JoinSet<JobResult>,
@@ -247,6 +265,25 @@ impl Heartbeats {
 }
 
 impl Runner {
+    /// The address of the coordinator the worker is (or is about to be) connected to.
+    fn address(&self) -> &str {
+        &self.endpoints[self.at].0
+    }
+
+    /// The stream to the current coordinator is gone or could not be opened: the next one
+    /// is the next coordinator's, round robin (the same one when there is only one).
+    fn move_on(&mut self) {
+        if self.endpoints.len() > 1 {
+            let from = self.at;
+            self.at = (self.at + 1) % self.endpoints.len();
+            info!(
+                coordinator = %self.address(),
+                from = %self.endpoints[from].0,
+                "moving to the next coordinator"
+            );
+        }
+    }
+
     /// Opens one stream, serves it until it ends, and says how it ended.
     async fn stream(&mut self, shutdown: &CancellationToken) -> End {
         if shutdown.is_cancelled() {
@@ -312,7 +349,7 @@ impl Runner {
             });
         }
 
-        let (endpoint, token) = (self.endpoint.clone(), self.config.token.clone());
+        let (endpoint, token) = (self.endpoints[self.at].1.clone(), self.config.token.clone());
         let opening = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             handshake(&endpoint, rx, token.as_deref()),
@@ -337,7 +374,7 @@ impl Runner {
             }
             Err(err) => {
                 warn!(
-                    coordinator = %self.config.coordinator,
+                    coordinator = %self.address(),
                     cause = %report(&err),
                     "cannot open a stream to the coordinator"
                 );
@@ -387,7 +424,7 @@ impl Runner {
             session_id: welcome.session_id.clone(),
         });
         info!(
-            coordinator = %self.config.coordinator,
+            coordinator = %self.address(),
             session = %welcome.session_id,
             slots = free,
             "connected"

@@ -30,7 +30,7 @@ struct Steering {
 
 fn config(url: &str, slots: u32) -> WorkerConfig {
     WorkerConfig {
-        coordinator: url.into(),
+        coordinators: vec![url.into()],
         worker_id: "w1".into(),
         queues: vec!["default".into(), "other".into()],
         slots,

@@ -33,7 +33,8 @@ const GLOBAL: &str = "Global options";
 #[command(name = "switchyard", version)]
 struct Cli {
     /// The coordinator to talk to: http://HOST:PORT, https://HOST:PORT (with --ca-cert), or
-    /// HOST:PORT for http.
+    /// HOST:PORT for http. Several, comma-separated: calls go to the first that answers, and
+    /// to the next when it cannot be reached.
     #[arg(
         long,
         global = true,
