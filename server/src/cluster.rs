@@ -45,9 +45,21 @@ use crate::{
     store::postgres::Lease,
 };
 
-/// Where a follower forwards: a channel to the leader, or `None` while nobody can be reached
-/// (no leader yet, or this coordinator leads).
-pub type Forward = Option<Channel>;
+/// Where a call goes.
+#[derive(Clone, Debug, Default)]
+pub enum Forward {
+    /// Not known yet (the election has not said, or this coordinator is taking over): a
+    /// call waits for it, for up to [`UNKNOWN_WAIT`].
+    #[default]
+    Unknown,
+    /// To the leader, over this channel.
+    To(Channel),
+    /// Served here: this coordinator leads.
+    Here,
+}
+
+/// How long a call waits for the coordinator to learn where calls go.
+const UNKNOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// One of the coordinator's services: served here once this coordinator leads (`local` is
 /// set), forwarded to the leader until then.
@@ -77,7 +89,7 @@ impl<S> Switched<S> {
         }
     }
 
-    /// From now on, calls are served here.
+    /// From now on, calls are served here (the caller then sends [`Forward::Here`]).
     pub fn serve_here(&self, service: S) {
         // Set once: a coordinator leads at most once in its life.
         let _ = self.local.set(service);
@@ -95,6 +107,7 @@ where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
 {
@@ -113,14 +126,30 @@ where
             let mut local = local.clone();
             return Box::pin(async move { local.call(request).await });
         }
-        let channel = self.forward.borrow().clone();
-        let drain = self.drain.clone();
+        let (local, mut forward, drain) =
+            (self.local.clone(), self.forward.clone(), self.drain.clone());
         Box::pin(async move {
-            let Some(mut channel) = channel else {
-                return Ok(Status::unavailable(
-                    "no coordinator leads the fleet yet (an election is under way); retry",
-                )
-                .into_http());
+            // `Unknown` still if the coordinator is stopping, or nobody said within the wait.
+            let to = tokio::time::timeout(
+                UNKNOWN_WAIT,
+                forward.wait_for(|to| !matches!(to, Forward::Unknown)),
+            )
+            .await
+            .ok()
+            .and_then(|known| known.ok().map(|to| to.clone()))
+            .unwrap_or_default();
+            let mut channel = match to {
+                Forward::Here => match local.get() {
+                    Some(local) => return local.clone().call(request).await,
+                    None => return Ok(Status::internal("no local service").into_http()),
+                },
+                Forward::To(channel) => channel,
+                Forward::Unknown => {
+                    return Ok(Status::unavailable(
+                        "no coordinator leads the fleet yet (an election is under way); retry",
+                    )
+                    .into_http());
+                }
             };
             let forwarded = async {
                 std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
@@ -254,7 +283,8 @@ pub async fn follow(
                     address = lease.address(),
                     "this coordinator leads the fleet"
                 );
-                forward.send_replace(None);
+                // Calls wait (`Unknown`) until this coordinator serves them itself.
+                forward.send_replace(Forward::Unknown);
                 return Some(epoch);
             }
             Ok(None) => match lease.leader().await {
@@ -266,7 +296,7 @@ pub async fn follow(
                                 epoch = leader.epoch,
                                 "following the leading coordinator: calls are forwarded to it"
                             );
-                            forward.send_replace(Some(channel));
+                            forward.send_replace(Forward::To(channel));
                             following = Some(leader.address);
                         }
                         Err(err) => {

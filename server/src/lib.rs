@@ -94,7 +94,7 @@ pub async fn run_with(
     let inner = CancellationToken::new();
     let halt = shutdown.child_token();
     let served = CancellationToken::new();
-    let (forward_tx, forward) = tokio::sync::watch::channel(None);
+    let (forward_tx, forward) = tokio::sync::watch::channel(cluster::Forward::Unknown);
     let switched = Switched {
         jobs: cluster::Switched::new(forward.clone(), inner.clone()),
         admin: cluster::Switched::new(forward.clone(), inner.clone()),
@@ -144,6 +144,7 @@ pub async fn run_with(
             halt: halt.clone(),
             served: served.clone(),
             lease: lease.clone().zip(epoch),
+            forward: &forward_tx,
         })
         .await;
         if led.is_err() {
@@ -187,6 +188,7 @@ struct Leading<'a> {
     served: CancellationToken,
     /// The lease and its epoch, on a database several coordinators share.
     lease: Option<(store::postgres::Lease, i64)>,
+    forward: &'a tokio::sync::watch::Sender<cluster::Forward>,
 }
 
 /// Leads: recovers what the store holds, starts the scheduler and the rest, serves the
@@ -205,6 +207,7 @@ async fn lead(leading: Leading<'_>) -> Result<()> {
         halt,
         served,
         lease,
+        forward,
     } = leading;
     // The lease is renewed until the store has closed; once it may have run out, the
     // fence refuses every commit and the server stops.
@@ -223,6 +226,7 @@ async fn lead(leading: Leading<'_>) -> Result<()> {
         health,
         inner,
         served,
+        forward,
     )
     .await;
     keeper_stop.cancel();
@@ -253,6 +257,7 @@ async fn lead_until_served(
     health: tonic_health::server::HealthReporter,
     inner: CancellationToken,
     served: CancellationToken,
+    forward: &tokio::sync::watch::Sender<cluster::Forward>,
 ) -> Result<()> {
     let recovered = match store.recover().await {
         Ok(recovered) => recovered,
@@ -347,6 +352,7 @@ async fn lead_until_served(
         );
     }
     switched.serve_here(services, config.max_message_bytes);
+    forward.send_replace(cluster::Forward::Here);
     // The scheduler and the worker sessions stop after the gRPC server has stopped taking
     // calls, so that nothing they commit is cut off.
     served.cancelled().await;

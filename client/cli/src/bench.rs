@@ -86,6 +86,10 @@ struct FleetBench {
     /// file, e.g. `postgres://user@host/db` (an empty one: the bench counts what it finds).
     #[arg(long)]
     db: Option<String>,
+    /// Coordinators the bench starts on `--db` (more than one needs `postgres://`): the first
+    /// leads; the workers and the submits are spread over all of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    coordinators: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -248,10 +252,15 @@ pub async fn run(args: BenchArgs, json_out: bool, log_format: LogFormat) -> anyh
 /// A coordinator on a fresh database and worker processes, all started by the bench.
 struct Fleet {
     coordinator: crate::dev::Process,
+    /// The other coordinators on the same database (`--coordinators`), which forward to the
+    /// first.
+    followers: Vec<crate::dev::Process>,
     workers: Vec<crate::dev::Process>,
     url: String,
+    /// Every coordinator's URL, the first's first.
+    urls: Vec<String>,
     log_format: LogFormat,
-    _dir: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 /// The bench's own coordinator, with `extra` flags, on `db` or else a fresh SQLite database
@@ -301,31 +310,54 @@ impl Fleet {
     ) -> Fleet {
         Fleet {
             coordinator,
+            followers: Vec::new(),
             workers: Vec::new(),
+            urls: vec![url.clone()],
             url,
             log_format,
-            _dir: dir,
+            _dirs: vec![dir],
         }
     }
 
-    /// The coordinator alone, on a fresh database.
+    /// The coordinators alone (`--coordinators`, one by default), on a fresh database.
     async fn coordinator(args: &FleetBench, log_format: LogFormat) -> anyhow::Result<Fleet> {
+        let shared = args.db.as_deref().filter(|db| db.starts_with("postgres"));
+        anyhow::ensure!(
+            args.coordinators == 1 || shared.is_some(),
+            "--coordinators {} needs --db postgres://…: only Postgres is shared by several coordinators",
+            args.coordinators
+        );
         let (dir, coordinator, addr) =
             own_coordinator(args.db_dir.as_deref(), args.db.as_deref(), &[], log_format).await?;
-        let url = format!("http://{addr}");
-        Ok(Fleet {
-            coordinator,
-            workers: Vec::new(),
-            url,
-            log_format,
-            _dir: dir,
-        })
+        let mut fleet = Fleet::around(coordinator, format!("http://{addr}"), log_format, dir);
+        for _ in 1..args.coordinators {
+            let (dir, follower, addr) =
+                own_coordinator(args.db_dir.as_deref(), shared, &[], log_format).await?;
+            fleet.followers.push(follower);
+            fleet.urls.push(format!("http://{addr}"));
+            fleet._dirs.push(dir);
+        }
+        Ok(fleet)
+    }
+
+    /// A client of each coordinator, the first's first.
+    async fn clients(&self) -> anyhow::Result<Vec<Client>> {
+        let mut clients = Vec::with_capacity(self.urls.len());
+        for url in &self.urls {
+            clients.push(Client::connect(url.clone()).await?);
+        }
+        Ok(clients)
     }
 
     /// Starts the worker processes `args` asks for.
     async fn add_workers(&mut self, args: &FleetBench) -> anyhow::Result<()> {
-        let url = self.url.clone();
         for i in 0..args.workers {
+            // Each worker on a coordinator of its own (round robin), knowing the others.
+            let n = self.urls.len();
+            let url = (0..n)
+                .map(|k| self.urls[(i as usize + k) % n].as_str())
+                .collect::<Vec<_>>()
+                .join(",");
             self.workers.push(
                 crate::dev::start_worker(
                     &[
@@ -351,6 +383,9 @@ impl Fleet {
     async fn stop(mut self) -> anyhow::Result<()> {
         for worker in &mut self.workers {
             crate::dev::stop(worker).await?;
+        }
+        for follower in &mut self.followers {
+            crate::dev::stop(follower).await?;
         }
         crate::dev::stop(&mut self.coordinator).await
     }
@@ -626,10 +661,15 @@ async fn baseline(client: &Client, count: u64) -> Measure {
 
 /// Submits `count` echo jobs in batches of 1,000, 4 batches in flight; returns their ids.
 async fn submit_batches(client: &Client, count: u64) -> anyhow::Result<Vec<String>> {
+    submit_batches_to(std::slice::from_ref(client), count).await
+}
+
+/// [`submit_batches`], the batches spread round robin over `clients` (4 in flight for each).
+async fn submit_batches_to(clients: &[Client], count: u64) -> anyhow::Result<Vec<String>> {
     use futures::{StreamExt, TryStreamExt};
     const BATCH: u64 = 1_000;
     let batches = (0..count.div_ceil(BATCH)).map(|b| {
-        let client = client.clone();
+        let client = clients[b as usize % clients.len()].clone();
         async move {
             let from = b * BATCH;
             let to = (from + BATCH).min(count);
@@ -640,7 +680,7 @@ async fn submit_batches(client: &Client, count: u64) -> anyhow::Result<Vec<Strin
         }
     });
     let ids: Vec<Vec<String>> = futures::stream::iter(batches)
-        .buffered(4)
+        .buffered(4 * clients.len())
         .try_collect()
         .await?;
     Ok(ids.into_iter().flatten().collect())
@@ -707,7 +747,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 async fn e2e(args: E2eBench, json_out: bool, log_format: LogFormat) -> anyhow::Result<()> {
     let mut fleet = Fleet::coordinator(&args.fleet, log_format).await?;
-    let client = Client::connect(fleet.url.clone()).await?;
+    let clients = fleet.clients().await?;
+    let client = clients[0].clone();
     let base = baseline(&client, 20_000).await;
     let mut report = json!({
         "bench": "e2e",
@@ -715,19 +756,20 @@ async fn e2e(args: E2eBench, json_out: bool, log_format: LogFormat) -> anyhow::R
         "jobs": args.fleet.count,
         "workers": args.fleet.workers,
         "concurrency": args.fleet.concurrency,
+        "coordinators": args.fleet.coordinators,
         "baseline_calls_per_second": base.rate(),
     });
     let line = match args.mode {
         E2eMode::Drain | E2eMode::Flow => {
             let started;
             if args.mode == E2eMode::Drain {
-                submit_batches(&client, args.fleet.count).await?;
+                submit_batches_to(&clients, args.fleet.count).await?;
                 started = Instant::now();
                 fleet.add_workers(&args.fleet).await?;
             } else {
                 fleet.add_workers(&args.fleet).await?;
                 started = Instant::now();
-                submit_batches(&client, args.fleet.count).await?;
+                submit_batches_to(&clients, args.fleet.count).await?;
             }
             all_succeeded(&client, args.fleet.count).await?;
             let took = started.elapsed();
@@ -781,10 +823,11 @@ async fn e2e(args: E2eBench, json_out: bool, log_format: LogFormat) -> anyhow::R
         outln!("{report}");
     } else {
         outln!(
-            "switchyard bench e2e: {} no-op jobs, {} workers x {} slots, coordinator started here",
+            "switchyard bench e2e: {} no-op jobs, {} workers x {} slots, {} coordinator(s) started here",
             args.fleet.count,
             args.fleet.workers,
-            args.fleet.concurrency
+            args.fleet.concurrency,
+            args.fleet.coordinators
         );
         outln!(
             "baseline {:>8.0} calls/s (grpc.health.v1.Health/Check, 100 in flight)",

@@ -115,6 +115,7 @@ fn fleet_args(args: &ScaleBench) -> FleetBench {
         concurrency: args.concurrency,
         db_dir: args.db_dir.clone(),
         db: None,
+        coordinators: 1,
     }
 }
 
