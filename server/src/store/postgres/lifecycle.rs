@@ -18,9 +18,6 @@ const RUNNING_JOB: &str = "SELECT seq, state, attempt, failures, max_attempts, q
     coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas WHERE scope = 'queue:' || queue)),
     started_at_ms, weight, tenant_id, concurrency_key, timeout_ms IS NULL
     FROM jobs WHERE id = $1 FOR UPDATE";
-const SUCCEED: &str = "UPDATE jobs SET state = 30 /* succeeded */, output = $1, error = NULL,
-        finished_at_ms = $2
-    WHERE seq = $3";
 const FAIL: &str = "UPDATE jobs SET state = $1, error = $2, failures = $3, finished_at_ms = $4
     WHERE seq = $5";
 const RETRY: &str =
@@ -28,28 +25,6 @@ const RETRY: &str =
     worker_id = NULL WHERE seq = $4";
 const END_ATTEMPT: &str = "UPDATE attempts SET finished_at_ms = $1, outcome = $2, error = $3
     WHERE job_seq = $4 AND number = $5";
-/// Queued dependents of a job whose dependencies have now all succeeded (`READY_COLUMNS_J`
-/// go first).
-const NOW_READY_DEPENDENTS: &str = "
-    FROM dependencies d JOIN jobs j ON j.id = d.job_id
-    WHERE d.depends_on = $1 AND j.state = 10 /* queued */
-      AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
-                      WHERE d2.job_id = j.id AND p.state != 30 /* succeeded */)
-    ORDER BY j.seq";
-/// The scheduler names the attempt it starts: the job's next one. A start that finds the job
-/// no longer queued, or at another attempt, does nothing (READ COMMITTED re-checks the
-/// condition on a row it waited for). The attempt resumes from the last checkpoint.
-const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = $4, worker_id = $1,
-        started_at_ms = $2
-    WHERE id = $3 AND state = 10 /* queued */ AND attempt = $4 - 1
-    RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate,
-        labels::text, group_id, tenant_id, max_attempts, depends_on,
-        coalesce(timeout_ms, (SELECT q.attempt_timeout_ms FROM quotas q
-                              WHERE q.scope = 'queue:' || jobs.queue)),
-        greatest(created_at_ms, coalesce(run_at_ms, 0)),
-        (SELECT c.checkpoint FROM job_checkpoints c WHERE c.job_seq = jobs.seq)";
-const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, number, worker_id, started_at_ms,
-    outcome) VALUES ($1, $2, $3, $4, 10 /* running */)";
 const DEPENDENCY_OUTPUTS: &str =
     "SELECT id, output FROM jobs WHERE id = ANY($1) ORDER BY id COLLATE \"C\"";
 
@@ -61,28 +36,112 @@ pub(super) async fn transition(
     now: i64,
 ) -> Result<TransitionOutcome> {
     let mut out = TransitionOutcome::default();
-    for finish in &ops.finishes {
-        self::finish(conn, finish, &ops.retry, now, &mut out).await?;
+    // In order; each run of successes in one statement (the order among them changes
+    // nothing: a success takes no children and touches no other job).
+    let mut rest = ops.finishes.as_slice();
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take_while(|f| matches!(f.outcome, Outcome::Succeeded(_)))
+            .count();
+        if run > 0 {
+            succeed_all(conn, &rest[..run], now, &mut out).await?;
+            rest = &rest[run..];
+        } else {
+            self::finish(conn, first, &ops.retry, now, &mut out).await?;
+            rest = &rest[1..];
+        }
     }
     for id in &ops.expire {
         expire(conn, *id, now, &mut out).await?;
     }
-    for start in &ops.starts {
-        match self::start(conn, start, now).await? {
-            Some((dispatch, queued_since_ms)) => {
-                out.metrics.started(&dispatch.queue);
-                out.started.push(Started {
-                    session: start.session,
-                    dispatch,
-                    queued_since_ms,
-                })
-            }
-            None => out
-                .not_started
-                .push((start.session, start.job_id, start.attempt)),
-        }
+    if !ops.starts.is_empty() {
+        start_all(conn, &ops.starts, now, &mut out).await?;
     }
     Ok(out)
+}
+
+/// Successes of their jobs' current attempts, in one statement with the ends of their
+/// attempts: only the current, running attempt may finish its job (the fence); a success
+/// that is not one is stale. Then the dependents they made ready, in one query.
+const SUCCEED_ALL: &str = "WITH f AS (
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS f(id, attempt, output)),
+    done AS (UPDATE jobs j SET state = 30 /* succeeded */, output = f.output, error = NULL,
+            finished_at_ms = $4
+        FROM f WHERE j.id = f.id AND j.state = 20 /* running */ AND j.attempt = f.attempt
+        RETURNING j.seq, j.id, j.attempt, j.queue, j.started_at_ms),
+    ended AS (UPDATE attempts a SET finished_at_ms = $4, outcome = $5, error = NULL
+        FROM done WHERE a.job_seq = done.seq AND a.number = done.attempt)
+    SELECT id, queue, started_at_ms,
+        EXISTS (SELECT 1 FROM dependencies d WHERE d.depends_on = done.id)
+    FROM done";
+/// Queued jobs that depend on one of `$1` and whose dependencies have all succeeded now
+/// (`READY_COLUMNS_J` go first).
+const NOW_READY_DEPENDENTS_OF_ANY: &str = "
+    FROM jobs j
+    WHERE j.state = 10 /* queued */
+      AND j.id IN (SELECT d.job_id FROM dependencies d WHERE d.depends_on = ANY($1))
+      AND NOT EXISTS (SELECT 1 FROM dependencies d2 JOIN jobs p ON p.id = d2.depends_on
+                      WHERE d2.job_id = j.id AND p.state != 30 /* succeeded */)
+    ORDER BY j.seq";
+
+async fn succeed_all(
+    conn: &mut PgConnection,
+    finishes: &[Finish],
+    now: i64,
+    out: &mut TransitionOutcome,
+) -> Result<()> {
+    let mut ids = Vec::with_capacity(finishes.len());
+    let mut attempts = Vec::with_capacity(finishes.len());
+    let mut outputs: Vec<&[u8]> = Vec::with_capacity(finishes.len());
+    for finish in finishes {
+        if let Outcome::Succeeded(output) = &finish.outcome {
+            ids.push(finish.job_id.to_string());
+            attempts.push(i64::from(finish.attempt));
+            outputs.push(output);
+        }
+    }
+    let rows = sqlx::query(SUCCEED_ALL)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&outputs)
+        .bind(now)
+        .bind(AttemptOutcome::Succeeded.code())
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut succeeded = std::collections::HashSet::with_capacity(rows.len());
+    let mut with_dependents = Vec::new();
+    for row in &rows {
+        let id: JobId = row.id(0)?;
+        let queue: String = row.col(1)?;
+        let started_at_ms: Option<i64> = row.col(2)?;
+        out.metrics
+            .ended(&queue, AttemptOutcome::Succeeded, started_at_ms, now);
+        out.metrics.finished(&queue, JobState::Succeeded);
+        out.terminal.push(id);
+        if row.col::<bool>(3)? {
+            with_dependents.push(id.to_string());
+        }
+        succeeded.insert(id);
+    }
+    for finish in finishes {
+        if !succeeded.contains(&finish.job_id) {
+            out.stale.push((finish.job_id, finish.attempt));
+        }
+    }
+    if !with_dependents.is_empty() {
+        let ready_now = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {READY_COLUMNS_J} {NOW_READY_DEPENDENTS_OF_ANY}"
+        )))
+        .bind(&with_dependents)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(ready_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        out.ready.extend(ready_now);
+    }
+    Ok(())
 }
 
 const EXPIRE: &str = "UPDATE jobs SET state = 60 /* deadline_exceeded */, error = $1,
@@ -175,6 +234,9 @@ async fn finish(
     now: i64,
     out: &mut TransitionOutcome,
 ) -> Result<()> {
+    if let Outcome::Succeeded(_) = &finish.outcome {
+        return succeed_all(conn, std::slice::from_ref(finish), now, out).await;
+    }
     let current = match sqlx::query(RUNNING_JOB)
         .bind(finish.job_id.to_string())
         .fetch_optional(&mut *conn)
@@ -254,27 +316,8 @@ async fn finish(
                 out.ready.push(current.ready(id, at));
             }
         }
-        Outcome::Succeeded(output) => {
-            sqlx::query(SUCCEED)
-                .bind(output)
-                .bind(now)
-                .bind(current.seq)
-                .execute(&mut *conn)
-                .await?;
-            end_attempt(conn, &current, now, out, AttemptOutcome::Succeeded, None).await?;
-            out.terminal.push(id);
-            out.metrics.finished(&current.queue, JobState::Succeeded);
-            let ready_now = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {READY_COLUMNS_J} {NOW_READY_DEPENDENTS}"
-            )))
-            .bind(id.to_string())
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(ready_from_row)
-            .collect::<Result<Vec<_>>>()?;
-            out.ready.extend(ready_now);
-        }
+        // Taken by `succeed_all` before anything is read.
+        Outcome::Succeeded(_) => {}
         Outcome::Failed {
             message,
             retryable,
@@ -432,74 +475,108 @@ async fn end_job(
 }
 
 /// Starts an attempt; returns what its worker is told, and since when the job waited.
-async fn start(
+/// Starts every attempt of a round in one statement, with their attempts' rows; a start
+/// whose job is no longer queued at the attempt before is not one.
+const START_ALL: &str = "WITH s AS (
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS s(id, attempt, worker_id)),
+    started AS (UPDATE jobs SET state = 20 /* running */, attempt = s.attempt,
+            worker_id = s.worker_id, started_at_ms = $4
+        FROM s WHERE jobs.id = s.id AND jobs.state = 10 /* queued */
+            AND jobs.attempt = s.attempt - 1
+        RETURNING jobs.seq, jobs.attempt, jobs.queue, jobs.kind, jobs.payload, jobs.deadline_ms,
+            jobs.traceparent, jobs.tracestate, jobs.labels::text, jobs.group_id, jobs.tenant_id,
+            jobs.max_attempts, jobs.depends_on,
+            coalesce(jobs.timeout_ms, (SELECT q.attempt_timeout_ms FROM quotas q
+                                       WHERE q.scope = 'queue:' || jobs.queue)),
+            greatest(jobs.created_at_ms, coalesce(jobs.run_at_ms, 0)),
+            (SELECT c.checkpoint FROM job_checkpoints c WHERE c.job_seq = jobs.seq),
+            jobs.id, jobs.worker_id),
+    attempted AS (INSERT INTO attempts (job_seq, number, worker_id, started_at_ms, outcome)
+        SELECT seq, attempt, worker_id, $4, 10 /* running */ FROM started)
+    SELECT * FROM started";
+
+async fn start_all(
     conn: &mut PgConnection,
-    start: &Start,
+    starts: &[Start],
     now: i64,
-) -> Result<Option<(Dispatch, i64)>> {
-    let Some(row) = sqlx::query(START)
-        .bind(&start.worker_id)
+    out: &mut TransitionOutcome,
+) -> Result<()> {
+    let ids: Vec<String> = starts.iter().map(|s| s.job_id.to_string()).collect();
+    let attempts: Vec<i64> = starts.iter().map(|s| i64::from(s.attempt)).collect();
+    let workers: Vec<&str> = starts.iter().map(|s| s.worker_id.as_str()).collect();
+    let rows = sqlx::query(START_ALL)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&workers)
         .bind(now)
-        .bind(start.job_id.to_string())
-        .bind(i64::from(start.attempt))
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let seq: i64 = row.col(0)?;
-    let mut dispatch = Dispatch {
-        job_id: start.job_id,
-        attempt: row.u32(1)?,
-        queue: row.col(2)?,
-        kind: row.col(3)?,
-        payload: row.col(4)?,
-        ends_ms: None,
-        traceparent: row.col::<Option<String>>(6)?.unwrap_or_default(),
-        tracestate: row.col::<Option<String>>(7)?.unwrap_or_default(),
-        labels: row
-            .col::<Option<String>>(8)?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default(),
-        group_id: row.col(9)?,
-        tenant_id: row.col(10)?,
-        max_attempts: row.u32(11)?,
-        dependency_outputs: Vec::new(),
-        checkpoint: row.col(15)?,
-    };
-    let depends_on: Option<Vec<String>> = row.col(12)?;
-    let deadline_ms: Option<i64> = row.col(5)?;
-    let timeout_ms: Option<i64> = row.col(13)?;
-    let queued_since: i64 = row.col(14)?;
-    // A job with no timeout of its own gets its queue's default, if the queue has one.
-    dispatch.ends_ms = rules::attempt_ends(deadline_ms, Some(now), timeout_ms);
-    sqlx::query(INSERT_ATTEMPT)
-        .bind(seq)
-        .bind(i64::from(dispatch.attempt))
-        .bind(&start.worker_id)
-        .bind(now)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-    if let Some(depends_on) = depends_on {
-        let outputs = sqlx::query(DEPENDENCY_OUTPUTS)
-            .bind(&depends_on)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.id(0)?,
-                    row.col::<Option<Vec<u8>>>(1)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // A pipeline stage: an empty payload with exactly one dependency takes its output.
-        if dispatch.payload.is_empty() && outputs.len() == 1 {
-            dispatch.payload = outputs[0].1.clone();
+    let mut started = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: JobId = row.id(16)?;
+        let mut dispatch = Dispatch {
+            job_id: id,
+            attempt: row.u32(1)?,
+            queue: row.col(2)?,
+            kind: row.col(3)?,
+            payload: row.col(4)?,
+            ends_ms: None,
+            traceparent: row.col::<Option<String>>(6)?.unwrap_or_default(),
+            tracestate: row.col::<Option<String>>(7)?.unwrap_or_default(),
+            labels: row
+                .col::<Option<String>>(8)?
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
+            group_id: row.col(9)?,
+            tenant_id: row.col(10)?,
+            max_attempts: row.u32(11)?,
+            dependency_outputs: Vec::new(),
+            checkpoint: row.col(15)?,
+        };
+        let depends_on: Option<Vec<String>> = row.col(12)?;
+        let deadline_ms: Option<i64> = row.col(5)?;
+        let timeout_ms: Option<i64> = row.col(13)?;
+        let queued_since: i64 = row.col(14)?;
+        // A job with no timeout of its own gets its queue's default, if the queue has one.
+        dispatch.ends_ms = rules::attempt_ends(deadline_ms, Some(now), timeout_ms);
+        if let Some(depends_on) = depends_on {
+            let outputs = sqlx::query(DEPENDENCY_OUTPUTS)
+                .bind(&depends_on)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        row.id(0)?,
+                        row.col::<Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // A pipeline stage: an empty payload with exactly one dependency takes its output.
+            if dispatch.payload.is_empty() && outputs.len() == 1 {
+                dispatch.payload = outputs[0].1.clone();
+            }
+            dispatch.dependency_outputs = outputs;
         }
-        dispatch.dependency_outputs = outputs;
+        started.insert(id, (dispatch, queued_since));
     }
-    Ok(Some((dispatch, queued_since)))
+    // In the round's order, as the scheduler planned them.
+    for start in starts {
+        match started.remove(&start.job_id) {
+            Some((dispatch, queued_since_ms)) => {
+                out.metrics.started(&dispatch.queue);
+                out.started.push(Started {
+                    session: start.session,
+                    dispatch,
+                    queued_since_ms,
+                });
+            }
+            None => out
+                .not_started
+                .push((start.session, start.job_id, start.attempt)),
+        }
+    }
+    Ok(())
 }
 
 /// Locked: the job's state decides what the requeue does.
