@@ -323,7 +323,13 @@ async fn lead_until_served(
             config.max_deadline,
             config.idempotency_ttl,
         ),
-        admin: api::AdminApi::new(store.clone(), scheduler.clone(), notifier.clone(), ticker),
+        admin: api::AdminApi::new(
+            store.clone(),
+            scheduler.clone(),
+            notifier.clone(),
+            ticker,
+            sessions.clone(),
+        ),
         workers: dispatch::WorkerApi::new(
             scheduler.clone(),
             store.clone(),

@@ -632,6 +632,42 @@ async fn a_crash_between_commit_and_reply_keeps_the_job_once() {
     assert_eq!(again.job_id, stored[1].job_id);
 }
 
+/// A caller that hangs up after its submit committed, before the scheduler heard of the
+/// jobs (a client's deadline, or a follower that died with the call it forwarded): the job
+/// is stored and still runs. The failpoint holds the call in that window past the caller's
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_caller_hangs_up_after_the_commit_still_runs() {
+    let coordinator = Coordinator::start_in(
+        None,
+        support::COORDINATOR_FLAGS,
+        &[("FAILPOINTS", "api-after-submit-commit=return(1500)")],
+    )
+    .await;
+    let client = connect(&coordinator).await;
+    let _worker = switchyard_testkit::Worker::start(&coordinator.url(), &[]).await;
+    let mut request = tonic::Request::new(support::new_job("default", "echo"));
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let refused = support::jobs(&client)
+        .submit(request)
+        .await
+        .expect_err("the caller gave up before the answer");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{refused:?}"
+    );
+    let stored = support::eventually("the committed job is listed", || async {
+        let jobs = all_jobs(&client).await;
+        (jobs.len() == 1).then_some(jobs)
+    })
+    .await;
+    let done = support::finished(&client, &stored[0].job_id).await;
+    assert_eq!(done.state(), switchyard_proto::v1::JobState::Succeeded);
+}
+
 /// After a start commits, before its worker hears of it: the restart finds the attempt
 /// interrupted (not counted) and runs the job again, to success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@ pub struct AdminApi {
     scheduler: Scheduler,
     notifier: Notifier,
     ticker: Ticker,
+    /// Writes run to their end there, whatever happens to their call (`to_the_end`).
+    tasks: TaskTracker,
 }
 
 impl AdminApi {
@@ -25,12 +27,14 @@ impl AdminApi {
         scheduler: Scheduler,
         notifier: Notifier,
         ticker: Ticker,
+        tasks: TaskTracker,
     ) -> Self {
         AdminApi {
             store,
             scheduler,
             notifier,
             ticker,
+            tasks,
         }
     }
 
@@ -56,8 +60,13 @@ impl AdminApi {
 
     /// Pauses or resumes a schedule and tells the ticker; returns it afterwards.
     async fn pause_schedule(&self, key: ScheduleKey, paused: bool) -> Result<v1::Schedule> {
-        self.store.pause_schedule(key.clone(), paused).await?;
-        self.ticker.changed(key.clone()).await;
+        let (store, ticker, at) = (self.store.clone(), self.ticker.clone(), key.clone());
+        to_the_end(&self.tasks, async move {
+            store.pause_schedule(at.clone(), paused).await?;
+            ticker.changed(at).await;
+            Ok(())
+        })
+        .await?;
         let record = self
             .store
             .schedule(key.clone())
@@ -69,10 +78,15 @@ impl AdminApi {
     /// Pauses or resumes a queue; returns every paused queue afterwards.
     async fn pause(&self, queue: String, paused: bool) -> Result<Vec<String>> {
         validate::name("queue", &queue)?;
-        self.store.pause(queue.clone(), paused).await?;
-        if let Err(err) = self.scheduler.pause(queue, paused).await {
-            tracing::warn!(cause = %err, "the scheduler takes the pause at its next start");
-        }
+        let (store, scheduler) = (self.store.clone(), self.scheduler.clone());
+        to_the_end(&self.tasks, async move {
+            store.pause(queue.clone(), paused).await?;
+            if let Err(err) = scheduler.pause(queue, paused).await {
+                tracing::warn!(cause = %err, "the scheduler takes the pause at its next start");
+            }
+            Ok(())
+        })
+        .await?;
         self.store.paused().await
     }
 }
@@ -100,10 +114,15 @@ impl AdminService for AdminApi {
             .quota
             .ok_or_else(|| Error::invalid("quota", "is required"))?;
         let quota = validate::quota(quota)?;
-        self.store.set_quota(quota.clone()).await?;
-        if let Err(err) = self.scheduler.set_quota(quota.clone()).await {
-            tracing::warn!(cause = %err, "the scheduler takes the quota at its next start");
-        }
+        let (store, scheduler, set) = (self.store.clone(), self.scheduler.clone(), quota.clone());
+        to_the_end(&self.tasks, async move {
+            store.set_quota(set.clone()).await?;
+            if let Err(err) = scheduler.set_quota(set).await {
+                tracing::warn!(cause = %err, "the scheduler takes the quota at its next start");
+            }
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(convert::quota(quota, 0, 0)))
     }
 
@@ -200,8 +219,13 @@ impl AdminService for AdminApi {
             .ok_or_else(|| Error::invalid("schedule", "is required"))?;
         let schedule = validate::schedule(schedule, &tenant, now_ms())?;
         let key = schedule.key.clone();
-        self.store.create_schedule(schedule).await?;
-        self.ticker.changed(key.clone()).await;
+        let (store, ticker, at) = (self.store.clone(), self.ticker.clone(), key.clone());
+        to_the_end(&self.tasks, async move {
+            store.create_schedule(schedule).await?;
+            ticker.changed(at).await;
+            Ok(())
+        })
+        .await?;
         let record = self
             .store
             .schedule(key.clone())
@@ -258,8 +282,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
         Identity::of(&request).require(Role::Client)?;
         let key = Self::schedule_key(&request, &request.get_ref().schedule_id)?;
-        self.store.delete_schedule(key.clone()).await?;
-        self.ticker.changed(key).await;
+        let (store, ticker) = (self.store.clone(), self.ticker.clone());
+        to_the_end(&self.tasks, async move {
+            store.delete_schedule(key.clone()).await?;
+            ticker.changed(key).await;
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(v1::DeleteScheduleResponse {}))
     }
 
@@ -317,7 +346,15 @@ impl AdminService for AdminApi {
                 req.reason
             },
         };
-        let done = bulk::bulk(&self.store, &self.scheduler, &self.notifier, request).await?;
+        let (store, scheduler, notifier) = (
+            self.store.clone(),
+            self.scheduler.clone(),
+            self.notifier.clone(),
+        );
+        let done = to_the_end(&self.tasks, async move {
+            bulk::bulk(&store, &scheduler, &notifier, request).await
+        })
+        .await?;
         Ok(Response::new(v1::BulkResponse {
             matched: done.matched,
             changed: done.changed,

@@ -52,6 +52,28 @@ fn job_id(text: &str) -> Result<JobId> {
 }
 
 /// `JobService`: what clients call.
+/// Runs a write and what follows its commit (telling the scheduler, waking waiters) to its
+/// end even if the call that asked for it goes away. A caller that hangs up, or a follower
+/// that dies with the call it forwarded, drops the call's future: dropped between the commit
+/// and the scheduler, a submitted job would be stored but never dispatched.
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    tasks: &TaskTracker,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tasks
+        .spawn(work)
+        .await
+        .map_err(|err| Error::CommitFailed(format!("a write's task ended: {err}")))?
+}
+
+/// The failpoint `api-after-submit-commit=return(MS)`: how long to wait after a submit's
+/// commit (nothing in a build without failpoints).
+fn pause_after_submit_commit() -> Option<u64> {
+    fail::fail_point!("api-after-submit-commit", |ms| ms
+        .and_then(|ms| ms.parse().ok()));
+    None
+}
+
 #[derive(Clone)]
 pub struct JobApi {
     store: Arc<dyn Store>,
@@ -175,7 +197,7 @@ impl JobApi {
             first.and_then(|j| j.traceparent.as_deref()).unwrap_or(""),
             first.and_then(|j| j.tracestate.as_deref()).unwrap_or(""),
         );
-        let mut span = switchyard_telemetry::start(
+        let span = switchyard_telemetry::start(
             &switchyard_telemetry::tracer("switchyard-coordinator"),
             "switchyard.submit",
             Kind::Server,
@@ -203,6 +225,21 @@ impl JobApi {
             group,
             scope,
         };
+        let api = self.clone();
+        to_the_end(
+            &self.tasks,
+            async move { api.commit_jobs(submit, span).await },
+        )
+        .await
+    }
+
+    /// Stores the jobs, then hands the ready ones to the scheduler: in a task of its own
+    /// ([`to_the_end`]).
+    async fn commit_jobs(
+        &self,
+        submit: Submit,
+        mut span: impl Span + Send + 'static,
+    ) -> Result<Vec<Submitted>> {
         let done = match self.store.submit(submit).await {
             Ok(done) => done,
             Err(err) => {
@@ -212,6 +249,10 @@ impl JobApi {
             }
         };
         span.end();
+        // Tests widen the window between the commit and the scheduler (a hang-up in it).
+        if let Some(ms) = pause_after_submit_commit() {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let ready = done.iter().filter_map(|s| s.ready.clone()).collect();
         // The jobs are durable now; if the scheduler is stopping, the next start finds them.
         if let Err(err) = self.scheduler.enqueue(ready).await {
@@ -306,6 +347,18 @@ impl JobApi {
     /// Cancels in the store (which fences out running attempts), then tells the scheduler to
     /// drop the queued ones and stop the running ones on their workers, and wakes waiters.
     async fn cancel_jobs(
+        &self,
+        target: CancelTarget,
+        reason: String,
+    ) -> Result<(Vec<JobId>, Option<JobState>)> {
+        let api = self.clone();
+        to_the_end(&self.tasks, async move {
+            api.cancel_jobs_now(target, reason).await
+        })
+        .await
+    }
+
+    async fn cancel_jobs_now(
         &self,
         target: CancelTarget,
         reason: String,
@@ -900,13 +953,19 @@ impl JobService for JobApi {
             )
             .into());
         }
-        let ready = self.store.requeue(id, req.max_attempts).await?;
-        let waits = ready.is_none();
-        if let Some(ready) = ready
-            && let Err(err) = self.scheduler.enqueue(vec![ready]).await
-        {
-            tracing::warn!(cause = %err, "requeued job waits for the next start");
-        }
+        let (store, scheduler) = (self.store.clone(), self.scheduler.clone());
+        let max_attempts = req.max_attempts;
+        let waits = to_the_end(&self.tasks, async move {
+            let ready = store.requeue(id, max_attempts).await?;
+            let waits = ready.is_none();
+            if let Some(ready) = ready
+                && let Err(err) = scheduler.enqueue(vec![ready]).await
+            {
+                tracing::warn!(cause = %err, "requeued job waits for the next start");
+            }
+            Ok(waits)
+        })
+        .await?;
         let job = self.job(id).await?;
         // Back to waiting for its dependencies: it still ends at its deadline.
         if waits
