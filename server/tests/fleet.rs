@@ -88,7 +88,7 @@ async fn three_coordinators_run_every_job_once_under_one_fleet_wide_quota() {
     if needs_postgres() {
         return;
     }
-    const JOBS: usize = 1500;
+    const JOBS: usize = 3000;
     const BATCH: usize = 100;
     let coordinators = fleet(3, "1s").await;
     let mut clients = Vec::new();
