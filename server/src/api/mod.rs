@@ -108,6 +108,11 @@ impl JobApi {
         }
     }
 
+    /// Where work that outlives a call runs ([`to_the_end`]).
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
     /// The request's context, with what travels from the caller: its deadline (for `Run`,
     /// and for any call from inside a handler) and its parent job.
     async fn call_context<T>(

@@ -222,18 +222,22 @@ pub(super) async fn bulk(State(console): State<Console>, headers: HeaderMap, bod
     let started = tokio::time::Instant::now();
     let (mut matched, mut changed, mut steps) = (0u64, 0u64, 0usize);
     let left = loop {
-        let done = crate::api::bulk::bulk(
-            &console.store,
-            &console.scheduler,
-            &console.notifier,
-            Bulk {
-                action,
-                filter: filter.clone(),
-                ids: ids.clone(),
-                dry_run: false,
-                reason: "cancelled from the console".into(),
-            },
-        )
+        let step = Bulk {
+            action,
+            filter: filter.clone(),
+            ids: ids.clone(),
+            dry_run: false,
+            reason: "cancelled from the console".into(),
+        };
+        let (store, scheduler, notifier) = (
+            console.store.clone(),
+            console.scheduler.clone(),
+            console.notifier.clone(),
+        );
+        // To its end even if the browser goes away (`to_the_end`).
+        let done = crate::api::to_the_end(console.jobs.tasks(), async move {
+            crate::api::bulk::bulk(&store, &scheduler, &notifier, step).await
+        })
         .await?;
         matched += done.matched;
         changed += done.changed;
