@@ -195,40 +195,15 @@ struct Leading<'a> {
 /// services here, and once the server has stopped (`served`), drains and closes the store,
 /// then gives the lease up.
 async fn lead(leading: Leading<'_>) -> Result<()> {
-    let Leading {
-        store,
-        config,
-        metrics,
-        tokens,
-        metrics_listener,
-        switched,
-        health,
-        inner,
-        halt,
-        served,
-        lease,
-        forward,
-    } = leading;
     // The lease is renewed until the store has closed; once it may have run out, the
     // fence refuses every commit and the server stops.
+    let lease = leading.lease.clone();
     let keeper_stop = CancellationToken::new();
     let keeper = lease.clone().map(|(lease, epoch)| {
-        let (stop, lost) = (keeper_stop.clone(), halt.clone());
+        let (stop, lost) = (keeper_stop.clone(), leading.halt.clone());
         tokio::spawn(cluster::keep(lease, epoch, stop, lost))
     });
-    let led = lead_until_served(
-        store.clone(),
-        config,
-        metrics,
-        tokens,
-        metrics_listener,
-        switched,
-        health,
-        inner,
-        served,
-        forward,
-    )
-    .await;
+    let led = lead_until_served(leading).await;
     keeper_stop.cancel();
     if let Some(keeper) = keeper {
         let _ = keeper.await;
@@ -246,19 +221,21 @@ async fn lead(leading: Leading<'_>) -> Result<()> {
     led
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn lead_until_served(
-    store: std::sync::Arc<dyn store::Store>,
-    config: &Config,
-    metrics: Metrics,
-    tokens: Option<std::sync::Arc<auth::Tokens>>,
-    metrics_listener: Option<TcpListener>,
-    switched: &Switched,
-    health: tonic_health::server::HealthReporter,
-    inner: CancellationToken,
-    served: CancellationToken,
-    forward: &tokio::sync::watch::Sender<cluster::Forward>,
-) -> Result<()> {
+/// [`lead`]'s work between the lease's take-over and its release.
+async fn lead_until_served(leading: Leading<'_>) -> Result<()> {
+    let Leading {
+        store,
+        config,
+        metrics,
+        tokens,
+        metrics_listener,
+        switched,
+        health,
+        inner,
+        served,
+        forward,
+        ..
+    } = leading;
     let recovered = match store.recover().await {
         Ok(recovered) => recovered,
         Err(err) => {

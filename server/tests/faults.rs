@@ -459,120 +459,30 @@ async fn list_pages_are_bounded_in_bytes() {
     assert_eq!(all, submitted, "every job once, in order, over the pages");
 }
 
-/// Coordinator SIGKILLs per run: a few in the suite; `SWITCHYARD_SOAK=N` for a longer soak.
-fn kills() -> usize {
-    std::env::var("SWITCHYARD_SOAK")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(4)
-}
-
 /// A history checker over repeated coordinator SIGKILLs under load: submitters retry each
 /// job under its own idempotency key until it is acknowledged; afterwards no acknowledged job
 /// is lost, none is stored twice, none was never asked for, each ran to success with its own
-/// payload, and the database passes `PRAGMA integrity_check`.
+/// payload ([`support::Submitters::check`]), and the database passes `PRAGMA integrity_check`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_history_holds_across_repeated_sigkills() {
-    use std::collections::{BTreeMap, BTreeSet};
     const SUBMITTERS: usize = 6;
     const ACKS_BETWEEN_KILLS: usize = 60;
     let mut coordinator = Coordinator::start_with(support::COORDINATOR_FLAGS).await;
     let client = connect(&coordinator).await;
     let _worker =
         switchyard_testkit::Worker::start(&coordinator.url(), &["--concurrency", "16"]).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-    let mut submitters = tokio::task::JoinSet::new();
-    for s in 0..SUBMITTERS {
-        let (client, stop, acks) = (client.clone(), stop.clone(), acks.clone());
-        submitters.spawn(async move {
-            let mut asked = Vec::new();
-            'jobs: for n in 0..100_000 {
-                let key = format!("s{s}-{n}");
-                asked.push(key.clone());
-                // The same key until acknowledged: a retry after a kill finds the first job.
-                loop {
-                    let spec = JobSpec::new("default", "echo")
-                        .payload(key.clone())
-                        .idempotency_key(key.clone());
-                    match client.submit(spec).await {
-                        Ok(done) => {
-                            let _ = acks.send((key, done.job_id));
-                            break;
-                        }
-                        Err(_) if stop.is_cancelled() => break 'jobs,
-                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                    }
-                }
-                if stop.is_cancelled() {
-                    break;
-                }
-            }
-            asked
-        });
-    }
-    drop(acks);
-    let mut history: BTreeMap<String, String> = BTreeMap::new();
-    for _ in 0..kills() {
-        for _ in 0..ACKS_BETWEEN_KILLS {
-            let (key, id) = acked.recv().await.expect("acknowledgements keep coming");
-            assert!(
-                history.insert(key, id).is_none(),
-                "a key acknowledged twice"
-            );
-        }
+    let mut submitters = support::Submitters::start(std::slice::from_ref(&client), SUBMITTERS);
+    for _ in 0..support::kills() {
+        submitters.acknowledged(ACKS_BETWEEN_KILLS).await;
         coordinator.kill().await;
         coordinator.restart().await;
     }
-    stop.cancel();
-    let mut asked = BTreeSet::new();
-    for keys in submitters.join_all().await {
-        asked.extend(keys);
-    }
-    while let Some((key, id)) = acked.recv().await {
-        assert!(
-            history.insert(key, id).is_none(),
-            "a key acknowledged twice"
-        );
-    }
-
-    let ids: Vec<String> = history.values().cloned().collect();
-    let done = support::finished_all(&client, &ids).await;
-    let stored = all_jobs(&client).await;
-    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for job in &stored {
-        per_key
-            .entry(job.idempotency_key.clone())
-            .or_default()
-            .push(job.job_id.clone());
-    }
-    let lost: Vec<&String> = history
-        .keys()
-        .filter(|k| !per_key.contains_key(*k))
-        .collect();
-    let duplicates: Vec<_> = per_key.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    let unexpected: Vec<&String> = per_key.keys().filter(|k| !asked.contains(*k)).collect();
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    assert!(duplicates.is_empty(), "stored twice: {duplicates:?}");
-    assert!(unexpected.is_empty(), "never asked for: {unexpected:?}");
-    for job in &done {
-        assert_eq!(
-            job.state(),
-            switchyard_proto::v1::JobState::Succeeded,
-            "{job:?}"
-        );
-        assert_eq!(
-            job.output,
-            job.idempotency_key.as_bytes(),
-            "its own payload"
-        );
-        assert_eq!(history.get(&job.idempotency_key), Some(&job.job_id));
-    }
+    let asked = submitters.stop().await;
+    let (_, stored) = submitters.check(&client, &asked).await;
     eprintln!(
-        "{} kills; {} acknowledged, {} stored, {} asked",
-        kills(),
-        history.len(),
-        stored.len(),
+        "{} kills; {} acknowledged, {stored} stored, {} asked",
+        support::kills(),
+        submitters.history.len(),
         asked.len()
     );
     coordinator.terminate().await;

@@ -70,11 +70,26 @@ pub fn backend() -> Backend {
 /// True (after saying so on stderr) when the tests run on Postgres: for a test that is about
 /// SQLite itself (its file, its locks, its failpoints), which returns early then.
 pub fn skip_on_postgres(reason: &str) -> bool {
-    let skip = backend() == Backend::Postgres;
+    skip_if(
+        backend() == Backend::Postgres,
+        &format!("skipped on postgres: {reason}"),
+    )
+}
+
+/// True (after saying so on stderr) unless the tests run on Postgres: for a test that needs
+/// it (several coordinators sharing one database), which returns early then.
+pub fn skip_unless_postgres(reason: &str) -> bool {
+    skip_if(
+        backend() != Backend::Postgres,
+        &format!("skipped: {reason} (SWITCHYARD_TEST_BACKEND=postgres)"),
+    )
+}
+
+fn skip_if(skip: bool, line: &str) -> bool {
     if skip {
         // Straight to stderr, past the test harness's capture: the line shows in CI's log.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "skipped on postgres: {reason}");
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
     skip
 }
@@ -156,18 +171,7 @@ impl Coordinator {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, stdout, addr, metrics_addr) =
-            spawn(dir.path(), &db, &args, &env, "127.0.0.1:0").await;
-        Coordinator {
-            child: Some(child),
-            _stdout: Some(stdout),
-            addr,
-            metrics_addr,
-            dir,
-            db,
-            args,
-            env,
-        }
+        Self::launch(dir, db, args, env).await
     }
 
     /// Starts a coordinator on the database `db_url` names, which other coordinators may
@@ -179,8 +183,18 @@ impl Coordinator {
             path: None,
         };
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Self::launch(dir, db, args, Vec::new()).await
+    }
+
+    /// Spawns the process on `127.0.0.1:0` and keeps what a restart needs.
+    async fn launch(
+        dir: Arc<TempDir>,
+        db: Db,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Coordinator {
         let (child, stdout, addr, metrics_addr) =
-            spawn(dir.path(), &db, &args, &[], "127.0.0.1:0").await;
+            spawn(dir.path(), &db, &args, &env, "127.0.0.1:0").await;
         Coordinator {
             child: Some(child),
             _stdout: Some(stdout),
@@ -189,7 +203,7 @@ impl Coordinator {
             dir,
             db,
             args,
-            env: Vec::new(),
+            env,
         }
     }
 

@@ -396,3 +396,142 @@ pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+// --- a history checker: acknowledged submits against what the store kept ----------------
+
+/// Coordinator SIGKILLs per run of a history test: a few in the suite; `SWITCHYARD_SOAK=N`
+/// for a longer soak.
+pub fn kills() -> usize {
+    std::env::var("SWITCHYARD_SOAK")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4)
+}
+
+/// Submitters under load: each submits `echo` jobs one at a time, the payload its own
+/// idempotency key, and retries a key until it is acknowledged (a retry after a kill finds
+/// the first job). Submitter `s` talks to `clients[s % clients.len()]`.
+pub struct Submitters {
+    stop: tokio_util::sync::CancellationToken,
+    acked: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    tasks: tokio::task::JoinSet<Vec<String>>,
+    /// Every acknowledgement so far: key → job id.
+    pub history: std::collections::BTreeMap<String, String>,
+}
+
+impl Submitters {
+    pub fn start(clients: &[Client], n: usize) -> Submitters {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (acks, acked) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in 0..n {
+            let (client, stop, acks) = (
+                clients[s % clients.len()].clone(),
+                stop.clone(),
+                acks.clone(),
+            );
+            tasks.spawn(async move {
+                let mut asked = Vec::new();
+                'jobs: for n in 0..100_000 {
+                    let key = format!("s{s}-{n}");
+                    asked.push(key.clone());
+                    loop {
+                        let spec = switchyard_client::JobSpec::new("default", "echo")
+                            .payload(key.clone())
+                            .idempotency_key(key.clone());
+                        match client.submit(spec).await {
+                            Ok(done) => {
+                                let _ = acks.send((key, done.job_id));
+                                break;
+                            }
+                            Err(_) if stop.is_cancelled() => break 'jobs,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                }
+                asked
+            });
+        }
+        Submitters {
+            stop,
+            acked,
+            tasks,
+            history: Default::default(),
+        }
+    }
+
+    /// Waits for `n` more acknowledgements.
+    pub async fn acknowledged(&mut self, n: usize) {
+        for _ in 0..n {
+            let (key, id) = self
+                .acked
+                .recv()
+                .await
+                .expect("acknowledgements keep coming");
+            assert!(
+                self.history.insert(key, id).is_none(),
+                "a key acknowledged twice"
+            );
+        }
+    }
+
+    /// Stops them and gathers the last acknowledgements; returns every key asked for.
+    pub async fn stop(&mut self) -> std::collections::BTreeSet<String> {
+        self.stop.cancel();
+        let mut asked = std::collections::BTreeSet::new();
+        while let Some(keys) = self.tasks.join_next().await {
+            asked.extend(keys.expect("a submitter"));
+        }
+        while let Ok((key, id)) = self.acked.try_recv() {
+            assert!(
+                self.history.insert(key, id).is_none(),
+                "a key acknowledged twice"
+            );
+        }
+        asked
+    }
+
+    /// The checker, after [`Submitters::stop`]: no acknowledged job is lost, none is stored
+    /// twice, none was never asked for, and each ran to success with its own payload. Returns
+    /// the acknowledged jobs, finished, and how many jobs the store holds.
+    pub async fn check(
+        &self,
+        client: &Client,
+        asked: &std::collections::BTreeSet<String>,
+    ) -> (Vec<Job>, usize) {
+        use std::collections::BTreeMap;
+        let ids: Vec<String> = self.history.values().cloned().collect();
+        let done = finished_all(client, &ids).await;
+        let stored = all_jobs(client).await;
+        let mut per_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for job in &stored {
+            per_key
+                .entry(job.idempotency_key.as_str())
+                .or_default()
+                .push(job.job_id.as_str());
+        }
+        let lost: Vec<&String> = self
+            .history
+            .keys()
+            .filter(|k| !per_key.contains_key(k.as_str()))
+            .collect();
+        let duplicates: Vec<_> = per_key.iter().filter(|(_, ids)| ids.len() > 1).collect();
+        let unexpected: Vec<&&str> = per_key.keys().filter(|k| !asked.contains(**k)).collect();
+        assert!(lost.is_empty(), "lost: {lost:?}");
+        assert!(duplicates.is_empty(), "stored twice: {duplicates:?}");
+        assert!(unexpected.is_empty(), "never asked for: {unexpected:?}");
+        for job in &done {
+            assert_eq!(job.state(), JobState::Succeeded, "{job:?}");
+            assert_eq!(
+                job.output,
+                job.idempotency_key.as_bytes(),
+                "its own payload"
+            );
+            assert_eq!(self.history.get(&job.idempotency_key), Some(&job.job_id));
+        }
+        (done, stored.len())
+    }
+}

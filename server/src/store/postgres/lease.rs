@@ -43,16 +43,12 @@ impl Fence {
     }
 }
 
-/// Who leads, as the lease row says.
+/// Who leads (or led last), as the lease row says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
-    /// The holder's instance id (new for each process).
-    pub holder: String,
     /// Where the other coordinators forward their calls.
     pub address: String,
     pub epoch: i64,
-    /// The lease has not run out yet.
-    pub live: bool,
 }
 
 /// One coordinator's side of the lease: its instance id and address, on a connection of its
@@ -75,11 +71,6 @@ impl Lease {
             term,
             fence,
         }
-    }
-
-    /// This process's instance id.
-    pub fn holder(&self) -> &str {
-        &self.holder
     }
 
     /// The address this coordinator advertises.
@@ -123,17 +114,13 @@ impl Lease {
 
     /// Who leads now (`None` before anybody ever led).
     pub async fn leader(&self) -> Result<Option<Leader>> {
-        let row = sqlx::query(
-            "SELECT holder, address, epoch, expires_at > clock_timestamp() FROM leadership",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT address, epoch FROM leadership")
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| {
             Ok(Leader {
-                holder: row.try_get(0)?,
-                address: row.try_get(1)?,
-                epoch: row.try_get(2)?,
-                live: row.try_get(3)?,
+                address: row.try_get(0)?,
+                epoch: row.try_get(1)?,
             })
         })
         .transpose()
