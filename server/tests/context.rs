@@ -11,7 +11,9 @@ use switchyard_proto::v1::{
 };
 use switchyard_testkit::Worker;
 
-use support::{PATIENCE, coordinator, eventually, finished, list, ms_of, running_on};
+use support::{
+    PATIENCE, coordinator, eventually, finished, list, ms_of, running_on, submit_expiring,
+};
 
 /// Waits until the worker holds no slot: every handler it ran has returned.
 async fn slots_free(client: &switchyard_client::Client, worker: &str) {
@@ -34,7 +36,8 @@ async fn run_past_its_deadline_returns_deadline_exceeded_and_frees_the_slot() {
     let took = started.elapsed();
     assert_eq!(err.code(), Some(tonic::Code::DeadlineExceeded), "{err}");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+        // Not when the 30 s sleep ends: at the deadline, however late a busy machine is.
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
         "Run returned after {took:?}, not at its 1s deadline"
     );
 
@@ -66,14 +69,10 @@ async fn run_past_its_deadline_returns_deadline_exceeded_and_frees_the_slot() {
 #[tokio::test]
 async fn a_queued_job_whose_deadline_passes_ends_without_an_attempt() {
     let (_coordinator, client) = coordinator().await;
-    let id = client
-        .submit(
-            JobSpec::new("nobody-serves-this", "echo")
-                .deadline(SystemTime::now() + Duration::from_secs(1)),
-        )
-        .await
-        .expect("submit")
-        .job_id;
+    let (id, _) = submit_expiring(&client, Duration::from_secs(1), |deadline| {
+        JobSpec::new("nobody-serves-this", "echo").deadline(deadline)
+    })
+    .await;
     let job = finished(&client, &id).await;
     assert_eq!(job.state(), JobState::DeadlineExceeded);
     assert_eq!(job.attempt, 0);
@@ -83,14 +82,10 @@ async fn a_queued_job_whose_deadline_passes_ends_without_an_attempt() {
 #[tokio::test]
 async fn a_job_is_never_dispatched_after_its_deadline() {
     let (coordinator, client) = coordinator().await;
-    let id = client
-        .submit(
-            // Far enough ahead that a busy machine still submits it in time.
-            JobSpec::new("default", "echo").deadline(SystemTime::now() + Duration::from_secs(1)),
-        )
-        .await
-        .expect("submit")
-        .job_id;
+    let (id, _) = submit_expiring(&client, Duration::from_secs(1), |deadline| {
+        JobSpec::new("default", "echo").deadline(deadline)
+    })
+    .await;
     let job = finished(&client, &id).await;
     // Only now does a worker come: the job is over, and nothing is sent to it.
     let worker = Worker::start(&coordinator.url(), &[]).await;

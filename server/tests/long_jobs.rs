@@ -239,16 +239,12 @@ async fn a_job_waiting_on_a_running_dependency_expires_at_its_deadline() {
         .expect("submit")
         .job_id;
     running(&client, &dependency).await;
-    let deadline = SystemTime::now() + Duration::from_secs(1);
-    let waiting = client
-        .submit(
-            JobSpec::new("default", "echo")
-                .depends_on(&dependency)
-                .deadline(deadline),
-        )
-        .await
-        .expect("submit")
-        .job_id;
+    let (waiting, deadline) = support::submit_expiring(&client, Duration::from_secs(1), |at| {
+        JobSpec::new("default", "echo")
+            .depends_on(&dependency)
+            .deadline(at)
+    })
+    .await;
     let after = client
         .submit(JobSpec::new("default", "echo").depends_on(&waiting))
         .await

@@ -243,6 +243,32 @@ pub fn outcomes(job: &Job) -> Vec<(AttemptOutcome, String)> {
         .collect()
 }
 
+/// Submits the job `spec` builds for a deadline `soon` from now, and returns its id and that
+/// deadline. On a machine so busy that the call arrives after the deadline (refused as already
+/// past), it tries again with twice the time: a test needs a deadline that passes while the job
+/// waits, not any particular one.
+pub async fn submit_expiring(
+    client: &Client,
+    soon: Duration,
+    spec: impl Fn(SystemTime) -> switchyard_client::JobSpec,
+) -> (String, SystemTime) {
+    let mut soon = soon;
+    loop {
+        let deadline = SystemTime::now() + soon;
+        match client.submit(spec(deadline)).await {
+            Ok(done) => return (done.job_id, deadline),
+            Err(err)
+                if err.code() == Some(tonic::Code::InvalidArgument)
+                    && err.to_string().contains("already past")
+                    && soon < PATIENCE =>
+            {
+                soon *= 2;
+            }
+            Err(err) => panic!("submit: {err}"),
+        }
+    }
+}
+
 // --- quotas: what the recorded attempts say about concurrency ----------------------------
 
 /// Submits the jobs in one batch and returns their ids, in order.
