@@ -249,17 +249,17 @@ pub fn outcomes(job: &Job) -> Vec<(AttemptOutcome, String)> {
 /// waits, not any particular one.
 pub async fn submit_expiring(
     client: &Client,
-    soon: Duration,
+    mut soon: Duration,
     spec: impl Fn(SystemTime) -> switchyard_client::JobSpec,
 ) -> (String, SystemTime) {
-    let mut soon = soon;
     loop {
         let deadline = SystemTime::now() + soon;
         match client.submit(spec(deadline)).await {
             Ok(done) => return (done.job_id, deadline),
-            Err(err)
-                if err.code() == Some(tonic::Code::InvalidArgument)
-                    && err.to_string().contains("already past")
+            Err(switchyard_client::Error::Rpc(status))
+                if status.code() == tonic::Code::InvalidArgument
+                    && named_field(&status) == "deadline"
+                    && status.message().ends_with("is already past")
                     && soon < PATIENCE =>
             {
                 soon *= 2;
