@@ -1,4 +1,5 @@
-//! Reads: a small pool of read-only connections, each query run on the blocking pool.
+//! Reads: a small pool of read-only connections, each query run where it may block (in place
+//! on the coordinator's multi-threaded runtime, else on the blocking pool).
 
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +17,7 @@ use crate::{
 };
 
 pub(super) struct Readers {
-    idle: Mutex<Vec<Connection>>,
+    idle: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<Semaphore>,
 }
 
@@ -26,7 +27,7 @@ impl Readers {
             .map(|_| open_connection(config, true))
             .collect::<Result<Vec<_>>>()?;
         Ok(Readers {
-            idle: Mutex::new(idle),
+            idle: Arc::new(Mutex::new(idle)),
             permits: Arc::new(Semaphore::new(size)),
         })
     }
@@ -36,7 +37,7 @@ impl Readers {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
+        let permit = self
             .permits
             .clone()
             .acquire_owned()
@@ -48,16 +49,29 @@ impl Readers {
             .map_err(|_| Error::Corrupt("read pool lock poisoned".into()))?
             .pop()
             .ok_or(Error::ShuttingDown)?;
-        let (conn, result) = tokio::task::spawn_blocking(move || {
+        let idle = self.idle.clone();
+        let read = move || {
             let result = f(&conn);
-            (conn, result)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
+            // The connection goes back before its permit, from here: a caller that went away
+            // while its read ran (a client hanging up) loses the pool nothing.
+            if !permit.semaphore().is_closed()
+                && let Ok(mut idle) = idle.lock()
+            {
+                idle.push(conn);
+            }
+            drop(permit);
+            result
+        };
+        // On the coordinator's multi-threaded runtime the read runs on this thread, which
+        // hands its other tasks to the rest of the pool meanwhile: a point read takes tens of
+        // microseconds, and the hop to the blocking pool and back cost more than that (half of
+        // the re-read that ends a `Run`, issue 12).
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(read),
+            _ => tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?,
         }
-        result
     }
 
     /// Closes the pool: waiting callers fail, idle connections are dropped.
@@ -428,4 +442,67 @@ pub(super) fn paused(conn: &Connection) -> Result<Vec<String>> {
         .prepare_cached("SELECT queue FROM paused_queues ORDER BY queue")?
         .query_map([], |row| row.get(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DbUrl, StoreConfig, SyncMode};
+
+    fn pool(dir: &tempfile::TempDir) -> Readers {
+        let config = StoreConfig {
+            db: DbUrl::Sqlite(dir.path().join("readers.db")),
+            sync: SyncMode::Normal,
+            readers: 1,
+            write_queue: 1,
+            busy_timeout: std::time::Duration::from_secs(5),
+        };
+        drop(open_connection(&config, false).expect("create the database"));
+        Readers::open(&config, 1).expect("open the pool")
+    }
+
+    /// A caller that goes away while its read runs (a client hanging up on `Get`) must not take
+    /// the pool's connection with it: with one connection, every later read would fail.
+    async fn a_read_whose_caller_goes_away_keeps_its_connection(in_place_reads_end_first: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let readers = Arc::new(pool(&dir));
+        let (started, is_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let readers = readers.clone();
+            async move {
+                readers
+                    .run(move |conn| {
+                        let _ = started.send(());
+                        let _ = released.recv();
+                        Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
+                    })
+                    .await
+            }
+        });
+        is_started.await.expect("the first read started");
+        first.abort();
+        let _ = release.send(());
+        // On the blocking pool the caller is gone before the read ends; in place, the read
+        // holds its task until it ends, so the abort comes too late to matter.
+        let outcome = first.await;
+        assert_eq!(outcome.is_ok(), in_place_reads_end_first, "{outcome:?}");
+        for _ in 0..3 {
+            let n = readers
+                .run(|conn| Ok(conn.query_row("SELECT 2", [], |r| r.get::<_, i64>(0))?))
+                .await
+                .expect("a read after the abandoned one");
+            assert_eq!(n, 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn on_the_blocking_pool() {
+        a_read_whose_caller_goes_away_keeps_its_connection(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_place_on_a_multi_threaded_runtime() {
+        a_read_whose_caller_goes_away_keeps_its_connection(true).await;
+    }
 }
