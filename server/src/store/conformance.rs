@@ -38,13 +38,8 @@ impl Backend {
 /// A fresh SQLite store in a temporary directory (also for other modules' tests).
 pub(crate) async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let config = super::StoreConfig {
-        db: super::DbUrl::Sqlite(dir.path().join("conformance.db")),
-        sync: super::SyncMode::Normal,
-        readers: 2,
-        write_queue: 64,
-        busy_timeout: std::time::Duration::from_secs(5),
-    };
+    let config =
+        super::StoreConfig::for_tests(super::DbUrl::Sqlite(dir.path().join("conformance.db")));
     let open = move || -> Opened {
         let config = config.clone();
         Box::pin(async move {
@@ -65,13 +60,9 @@ pub(crate) async fn sqlite() -> Backend {
 /// A fresh database on the test process's own Postgres server (`switchyard_testkit::postgres`);
 /// a restart closes the store's pools and opens a new store on the same database.
 pub(crate) async fn postgres() -> Backend {
-    let config = super::StoreConfig {
-        db: super::DbUrl::Postgres(switchyard_testkit::postgres::database().await),
-        sync: super::SyncMode::Normal,
-        readers: 2,
-        write_queue: 64,
-        busy_timeout: std::time::Duration::from_secs(5),
-    };
+    let config = super::StoreConfig::for_tests(super::DbUrl::Postgres(
+        switchyard_testkit::postgres::database().await,
+    ));
     let open = move || -> Opened {
         let config = config.clone();
         Box::pin(async move {

@@ -99,6 +99,21 @@ pub struct StoreConfig {
     pub busy_timeout: std::time::Duration,
 }
 
+#[cfg(test)]
+impl StoreConfig {
+    /// What the store's own tests open `db` with: no fsync per commit, two readers, a short
+    /// write queue.
+    pub(crate) fn for_tests(db: DbUrl) -> StoreConfig {
+        StoreConfig {
+            db,
+            sync: SyncMode::Normal,
+            readers: 2,
+            write_queue: 64,
+            busy_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
 /// Opens the backend `--db` names.
 pub async fn open(config: &StoreConfig, metrics: Metrics) -> Result<Arc<dyn Store>> {
     Ok(match &config.db {

@@ -9,7 +9,7 @@ use crate::{
     domain::{JobState, Quota},
     error::{Error, StoreFault},
     store::{
-        DbUrl, NewJob, Origin, Store, StoreConfig, Submit, SyncMode,
+        DbUrl, NewJob, Origin, Store, StoreConfig, Submit,
         conformance::{new_job, start, transitions},
     },
     telemetry::Metrics,
@@ -17,11 +17,9 @@ use crate::{
 
 fn config(url: String) -> StoreConfig {
     StoreConfig {
-        db: DbUrl::Postgres(url),
-        sync: SyncMode::Normal,
         readers: 4,
         write_queue: 256,
-        busy_timeout: Duration::from_secs(5),
+        ..StoreConfig::for_tests(DbUrl::Postgres(url))
     }
 }
 

@@ -232,7 +232,7 @@ mod tests {
 
     use crate::{
         store::{
-            CancelTarget, NewJob, Prune, Store, StoreConfig, SyncMode,
+            CancelTarget, NewJob, Prune, Store, StoreConfig,
             conformance::{new_job, submit},
             sqlite::SqliteStore,
         },
@@ -241,11 +241,8 @@ mod tests {
 
     fn config(dir: &tempfile::TempDir) -> StoreConfig {
         StoreConfig {
-            db: crate::store::DbUrl::Sqlite(dir.path().join("prune.db")),
-            sync: SyncMode::Normal,
             readers: 1,
-            write_queue: 64,
-            busy_timeout: std::time::Duration::from_secs(5),
+            ..StoreConfig::for_tests(crate::store::DbUrl::Sqlite(dir.path().join("prune.db")))
         }
     }
 

@@ -447,16 +447,10 @@ pub(super) fn paused(conn: &Connection) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DbUrl, StoreConfig, SyncMode};
+    use crate::store::{DbUrl, StoreConfig};
 
     fn pool(dir: &tempfile::TempDir) -> Readers {
-        let config = StoreConfig {
-            db: DbUrl::Sqlite(dir.path().join("readers.db")),
-            sync: SyncMode::Normal,
-            readers: 1,
-            write_queue: 1,
-            busy_timeout: std::time::Duration::from_secs(5),
-        };
+        let config = StoreConfig::for_tests(DbUrl::Sqlite(dir.path().join("readers.db")));
         drop(open_connection(&config, false).expect("create the database"));
         Readers::open(&config, 1).expect("open the pool")
     }
