@@ -1859,9 +1859,104 @@ async fn queue_counts_follow_every_change(b: Backend) {
     assert_eq!(after_prune[1].queued, 2, "queue b is untouched");
 }
 
+/// Counts of what was undone stay as they were, and admission counts what the same batch
+/// queued before: five submits at once into a tenant and a key that admit three, and a
+/// submit refused after storing its first job, leave the counts equal to the jobs.
+async fn counts_hold_through_undone_and_concurrent_submits(b: Backend) {
+    let store = &*b.store;
+    for scope in ["tenant:t", "key:k"] {
+        store
+            .set_quota(Quota {
+                scope: scope.into(),
+                max_queued: Some(3),
+                ..Default::default()
+            })
+            .await
+            .expect("quota");
+    }
+    let scoped = |key: Option<&str>| NewJob {
+        tenant_id: Some("t".into()),
+        concurrency_key: key.map(Into::into),
+        ..new_job("a")
+    };
+    let attempts = (0..5).map(|i| {
+        store.submit(Submit {
+            origin: Origin::Submit,
+            jobs: vec![scoped((i % 2 == 0).then_some("k"))],
+            group: None,
+            scope: None,
+        })
+    });
+    // Sent in order, taken in order: the first three fit.
+    let results = futures::future::join_all(attempts).await;
+    assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        results[3..]
+            .iter()
+            .all(|r| matches!(r, Err(Error::QueueFull { .. }))),
+        "{results:?}"
+    );
+    // The first job is stored, then the second names no job: both are undone.
+    let undone = store
+        .submit(Submit {
+            origin: Origin::Batch,
+            jobs: vec![
+                new_job("b"),
+                NewJob {
+                    depends_on: vec![JobId::new()],
+                    ..new_job("b")
+                },
+            ],
+            group: None,
+            scope: None,
+        })
+        .await;
+    assert!(
+        matches!(undone, Err(Error::InvalidArgument { .. })),
+        "{undone:?}"
+    );
+    // Queue `b` has no job, and no count.
+    let kept = store.queue_counts().await.expect("counts");
+    assert_eq!(kept, counted(store).await[..1]);
+    assert_eq!(kept[0].queued, 3);
+    let quotas = store.quotas().await.expect("quotas");
+    let queued = |scope: &str| quotas.iter().find(|(q, _)| q.scope == scope).map(|q| q.1);
+    assert_eq!(queued("tenant:t"), Some(3));
+    assert_eq!(
+        queued("key:k"),
+        Some(2),
+        "the first and third carry the key"
+    );
+
+    // Starting one takes it out of its tenant's queued jobs, and a fourth then fits.
+    let ready = store.recover().await.expect("recover").ready;
+    store
+        .transition(transitions(vec![], vec![start(&ready[0])]))
+        .await
+        .expect("start one");
+    submit(store, vec![scoped(None)], None).await;
+    let quotas = store.quotas().await.expect("quotas");
+    assert_eq!(
+        quotas
+            .iter()
+            .find(|(q, _)| q.scope == "tenant:t")
+            .map(|q| q.1),
+        Some(3)
+    );
+    assert_eq!(
+        store.queue_counts().await.expect("counts"),
+        counted(store).await[..1]
+    );
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn counts_hold_through_undone_and_concurrent_submits() {
+                super::counts_hold_through_undone_and_concurrent_submits(super::$backend().await)
+                    .await;
+            }
             #[tokio::test]
             async fn queue_counts_follow_every_change() {
                 super::queue_counts_follow_every_change(super::$backend().await).await;

@@ -56,13 +56,21 @@ pub(super) fn old_job_id(n: u64) -> String {
 
 /// Writes `count` succeeded jobs of queue `old` (each with one attempt) that ended `age_ms`
 /// ago straight into the database, in one transaction. The schema is the coordinator's (it
-/// made the file); the bench writes only the columns a finished job needs.
+/// made the file); the bench writes only the columns a finished job needs, and their count
+/// per queue and state, which the coordinator's writer keeps (its triggers call
+/// `sy_job_moved`, here a function that does nothing).
 pub(super) fn fill_finished_jobs(
     db: &std::path::Path,
     count: u64,
     age_ms: i64,
 ) -> anyhow::Result<()> {
     let mut conn = rusqlite::Connection::open(db).context("open the bench database")?;
+    conn.create_scalar_function(
+        "sy_job_moved",
+        5,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |_| Ok(Option::<i64>::None),
+    )?;
     let tx = conn.transaction()?;
     let ended = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -84,6 +92,11 @@ pub(super) fn fill_finished_jobs(
             job.execute(rusqlite::params![old_job_id(i), at - 1, at])?;
             attempt.execute(rusqlite::params![tx.last_insert_rowid(), at - 1, at])?;
         }
+        tx.execute(
+            "INSERT INTO job_counts (queue, state, n) VALUES ('old', 30 /* succeeded */, ?1)
+             ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+            [count as i64],
+        )?;
     }
     tx.commit()?;
     Ok(())

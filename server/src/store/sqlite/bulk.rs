@@ -8,7 +8,7 @@
 
 use rusqlite::{Connection, params_from_iter, types::Value};
 
-use super::{cancel, lifecycle, prune, read, writer::savepoint};
+use super::{cancel, counts::Counts, lifecycle, prune, read, writer::savepoint};
 use crate::{
     domain::{JobId, JobState},
     error::{Error, Result},
@@ -78,7 +78,7 @@ pub(super) fn count(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
 }
 
 /// One step: changes up to a page of matching jobs.
-pub(super) fn apply(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
+pub(super) fn apply(conn: &Connection, counts: &Counts, bulk: &Bulk) -> Result<BulkDone> {
     let page = bulk.filter.page_size as usize;
     // One state at a time: the (queue, state, seq) and (state, seq) indexes then give the
     // jobs in order and the LIMIT stops the scan after a page. With all the states at once
@@ -111,7 +111,7 @@ pub(super) fn apply(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
         // the step goes on.
         let changed = match bulk.action {
             BulkAction::Cancel => {
-                match savepoint(conn, |c| {
+                match savepoint(conn, counts, |c| {
                     cancel::cancel(c, &CancelTarget::Job(id), &bulk.reason)
                 }) {
                     Ok(cancelled) => {
@@ -123,21 +123,23 @@ pub(super) fn apply(conn: &Connection, bulk: &Bulk) -> Result<BulkDone> {
                     Err(err) => return Err(err),
                 }
             }
-            BulkAction::Requeue => match savepoint(conn, |c| lifecycle::requeue(c, id, None)) {
-                Ok(Some(ready)) => {
-                    done.ready.push(ready);
-                    true
-                }
-                Ok(None) => {
-                    if let Some(deadline) = deadline_ms {
-                        done.waiting.push((id, deadline));
+            BulkAction::Requeue => {
+                match savepoint(conn, counts, |c| lifecycle::requeue(c, id, None)) {
+                    Ok(Some(ready)) => {
+                        done.ready.push(ready);
+                        true
                     }
-                    true
+                    Ok(None) => {
+                        if let Some(deadline) = deadline_ms {
+                            done.waiting.push((id, deadline));
+                        }
+                        true
+                    }
+                    // Its dependency ended badly: requeue that first.
+                    Err(Error::FailedPrecondition { .. }) => false,
+                    Err(err) => return Err(err),
                 }
-                // Its dependency ended badly: requeue that first.
-                Err(Error::FailedPrecondition { .. }) => false,
-                Err(err) => return Err(err),
-            },
+            }
             BulkAction::Delete => {
                 prune::remove(conn, seq)?;
                 true

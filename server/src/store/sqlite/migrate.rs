@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0009_dependencies_by_job.sql"),
     include_str!("../../../../migrations/sqlite/0010_retention.sql"),
     include_str!("../../../../migrations/sqlite/0011_job_counts.sql"),
+    include_str!("../../../../migrations/sqlite/0012_counts_by_writer.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.
@@ -79,6 +80,7 @@ mod tests {
         .expect("rows of the first schema");
 
         run(&mut conn).expect("upgrade");
+        let counts = super::super::counts::Counts::register(&conn).expect("the counting function");
 
         let states: Vec<(i64, i64)> = conn
             .prepare("SELECT seq, state FROM jobs ORDER BY seq")
@@ -106,12 +108,22 @@ mod tests {
             events, 1,
             "the first schema's trigger recorded the group's end"
         );
-        // The new triggers work on the names: the queued job leaves the admission count.
+        // The counts carried over, and the writer keeps them by the new codes: the queued job
+        // leaves the admission count.
+        let queued: i64 = conn
+            .query_row(
+                "SELECT queued FROM queued_counts WHERE scope = 'tenant:t'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(queued, 1);
         conn.execute(
             "UPDATE jobs SET state = ?1 WHERE seq = 3",
             [JobState::Cancelled.code()],
         )
         .expect("cancel");
+        counts.flush(&conn).expect("the counts");
         let queued: i64 = conn
             .query_row(
                 "SELECT queued FROM queued_counts WHERE scope = 'tenant:t'",

@@ -11,6 +11,7 @@
 
 mod bulk;
 mod cancel;
+mod counts;
 mod lifecycle;
 mod migrate;
 mod progress;
@@ -109,6 +110,7 @@ impl SqliteStore {
     /// Opens (creating if missing) the database, applies migrations and starts the writer.
     pub fn open(config: &StoreConfig, metrics: Metrics) -> Result<SqliteStore> {
         let mut conn = open_connection(config, false)?;
+        let counts = counts::Counts::register(&conn)?;
         incremental_vacuum(&conn, config)?;
         migrate::run(&mut conn)?;
         metrics.set_store_bytes(prune::size(&conn)?.bytes);
@@ -126,6 +128,7 @@ impl SqliteStore {
             .spawn(move || {
                 writer::run(
                     conn,
+                    &counts,
                     writer::Inbox {
                         priority: priority_rx,
                         clients: rx,
@@ -475,13 +478,6 @@ fn open_connection(config: &StoreConfig, read_only: bool) -> Result<Connection> 
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
             .map_err(wrap)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrap)?;
-        // Each command runs in a savepoint, whose statement journal (what undoes that one
-        // command) is otherwise a temporary file opened, written and deleted per commit: a
-        // third of the coordinator's CPU in a profile (issue 12). It only ever undoes a
-        // command inside an open transaction, so memory loses nothing durable. The writer
-        // only: the readers' sorts stay free to spill to disk.
-        conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(wrap)?;
     }
     let sync = match sync {

@@ -5,7 +5,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::submit;
+use super::{counts::Counts, submit, writer::savepoint};
 use crate::{
     domain::{JobId, JobState, Misfire, NewSchedule, Overlap, ScheduleKey, ScheduleRecord},
     error::{Error, Result},
@@ -96,7 +96,12 @@ pub(super) fn get(conn: &Connection, key: &ScheduleKey) -> Result<Option<Schedul
 }
 
 /// Fires one tick: stores its job (or records why not) and moves `last_fired_ms`, together.
-pub(super) fn fire(conn: &Connection, fire: &Fire, tally: &mut Tally) -> Result<Fired> {
+pub(super) fn fire(
+    conn: &Connection,
+    counts: &Counts,
+    fire: &Fire,
+    tally: &mut Tally,
+) -> Result<Fired> {
     let Fire { key, tick_ms, job } = fire;
     let state = conn
         .prepare_cached(FIRE_STATE)?
@@ -135,10 +140,8 @@ pub(super) fn fire(conn: &Connection, fire: &Fire, tally: &mut Tally) -> Result<
     };
     // Its own savepoint: a refusal by admission undoes the submit alone, and the tick is
     // still recorded as handled, with the reason.
-    conn.prepare_cached("SAVEPOINT fire")?.execute([])?;
-    match submit::submit(conn, &submit) {
+    match savepoint(conn, counts, |c| submit::submit(c, counts, &submit)) {
         Ok(mut done) => {
-            conn.prepare_cached("RELEASE fire")?.execute([])?;
             submit::tally(tally, &submit.jobs, &done);
             let submitted = done
                 .pop()
@@ -152,18 +155,12 @@ pub(super) fn fire(conn: &Connection, fire: &Fire, tally: &mut Tally) -> Result<
             Ok(Fired::Submitted(submitted))
         }
         Err(err @ Error::QueueFull { .. }) => {
-            conn.prepare_cached("ROLLBACK TO fire")?.execute([])?;
-            conn.prepare_cached("RELEASE fire")?.execute([])?;
             let why = err.to_string();
             conn.prepare_cached(NOT_FIRED)?
                 .execute(params![key.tenant, key.id, tick_ms, why])?;
             Ok(Fired::Refused(why))
         }
-        Err(err) => {
-            conn.prepare_cached("ROLLBACK TO fire")?.execute([])?;
-            conn.prepare_cached("RELEASE fire")?.execute([])?;
-            Err(err)
-        }
+        Err(err) => Err(err),
     }
 }
 

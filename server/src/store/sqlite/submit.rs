@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::json_ids;
+use super::{counts::Counts, json_ids};
 use crate::{
     domain::{JobId, JobState, ReadyJob, now_ms, scopes},
     error::{Error, Result},
@@ -29,7 +29,8 @@ const QUEUED_LIMITS: &str = "SELECT q.scope, q.max_queued, coalesce(c.queued, 0)
     FROM quotas q LEFT JOIN queued_counts c ON c.scope = q.scope
     WHERE q.max_queued IS NOT NULL AND q.scope IN (SELECT value FROM json_each(?1))";
 
-fn admit(conn: &Connection, jobs: &[&NewJob]) -> Result<()> {
+/// Queued jobs per scope are the stored count and what this batch moved so far (`counts`).
+fn admit(conn: &Connection, counts: &Counts, jobs: &[&NewJob]) -> Result<()> {
     let mut adding: HashMap<String, u64> = HashMap::new();
     for job in jobs {
         let scopes = scopes(
@@ -55,6 +56,7 @@ fn admit(conn: &Connection, jobs: &[&NewJob]) -> Result<()> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (scope, max, queued) in limits {
         let more = adding.get(&scope).copied().unwrap_or(0) as i64;
+        let queued = queued + counts.queued(&scope);
         if queued + more > max {
             return Err(Error::QueueFull {
                 scope,
@@ -102,7 +104,11 @@ type KeyOf<'a> = (&'a str, &'a str, &'a str);
 /// The job a key of the batch binds to, its state and payload.
 type Bound<'a> = (JobId, JobState, &'a [u8]);
 
-pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted>> {
+pub(super) fn submit(
+    conn: &Connection,
+    counts: &Counts,
+    submit: &Submit,
+) -> Result<Vec<Submitted>> {
     let Submit {
         origin,
         jobs,
@@ -211,7 +217,7 @@ pub(super) fn submit(conn: &Connection, submit: &Submit) -> Result<Vec<Submitted
         .filter(|(_, r)| !r.duplicate)
         .map(|(j, _)| j)
         .collect();
-    admit(conn, &new_jobs)?;
+    admit(conn, counts, &new_jobs)?;
     for job in &new_jobs {
         if let (Some(parent), Some(attempt)) = (job.parent_job_id, job.parent_attempt)
             && !conn

@@ -13,7 +13,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{bulk, cancel, lifecycle, progress, prune, schedules, submit};
+use super::{bulk, cancel, counts::Counts, lifecycle, progress, prune, schedules, submit};
 use crate::store::WriteCounters;
 use crate::{
     domain::{JobId, NewSchedule, Quota, ReadyJob, ScheduleKey, now_ms},
@@ -168,12 +168,18 @@ enum Failed {
     Other(String),
 }
 
-impl From<rusqlite::Error> for Failed {
-    fn from(err: rusqlite::Error) -> Self {
-        match Error::from(err) {
+impl From<Error> for Failed {
+    fn from(err: Error) -> Self {
+        match err {
             Error::Store { fault, detail } => Failed::Store(fault, detail),
             other => Failed::Other(other.to_string()),
         }
+    }
+}
+
+impl From<rusqlite::Error> for Failed {
+    fn from(err: rusqlite::Error) -> Self {
+        Failed::from(Error::from(err))
     }
 }
 
@@ -261,6 +267,7 @@ pub(super) type Health = watch::Sender<Option<StoreFault>>;
 /// The writer loop. Returns when both channels close or a `Close` command is committed.
 pub(super) fn run(
     mut conn: Connection,
+    counts: &Counts,
     mut inbox: Inbox,
     counters: &WriteCounters,
     metrics: &Metrics,
@@ -275,7 +282,7 @@ pub(super) fn run(
         batch.push(first);
         inbox.fill(&mut batch);
         closing = batch.iter().any(|c| matches!(c, Command::Close { .. }));
-        let fault = commit_batch(&mut conn, &mut batch, counters, metrics);
+        let fault = commit_batch(&mut conn, counts, &mut batch, counters, metrics);
         if let Some(fault) = fault {
             metrics.store_fault(fault.as_str());
         }
@@ -301,6 +308,7 @@ pub(super) fn run(
 /// now).
 fn commit_batch(
     conn: &mut Connection,
+    counts: &Counts,
     batch: &mut Vec<Command>,
     counters: &WriteCounters,
     metrics: &Metrics,
@@ -341,9 +349,12 @@ fn commit_batch(
     batch.sort_by_key(|c| !matches!(c, Command::Transition { .. }));
     let mut queue = batch.drain(..);
     if let Some(first) = queue.next() {
-        let done = apply(conn, first, Guard::Alone, &mut rows, &mut tally);
+        let done = apply(conn, counts, first, Guard::Alone, &mut rows, &mut tally);
         let failed = done.failed();
         pending.push(done);
+        if failed {
+            counts.forget();
+        }
         // Some errors (a full disk, an I/O error) have already rolled the transaction back.
         let restart = || {
             if !conn.is_autocommit() {
@@ -368,18 +379,26 @@ fn commit_batch(
     for command in queue {
         pending.push(apply(
             conn,
+            counts,
             command,
             Guard::Savepoint,
             &mut rows,
             &mut tally,
         ));
     }
-    let commit = conn.execute_batch("COMMIT").map_err(|err| {
-        tracing::error!(cause = %err, "commit failed; rolling back");
-        // The transaction may still be open after a failed COMMIT; end it.
-        let _ = conn.execute_batch("ROLLBACK");
-        Failed::from(err)
-    });
+    // The counts of what the batch moved go in with it, written once each.
+    let commit = counts
+        .flush(conn)
+        .map_err(Failed::from)
+        .and_then(|()| conn.execute_batch("COMMIT").map_err(Failed::from))
+        .inspect_err(|err| {
+            tracing::error!(cause = ?err, "commit failed; rolling back");
+            counts.forget();
+            // The transaction may still be open after a failed COMMIT; end it.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        });
     let fault = match &commit {
         Err(Failed::Store(fault, _)) => Some(*fault),
         Err(Failed::Other(_)) => None,
@@ -414,11 +433,12 @@ enum Guard {
 /// Runs `f` as `guard` says.
 fn guarded<T>(
     conn: &Connection,
+    counts: &Counts,
     guard: Guard,
     f: impl FnOnce(&Connection) -> Result<T>,
 ) -> Result<T> {
     match guard {
-        Guard::Savepoint => savepoint(conn, f),
+        Guard::Savepoint => savepoint(conn, counts, f),
         Guard::Alone => f(conn),
     }
 }
@@ -426,6 +446,7 @@ fn guarded<T>(
 /// Applies one command under its guard; its reply waits for the commit.
 fn apply(
     conn: &Connection,
+    counts: &Counts,
     command: Command,
     guard: Guard,
     rows: &mut u64,
@@ -433,7 +454,7 @@ fn apply(
 ) -> Pending {
     match command {
         Command::Submit { submit, reply } => {
-            let result = guarded(conn, guard, |c| submit::submit(c, &submit));
+            let result = guarded(conn, counts, guard, |c| submit::submit(c, counts, &submit));
             if let Ok(done) = &result {
                 *rows += done.iter().filter(|s| !s.duplicate).count() as u64;
                 submit::tally(tally, &submit.jobs, done);
@@ -445,7 +466,7 @@ fn apply(
             reason,
             reply,
         } => {
-            let mut result = guarded(conn, guard, |c| cancel::cancel(c, &target, &reason));
+            let mut result = guarded(conn, counts, guard, |c| cancel::cancel(c, &target, &reason));
             if let Ok(done) = &mut result {
                 *rows += (done.ids.len() + done.dependents.len()) as u64;
                 tally.append(&mut done.metrics);
@@ -453,7 +474,7 @@ fn apply(
             Pending::Cancel(reply, result)
         }
         Command::Transition { ops, reply } => {
-            let mut result = guarded(conn, guard, |c| lifecycle::transition(c, &ops));
+            let mut result = guarded(conn, counts, guard, |c| lifecycle::transition(c, &ops));
             if let Ok(done) = &mut result {
                 *rows += (ops.finishes.len() + done.started.len() + done.cancelled_dependents.len())
                     as u64;
@@ -466,12 +487,14 @@ fn apply(
             max_attempts,
             reply,
         } => {
-            let result = guarded(conn, guard, |c| lifecycle::requeue(c, id, max_attempts));
+            let result = guarded(conn, counts, guard, |c| {
+                lifecycle::requeue(c, id, max_attempts)
+            });
             *rows += u64::from(result.is_ok());
             Pending::Requeue(reply, result)
         }
         Command::Bulk { bulk, reply } => {
-            let mut result = guarded(conn, guard, |c| bulk::apply(c, &bulk));
+            let mut result = guarded(conn, counts, guard, |c| bulk::apply(c, counts, &bulk));
             if let Ok(done) = &mut result {
                 *rows += done.changed;
                 if let Some(cancelled) = &mut done.cancelled {
@@ -481,12 +504,12 @@ fn apply(
             Pending::Bulk(reply, result)
         }
         Command::Admin { op, reply } => {
-            let result = guarded(conn, guard, |c| admin(c, &op));
+            let result = guarded(conn, counts, guard, |c| admin(c, &op));
             *rows += u64::from(result.is_ok());
             Pending::Admin(reply, result)
         }
         Command::Progress { reports, reply } => {
-            let mut result = guarded(conn, guard, |c| progress::progress(c, &reports));
+            let mut result = guarded(conn, counts, guard, |c| progress::progress(c, &reports));
             if let Ok(done) = &mut result {
                 *rows += u64::from(done.stored);
                 tally.append(&mut done.metrics);
@@ -494,12 +517,14 @@ fn apply(
             Pending::Progress(reply, result)
         }
         Command::Recover { reply } => {
-            Pending::Recover(reply, guarded(conn, guard, lifecycle::recover))
+            Pending::Recover(reply, guarded(conn, counts, guard, lifecycle::recover))
         }
         Command::Fire { fire, reply } => {
             // Counted only if it commits, like every command's metrics.
             let mut counted = Tally::default();
-            let result = guarded(conn, guard, |c| schedules::fire(c, &fire, &mut counted));
+            let result = guarded(conn, counts, guard, |c| {
+                schedules::fire(c, counts, &fire, &mut counted)
+            });
             if let Ok(Fired::Submitted(s)) = &result
                 && !s.duplicate
             {
@@ -508,14 +533,16 @@ fn apply(
             }
             Pending::Fire(reply, result)
         }
-        Command::Probe { reply } => Pending::Probe(reply, guarded(conn, guard, probe)),
+        Command::Probe { reply } => Pending::Probe(reply, guarded(conn, counts, guard, probe)),
         // Deletions: not rows written.
-        Command::Prune { prune, reply } => {
-            Pending::Prune(reply, guarded(conn, guard, |c| prune::prune(c, &prune)))
-        }
-        Command::Vacuum { pages, reply } => {
-            Pending::Vacuum(reply, guarded(conn, guard, |c| prune::vacuum(c, pages)))
-        }
+        Command::Prune { prune, reply } => Pending::Prune(
+            reply,
+            guarded(conn, counts, guard, |c| prune::prune(c, &prune)),
+        ),
+        Command::Vacuum { pages, reply } => Pending::Vacuum(
+            reply,
+            guarded(conn, counts, guard, |c| prune::vacuum(c, pages)),
+        ),
         Command::Close { reply } => Pending::Close(reply),
     }
 }
@@ -564,18 +591,22 @@ fn refuse(command: Command, err: &Result<(), Failed>) {
     pending.send(err);
 }
 
-/// Runs `f` in a savepoint: its writes are kept if it succeeds and undone if it fails.
+/// Runs `f` in a savepoint: its writes, and the moves of jobs they made, are kept if it
+/// succeeds and undone if it fails.
 pub(super) fn savepoint<T>(
     conn: &Connection,
+    counts: &Counts,
     f: impl FnOnce(&Connection) -> Result<T>,
 ) -> Result<T> {
     conn.prepare_cached("SAVEPOINT command")?.execute([])?;
+    let before = counts.mark();
     match f(conn) {
         Ok(value) => {
             conn.prepare_cached("RELEASE command")?.execute([])?;
             Ok(value)
         }
         Err(err) => {
+            counts.rewind(before);
             conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
             conn.prepare_cached("RELEASE command")?.execute([])?;
             Err(err)
