@@ -1887,15 +1887,17 @@ async fn counts_hold_through_undone_and_concurrent_submits(b: Backend) {
             scope: None,
         })
     });
-    // Sent in order, taken in order: the first three fit.
+    // Three fit, whichever they are (a pool of connections takes them in any order).
     let results = futures::future::join_all(attempts).await;
-    assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+    let stored: Vec<usize> = (0..results.len()).filter(|i| results[*i].is_ok()).collect();
+    assert_eq!(stored.len(), 3, "{results:?}");
     assert!(
-        results[3..]
+        results
             .iter()
-            .all(|r| matches!(r, Err(Error::QueueFull { .. }))),
+            .all(|r| matches!(r, Ok(_) | Err(Error::QueueFull { .. }))),
         "{results:?}"
     );
+    let keyed = stored.iter().filter(|i| *i % 2 == 0).count() as u64;
     // The first job is stored, then the second names no job: both are undone.
     let undone = store
         .submit(Submit {
