@@ -101,9 +101,12 @@ impl Moves {
     }
 }
 
-/// The writer's moves, shared with the function its connection calls.
+/// The writer's moves, shared with the function its connection calls, and whether any quota
+/// limits queued jobs at all (most stores have none: admission then reads nothing).
 #[derive(Debug, Clone, Default)]
-pub(super) struct Counts(Arc<Mutex<Moves>>);
+pub(super) struct Counts(Arc<Mutex<Moves>>, Arc<Mutex<Option<bool>>>);
+
+const ANY_LIMIT: &str = "SELECT EXISTS (SELECT 1 FROM quotas WHERE max_queued IS NOT NULL)";
 
 impl Counts {
     /// Gives `conn` the function the triggers call; the moves it hears are kept here.
@@ -150,9 +153,30 @@ impl Counts {
         *self.lock() = to;
     }
 
-    /// The batch did not commit: what it moved never happened.
+    /// The batch did not commit: what it moved never happened, and a quota it set may not
+    /// stand.
     pub(super) fn forget(&self) {
         *self.lock() = Moves::default();
+        self.quotas_changed();
+    }
+
+    /// Whether some quota has a `max_queued`, as the transaction sees it: read again after
+    /// [`quotas_changed`](Self::quotas_changed).
+    pub(super) fn any_queued_limit(&self, conn: &Connection) -> Result<bool> {
+        let mut known = self.1.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(any) = *known {
+            return Ok(any);
+        }
+        let any = conn
+            .prepare_cached(ANY_LIMIT)?
+            .query_row([], |row| row.get(0))?;
+        *known = Some(any);
+        Ok(any)
+    }
+
+    /// A quota was set or removed (or a batch that may have done so was undone).
+    pub(super) fn quotas_changed(&self) {
+        *self.1.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// How many jobs this batch has added to `scope`'s queued jobs so far (see

@@ -31,6 +31,9 @@ const QUEUED_LIMITS: &str = "SELECT q.scope, q.max_queued, coalesce(c.queued, 0)
 
 /// Queued jobs per scope are the stored count and what this batch moved so far (`counts`).
 fn admit(conn: &Connection, counts: &Counts, jobs: &[&NewJob]) -> Result<()> {
+    if !counts.any_queued_limit(conn)? {
+        return Ok(());
+    }
     let mut adding: HashMap<String, u64> = HashMap::new();
     for job in jobs {
         let scopes = scopes(

@@ -504,6 +504,9 @@ fn apply(
             Pending::Bulk(reply, result)
         }
         Command::Admin { op, reply } => {
+            if matches!(op, AdminOp::SetQuota(_)) {
+                counts.quotas_changed();
+            }
             let result = guarded(conn, counts, guard, |c| admin(c, &op));
             *rows += u64::from(result.is_ok());
             Pending::Admin(reply, result)
