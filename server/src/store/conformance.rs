@@ -132,6 +132,26 @@ pub(crate) async fn submit(
         .expect("submit")
 }
 
+/// A submit of `jobs` with no group, by a caller who sees every tenant: for calls that may
+/// be refused (`submit` above expects success).
+fn submit_of(origin: Origin, jobs: Vec<NewJob>) -> Submit {
+    Submit {
+        origin,
+        jobs,
+        group: None,
+        scope: None,
+    }
+}
+
+/// The jobs queued in `scope` now, as `quotas` reports them (for a scope with a quota).
+async fn queued_in(store: &dyn Store, scope: &str) -> Option<u64> {
+    let quotas = store.quotas().await.expect("quotas");
+    quotas
+        .into_iter()
+        .find(|(q, _)| q.scope == scope)
+        .map(|q| q.1)
+}
+
 pub(crate) fn transitions(finishes: Vec<Finish>, starts: Vec<Start>) -> Transitions {
     Transitions {
         finishes,
@@ -304,12 +324,7 @@ async fn admission_refuses_past_max_queued(b: Backend) {
     };
     let first = submit(store, vec![keyed.clone(), new_job("q")], None).await;
     let refused = store
-        .submit(Submit {
-            origin: Origin::Submit,
-            jobs: vec![new_job("q")],
-            group: None,
-            scope: None,
-        })
+        .submit(submit_of(Origin::Submit, vec![new_job("q")]))
         .await;
     assert!(
         matches!(refused, Err(Error::QueueFull { max: 2, .. })),
@@ -1277,12 +1292,7 @@ async fn children_end_with_their_parents_attempt(b: Backend) {
         .expect("start a child");
     let grandchild = submit(store, vec![child_of(running_kid.id, 1)], None).await[0].id;
     let refused = store
-        .submit(Submit {
-            origin: Origin::Submit,
-            jobs: vec![child_of(parent.id, 2)],
-            group: None,
-            scope: None,
-        })
+        .submit(submit_of(Origin::Submit, vec![child_of(parent.id, 2)]))
         .await;
     assert!(
         matches!(refused, Err(Error::FailedPrecondition { .. })),
@@ -1326,12 +1336,7 @@ async fn children_end_with_their_parents_attempt(b: Backend) {
     // waits for its retry, and once the retry runs.
     for _ in 0..2 {
         let late = store
-            .submit(Submit {
-                origin: Origin::Submit,
-                jobs: vec![child_of(parent.id, 1)],
-                group: None,
-                scope: None,
-            })
+            .submit(submit_of(Origin::Submit, vec![child_of(parent.id, 1)]))
             .await;
         assert!(
             matches!(late, Err(Error::FailedPrecondition { .. })),
@@ -1882,12 +1887,10 @@ async fn counts_hold_through_undone_and_concurrent_submits(b: Backend) {
         ..new_job("a")
     };
     let attempts = (0..5).map(|i| {
-        store.submit(Submit {
-            origin: Origin::Submit,
-            jobs: vec![scoped((i % 2 == 0).then_some("k"))],
-            group: None,
-            scope: None,
-        })
+        store.submit(submit_of(
+            Origin::Submit,
+            vec![scoped((i % 2 == 0).then_some("k"))],
+        ))
     });
     // Three fit, whichever they are (a pool of connections takes them in any order).
     let results = futures::future::join_all(attempts).await;
@@ -1902,18 +1905,16 @@ async fn counts_hold_through_undone_and_concurrent_submits(b: Backend) {
     let keyed = stored.iter().filter(|i| *i % 2 == 0).count() as u64;
     // The first job is stored, then the second names no job: both are undone.
     let undone = store
-        .submit(Submit {
-            origin: Origin::Batch,
-            jobs: vec![
+        .submit(submit_of(
+            Origin::Batch,
+            vec![
                 new_job("b"),
                 NewJob {
                     depends_on: vec![JobId::new()],
                     ..new_job("b")
                 },
             ],
-            group: None,
-            scope: None,
-        })
+        ))
         .await;
     assert!(
         matches!(undone, Err(Error::InvalidArgument { .. })),
@@ -1922,34 +1923,25 @@ async fn counts_hold_through_undone_and_concurrent_submits(b: Backend) {
     let kept = store.queue_counts().await.expect("counts");
     assert_eq!(kept, counted(store).await);
     assert_eq!((kept[0].queued, kept[1].queued), (3, 1));
-    let quotas = store.quotas().await.expect("quotas");
-    let queued = |scope: &str| quotas.iter().find(|(q, _)| q.scope == scope).map(|q| q.1);
-    assert_eq!(queued("tenant:t"), Some(3));
+    assert_eq!(queued_in(store, "tenant:t").await, Some(3));
     assert_eq!(
-        queued("key:k"),
+        queued_in(store, "key:k").await,
         Some(keyed),
         "every other one carries the key"
     );
 
     // Starting one takes it out of its tenant's queued jobs, and a fourth then fits.
     let ready = store.recover().await.expect("recover").ready;
-    let tenants = ready
+    let queued_a = ready
         .iter()
         .find(|r| r.queue == "a")
         .expect("a job of queue a");
     store
-        .transition(transitions(vec![], vec![start(tenants)]))
+        .transition(transitions(vec![], vec![start(queued_a)]))
         .await
         .expect("start one");
     submit(store, vec![scoped(None)], None).await;
-    let quotas = store.quotas().await.expect("quotas");
-    assert_eq!(
-        quotas
-            .iter()
-            .find(|(q, _)| q.scope == "tenant:t")
-            .map(|q| q.1),
-        Some(3)
-    );
+    assert_eq!(queued_in(store, "tenant:t").await, Some(3));
     assert_eq!(
         store.queue_counts().await.expect("counts"),
         counted(store).await

@@ -14,134 +14,124 @@
 //! commit forgets them ([`Counts::forget`]). Only the writer's connection has the function:
 //! another that changed `jobs` would fail (`no such function: sy_job_moved`), not miscount.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rusqlite::{Connection, functions::FunctionFlags, params, types::ValueRef};
+use rusqlite::{Connection, functions::FunctionFlags, params};
 
-use crate::error::Result;
+use crate::{domain::JobState, error::Result};
 
 /// The function the triggers call: `sy_job_moved(queue, from, to, tenant, key)`, `from` NULL
 /// for an insert and `to` NULL for a delete.
 const MOVED: &str = "sy_job_moved";
-/// States are stored by codes 10, 20, … 60 (`JobState::code`).
-const STATES: usize = 6;
+const STATES: usize = JobState::ALL.len();
 
 const ADD_JOBS: &str = "INSERT INTO job_counts (queue, state, n) VALUES (?1, ?2, ?3)
     ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n";
 const ADD_QUEUED: &str = "INSERT INTO queued_counts (scope, queued) VALUES (?1, ?2)
     ON CONFLICT (scope) DO UPDATE SET queued = queued + excluded.queued";
+const ANY_LIMIT: &str = "SELECT EXISTS (SELECT 1 FROM quotas WHERE max_queued IS NOT NULL)";
+
+/// Where a state's count sits in a queue's row of [`Moves`]: its place in `JobState::ALL`.
+fn slot(state: JobState) -> usize {
+    state as usize
+}
 
 /// The net change of each count since the batch began.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Moves {
-    /// Per queue, the change of its count in each state (by `code / 10 - 1`).
+    /// Per queue, the change of its count in each state (by [`slot`]). A queue's scope
+    /// (`queue:…`) counts its queued jobs: this row's `Queued`.
     queues: HashMap<String, [i64; STATES]>,
-    /// Per scope (`tenant:…`, `key:…`), the change of its queued jobs. A queue's own scope is
-    /// its count of queued jobs, in `queues`.
-    queued: HashMap<String, i64>,
+    /// Per tenant and per concurrency key, the change of its queued jobs.
+    tenants: HashMap<String, i64>,
+    keys: HashMap<String, i64>,
 }
 
-fn slot(code: i64) -> Option<usize> {
-    let slot = usize::try_from(code / 10 - 1).ok()?;
-    (code % 10 == 0 && slot < STATES).then_some(slot)
+/// Changes `name`'s entry, copying the name only for a new one.
+fn add<V: Default>(map: &mut HashMap<String, V>, name: &str, change: impl FnOnce(&mut V)) {
+    match map.get_mut(name) {
+        Some(value) => change(value),
+        None => change(map.entry(name.to_owned()).or_default()),
+    }
 }
-
-fn code(slot: usize) -> i64 {
-    (slot as i64 + 1) * 10
-}
-
-const QUEUED: i64 = 10;
 
 impl Moves {
     fn moved(
         &mut self,
         queue: &str,
-        from: Option<i64>,
-        to: Option<i64>,
+        from: Option<JobState>,
+        to: Option<JobState>,
         tenant: Option<&str>,
         key: Option<&str>,
-    ) -> std::result::Result<(), String> {
-        let mut change = |code: i64, by: i64| -> std::result::Result<(), String> {
-            let slot = slot(code).ok_or_else(|| format!("no job state has the code {code}"))?;
-            match self.queues.get_mut(queue) {
-                Some(counts) => counts[slot] += by,
-                None => {
-                    let mut counts = [0; STATES];
-                    counts[slot] = by;
-                    self.queues.insert(queue.to_owned(), counts);
+    ) {
+        for (state, by) in [(from, -1), (to, 1)] {
+            let Some(state) = state else { continue };
+            add(&mut self.queues, queue, |counts| counts[slot(state)] += by);
+            if state == JobState::Queued {
+                for (map, name) in [(&mut self.tenants, tenant), (&mut self.keys, key)] {
+                    if let Some(name) = name {
+                        add(map, name, |n| *n += by);
+                    }
                 }
             }
-            if code == QUEUED {
-                let scopes = [("tenant:", tenant), ("key:", key)];
-                for (prefix, name) in scopes {
-                    let Some(name) = name else { continue };
-                    let scope = format!("{prefix}{name}");
-                    *self.queued.entry(scope).or_default() += by;
-                }
-            }
-            Ok(())
-        };
-        if let Some(from) = from {
-            change(from, -1)?;
         }
-        if let Some(to) = to {
-            change(to, 1)?;
-        }
-        Ok(())
     }
 
     /// How many jobs this batch has added to (or, below zero, taken from) `scope`'s queued
     /// jobs so far.
-    pub(super) fn queued(&self, scope: &str) -> i64 {
-        match scope.strip_prefix("queue:") {
-            Some(queue) => self.queues.get(queue).map_or(0, |c| c[0]),
-            None => self.queued.get(scope).copied().unwrap_or(0),
+    fn queued(&self, scope: &str) -> i64 {
+        let queued = |map: &HashMap<String, i64>, name| map.get(name).copied().unwrap_or(0);
+        if let Some(queue) = scope.strip_prefix("queue:") {
+            self.queues
+                .get(queue)
+                .map_or(0, |c| c[slot(JobState::Queued)])
+        } else if let Some(tenant) = scope.strip_prefix("tenant:") {
+            queued(&self.tenants, tenant)
+        } else if let Some(key) = scope.strip_prefix("key:") {
+            queued(&self.keys, key)
+        } else {
+            0
         }
     }
 }
 
 /// The writer's moves, shared with the function its connection calls, and whether any quota
-/// limits queued jobs at all (most stores have none: admission then reads nothing).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Counts(Arc<Mutex<Moves>>, Arc<Mutex<Option<bool>>>);
-
-const ANY_LIMIT: &str = "SELECT EXISTS (SELECT 1 FROM quotas WHERE max_queued IS NOT NULL)";
+/// limits queued jobs at all (most stores have none: admission then reads nothing). Owned by
+/// the writer thread.
+#[derive(Debug)]
+pub(super) struct Counts {
+    moves: Arc<Mutex<Moves>>,
+    any_queued_limit: Cell<Option<bool>>,
+}
 
 impl Counts {
     /// Gives `conn` the function the triggers call; the moves it hears are kept here.
     pub(super) fn register(conn: &Connection) -> Result<Counts> {
-        let counts = Counts::default();
-        let moves = counts.clone();
+        let moves = Arc::new(Mutex::new(Moves::default()));
+        let heard = moves.clone();
         conn.create_scalar_function(MOVED, 5, FunctionFlags::SQLITE_UTF8, move |ctx| {
-            let fault = |err: String| rusqlite::Error::UserFunctionError(err.into());
-            let text = |i: usize| -> rusqlite::Result<Option<&str>> {
+            let text = |i: usize| {
                 ctx.get_raw(i)
                     .as_str_or_null()
-                    .map_err(|e| fault(e.to_string()))
+                    .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))
             };
-            let code = |i: usize| -> rusqlite::Result<Option<i64>> {
-                match ctx.get_raw(i) {
-                    ValueRef::Null => Ok(None),
-                    ValueRef::Integer(code) => Ok(Some(code)),
-                    other => Err(fault(format!(
-                        "a job state stored as {:?}",
-                        other.data_type()
-                    ))),
-                }
-            };
-            let queue = text(0)?.ok_or_else(|| fault("a job without a queue".into()))?;
-            moves
-                .lock()
-                .moved(queue, code(1)?, code(2)?, text(3)?, text(4)?)
-                .map_err(fault)?;
+            let queue = text(0)?.ok_or_else(|| {
+                rusqlite::Error::UserFunctionError("a job without a queue".into())
+            })?;
+            let (from, to) = (ctx.get::<Option<JobState>>(1)?, ctx.get(2)?);
+            lock(&heard).moved(queue, from, to, text(3)?, text(4)?);
             Ok(Option::<i64>::None)
         })?;
-        Ok(counts)
+        Ok(Counts {
+            moves,
+            any_queued_limit: Cell::new(None),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Moves> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.moves)
     }
 
     /// The moves so far, to go back to if what comes next is undone.
@@ -163,24 +153,22 @@ impl Counts {
     /// Whether some quota has a `max_queued`, as the transaction sees it: read again after
     /// [`quotas_changed`](Self::quotas_changed).
     pub(super) fn any_queued_limit(&self, conn: &Connection) -> Result<bool> {
-        let mut known = self.1.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(any) = *known {
+        if let Some(any) = self.any_queued_limit.get() {
             return Ok(any);
         }
         let any = conn
             .prepare_cached(ANY_LIMIT)?
             .query_row([], |row| row.get(0))?;
-        *known = Some(any);
+        self.any_queued_limit.set(Some(any));
         Ok(any)
     }
 
     /// A quota was set or removed (or a batch that may have done so was undone).
     pub(super) fn quotas_changed(&self) {
-        *self.1.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.any_queued_limit.set(None);
     }
 
-    /// How many jobs this batch has added to `scope`'s queued jobs so far (see
-    /// [`Moves::queued`]).
+    /// How many jobs this batch has added to `scope`'s queued jobs so far.
     pub(super) fn queued(&self, scope: &str) -> i64 {
         self.lock().queued(scope)
     }
@@ -191,72 +179,77 @@ impl Counts {
         let moves = std::mem::take(&mut *self.lock());
         let mut add_jobs = conn.prepare_cached(ADD_JOBS)?;
         let mut add_queued = conn.prepare_cached(ADD_QUEUED)?;
+        let changed = |by: &i64| *by != 0;
         for (queue, counts) in &moves.queues {
-            for (slot, by) in counts.iter().enumerate().filter(|(_, by)| **by != 0) {
-                add_jobs.execute(params![queue, code(slot), by])?;
+            for (state, by) in JobState::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, by)| changed(by))
+            {
+                add_jobs.execute(params![queue, state, by])?;
             }
-            if counts[0] != 0 {
-                add_queued.execute(params![format!("queue:{queue}"), counts[0]])?;
+            let queued = counts[slot(JobState::Queued)];
+            if changed(&queued) {
+                add_queued.execute(params![format!("queue:{queue}"), queued])?;
             }
         }
-        for (scope, by) in moves.queued.iter().filter(|(_, by)| **by != 0) {
-            add_queued.execute(params![scope, by])?;
+        for (prefix, map) in [("tenant", &moves.tenants), ("key", &moves.keys)] {
+            for (name, by) in map.iter().filter(|(_, by)| changed(by)) {
+                add_queued.execute(params![format!("{prefix}:{name}"), by])?;
+            }
         }
         Ok(())
     }
 }
 
+fn lock(moves: &Mutex<Moves>) -> MutexGuard<'_, Moves> {
+    moves.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::JobState;
 
     #[test]
-    fn a_state_code_names_one_slot() {
-        assert_eq!(slot(JobState::Queued.code()), Some(0));
-        assert_eq!(slot(JobState::DeadlineExceeded.code()), Some(STATES - 1));
-        for state in [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Cancelled,
-            JobState::DeadlineExceeded,
-        ] {
-            let slot = slot(state.code()).expect("a slot");
-            assert_eq!(code(slot), state.code());
+    fn each_state_has_its_own_slot_in_the_order_of_all() {
+        for (i, state) in JobState::ALL.into_iter().enumerate() {
+            assert_eq!(slot(state), i, "{state:?}");
         }
-        assert_eq!(slot(0), None);
-        assert_eq!(slot(15), None);
-        assert_eq!(slot(70), None);
-        assert_eq!(slot(-10), None);
     }
 
     #[test]
     fn moves_net_out_per_queue_and_scope() {
         let mut moves = Moves::default();
-        let (queued, running) = (
-            Some(JobState::Queued.code()),
-            Some(JobState::Running.code()),
-        );
-        moves
-            .moved("q", None, queued, Some("t"), None)
-            .expect("a known state");
-        moves
-            .moved("q", None, queued, Some("t"), Some("k"))
-            .expect("a known state");
-        moves
-            .moved("q", queued, running, Some("t"), Some("k"))
-            .expect("a known state");
-        moves
-            .moved("r", running, None, None, None)
-            .expect("a known state");
+        let (queued, running) = (Some(JobState::Queued), Some(JobState::Running));
+        moves.moved("q", None, queued, Some("t"), None);
+        moves.moved("q", None, queued, Some("t"), Some("k"));
+        moves.moved("q", queued, running, Some("t"), Some("k"));
+        moves.moved("r", running, None, None, None);
         assert_eq!(moves.queued("queue:q"), 1);
         assert_eq!(moves.queued("tenant:t"), 1);
         assert_eq!(moves.queued("key:k"), 0);
         assert_eq!(moves.queued("queue:r"), 0);
-        assert_eq!(moves.queues["q"][1], 1);
-        assert_eq!(moves.queues["r"][1], -1);
-        assert!(moves.moved("q", Some(70), None, None, None).is_err());
+        assert_eq!(
+            moves.queued("tenant:q"),
+            0,
+            "a queue's name is not a tenant's"
+        );
+        assert_eq!(moves.queues["q"][slot(JobState::Running)], 1);
+        assert_eq!(moves.queues["r"][slot(JobState::Running)], -1);
+    }
+
+    #[test]
+    fn the_function_hears_known_states_and_refuses_others() {
+        let conn = Connection::open_in_memory().expect("a database");
+        let counts = Counts::register(&conn).expect("the function");
+        let call = |sql: &str| conn.query_row(sql, [], |_| Ok(()));
+        call("SELECT sy_job_moved('q', NULL, 10, 't', NULL)").expect("an insert, queued");
+        call("SELECT sy_job_moved('q', 10, 20, 't', NULL)").expect("a start");
+        call("SELECT sy_job_moved('q', NULL, 10, 't', NULL)").expect("another insert");
+        assert_eq!(counts.queued("queue:q"), 1);
+        assert_eq!(counts.queued("tenant:t"), 1);
+        assert!(call("SELECT sy_job_moved('q', 70, NULL, NULL, NULL)").is_err());
+        assert!(call("SELECT sy_job_moved(NULL, NULL, 10, NULL, NULL)").is_err());
+        assert_eq!(counts.queued("queue:q"), 1, "a refused move counts nothing");
     }
 }

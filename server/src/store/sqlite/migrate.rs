@@ -110,28 +110,22 @@ mod tests {
         );
         // The counts carried over, and the writer keeps them by the new codes: the queued job
         // leaves the admission count.
-        let queued: i64 = conn
-            .query_row(
+        let tenant_queued = |conn: &Connection| -> i64 {
+            conn.query_row(
                 "SELECT queued FROM queued_counts WHERE scope = 'tenant:t'",
                 [],
                 |r| r.get(0),
             )
-            .expect("count");
-        assert_eq!(queued, 1);
+            .expect("count")
+        };
+        assert_eq!(tenant_queued(&conn), 1);
         conn.execute(
             "UPDATE jobs SET state = ?1 WHERE seq = 3",
             [JobState::Cancelled.code()],
         )
         .expect("cancel");
         counts.flush(&conn).expect("the counts");
-        let queued: i64 = conn
-            .query_row(
-                "SELECT queued FROM queued_counts WHERE scope = 'tenant:t'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("count");
-        assert_eq!(queued, 0);
+        assert_eq!(tenant_queued(&conn), 0);
         // A protobuf number names no stored state.
         assert_eq!(JobState::from_code(1), None);
     }
