@@ -470,8 +470,9 @@ async fn a_submit_flood_does_not_stop_dispatch() {
 }
 
 /// A job's path costs at most three commits, as the design says: its submit, the start of
-/// its attempt and its result (concurrent work shares them). Counted through `Stats`, so a
-/// change that adds a commit to the path fails here.
+/// its attempt and its result (concurrent work shares them), and a `Run`'s only two fsyncs:
+/// its submit is made durable by its start's. A `Submit` is durable before its answer.
+/// Counted through `Stats`, so a change that adds a commit or an fsync to the path fails here.
 #[tokio::test]
 async fn a_jobs_path_costs_at_most_three_commits() {
     const JOBS: u64 = 20;
@@ -495,4 +496,25 @@ async fn a_jobs_path_costs_at_most_three_commits() {
         "{commits} commits for {JOBS} jobs run one after another: more than submit, start and result ({after:?})"
     );
     assert!(commits >= JOBS, "each submit commits: {commits} for {JOBS}");
+    let syncs = after.syncs - before.syncs;
+    assert!(
+        syncs <= 2 * JOBS,
+        "{syncs} fsyncs for {JOBS} runs: more than start and result ({after:?})"
+    );
+    assert!(syncs >= JOBS, "each result is durable: {syncs} for {JOBS}");
+
+    // No worker serves this queue: each submit is its own commit, and each is durable
+    // before it is answered.
+    let before = after;
+    for i in 0..JOBS {
+        let job = JobSpec::new("unserved", "echo").payload(format!("{i}"));
+        client.submit(job).await.expect("submit");
+    }
+    let after = stats(&client).await.store.expect("store stats");
+    assert_eq!(
+        after.syncs - before.syncs,
+        after.commits - before.commits,
+        "every commit of a submit is synced ({after:?})"
+    );
+    assert!(after.commits - before.commits >= JOBS);
 }

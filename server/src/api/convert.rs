@@ -255,6 +255,7 @@ pub(crate) fn store_stats(s: WriterStats) -> v1::StoreStats {
         commands: s.commands,
         rows_written: s.rows_written,
         max_batch: s.max_batch,
+        syncs: s.syncs,
     }
 }
 

@@ -32,7 +32,7 @@ use crate::{
     fanin::Notifier,
     scheduler::Scheduler,
     scheduler::schedules::Ticker,
-    store::{CancelTarget, ListFilter, NewGroup, Origin, Store, Submit, Submitted},
+    store::{CancelTarget, Durability, ListFilter, NewGroup, Origin, Store, Submit, Submitted},
 };
 
 /// The tenant whose jobs and groups a caller may name (`None`: every tenant's, for an admin
@@ -196,6 +196,7 @@ impl JobApi {
         mut jobs: Vec<crate::store::NewJob>,
         group: Option<NewGroup>,
         scope: Option<String>,
+        durability: Durability,
     ) -> Result<Vec<Submitted>> {
         let first = jobs.first();
         let parent = switchyard_telemetry::context_from(
@@ -229,6 +230,7 @@ impl JobApi {
             jobs,
             group,
             scope,
+            durability,
         };
         let api = self.clone();
         to_the_end(
@@ -679,7 +681,13 @@ impl JobService for JobApi {
         }
         let job = validate::job("", req, JobId::new(), &Default::default(), &ctx, now_ms())?;
         let mut done = self
-            .store_jobs(Origin::Submit, vec![job], None, scope)
+            .store_jobs(
+                Origin::Submit,
+                vec![job],
+                None,
+                scope,
+                Durability::BeforeReply,
+            )
             .await?;
         let submitted = done
             .pop()
@@ -737,7 +745,9 @@ impl JobService for JobApi {
         }
         validate::acyclic(&jobs)?;
         let group_id = group.as_ref().map(|g| g.id.clone()).unwrap_or_default();
-        let done = self.store_jobs(Origin::Batch, jobs, group, scope).await?;
+        let done = self
+            .store_jobs(Origin::Batch, jobs, group, scope, Durability::BeforeReply)
+            .await?;
         Ok(Response::new(SubmitBatchResponse {
             jobs: done.into_iter().map(submit_response).collect(),
             group_id,
@@ -767,8 +777,16 @@ impl JobService for JobApi {
             now_ms(),
         )?;
         let deadline_ms = job.deadline_ms;
+        // A job bound to its call need not be on disk before the start that dispatches it
+        // (whose commit is): the caller hears of nothing but the finished job, and a call that
+        // ends sooner cancels it. A detached job outlives its call, as a submitted one does.
+        let durability = if req.detach {
+            Durability::BeforeReply
+        } else {
+            Durability::WithNext
+        };
         let mut done = self
-            .store_jobs(Origin::Submit, vec![job], None, scope)
+            .store_jobs(Origin::Submit, vec![job], None, scope, durability)
             .await?;
         let submitted = done
             .pop()

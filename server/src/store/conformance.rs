@@ -6,8 +6,8 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use super::{
-    Bulk, BulkAction, CancelTarget, Finish, Fire, Fired, ListFilter, NewGroup, NewJob, Origin,
-    ProgressReport, RetryPolicy, Start, Store, Submit, Submitted, Transitions,
+    Bulk, BulkAction, CancelTarget, Durability, Finish, Fire, Fired, ListFilter, NewGroup, NewJob,
+    Origin, ProgressReport, RetryPolicy, Start, Store, Submit, Submitted, Transitions,
 };
 use crate::{
     domain::{
@@ -127,6 +127,7 @@ pub(crate) async fn submit(
                 cancel_on_failure: false,
             }),
             scope: None,
+            durability: Durability::BeforeReply,
         })
         .await
         .expect("submit")
@@ -140,6 +141,7 @@ fn submit_of(origin: Origin, jobs: Vec<NewJob>) -> Submit {
         jobs,
         group: None,
         scope: None,
+        durability: Durability::BeforeReply,
     }
 }
 
@@ -409,6 +411,7 @@ async fn group_events_follow_each_end(b: Backend) {
                 cancel_on_failure: false,
             }),
             scope: None,
+            durability: Durability::BeforeReply,
         })
         .await;
     assert!(matches!(twice, Err(Error::GroupExists(_))));
@@ -861,6 +864,7 @@ async fn tenants_name_only_their_own_jobs_and_groups(b: Backend) {
             cancel_on_failure: false,
         }),
         scope: Some(tenant.into()),
+        durability: Durability::BeforeReply,
     };
     let a = store
         .submit(submit_as("a", vec![of("a")], Some("nightly")))

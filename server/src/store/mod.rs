@@ -330,6 +330,20 @@ pub struct Submit {
     /// The tenant whose jobs the caller may name in `depends_on` (`None`: any tenant's). A
     /// job of another tenant is answered as if it did not exist.
     pub scope: Option<String>,
+    pub durability: Durability,
+}
+
+/// When a write must be on disk (under `--sync full`; `--sync normal` never waits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Before it is answered: its caller is told it is stored. Every write but one.
+    #[default]
+    BeforeReply,
+    /// With the next write that is. A `Run`'s submit: its caller hears of nothing but the
+    /// finished job, and the job is dispatched only once its start has committed, durably,
+    /// which makes the submit durable too (a log is made durable in the order it was
+    /// written). Lost to a power cut before then, it was a job nobody had been told of.
+    WithNext,
 }
 
 /// What became of one submitted job.
@@ -727,13 +741,16 @@ pub(crate) struct WriteCounters {
     commands: std::sync::atomic::AtomicU64,
     rows_written: std::sync::atomic::AtomicU64,
     max_batch: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl WriteCounters {
-    /// One commit that carried `commands` commands and wrote `rows` job rows.
-    pub(crate) fn record(&self, commands: u64, rows: u64) {
+    /// One commit that carried `commands` commands and wrote `rows` job rows; `synced`: it
+    /// was made durable before its replies (an fsync, or a flush of Postgres's WAL).
+    pub(crate) fn record(&self, commands: u64, rows: u64, synced: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         self.commits.fetch_add(1, Relaxed);
+        self.syncs.fetch_add(u64::from(synced), Relaxed);
         self.commands.fetch_add(commands, Relaxed);
         self.rows_written.fetch_add(rows, Relaxed);
         self.max_batch.fetch_max(commands, Relaxed);
@@ -746,6 +763,7 @@ impl WriteCounters {
             commands: self.commands.load(Relaxed),
             rows_written: self.rows_written.load(Relaxed),
             max_batch: self.max_batch.load(Relaxed),
+            syncs: self.syncs.load(Relaxed),
         }
     }
 }
@@ -761,4 +779,7 @@ pub struct WriterStats {
     pub rows_written: u64,
     /// The most commands one commit carried.
     pub max_batch: u64,
+    /// The commits made durable before their replies (each an fsync of the embedded store's
+    /// WAL; under `--sync normal`, none).
+    pub syncs: u64,
 }

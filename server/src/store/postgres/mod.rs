@@ -62,8 +62,8 @@ use sqlx::{
 use tokio::sync::{Semaphore, watch};
 
 use super::{
-    Bulk, BulkDone, CancelTarget, Cancelled, DbUrl, DeadLetterGroup, Fire, Fired, ListFilter,
-    ListPage, MinuteCount, ProgressReport, Progressed, Prune, Pruned, Recovered, Store,
+    Bulk, BulkDone, CancelTarget, Cancelled, DbUrl, DeadLetterGroup, Durability, Fire, Fired,
+    ListFilter, ListPage, MinuteCount, ProgressReport, Progressed, Prune, Pruned, Recovered, Store,
     StoreConfig, StoreSize, Submit, Submitted, SyncMode, TransitionOutcome, Transitions,
     WriterStats,
 };
@@ -108,6 +108,8 @@ pub struct PostgresStore {
     fence: Fence,
     /// For the lease's own connection.
     options: PgConnectOptions,
+    /// `--sync full`: a commit returns once Postgres has flushed its WAL.
+    synced: bool,
 }
 
 /// Which path a write takes.
@@ -228,6 +230,7 @@ impl PostgresStore {
             transitions: Arc::new(tokio::sync::Mutex::new(())),
             fence: Fence::default(),
             options,
+            synced: config.sync == SyncMode::Full,
         };
         store
             .metrics
@@ -295,7 +298,7 @@ impl PostgresStore {
     /// Counts a committed command and the job rows it wrote, as the SQLite writer does (here
     /// every commit carries one command).
     fn count(&self, rows: usize) {
-        self.counters.record(1, rows as u64);
+        self.counters.record(1, rows as u64, self.synced);
     }
 
     fn set_health(&self, fault: Option<StoreFault>) {
@@ -354,9 +357,13 @@ impl Store for PostgresStore {
     }
 
     async fn submit(&self, submit: Submit) -> Result<Vec<Submitted>> {
-        let done = transaction!(self, Lane::Client, |conn| submit::submit(conn, &submit)
-            .await)?;
-        self.count(done.iter().filter(|s| !s.duplicate).count());
+        let synced = self.synced && submit.durability == Durability::BeforeReply;
+        let done = transaction!(self, Lane::Client, |conn| submit::submit(
+            conn, &submit, synced
+        )
+        .await)?;
+        let rows = done.iter().filter(|s| !s.duplicate).count() as u64;
+        self.counters.record(1, rows, synced);
         let mut tally = Tally::default();
         submit::tally(&mut tally, &submit.jobs, &done);
         self.metrics.record(tally);

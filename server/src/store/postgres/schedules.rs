@@ -9,7 +9,7 @@ use super::{Columns, submit};
 use crate::{
     domain::{JobId, Misfire, NewSchedule, Overlap, ScheduleKey, ScheduleRecord},
     error::{Error, Result},
-    store::{Fire, Fired, Origin, Submit},
+    store::{Durability, Fire, Fired, Origin, Submit},
     telemetry::Tally,
 };
 
@@ -144,11 +144,13 @@ pub(super) async fn fire(conn: &mut PgConnection, fire: &Fire, tally: &mut Tally
         jobs: vec![job.clone()],
         group: None,
         scope: Some(key.tenant.clone()),
+        durability: Durability::BeforeReply,
     };
     // Its own savepoint: a refusal by admission undoes the submit alone, and the tick is
     // still recorded as handled, with the reason.
     sqlx::query("SAVEPOINT fire").execute(&mut *conn).await?;
-    match submit::submit(conn, &submit).await {
+    // Made durable as its transaction commits, as the store's settings say.
+    match submit::submit(conn, &submit, true).await {
         Ok(mut done) => {
             sqlx::query("RELEASE SAVEPOINT fire")
                 .execute(&mut *conn)

@@ -123,13 +123,25 @@ type KeyOf<'a> = (&'a str, &'a str, &'a str);
 /// The job a key of the batch binds to, its state and payload.
 type Bound<'a> = (JobId, JobState, &'a [u8]);
 
-pub(super) async fn submit(conn: &mut PgConnection, submit: &Submit) -> Result<Vec<Submitted>> {
+/// `synced`: the commit waits for Postgres to flush its WAL (`Durability` says when it need
+/// not: a later commit that waits flushes this one too).
+pub(super) async fn submit(
+    conn: &mut PgConnection,
+    submit: &Submit,
+    synced: bool,
+) -> Result<Vec<Submitted>> {
     let Submit {
         origin,
         jobs,
         group,
         scope,
+        durability: _,
     } = submit;
+    if !synced {
+        sqlx::query("SET LOCAL synchronous_commit TO OFF")
+            .execute(&mut *conn)
+            .await?;
+    }
     let now = now_ms();
     if let Some(group) = group {
         // The group is its tenant's: the batch's jobs all carry the caller's tenant.

@@ -9,7 +9,7 @@ use crate::{
     domain::{JobState, Quota},
     error::{Error, StoreFault},
     store::{
-        DbUrl, NewJob, Origin, Store, StoreConfig, Submit,
+        DbUrl, Durability, NewJob, Origin, Store, StoreConfig, Submit,
         conformance::{new_job, start, transitions},
     },
     telemetry::Metrics,
@@ -38,6 +38,7 @@ fn one(job: NewJob) -> Submit {
         jobs: vec![job],
         group: None,
         scope: None,
+        durability: Durability::BeforeReply,
     }
 }
 

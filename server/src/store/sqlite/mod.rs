@@ -123,6 +123,7 @@ impl SqliteStore {
         metrics.set_store_healthy(true);
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         let checkpointer = Checkpointer::start(config)?;
+        let sync = config.sync;
         let handle = std::thread::Builder::new()
             .name("switchyard-writer".into())
             .spawn(move || {
@@ -133,6 +134,7 @@ impl SqliteStore {
                         priority: priority_rx,
                         clients: rx,
                     },
+                    writer::Synchronous::new(sync),
                     &thread_counters,
                     &metrics,
                     &health_tx,

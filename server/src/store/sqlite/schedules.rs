@@ -9,7 +9,7 @@ use super::{counts::Counts, submit, writer::savepoint};
 use crate::{
     domain::{JobId, JobState, Misfire, NewSchedule, Overlap, ScheduleKey, ScheduleRecord},
     error::{Error, Result},
-    store::{Fire, Fired, Origin, Submit},
+    store::{Durability, Fire, Fired, Origin, Submit},
     telemetry::Tally,
 };
 
@@ -137,6 +137,7 @@ pub(super) fn fire(
         jobs: vec![job.clone()],
         group: None,
         scope: Some(key.tenant.clone()),
+        durability: Durability::BeforeReply,
     };
     // Its own savepoint: a refusal by admission undoes the submit alone, and the tick is
     // still recorded as handled, with the reason.

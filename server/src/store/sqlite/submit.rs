@@ -117,6 +117,7 @@ pub(super) fn submit(
         jobs,
         group,
         scope,
+        durability: _,
     } = submit;
     let now = now_ms();
     if let Some(group) = group {

@@ -19,8 +19,9 @@ use crate::{
     domain::{JobId, NewSchedule, Quota, ReadyJob, ScheduleKey, now_ms},
     error::{Error, Result, StoreFault},
     store::{
-        Bulk, BulkDone, CancelTarget, Cancelled, Fire, Fired, ProgressReport, Progressed, Prune,
-        Pruned, StoreSize, Submit, Submitted, TransitionOutcome, Transitions,
+        Bulk, BulkDone, CancelTarget, Cancelled, Durability, Fire, Fired, ProgressReport,
+        Progressed, Prune, Pruned, StoreSize, Submit, Submitted, SyncMode, TransitionOutcome,
+        Transitions,
     },
     telemetry::{Metrics, Tally},
 };
@@ -132,6 +133,43 @@ impl Inbox {
                 Err(_) => break,
             }
         }
+    }
+}
+
+impl Command {
+    /// Whether its commit must be durable before it is answered ([`Durability`]).
+    fn needs_sync(&self) -> bool {
+        !matches!(self, Command::Submit { submit, .. } if submit.durability == Durability::WithNext)
+    }
+}
+
+/// The writer connection's `synchronous`. Under `--sync full` it is FULL (each COMMIT
+/// fsyncs the WAL) for every batch but one that holds nothing to make durable before its
+/// replies: that one commits under NORMAL, and the next FULL commit's fsync covers it.
+/// NORMAL still syncs around checkpoints, which keeps the file whole either way.
+pub(super) struct Synchronous {
+    configured: SyncMode,
+    full_now: bool,
+}
+
+impl Synchronous {
+    /// As the connection was opened: FULL under `--sync full`.
+    pub(super) fn new(configured: SyncMode) -> Synchronous {
+        Synchronous {
+            configured,
+            full_now: configured == SyncMode::Full,
+        }
+    }
+
+    /// Makes the next commit fsync if `durable` and the store syncs at all; returns whether
+    /// it will.
+    fn set(&mut self, conn: &Connection, durable: bool) -> rusqlite::Result<bool> {
+        let full = durable && self.configured == SyncMode::Full;
+        if full != self.full_now {
+            conn.pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+            self.full_now = full;
+        }
+        Ok(full)
     }
 }
 
@@ -269,6 +307,7 @@ pub(super) fn run(
     mut conn: Connection,
     counts: &Counts,
     mut inbox: Inbox,
+    mut synchronous: Synchronous,
     counters: &WriteCounters,
     metrics: &Metrics,
     health: &Health,
@@ -282,7 +321,14 @@ pub(super) fn run(
         batch.push(first);
         inbox.fill(&mut batch);
         closing = batch.iter().any(|c| matches!(c, Command::Close { .. }));
-        let fault = commit_batch(&mut conn, counts, &mut batch, counters, metrics);
+        let fault = commit_batch(
+            &mut conn,
+            counts,
+            &mut batch,
+            &mut synchronous,
+            counters,
+            metrics,
+        );
         if let Some(fault) = fault {
             metrics.store_fault(fault.as_str());
         }
@@ -310,6 +356,7 @@ fn commit_batch(
     conn: &mut Connection,
     counts: &Counts,
     batch: &mut Vec<Command>,
+    synchronous: &mut Synchronous,
     counters: &WriteCounters,
     metrics: &Metrics,
 ) -> Option<StoreFault> {
@@ -332,16 +379,23 @@ fn commit_batch(
     let mut tally = Tally::default();
     let mut pending = Vec::with_capacity(batch.len());
     let began = Instant::now();
-    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let err = Err(Failed::from(err));
-        for command in batch.drain(..) {
-            refuse(command, &err);
+    let durable = batch.iter().any(Command::needs_sync);
+    let begun = synchronous
+        .set(conn, durable)
+        .and_then(|synced| conn.execute_batch("BEGIN IMMEDIATE").map(|()| synced));
+    let synced = match begun {
+        Ok(synced) => synced,
+        Err(err) => {
+            let err = Err(Failed::from(err));
+            for command in batch.drain(..) {
+                refuse(command, &err);
+            }
+            return match err {
+                Err(Failed::Store(fault, _)) => Some(fault),
+                _ => None,
+            };
         }
-        return match err {
-            Err(Failed::Store(fault, _)) => Some(fault),
-            _ => None,
-        };
-    }
+    };
     // The scheduler's transitions go first (each source's own order is kept), and the first
     // command runs outside a savepoint: with nothing before it in the transaction, undoing it
     // is rolling the transaction back. A savepoint copies every page a command touches into a
@@ -410,7 +464,7 @@ fn commit_batch(
         std::process::abort()
     });
     if commit.is_ok() && commands > 0 {
-        counters.record(commands, rows);
+        counters.record(commands, rows, synced);
         // Before the replies: whoever hears of a write can already see it counted.
         metrics.store_committed(began.elapsed(), commands);
         metrics.record(tally);
@@ -656,4 +710,39 @@ fn admin(conn: &Connection, op: &AdminOp) -> Result<()> {
         AdminOp::DeleteSchedule(key) => schedules::delete(conn, key)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("the pragma reads")
+    }
+
+    #[test]
+    fn a_batch_with_nothing_to_make_durable_commits_without_an_fsync() {
+        let conn = Connection::open_in_memory().expect("a database");
+        conn.pragma_update(None, "synchronous", "FULL")
+            .expect("the pragma sets");
+        let mut mode = Synchronous::new(SyncMode::Full);
+        // SQLite's codes: NORMAL is 1, FULL is 2.
+        assert!(!mode.set(&conn, false).expect("set"));
+        assert_eq!(synchronous(&conn), 1);
+        assert!(mode.set(&conn, true).expect("set"));
+        assert_eq!(synchronous(&conn), 2);
+        assert!(mode.set(&conn, true).expect("set"));
+        assert_eq!(synchronous(&conn), 2);
+    }
+
+    #[test]
+    fn under_sync_normal_no_batch_is_synced() {
+        let conn = Connection::open_in_memory().expect("a database");
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .expect("the pragma sets");
+        let mut mode = Synchronous::new(SyncMode::Normal);
+        assert!(!mode.set(&conn, true).expect("set"));
+        assert_eq!(synchronous(&conn), 1);
+    }
 }
