@@ -358,10 +358,8 @@ impl Store for PostgresStore {
 
     async fn submit(&self, submit: Submit) -> Result<Vec<Submitted>> {
         let synced = self.synced && submit.durability == Durability::BeforeReply;
-        let done = transaction!(self, Lane::Client, |conn| submit::submit(
-            conn, &submit, synced
-        )
-        .await)?;
+        let done = transaction!(self, Lane::Client, |conn| submit::submit(conn, &submit)
+            .await)?;
         let rows = done.iter().filter(|s| !s.duplicate).count() as u64;
         self.counters.record(1, rows, synced);
         let mut tally = Tally::default();

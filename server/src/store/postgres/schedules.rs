@@ -149,8 +149,7 @@ pub(super) async fn fire(conn: &mut PgConnection, fire: &Fire, tally: &mut Tally
     // Its own savepoint: a refusal by admission undoes the submit alone, and the tick is
     // still recorded as handled, with the reason.
     sqlx::query("SAVEPOINT fire").execute(&mut *conn).await?;
-    // Made durable as its transaction commits, as the store's settings say.
-    match submit::submit(conn, &submit, true).await {
+    match submit::submit(conn, &submit).await {
         Ok(mut done) => {
             sqlx::query("RELEASE SAVEPOINT fire")
                 .execute(&mut *conn)

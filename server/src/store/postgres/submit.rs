@@ -10,7 +10,7 @@ use super::{Columns, id_texts};
 use crate::{
     domain::{JobId, JobState, ReadyJob, now_ms, scopes},
     error::{Error, Result},
-    store::{NewJob, Origin, Submit, Submitted},
+    store::{Durability, NewJob, Origin, Submit, Submitted},
     telemetry::Tally,
 };
 
@@ -123,21 +123,17 @@ type KeyOf<'a> = (&'a str, &'a str, &'a str);
 /// The job a key of the batch binds to, its state and payload.
 type Bound<'a> = (JobId, JobState, &'a [u8]);
 
-/// `synced`: the commit waits for Postgres to flush its WAL (`Durability` says when it need
-/// not: a later commit that waits flushes this one too).
-pub(super) async fn submit(
-    conn: &mut PgConnection,
-    submit: &Submit,
-    synced: bool,
-) -> Result<Vec<Submitted>> {
+pub(super) async fn submit(conn: &mut PgConnection, submit: &Submit) -> Result<Vec<Submitted>> {
     let Submit {
         origin,
         jobs,
         group,
         scope,
-        durability: _,
+        durability,
     } = submit;
-    if !synced {
+    if *durability == Durability::WithNext {
+        // Its commit does not wait for the WAL flush: the start's commit, which does, flushes
+        // it too (the WAL is flushed in order).
         sqlx::query("SET LOCAL synchronous_commit TO OFF")
             .execute(&mut *conn)
             .await?;

@@ -241,3 +241,36 @@ async fn racing_fires_of_one_tick_store_one_job() {
     assert_eq!((submitted, stale), (1, 7), "{fired:?}");
     store.close().await.expect("close");
 }
+
+/// A `Run`'s submit (`Durability::WithNext`) commits without waiting for the WAL flush;
+/// every other submit leaves the wait as the store set it. Seen from inside each submit's own
+/// transaction, on the real server (whose own default, for speed, is not to wait: each
+/// transaction here starts out waiting).
+#[tokio::test]
+async fn only_a_submit_made_durable_by_the_next_commit_skips_the_wal_flush() {
+    let store = open().await;
+    for (durability, expected) in [
+        (Durability::BeforeReply, "on"),
+        (Durability::WithNext, "off"),
+    ] {
+        let mut tx = store.pool.begin().await.expect("begin");
+        sqlx::query("SET LOCAL synchronous_commit TO ON")
+            .execute(&mut *tx)
+            .await
+            .expect("wait for the flush");
+        let submit = Submit {
+            durability,
+            ..one(new_job("q"))
+        };
+        super::submit::submit(&mut tx, &submit)
+            .await
+            .expect("submit");
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("show");
+        assert_eq!(setting, expected, "{durability:?}");
+        tx.rollback().await.expect("rollback");
+    }
+    store.close().await.expect("close");
+}

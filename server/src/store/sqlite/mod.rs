@@ -123,7 +123,7 @@ impl SqliteStore {
         metrics.set_store_healthy(true);
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         let checkpointer = Checkpointer::start(config)?;
-        let sync = config.sync;
+        let synchronous = writer::Synchronous::new(config.sync);
         let handle = std::thread::Builder::new()
             .name("switchyard-writer".into())
             .spawn(move || {
@@ -134,7 +134,7 @@ impl SqliteStore {
                         priority: priority_rx,
                         clients: rx,
                     },
-                    writer::Synchronous::new(sync),
+                    synchronous,
                     &thread_counters,
                     &metrics,
                     &health_tx,
