@@ -46,7 +46,7 @@ class Session:
 
     def __init__(self, stub):
         self.stub, self.outbox, self.lock = stub, queue.Queue(), threading.Lock()
-        self.running = {}  # (job_id, attempt) -> cancel event
+        self.running = {}  # (job_id, attempt, epoch), the fencing token (3.) -> cancel event
         self.ended, self.draining, self.closed = threading.Event(), False, False
         self.peer_seq, self.last_heard = 0, time.monotonic()
 
@@ -108,10 +108,13 @@ class Session:
                 elif which == "assignment":
                     self.start(m.assignment)
                 elif which == "cancel":
+                    c = m.cancel  # epoch 0 (a coordinator from before epochs): any epoch
                     with self.lock:
-                        cancel = self.running.get((m.cancel.job_id, m.cancel.attempt))
-                    if cancel:  # a cancel for an attempt we no longer hold is ignored
-                        log.info("cancel %s: %s", m.cancel.job_id, m.cancel.reason)
+                        cancels = [event for (job_id, attempt, epoch), event in self.running.items()
+                                   if (job_id, attempt) == (c.job_id, c.attempt)
+                                   and c.epoch in (0, epoch)]
+                    for cancel in cancels:  # a cancel for an attempt we no longer hold is ignored
+                        log.info("cancel %s: %s", c.job_id, c.reason)
                         cancel.set()
                 elif which == "drain":
                     log.info("the coordinator drains: %s", m.drain.reason)
@@ -140,10 +143,10 @@ class Session:
         cancel = threading.Event()
         with self.lock:
             if self.draining or len(self.running) >= args.slots:  # at most `slots` at once
-                self.outbox.put(pb.WorkerMessage(release=pb.Release(job_id=a.job_id,
-                                                                    attempt=a.attempt)))
+                self.outbox.put(pb.WorkerMessage(release=pb.Release(
+                    job_id=a.job_id, attempt=a.attempt, epoch=a.epoch)))
                 return
-            self.running[(a.job_id, a.attempt)] = cancel
+            self.running[(a.job_id, a.attempt, a.epoch)] = cancel
         log.info("start %s %s attempt %d", a.kind, a.job_id, a.attempt)
         threading.Thread(target=self.execute, args=(a, cancel), daemon=True).start()
 
@@ -155,18 +158,20 @@ class Session:
             output = HANDLERS[a.kind](payload, cancel)
             if len(output) > self.max_result:
                 raise ValueError(f"output of {len(output)} bytes is over {self.max_result}")
-            result = pb.AttemptResult(job_id=a.job_id, attempt=a.attempt, output=output)
+            result = pb.AttemptResult(job_id=a.job_id, attempt=a.attempt, epoch=a.epoch,
+                                      output=output)
         except Exception as e:
             failure = pb.JobFailure(message=f"{type(e).__name__}: {e}",
                                     retryable=not isinstance(e, ValueError),
                                     cancelled=isinstance(e, Cancelled))
-            result = pb.AttemptResult(job_id=a.job_id, attempt=a.attempt, failure=failure)
+            result = pb.AttemptResult(job_id=a.job_id, attempt=a.attempt, epoch=a.epoch,
+                                      failure=failure)
         with self.lock:
-            if self.running.pop((a.job_id, a.attempt), None) is None:
+            if self.running.pop((a.job_id, a.attempt, a.epoch), None) is None:
                 return  # released while draining: nothing more to say about it
         outcome = result.failure.message if result.HasField("failure") else "succeeded"
         log.info("%s %s attempt %d: %s", a.kind, a.job_id, a.attempt, outcome)
-        self.send(result=result)  # with the attempt number: the coordinator fences on it
+        self.send(result=result)  # with the attempt and epoch: the coordinator fences on them
         if not self.draining:
             self.send(credit=pb.Credit(slots=1))  # the slot is free: the handler returned
 
@@ -179,8 +184,8 @@ class Session:
             time.sleep(0.05)
         with self.lock:
             rest, self.running = self.running, {}
-        for (job_id, attempt), cancel in rest.items():  # back to the queue, uncounted
-            self.send(release=pb.Release(job_id=job_id, attempt=attempt))
+        for (job_id, attempt, epoch), cancel in rest.items():  # back to the queue, uncounted
+            self.send(release=pb.Release(job_id=job_id, attempt=attempt, epoch=epoch))
             cancel.set()
         self.close()  # after everything queued: the request stream ends, half-closed
 

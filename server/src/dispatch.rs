@@ -8,6 +8,7 @@
 mod progress;
 
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::{
         Arc,
@@ -33,7 +34,7 @@ use crate::{
     },
     domain::{Dispatch, JobId, Outcome, now_ms},
     error::{Error, Result},
-    scheduler::{Link, Scheduler, SessionInfo, ToWorker},
+    scheduler::{Held, Link, Scheduler, SessionInfo, ToWorker},
     store::Store,
 };
 
@@ -87,10 +88,39 @@ impl WorkerApi {
 
 /// The attempts a hello says its worker still holds. An entry that names no job is no attempt
 /// of this coordinator's and is passed over.
-fn held_attempts(held: &[v1::HeldAttempt]) -> Vec<((JobId, u32), bool)> {
+fn held_attempts(held: &[v1::HeldAttempt]) -> Vec<Held> {
     held.iter()
-        .filter_map(|h| Some(((h.job_id.parse::<JobId>().ok()?, h.attempt), h.finished)))
+        .filter_map(|h| {
+            Some(Held {
+                key: (h.job_id.parse::<JobId>().ok()?, h.attempt),
+                epoch: h.epoch,
+                finished: h.finished,
+            })
+        })
         .collect()
+}
+
+/// The fencing tokens a session speaks for (workers.proto, point 3): the attempts of this
+/// run's epoch, and those it re-adopted from earlier runs, each under its own epoch. A message
+/// whose token is neither is about an attempt a crash made this coordinator forget and hand
+/// out again: it is refused here, before it could be taken for the new one.
+#[derive(Clone)]
+struct Tokens {
+    epoch: u64,
+    adopted: Arc<HashMap<(JobId, u32), u64>>,
+}
+
+impl Tokens {
+    /// The epoch of this session's attempt `key`.
+    fn epoch_of(&self, key: (JobId, u32)) -> u64 {
+        self.adopted.get(&key).copied().unwrap_or(self.epoch)
+    }
+
+    /// Whether a message's token names one of this session's attempts (or carries no epoch:
+    /// a worker written before epochs is fenced by the attempt number alone).
+    fn speaks_for(&self, job_id: JobId, attempt: u32, epoch: u64) -> bool {
+        epoch == 0 || epoch == self.epoch_of((job_id, attempt))
+    }
 }
 
 fn check_hello(hello: &v1::Hello) -> Result<()> {
@@ -176,6 +206,7 @@ impl WorkerService for WorkerApi {
             kill: kill.clone(),
         };
         let held = held_attempts(&hello.held);
+        let epochs: HashMap<(JobId, u32), u64> = held.iter().map(|h| (h.key, h.epoch)).collect();
         let heard = Arc::new(AtomicI64::new(now_ms()));
         let adopted = self
             .scheduler
@@ -205,20 +236,31 @@ impl WorkerService for WorkerApi {
             heartbeat_interval: Some(duration(self.heartbeat.as_millis() as i64)),
             max_result_bytes: self.max_result_bytes as u64,
             adopted: adopted
-                .into_iter()
-                .map(|(job_id, attempt)| v1::HeldAttempt {
+                .iter()
+                .map(|&(job_id, attempt)| v1::HeldAttempt {
                     job_id: job_id.to_string(),
                     attempt,
+                    epoch: epochs.get(&(job_id, attempt)).copied().unwrap_or_default(),
                     finished: false,
                 })
                 .collect(),
             reconnect_grace: Some(duration(self.reconnect_grace.as_millis() as i64)),
         }));
+        let tokens = Tokens {
+            epoch: self.scheduler.epoch(),
+            adopted: Arc::new(
+                adopted
+                    .into_iter()
+                    .filter_map(|key| Some((key, *epochs.get(&key)?)))
+                    .collect(),
+            ),
+        };
         let terms = Terms {
             id,
             interval,
             max_result_bytes: self.max_result_bytes,
             heard,
+            tokens: tokens.clone(),
         };
         let (reports, writer) = progress::Reports::start(self.store.clone(), id, self.heartbeat);
         self.sessions.spawn(writer);
@@ -240,7 +282,7 @@ impl WorkerService for WorkerApi {
         };
         let stream = futures::stream::once(async { welcome })
             .chain(futures::stream::select(
-                ReceiverStream::new(rx).map(to_wire),
+                ReceiverStream::new(rx).map(move |out| to_wire(out, &tokens)),
                 ReceiverStream::new(control_rx),
             ))
             .map(Ok)
@@ -257,6 +299,7 @@ struct Terms {
     max_result_bytes: usize,
     /// When the worker's last heartbeat came (wall clock, for `ListWorkers` and the console).
     heard: Arc<AtomicI64>,
+    tokens: Tokens,
 }
 
 /// Forwards the worker's messages and watches the stream's liveness until it ends.
@@ -274,6 +317,7 @@ async fn session(
         interval,
         max_result_bytes,
         heard,
+        tokens,
     } = terms;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,6 +354,11 @@ async fn session(
                     }
                     Some(worker_message::Message::Credit(c)) => scheduler.credit(id, c.slots).await,
                     Some(worker_message::Message::Result(r)) => match r.job_id.parse::<JobId>() {
+                        Ok(job_id) if !tokens.speaks_for(job_id, r.attempt, r.epoch) => {
+                            scheduler.refused_result();
+                            tracing::info!(session = id, job.id = %job_id, attempt = r.attempt, epoch = r.epoch, "refused a result from an attempt of an earlier epoch");
+                            Ok(())
+                        }
                         Ok(job_id) => {
                             let outcome = bounded(outcome(r.outcome), max_result_bytes);
                             // Progress the attempt sent before its result is stored first.
@@ -322,6 +371,7 @@ async fn session(
                         }
                     },
                     Some(worker_message::Message::Release(r)) => match r.job_id.parse::<JobId>() {
+                        Ok(job_id) if !tokens.speaks_for(job_id, r.attempt, r.epoch) => Ok(()),
                         Ok(job_id) => {
                             // A handed-back attempt's last checkpoint is the next one's start.
                             reports.written(job_id, r.attempt).await;
@@ -332,7 +382,13 @@ async fn session(
                     Some(worker_message::Message::Drain(_)) => scheduler.drain(id).await,
                     Some(worker_message::Message::Hello(_)) => break "a second hello".into(),
                     Some(worker_message::Message::Progress(p)) => {
-                        reports.add(id, p);
+                        let ours = p
+                            .job_id
+                            .parse::<JobId>()
+                            .is_ok_and(|job_id| tokens.speaks_for(job_id, p.attempt, p.epoch));
+                        if ours {
+                            reports.add(id, p);
+                        }
                         Ok(())
                     }
                     None => Ok(()),
@@ -368,11 +424,11 @@ async fn session(
     let _ = scheduler.disconnect(id, reason).await;
 }
 
-/// What the scheduler sends, as the wire carries it.
-fn to_wire(out: ToWorker) -> CoordinatorMessage {
+/// What the scheduler sends, as the wire carries it, with each attempt's epoch.
+fn to_wire(out: ToWorker, tokens: &Tokens) -> CoordinatorMessage {
     message(match out {
         ToWorker::Assign(dispatch) => {
-            coordinator_message::Message::Assignment(assignment(*dispatch))
+            coordinator_message::Message::Assignment(assignment(*dispatch, tokens.epoch))
         }
         ToWorker::Stop {
             job_id,
@@ -381,15 +437,18 @@ fn to_wire(out: ToWorker) -> CoordinatorMessage {
         } => coordinator_message::Message::Cancel(v1::CancelAssignment {
             job_id: job_id.to_string(),
             attempt,
+            epoch: tokens.epoch_of((job_id, attempt)),
             reason,
         }),
     })
 }
 
-fn assignment(d: Dispatch) -> v1::Assignment {
+/// An attempt this run started (so under its epoch).
+fn assignment(d: Dispatch, epoch: u64) -> v1::Assignment {
     v1::Assignment {
         job_id: d.job_id.to_string(),
         attempt: d.attempt,
+        epoch,
         queue: d.queue,
         kind: d.kind,
         payload: d.payload,

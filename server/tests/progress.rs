@@ -319,6 +319,7 @@ async fn reports_over_the_limits_are_ignored_and_the_stream_lives_on() {
         ToCoordinator::Progress(Progress {
             job_id: id.clone(),
             attempt: assignment.attempt,
+            epoch: assignment.epoch,
             fraction: Some(fraction),
             message: Some(message),
             checkpoint: Some(checkpoint),
@@ -352,6 +353,7 @@ async fn reports_over_the_limits_are_ignored_and_the_stream_lives_on() {
     send(ToCoordinator::Result(switchyard_proto::v1::AttemptResult {
         job_id: id.clone(),
         attempt: assignment.attempt,
+        epoch: assignment.epoch,
         outcome: Some(switchyard_proto::v1::attempt_result::Outcome::Output(
             b"done".to_vec(),
         )),

@@ -11,11 +11,81 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use switchyard_proto::v1::{Assignment, AttemptResult, JobFailure, attempt_result::Outcome};
+use switchyard_proto::v1::{
+    Assignment, AttemptResult, HeldAttempt, JobFailure, Release, attempt_result::Outcome,
+};
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::{self, ProgressError, Slot};
+
+/// Which attempt of which job a message is about: its fencing token (workers.proto point 3).
+/// The same attempt number may be handed out again, with a higher epoch, by a coordinator that
+/// crashed and forgot it, so two attempts of one job with one number can run side by side on
+/// one worker: they are told apart by the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct AttemptId {
+    pub job_id: String,
+    pub attempt: u32,
+    /// The coordinator run that handed the attempt out; 0 from one that predates epochs.
+    pub epoch: u64,
+}
+
+impl AttemptId {
+    pub fn of(assignment: &Assignment) -> AttemptId {
+        AttemptId {
+            job_id: assignment.job_id.clone(),
+            attempt: assignment.attempt,
+            epoch: assignment.epoch,
+        }
+    }
+
+    /// Whether the coordinator means this attempt when it names `job_id`'s `attempt` of
+    /// `epoch` (in a cancel or an adoption). One from before epochs sends 0: it names the
+    /// attempt by its number alone.
+    pub fn is_named_by(&self, job_id: &str, attempt: u32, epoch: u64) -> bool {
+        self.job_id == job_id && self.attempt == attempt && (epoch == 0 || epoch == self.epoch)
+    }
+
+    /// This attempt as a reconnecting hello presents it.
+    pub fn held(self, finished: bool) -> HeldAttempt {
+        HeldAttempt {
+            job_id: self.job_id,
+            attempt: self.attempt,
+            finished,
+            epoch: self.epoch,
+        }
+    }
+
+    /// Gives this attempt back (drain).
+    pub fn release(self) -> Release {
+        Release {
+            job_id: self.job_id,
+            attempt: self.attempt,
+            epoch: self.epoch,
+        }
+    }
+}
+
+impl From<&HeldAttempt> for AttemptId {
+    fn from(held: &HeldAttempt) -> Self {
+        AttemptId {
+            job_id: held.job_id.clone(),
+            attempt: held.attempt,
+            epoch: held.epoch,
+        }
+    }
+}
+
+impl From<&AttemptResult> for AttemptId {
+    fn from(result: &AttemptResult) -> Self {
+        AttemptId {
+            job_id: result.job_id.clone(),
+            attempt: result.attempt,
+            epoch: result.epoch,
+        }
+    }
+}
 
 /// One attempt of one job, as its handler sees it.
 #[derive(Debug, Clone)]
@@ -65,7 +135,11 @@ impl JobContext {
     ) -> JobContext {
         let job_id = job_id.into();
         JobContext {
-            progress: Arc::new(Slot::new(job_id.clone(), 1)),
+            progress: Arc::new(Slot::new(AttemptId {
+                job_id: job_id.clone(),
+                attempt: 1,
+                epoch: 0,
+            })),
             job_id,
             attempt: 1,
             max_attempts: 1,
@@ -92,6 +166,8 @@ impl JobContext {
         cancellation: CancellationToken,
         coordinator: Option<switchyard_client::Client>,
     ) -> Self {
+        // Reports carry the whole fencing token; the handler needs no epoch of its own.
+        let progress = Arc::new(Slot::new(AttemptId::of(&assignment)));
         let deadline = assignment
             .deadline
             .and_then(|ts| SystemTime::try_from(ts).ok());
@@ -105,7 +181,7 @@ impl JobContext {
             payload = output.clone();
         }
         JobContext {
-            progress: Arc::new(Slot::new(assignment.job_id.clone(), assignment.attempt)),
+            progress,
             reports: None,
             // On the wire, an empty checkpoint is none.
             checkpoint: (!assignment.checkpoint.is_empty()).then_some(assignment.checkpoint),
@@ -332,8 +408,7 @@ where
 /// The result message for an attempt: the handler's answer, or its panic as a retryable
 /// failure (the process lives on; the retry policy decides).
 pub(crate) fn attempt_result(
-    job_id: String,
-    attempt: u32,
+    id: AttemptId,
     outcome: Result<JobResult, JoinError>,
 ) -> AttemptResult {
     let outcome = match outcome {
@@ -351,8 +426,9 @@ pub(crate) fn attempt_result(
         }),
     };
     AttemptResult {
-        job_id,
-        attempt,
+        job_id: id.job_id,
+        attempt: id.attempt,
+        epoch: id.epoch,
         outcome: Some(outcome),
     }
 }
@@ -382,9 +458,9 @@ pub(crate) fn fit(result: AttemptResult, limit: usize) -> AttemptResult {
 }
 
 /// The failure sent for an assignment of a kind this worker has no handler for.
-pub(crate) fn no_handler(job_id: String, attempt: u32, kind: &str) -> AttemptResult {
+pub(crate) fn no_handler(id: AttemptId, kind: &str) -> AttemptResult {
     let error = JobError::fatal(format!("no handler for kind {kind}"));
-    attempt_result(job_id, attempt, Ok(Err(error)))
+    attempt_result(id, Ok(Err(error)))
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -401,11 +477,24 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 mod tests {
     use super::*;
 
+    fn id(job_id: &str, attempt: u32, epoch: u64) -> AttemptId {
+        AttemptId {
+            job_id: job_id.into(),
+            attempt,
+            epoch,
+        }
+    }
+
     #[test]
     fn an_output_over_the_limit_fails_its_attempt_for_good() {
-        let small = attempt_result("j".into(), 1, Ok(Ok(vec![0; 10])));
+        let small = attempt_result(id("j", 1, 1), Ok(Ok(vec![0; 10])));
         assert_eq!(fit(small.clone(), 10), small);
-        let large = fit(attempt_result("j".into(), 1, Ok(Ok(vec![0; 11]))), 10);
+        let large = fit(attempt_result(id("j", 1, 6), Ok(Ok(vec![0; 11]))), 10);
+        assert_eq!(
+            (large.attempt, large.epoch),
+            (1, 6),
+            "the failure keeps the token"
+        );
         match large.outcome {
             Some(Outcome::Failure(f)) => {
                 assert!(!f.retryable);
@@ -424,17 +513,17 @@ mod tests {
 
     #[test]
     fn output_becomes_output() {
-        let result = attempt_result("j".into(), 3, Ok(Ok(b"out".to_vec())));
+        let result = attempt_result(id("j", 3, 9), Ok(Ok(b"out".to_vec())));
         assert_eq!(result.job_id, "j");
         assert_eq!(result.attempt, 3);
+        assert_eq!(result.epoch, 9, "the assignment's epoch goes back");
         assert_eq!(result.outcome, Some(Outcome::Output(b"out".to_vec())));
     }
 
     #[test]
     fn errors_say_what_happens_next() {
         let retry = failure(attempt_result(
-            "j".into(),
-            1,
+            id("j", 1, 1),
             Ok(Err(JobError::retry_after("busy", Duration::from_secs(2)))),
         ));
         assert!(retry.retryable && !retry.cancelled);
@@ -447,19 +536,17 @@ mod tests {
             })
         );
 
-        let plain = failure(attempt_result("j".into(), 1, Ok(Err(JobError::retry("x")))));
+        let plain = failure(attempt_result(id("j", 1, 1), Ok(Err(JobError::retry("x")))));
         assert!(plain.retryable && plain.retry_after.is_none());
 
         let fatal = failure(attempt_result(
-            "j".into(),
-            1,
+            id("j", 1, 1),
             Ok(Err(JobError::fatal("no"))),
         ));
         assert!(!fatal.retryable && !fatal.cancelled);
 
         let cancelled = failure(attempt_result(
-            "j".into(),
-            1,
+            id("j", 1, 1),
             Ok(Err(JobError::cancelled("stop"))),
         ));
         assert!(!cancelled.retryable && cancelled.cancelled);
@@ -467,8 +554,35 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_is_named_by_its_whole_token_or_by_number_without_an_epoch() {
+        let running = id("j", 2, 5);
+        assert!(running.is_named_by("j", 2, 5));
+        assert!(!running.is_named_by("j", 2, 4), "another run's attempt 2");
+        assert!(!running.is_named_by("j", 1, 5), "another attempt");
+        assert!(!running.is_named_by("k", 2, 5), "another job");
+        assert!(
+            running.is_named_by("j", 2, 0),
+            "a coordinator from before epochs"
+        );
+        assert!(!running.is_named_by("j", 3, 0));
+
+        let held = running.clone().held(true);
+        assert_eq!((held.attempt, held.epoch, held.finished), (2, 5, true));
+        assert_eq!(AttemptId::from(&held), running);
+        let release = running.clone().release();
+        assert_eq!(
+            (release.job_id.as_str(), release.attempt, release.epoch),
+            ("j", 2, 5)
+        );
+        let result = attempt_result(running.clone(), Ok(Ok(vec![])));
+        assert_eq!(AttemptId::from(&result), running);
+    }
+
+    #[test]
     fn unknown_kind_is_not_retried() {
-        let failure = failure(no_handler("j".into(), 1, "nope"));
+        let result = no_handler(id("j", 1, 4), "nope");
+        assert_eq!((result.attempt, result.epoch), (1, 4));
+        let failure = failure(result);
         assert_eq!(failure.message, "no handler for kind nope");
         assert!(!failure.retryable);
     }
@@ -480,7 +594,7 @@ mod tests {
         tasks.spawn(async { std::panic::panic_any(7_u8) });
         let mut messages = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let failure = failure(attempt_result("j".into(), 1, joined.map(|()| Ok(vec![]))));
+            let failure = failure(attempt_result(id("j", 1, 1), joined.map(|()| Ok(vec![]))));
             assert!(failure.retryable && !failure.cancelled);
             messages.push(failure.message);
         }
@@ -591,6 +705,7 @@ mod tests {
         let assignment = Assignment {
             job_id: "j".into(),
             attempt: 3,
+            epoch: 12,
             ..Default::default()
         };
         let ctx = JobContext::from_assignment(assignment, CancellationToken::new(), None)
@@ -603,7 +718,11 @@ mod tests {
         let slot = rx.try_recv().expect("the attempt's slot is queued");
         assert!(rx.try_recv().is_err(), "queued once");
         let sent = slot.take().expect("a report");
-        assert_eq!((sent.job_id.as_str(), sent.attempt), ("j", 3));
+        assert_eq!(
+            (sent.job_id.as_str(), sent.attempt, sent.epoch),
+            ("j", 3, 12),
+            "a report carries the assignment's whole token"
+        );
         assert_eq!(sent.fraction, Some(1.0));
         assert_eq!(sent.message.as_deref(), Some("100"));
         assert_eq!(

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use switchyard_proto::v1::Progress;
 use tokio::sync::mpsc;
 
+use crate::job::AttemptId;
+
 /// The longest progress message, in bytes (the coordinator's limit as well).
 pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
 /// The largest checkpoint, in bytes (the coordinator's limit as well).
@@ -46,8 +48,8 @@ pub(crate) type Queue = mpsc::Sender<Arc<Slot>>;
 /// The report of one attempt waiting to be sent.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    job_id: String,
-    attempt: u32,
+    /// The attempt the reports are about: each carries its whole fencing token.
+    id: AttemptId,
     state: Mutex<SlotState>,
 }
 
@@ -59,10 +61,9 @@ struct SlotState {
 }
 
 impl Slot {
-    pub(crate) fn new(job_id: String, attempt: u32) -> Slot {
+    pub(crate) fn new(id: AttemptId) -> Slot {
         Slot {
-            job_id,
-            attempt,
+            id,
             state: Mutex::new(SlotState::default()),
         }
     }
@@ -83,8 +84,9 @@ impl Slot {
     ) {
         let mut state = self.lock();
         let waiting = state.waiting.get_or_insert_with(|| Progress {
-            job_id: self.job_id.clone(),
-            attempt: self.attempt,
+            job_id: self.id.job_id.clone(),
+            attempt: self.id.attempt,
+            epoch: self.id.epoch,
             ..Default::default()
         });
         if fraction.is_some() {

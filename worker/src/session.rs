@@ -12,8 +12,8 @@ use std::{
 
 use switchyard_proto::v1::{
     Assignment, AttemptResult, CoordinatorMessage, Credit, Drain, Heartbeat, HeldAttempt, Hello,
-    Release, Welcome, WorkerMessage, attempt_result::Outcome, coordinator_message,
-    worker_message::Message, worker_service_client::WorkerServiceClient,
+    Welcome, WorkerMessage, attempt_result::Outcome, coordinator_message, worker_message::Message,
+    worker_service_client::WorkerServiceClient,
 };
 use tokio::{
     sync::mpsc,
@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     ConnectionState, Error, Worker, WorkerConfig,
     backoff::Backoff,
-    job::{self, Handler, JobContext, JobResult},
+    job::{self, AttemptId, Handler, JobContext, JobResult},
     progress,
     slots::{Admission, ReleaseReason, RunningJob, Slots},
 };
@@ -299,20 +299,6 @@ impl Runner {
         // Handlers of a lost stream still run and hold their slots: they are presented for
         // re-adoption, with the results not yet confirmed; the coordinator's credit leaves
         // out the running ones, whose slots come back with `Credit` as they return.
-        let running = self
-            .slots
-            .held()
-            .into_iter()
-            .map(|(job_id, attempt)| HeldAttempt {
-                job_id,
-                attempt,
-                finished: false,
-            });
-        let finished = self.late.iter().map(|r| HeldAttempt {
-            job_id: r.job_id.clone(),
-            attempt: r.attempt,
-            finished: true,
-        });
         let hello = Hello {
             worker_id: self.config.worker_id.clone(),
             queues: self.config.queues.clone(),
@@ -320,7 +306,7 @@ impl Runner {
             slots: self.config.slots,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat_interval: self.config.heartbeat_interval.try_into().ok(),
-            held: running.chain(finished).collect(),
+            held: held_attempts(self.slots.held(), &self.late),
         };
         let free = self.slots.free();
         let held = hello.held.len();
@@ -403,11 +389,7 @@ impl Runner {
         {
             self.grace = grace;
         }
-        let adopted: HashSet<(String, u32)> = welcome
-            .adopted
-            .iter()
-            .map(|a| (a.job_id.clone(), a.attempt))
-            .collect();
+        let adopted: HashSet<AttemptId> = welcome.adopted.iter().map(AttemptId::from).collect();
         let stopped = self.slots.adopt(stream, &adopted);
         self.held_since = None;
         if held > 0 {
@@ -589,10 +571,13 @@ impl Runner {
                     .await?;
             }
             Some(In::Cancel(cancel)) => {
-                let found = self.slots.cancel(stream, &cancel.job_id, cancel.attempt);
+                let found = self
+                    .slots
+                    .cancel(stream, &cancel.job_id, cancel.attempt, cancel.epoch);
                 debug!(
                     job.id = %cancel.job_id,
                     job.attempt = cancel.attempt,
+                    job.epoch = cancel.epoch,
                     reason = %cancel.reason,
                     found,
                     "cancel"
@@ -652,16 +637,12 @@ impl Runner {
                         "releasing an assignment beyond this worker's slots"
                     ),
                 }
-                let release = Release {
-                    job_id: assignment.job_id,
-                    attempt: assignment.attempt,
-                };
+                let release = AttemptId::of(&assignment).release();
                 outbox.send(Message::Release(release)).await
             }
             Admission::NoHandler => {
                 warn!(job.id = %assignment.job_id, kind = %assignment.kind, "no handler for kind");
-                let result =
-                    job::no_handler(assignment.job_id, assignment.attempt, &assignment.kind);
+                let result = job::no_handler(AttemptId::of(&assignment), &assignment.kind);
                 outbox.send(Message::Result(result)).await?;
                 outbox.send(Message::Credit(Credit { slots: 1 })).await
             }
@@ -677,6 +658,7 @@ impl Runner {
     /// Starts a handler in the `JoinSet`, holding one slot until it returns.
     fn start(&mut self, stream: u64, mut assignment: Assignment, handler: Handler) {
         use switchyard_telemetry::{Attribute, Kind};
+        let id = AttemptId::of(&assignment);
         let token = CancellationToken::new();
         // The attempt's span joins the job's trace under the coordinator's dispatch; calls
         // the handler makes (child jobs) carry this span on.
@@ -707,12 +689,12 @@ impl Runner {
             job.id = %ctx.job_id,
             job.kind = %ctx.kind,
             job.attempt = ctx.attempt,
+            job.epoch = id.epoch,
             queue = %ctx.queue,
             traceparent = %ctx.traceparent,
         );
         let job = RunningJob {
-            job_id: ctx.job_id.clone(),
-            attempt: ctx.attempt,
+            id,
             stream,
             token: token.clone(),
         };
@@ -754,16 +736,14 @@ impl Runner {
             // Its stream is gone and the coordinator has likely given the job to someone
             // else; the fence there decides, so the result goes out all the same.
             debug!(
-                job.id = %job.job_id,
-                job.attempt = job.attempt,
+                job.id = %job.id.job_id,
+                job.attempt = job.id.attempt,
+                job.epoch = job.id.epoch,
                 "a handler of an earlier stream returned; reporting it for the coordinator to judge"
             );
         }
         let panicked = matches!(&outcome, Err(err) if err.is_panic());
-        let result = job::fit(
-            job::attempt_result(job.job_id, job.attempt, outcome),
-            self.result_limit,
-        );
+        let result = job::fit(job::attempt_result(job.id, outcome), self.result_limit);
         log_outcome(&result, panicked);
         // What the handler reported before it returned goes first: the coordinator ignores
         // progress of an attempt that has ended.
@@ -841,7 +821,7 @@ impl Runner {
                         Err(err) => (err.id(), Err(err)),
                     };
                     if let Some(job) = self.slots.remove(id) {
-                        let result = job::attempt_result(job.job_id, job.attempt, outcome);
+                        let result = job::attempt_result(job.id, outcome);
                         self.keep_late(job::fit(result, self.result_limit));
                     }
                 }
@@ -952,13 +932,20 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-async fn release_all(outbox: &Outbox, jobs: Vec<(String, u32)>) -> Result<(), StreamError> {
-    for (job_id, attempt) in jobs {
-        outbox
-            .send(Message::Release(Release { job_id, attempt }))
-            .await?;
+async fn release_all(outbox: &Outbox, jobs: Vec<AttemptId>) -> Result<(), StreamError> {
+    for id in jobs {
+        outbox.send(Message::Release(id.release())).await?;
     }
     Ok(())
+}
+
+/// What a reconnecting hello presents (see workers.proto point 7): the attempts still running
+/// and those whose results were not confirmed, each with its whole token, so that the
+/// coordinator adopts only what it handed out itself.
+fn held_attempts(running: Vec<AttemptId>, late: &[AttemptResult]) -> Vec<HeldAttempt> {
+    let running = running.into_iter().map(|id| id.held(false));
+    let finished = late.iter().map(|r| AttemptId::from(r).held(true));
+    running.chain(finished).collect()
 }
 
 /// Ends our half of the stream (flushing what is queued) and waits, at most `limit`, for the
@@ -1009,4 +996,30 @@ fn report(err: &(dyn StdError + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_presents_each_held_attempt_with_its_epoch() {
+        let id = |job_id: &str, attempt, epoch| AttemptId {
+            job_id: job_id.into(),
+            attempt,
+            epoch,
+        };
+        // Attempt 1 of `a` runs twice: once from epoch 3 (its handler ignored the cancel) and
+        // again from epoch 4; attempt 2 of `b` returned between streams.
+        let late = job::attempt_result(id("b", 2, 4), Ok(Ok(b"done".to_vec())));
+        let held = held_attempts(vec![id("a", 1, 3), id("a", 1, 4)], &[late]);
+        let held: Vec<_> = held
+            .iter()
+            .map(|h| (h.job_id.as_str(), h.attempt, h.epoch, h.finished))
+            .collect();
+        assert_eq!(
+            held,
+            [("a", 1, 3, false), ("a", 1, 4, false), ("b", 2, 4, true)]
+        );
+    }
 }

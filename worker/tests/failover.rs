@@ -180,6 +180,7 @@ async fn the_next_coordinator_is_shown_the_jobs_still_running() {
             job_id: "j1".into(),
             attempt: 1,
             finished: false,
+            epoch: support::EPOCH,
         }]
     );
     session
@@ -187,7 +188,10 @@ async fn the_next_coordinator_is_shown_the_jobs_still_running() {
         .await;
     gate.add_permits(1);
     let result = session.expect_result().await;
-    assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1));
+    assert_eq!(
+        (result.job_id.as_str(), result.attempt, result.epoch),
+        ("j1", 1, support::EPOCH)
+    );
     assert_eq!(result.outcome, Some(Outcome::Output(b"kept".to_vec())));
     session.expect(support::credit()).await;
 

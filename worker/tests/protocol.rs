@@ -19,7 +19,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use support::{Coordinator, STEP, credit, release};
+use support::{Coordinator, EPOCH, STEP, credit, release};
 
 /// Handlers the tests steer: `hold` waits until the test lets it go (`gate`), and reports
 /// when its cancellation token fires, but returns only through the gate.
@@ -169,7 +169,11 @@ async fn hello_welcome_results_and_credits() {
 
     session.assign("j1", 1, "echo", "hello").await;
     let result = session.expect_result().await;
-    assert_eq!((result.job_id.as_str(), result.attempt), ("j1", 1));
+    assert_eq!(
+        (result.job_id.as_str(), result.attempt, result.epoch),
+        ("j1", 1, EPOCH),
+        "the result carries the assignment's whole fencing token"
+    );
     assert_eq!(result.outcome, Some(Outcome::Output(b"hello".to_vec())));
     session.expect(credit()).await;
 
@@ -184,7 +188,11 @@ async fn hello_welcome_results_and_credits() {
     session.expect(credit()).await;
 
     session.assign("j3", 1, "teleport", "").await;
-    let failure = session.expect_failure("j3").await;
+    let result = session.expect_result().await;
+    assert_eq!((result.attempt, result.epoch), (1, EPOCH));
+    let Some(Outcome::Failure(failure)) = result.outcome else {
+        panic!("expected a failure, got {result:?}");
+    };
     assert_eq!(failure.message, "no handler for kind teleport");
     assert!(!failure.retryable);
     session.expect(credit()).await;
@@ -224,20 +232,110 @@ async fn cancel_fires_the_token_of_that_attempt_only() {
     session.welcome(Duration::from_millis(100), true).await;
 
     session.assign("j1", 2, "wait", "").await;
-    let cancel = |attempt| {
+    let cancel = |attempt, epoch| {
         coordinator_message::Message::Cancel(CancelAssignment {
             job_id: "j1".into(),
             attempt,
             reason: "test".into(),
+            epoch,
         })
     };
-    session.send(cancel(1)).await;
+    session.send(cancel(1, EPOCH)).await;
+    session.send(cancel(2, EPOCH + 1)).await;
     session.expect_quiet(Duration::from_millis(200)).await;
-    session.send(cancel(2)).await;
+    session.send(cancel(2, EPOCH)).await;
     let failure = session.expect_failure("j1").await;
     assert!(failure.cancelled && !failure.retryable);
     assert_eq!(failure.message, "stopped as told");
     session.expect(credit()).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_attempt_number_from_two_epochs_is_two_attempts() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, _steering) = worker(&coordinator.url, 3);
+    let started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+
+    // Attempt 1 of j1, handed out by the coordinator's run 3 and, after a crash made it
+    // forget, again by run 4; and j2 from a coordinator from before epochs.
+    let wait = |job_id: &str, epoch| Assignment {
+        job_id: job_id.into(),
+        attempt: 1,
+        queue: "default".into(),
+        kind: "wait".into(),
+        epoch,
+        ..Default::default()
+    };
+    session.send_assignment(wait("j1", 3)).await;
+    session.send_assignment(wait("j1", 4)).await;
+    session.send_assignment(wait("j2", 5)).await;
+    let cancel = |job_id: &str, epoch| {
+        coordinator_message::Message::Cancel(CancelAssignment {
+            job_id: job_id.into(),
+            attempt: 1,
+            reason: "test".into(),
+            epoch,
+        })
+    };
+    session.send(cancel("j1", 2)).await;
+    session.expect_quiet(Duration::from_millis(200)).await;
+
+    for epoch in [4, 3] {
+        session.send(cancel("j1", epoch)).await;
+        let result = session.expect_result().await;
+        assert_eq!(
+            (result.job_id.as_str(), result.attempt, result.epoch),
+            ("j1", 1, epoch),
+            "only the attempt of that epoch stops, and its result says which it was"
+        );
+        session.expect(credit()).await;
+    }
+    // Without an epoch, a cancel names the attempt by its number.
+    session.send(cancel("j2", 0)).await;
+    let result = session.expect_result().await;
+    assert_eq!((result.job_id.as_str(), result.epoch), ("j2", 5));
+    session.expect(credit()).await;
+
+    started.shutdown.cancel();
+    drop(session);
+    started.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_kept_between_streams_is_presented_with_its_epoch() {
+    let mut coordinator = Coordinator::start().await;
+    let (worker, steering) = worker(&coordinator.url, 2);
+    let mut started = start(worker);
+    let mut session = coordinator.session().await;
+    session.welcome(Duration::from_millis(100), true).await;
+    session.assign("j1", 2, "hold", "").await;
+    session.expect_quiet(Duration::from_millis(100)).await;
+    drop(session);
+    started
+        .wait_for(|s| *s == ConnectionState::Disconnected)
+        .await;
+
+    // The next stream is never welcomed; meanwhile the handler returns, between streams.
+    let session = coordinator.session().await;
+    assert_eq!(held(&session.hello), [("j1", 2, EPOCH, false)]);
+    steering.gate.add_permits(1);
+    drop(session);
+
+    let mut session = coordinator.session().await;
+    assert_eq!(held(&session.hello), [("j1", 2, EPOCH, true)]);
+    let result = session.expect_result().await;
+    assert_eq!(
+        (result.job_id.as_str(), result.attempt, result.epoch),
+        ("j1", 2, EPOCH)
+    );
+    session.welcome(Duration::from_millis(100), true).await;
+    session.expect_quiet(Duration::from_millis(200)).await;
 
     started.shutdown.cancel();
     drop(session);
@@ -280,17 +378,20 @@ async fn returned_then_credit(
         Some(Message::Result(result)) => result,
         other => panic!("expected {job_id}'s result, got {other:?}"),
     };
-    assert_eq!((result.job_id.as_str(), result.attempt), (job_id, attempt));
+    assert_eq!(
+        (result.job_id.as_str(), result.attempt, result.epoch),
+        (job_id, attempt, EPOCH)
+    );
     session.expect(credit()).await;
     result
 }
 
-/// The attempts a hello presents as held: (job, attempt, finished).
-fn held(hello: &switchyard_proto::v1::Hello) -> Vec<(&str, u32, bool)> {
+/// The attempts a hello presents as held: (job, attempt, epoch, finished).
+fn held(hello: &switchyard_proto::v1::Hello) -> Vec<(&str, u32, u64, bool)> {
     hello
         .held
         .iter()
-        .map(|h| (h.job_id.as_str(), h.attempt, h.finished))
+        .map(|h| (h.job_id.as_str(), h.attempt, h.epoch, h.finished))
         .collect()
 }
 
@@ -317,7 +418,7 @@ async fn a_lost_stream_keeps_its_handlers_running_for_the_next_stream_to_adopt()
     );
     // The whole capacity, and the attempt it still runs.
     assert_eq!(session.hello.slots, 2);
-    assert_eq!(held(&session.hello), [("j1", 1, false)]);
+    assert_eq!(held(&session.hello), [("j1", 1, EPOCH, false)]);
     session
         .welcome_adopting(Duration::from_millis(100), true, &[("j1", 1)])
         .await;
@@ -350,7 +451,7 @@ async fn a_held_attempt_the_coordinator_did_not_adopt_is_stopped() {
         .await;
 
     let mut session = coordinator.session().await;
-    assert_eq!(held(&session.hello), [("j1", 1, false)]);
+    assert_eq!(held(&session.hello), [("j1", 1, EPOCH, false)]);
     // Too late: the coordinator gave it to someone else.
     session.welcome(Duration::from_millis(100), true).await;
     let fired = tokio::time::timeout(STEP, steering.fired.recv()).await;
@@ -417,7 +518,7 @@ async fn a_draining_coordinator_gets_its_jobs_back_and_the_worker_returns() {
     // Released, its handler has not returned yet: it is presented as still running, which
     // the coordinator leaves out of its credit (and does not adopt).
     assert_eq!(session.hello.slots, 2);
-    assert_eq!(held(&session.hello), [("j1", 3, false)]);
+    assert_eq!(held(&session.hello), [("j1", 3, EPOCH, false)]);
     session.welcome(Duration::from_millis(100), true).await;
     started
         .wait_for(|s| matches!(s, ConnectionState::Connected { connection: 2, .. }))
@@ -583,7 +684,7 @@ async fn a_coordinator_that_holds_keeps_the_handlers_running_across_its_restart(
     drop(session);
     let mut session = coordinator.session().await;
     assert!(steering.fired.try_recv().is_err(), "nothing was stopped");
-    assert_eq!(held(&session.hello), [("j1", 2, false)]);
+    assert_eq!(held(&session.hello), [("j1", 2, EPOCH, false)]);
     session
         .welcome_adopting(Duration::from_millis(100), true, &[("j1", 2)])
         .await;

@@ -58,6 +58,8 @@ pub struct RunningAttempt {
     pub job: ReadyJob,
     pub attempt: u32,
     pub worker_id: String,
+    /// The coordinator run that started it: with `attempt`, its fencing token.
+    pub epoch: u64,
     /// When the attempt must end: the sooner of the job's deadline and its timeout.
     pub ends_ms: Option<i64>,
 }

@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     pub session: u64,
     /// The worker it was given to: only that worker may reclaim it.
     pub worker_id: String,
+    /// The run that started it: with the key, its fencing token.
+    pub epoch: u64,
     pub phase: Phase,
     /// Found running when the coordinator started (not handed out by this process): if
     /// nobody reclaims it, it was interrupted, not lost.
@@ -94,6 +96,7 @@ impl Attempts {
     pub(crate) fn start(
         &mut self,
         key: Key,
+        epoch: u64,
         session: u64,
         worker_id: String,
         job: ReadyJob,
@@ -103,6 +106,7 @@ impl Attempts {
             Entry {
                 session,
                 worker_id,
+                epoch,
                 phase: Phase::Starting,
                 recovered: false,
                 job,
@@ -112,12 +116,19 @@ impl Attempts {
 
     /// An attempt found running at start, detached until its worker reclaims it. False (and
     /// nothing changes) if the key is taken.
-    pub(crate) fn recovered(&mut self, key: Key, worker_id: String, job: ReadyJob) -> bool {
+    pub(crate) fn recovered(
+        &mut self,
+        key: Key,
+        epoch: u64,
+        worker_id: String,
+        job: ReadyJob,
+    ) -> bool {
         self.insert(
             key,
             Entry {
                 session: NO_SESSION,
                 worker_id,
+                epoch,
                 phase: Phase::Detached,
                 recovered: true,
                 job,
@@ -225,12 +236,12 @@ mod tests {
         let mut t = Attempts::default();
         let a = (test_id(1), 1);
         let b = (test_id(2), 1);
-        assert!(t.start(a, 7, "w".into(), job(1, "q", 0, 1)));
+        assert!(t.start(a, 1, 7, "w".into(), job(1, "q", 0, 1)));
         assert!(
-            !t.start(a, 8, "w".into(), job(1, "q", 0, 1)),
+            !t.start(a, 1, 8, "w".into(), job(1, "q", 0, 1)),
             "one entry per attempt"
         );
-        assert!(t.start(b, 7, "w".into(), job(2, "q", 0, 2)));
+        assert!(t.start(b, 1, 7, "w".into(), job(2, "q", 0, 2)));
         assert_eq!(t.busy(7), 2);
         t.set_phase(&a, Phase::Running);
         assert_eq!(t.busy(7), 2);
@@ -256,7 +267,7 @@ mod tests {
     fn a_detached_attempt_leaves_its_session_and_is_adopted_by_another() {
         let mut t = Attempts::default();
         let a = (test_id(1), 1);
-        assert!(t.start(a, 7, "w".into(), job(1, "q", 0, 1)));
+        assert!(t.start(a, 1, 7, "w".into(), job(1, "q", 0, 1)));
         t.set_phase(&a, Phase::Running);
         assert!(t.detach(&a));
         assert_eq!(t.busy(7), 0, "a detached attempt has no session");
@@ -272,7 +283,7 @@ mod tests {
         );
         assert!(!t.adopt(&a, 10), "only a detached attempt can be adopted");
         let r = (test_id(2), 3);
-        assert!(t.recovered(r, "w".into(), job(2, "q", 0, 2)));
+        assert!(t.recovered(r, 1, "w".into(), job(2, "q", 0, 2)));
         assert_eq!(t.detached_of("w"), [r]);
         assert!(t.get(&r).is_some_and(|e| e.recovered));
         assert_eq!(t.detached(), 1);

@@ -46,6 +46,17 @@ pub(crate) enum Effect {
     Refused { job_id: JobId, attempt: u32 },
 }
 
+/// An attempt a reconnecting worker says it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub key: Key,
+    /// The epoch of its token; 0 from a worker written before epochs, which is fenced by the
+    /// attempt number alone.
+    pub epoch: u64,
+    /// Its handler has returned: its result follows.
+    pub finished: bool,
+}
+
 /// Why an attempt's end timer fired.
 const DEADLINE_PASSED: &str = "the job's deadline passed";
 const TIMEOUT_PASSED: &str = "the attempt's timeout passed";
@@ -67,6 +78,8 @@ pub(crate) struct Core {
     reclaim: Timers<Key>,
     /// How long a detached attempt waits for its worker; zero loses it at once.
     grace: Duration,
+    /// This run's epoch: every attempt it starts carries it in its fencing token.
+    epoch: u64,
     /// The soonest a rate limit that held a job back has a token again.
     rate_wake: Option<Instant>,
     attempts: Attempts,
@@ -97,6 +110,7 @@ impl Core {
             attempt_ends: Timers::default(),
             reclaim: Timers::default(),
             grace: Duration::ZERO,
+            epoch: 0,
             rate_wake: None,
             attempts: Attempts::default(),
             sessions: Sessions::default(),
@@ -114,6 +128,11 @@ impl Core {
     /// How long the attempts of a lost stream wait for their worker to come back.
     pub(crate) fn set_reconnect_grace(&mut self, grace: Duration) {
         self.grace = grace;
+    }
+
+    /// The epoch the store took for this run ([`crate::store::Recovered::epoch`]).
+    pub(crate) fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
     }
 
     // --- queued jobs -------------------------------------------------------------------
@@ -331,11 +350,12 @@ impl Core {
                 self.starts.push(Start {
                     job_id,
                     attempt,
+                    epoch: self.epoch,
                     session: id,
                     worker_id: worker_id.clone(),
                 });
                 self.attempts
-                    .start((job_id, attempt), id, worker_id.clone(), job);
+                    .start((job_id, attempt), self.epoch, id, worker_id.clone(), job);
                 progress = true;
             }
             if !progress {
@@ -539,16 +559,17 @@ impl Core {
 
     /// A worker's new session. `held` are the attempts it says it still holds from earlier
     /// streams (with whether each has finished: its result follows). Those that are still
-    /// current and were given to this worker are re-adopted and returned; the worker's other
-    /// detached attempts are ended at once, since it no longer has them. Its credit is its
-    /// slots less the held attempts still running (their slots come back with `Credit`).
-    pub(crate) fn connect(&mut self, info: SessionInfo, held: &[(Key, bool)]) -> Vec<Key> {
+    /// current (the same number, started in the same epoch) and were given to this worker are
+    /// re-adopted and returned; the worker's other detached attempts are ended at once, since
+    /// it no longer has them. Its credit is its slots less the held attempts still running
+    /// (their slots come back with `Credit`).
+    pub(crate) fn connect(&mut self, info: SessionInfo, held: &[Held]) -> Vec<Key> {
         tracing::info!(worker = %info.worker_id, session = info.id, slots = info.slots, held = held.len(), "worker session started");
         let id = info.id;
         let worker_id = info.worker_id.clone();
         let tenant = info.tenant.clone();
         let slots = info.slots;
-        let still_running = held.iter().filter(|(_, finished)| !finished).count() as u32;
+        let still_running = held.iter().filter(|h| !h.finished).count() as u32;
         // A worker that reconnects replaces its old session at once: what that one ran is
         // detached, for this one to adopt.
         let older = self.sessions.connect(info, self.clock.now_ms());
@@ -556,10 +577,11 @@ impl Core {
             self.drop_session(old, "the worker connected again");
         }
         let mut adopted = Vec::new();
-        for &(key, _) in held {
+        for &Held { key, epoch, .. } in held {
             let ours = self.attempts.get(&key).is_some_and(|e| {
                 e.phase == Phase::Detached
                     && e.worker_id == worker_id
+                    && (epoch == e.epoch || epoch == 0)
                     && tenant
                         .as_ref()
                         .is_none_or(|t| e.job.tenant_id.as_ref() == Some(t))
@@ -588,7 +610,7 @@ impl Core {
         for r in running {
             let key = (r.job.id, r.attempt);
             let (scopes, weight) = (r.job.scopes(), r.job.weight);
-            if !self.attempts.recovered(key, r.worker_id, r.job) {
+            if !self.attempts.recovered(key, r.epoch, r.worker_id, r.job) {
                 continue;
             }
             // Only for an attempt the table took: `retire` gives back what it holds.

@@ -38,6 +38,7 @@ use switchyard_telemetry::{Attribute, Kind, Span, Status};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub use self::core::Held;
 pub use sessions::SessionInfo;
 
 use self::core::{Core, Effect};
@@ -85,7 +86,7 @@ pub(crate) enum Message {
     Connect {
         info: SessionInfo,
         /// Attempts the worker says it still holds, and whether each has finished.
-        held: Vec<((JobId, u32), bool)>,
+        held: Vec<Held>,
         link: Link,
         reply: oneshot::Sender<Vec<(JobId, u32)>>,
     },
@@ -139,6 +140,7 @@ pub(crate) enum Message {
 pub struct Scheduler {
     inbox: mpsc::Sender<Message>,
     refused: Arc<AtomicU64>,
+    epoch: u64,
 }
 
 impl Scheduler {
@@ -155,8 +157,10 @@ impl Scheduler {
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
         let refused = Arc::new(AtomicU64::new(0));
+        let epoch = recovered.epoch;
         let mut core = Core::new(Clock::System);
         core.set_reconnect_grace(reconnect_grace);
+        core.set_epoch(epoch);
         for quota in &recovered.quotas {
             core.set_quota(quota);
         }
@@ -187,12 +191,30 @@ impl Scheduler {
             }
             .run(),
         );
-        (Scheduler { inbox: tx, refused }, task)
+        (
+            Scheduler {
+                inbox: tx,
+                refused,
+                epoch,
+            },
+            task,
+        )
     }
 
     /// Results refused since start because their attempt was stale.
     pub fn refused_results(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A result refused before it reached the scheduler: its token names no attempt this
+    /// coordinator knows (an epoch it did not adopt).
+    pub fn refused_result(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This run's epoch: the assignments it sends carry it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     async fn send(&self, message: Message) -> Result<()> {
@@ -237,7 +259,7 @@ impl Scheduler {
     pub async fn connect(
         &self,
         info: SessionInfo,
-        held: Vec<((JobId, u32), bool)>,
+        held: Vec<Held>,
         link: Link,
     ) -> Result<Vec<(JobId, u32)>> {
         self.ask(|reply| Message::Connect {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use super::{
     attempts::Phase,
-    core::{Core, Effect},
+    core::{Core, Effect, Held},
     lanes::tests::{job, test_id},
     sessions::tests::info,
     timers::Clock,
@@ -572,6 +572,15 @@ fn graced() -> Core {
     core
 }
 
+/// An attempt a reconnecting worker holds, from a worker that sends no epoch.
+fn holds(id: u128, attempt: u32, finished: bool) -> Held {
+    Held {
+        key: (test_id(id), attempt),
+        epoch: 0,
+        finished,
+    }
+}
+
 /// Session `id` of worker `w1`.
 fn again(id: u64, slots: u32) -> crate::scheduler::SessionInfo {
     crate::scheduler::SessionInfo {
@@ -608,7 +617,7 @@ async fn a_lost_stream_keeps_its_attempts_for_their_worker_to_reclaim() {
     );
     tokio::time::advance(GRACE / 2).await;
     core.tick();
-    let adopted = core.connect(again(2, 2), &[((test_id(1), 1), false)]);
+    let adopted = core.connect(again(2, 2), &[holds(1, 1, false)]);
     assert_eq!(adopted, [(test_id(1), 1)]);
     assert!(picked(&mut core).is_empty(), "the permit is still its");
     tokio::time::advance(GRACE).await;
@@ -644,7 +653,7 @@ async fn an_attempt_nobody_reclaims_within_the_grace_is_lost_and_its_late_result
         [(_, 1, Outcome::Lost(_))]
     ));
     // Too late: the worker comes back with it and its result.
-    let adopted = core.connect(again(2, 1), &[((test_id(1), 1), true)]);
+    let adopted = core.connect(again(2, 1), &[holds(1, 1, true)]);
     assert!(adopted.is_empty(), "replaced, not re-adopted");
     core.result(2, test_id(1), 1, Outcome::Succeeded(vec![]));
     assert!(matches!(
@@ -661,7 +670,7 @@ async fn a_worker_that_comes_back_without_an_attempt_loses_it_at_once() {
     core.connect(info(1, &["q"], &[], 2), &[]);
     assert_eq!(picked(&mut core).len(), 2);
     core.drop_session(1, "gone");
-    let adopted = core.connect(again(2, 2), &[((test_id(2), 1), false)]);
+    let adopted = core.connect(again(2, 2), &[holds(2, 1, false)]);
     assert_eq!(adopted, [(test_id(2), 1)]);
     let lost = finishes(&mut core);
     assert!(
@@ -670,7 +679,7 @@ async fn a_worker_that_comes_back_without_an_attempt_loses_it_at_once() {
     );
     // Another worker cannot claim what was given to w1.
     core.drop_session(2, "gone again");
-    let thief = core.connect(info(3, &["q"], &[], 2), &[((test_id(2), 1), false)]);
+    let thief = core.connect(info(3, &["q"], &[], 2), &[holds(2, 1, false)]);
     assert!(thief.is_empty());
 }
 
@@ -683,7 +692,7 @@ async fn credit_leaves_out_the_held_attempts_still_running() {
     core.connect(info(1, &["q"], &[], 4), &[]);
     assert_eq!(picked(&mut core).len(), 4);
     core.drop_session(1, "blip");
-    let held: Vec<_> = (1..=4).map(|i| ((test_id(i), 1), i == 4)).collect();
+    let held: Vec<_> = (1..=4).map(|i| holds(i, 1, i == 4)).collect();
     assert_eq!(core.connect(again(2, 4), &held).len(), 4);
     // Three handlers still run: one slot is free.
     assert_eq!(picked(&mut core).len(), 1);
@@ -700,6 +709,7 @@ async fn attempts_running_at_a_restart_wait_for_their_workers_then_are_interrupt
         job: job(id, "q", 0, id as i64),
         attempt: 1,
         worker_id: "w1".into(),
+        epoch: 0,
         ends_ms: None,
     };
     core.recovered(vec![running(1), running(2)]);
@@ -714,13 +724,67 @@ async fn attempts_running_at_a_restart_wait_for_their_workers_then_are_interrupt
         picked(&mut core).is_empty(),
         "the quota is full of what still runs"
     );
-    let adopted = core.connect(again(2, 4), &[((test_id(1), 1), false)]);
+    let adopted = core.connect(again(2, 4), &[holds(1, 1, false)]);
     assert_eq!(adopted, [(test_id(1), 1)]);
     let ended = finishes(&mut core);
     assert!(
         matches!(ended.as_slice(), [(id, 1, Outcome::Interrupted(_))] if *id == test_id(2)),
         "w1 came back without job 2: {ended:?}"
     );
+}
+
+/// After a crash that lost a start, the next run hands the same attempt number out again
+/// under a higher epoch: a worker that holds the number from the lost start, or from a run
+/// before the one that really started the attempt, holds another attempt and is not adopted.
+#[tokio::test(start_paused = true)]
+async fn a_held_attempt_is_adopted_only_with_the_epoch_it_was_started_in() {
+    let mut core = graced();
+    core.set_epoch(7);
+    core.recovered(vec![crate::domain::RunningAttempt {
+        job: job(1, "q", 0, 1),
+        attempt: 1,
+        worker_id: "w1".into(),
+        epoch: 5,
+        ends_ms: None,
+    }]);
+    let from = |epoch| Held {
+        key: (test_id(1), 1),
+        epoch,
+        finished: false,
+    };
+    assert!(
+        core.connect(again(2, 1), &[from(6)]).is_empty(),
+        "started in epoch 5, not 6"
+    );
+    let ended = finishes(&mut core);
+    assert!(
+        matches!(ended.as_slice(), [(_, 1, Outcome::Interrupted(_))]),
+        "{ended:?}"
+    );
+
+    let mut core = graced();
+    core.set_epoch(7);
+    core.recovered(vec![crate::domain::RunningAttempt {
+        job: job(1, "q", 0, 1),
+        attempt: 1,
+        worker_id: "w1".into(),
+        epoch: 5,
+        ends_ms: None,
+    }]);
+    assert_eq!(core.connect(again(2, 1), &[from(5)]), [(test_id(1), 1)]);
+    assert!(finishes(&mut core).is_empty());
+}
+
+/// What a run starts carries its epoch to the store.
+#[tokio::test(start_paused = true)]
+async fn starts_carry_the_runs_epoch() {
+    let mut core = graced();
+    core.set_epoch(42);
+    core.enqueue(job(1, "q", 0, 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
+    core.pick();
+    let ops = core.plan(RETRY).expect("a start");
+    assert_eq!(ops.starts.iter().map(|s| s.epoch).collect::<Vec<_>>(), [42]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -730,6 +794,7 @@ async fn a_recovered_attempt_nobody_reclaims_is_interrupted_when_the_window_clos
         job: job(1, "q", 0, 1),
         attempt: 2,
         worker_id: "gone".into(),
+        epoch: 0,
         ends_ms: None,
     }]);
     core.tick();

@@ -167,6 +167,7 @@ pub(crate) fn start(job: &ReadyJob) -> Start {
     Start {
         job_id: job.id,
         attempt: job.attempt + 1,
+        epoch: 1,
         session: 1,
         worker_id: "w1".into(),
     }
@@ -531,6 +532,45 @@ async fn a_restart_keeps_what_was_running_for_its_worker(mut b: Backend) {
     let job = b.store.get(second.id).await.expect("get").expect("the job");
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.attempts[0].outcome, AttemptOutcome::Interrupted);
+}
+
+/// Each recovery takes a higher epoch than any before it, and an attempt found running comes
+/// back with the epoch of the run that started it: the two halves of its fencing token.
+async fn each_run_takes_a_new_epoch_and_attempts_keep_theirs(mut b: Backend) {
+    let first = b.store.recover().await.expect("recover").epoch;
+    assert!(first > 0, "0 is the epoch of workers that send none");
+    let job = submit(b.store.as_ref(), vec![new_job("q")], None).await[0]
+        .ready
+        .clone()
+        .expect("ready");
+    b.store
+        .transition(transitions(
+            vec![],
+            vec![Start {
+                epoch: first,
+                ..start(&job)
+            }],
+        ))
+        .await
+        .expect("start");
+    b.restart().await;
+    let second = b.store.recover().await.expect("recover");
+    assert!(second.epoch > first, "{} after {first}", second.epoch);
+    assert_eq!(
+        second
+            .running
+            .iter()
+            .map(|r| (r.job.id, r.attempt, r.epoch))
+            .collect::<Vec<_>>(),
+        [(job.id, 1, first)]
+    );
+    b.restart().await;
+    let third = b.store.recover().await.expect("recover");
+    assert!(third.epoch > second.epoch);
+    assert_eq!(
+        third.running[0].epoch, first,
+        "still the run that started it"
+    );
 }
 
 /// Quotas and paused queues are kept across restarts.
@@ -1998,6 +2038,12 @@ macro_rules! suite {
                 super::cancels_reach_dependents_and_fence_running_attempts(super::$backend().await)
                     .await;
             }
+            #[tokio::test]
+            async fn each_run_takes_a_new_epoch_and_attempts_keep_theirs() {
+                super::each_run_takes_a_new_epoch_and_attempts_keep_theirs(super::$backend().await)
+                    .await;
+            }
+
             #[tokio::test]
             async fn a_restart_keeps_what_was_running_for_its_worker() {
                 super::a_restart_keeps_what_was_running_for_its_worker(super::$backend().await)

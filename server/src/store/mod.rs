@@ -264,6 +264,9 @@ pub struct Recovered {
     pub running: Vec<RunningAttempt>,
     pub quotas: Vec<Quota>,
     pub paused: Vec<String>,
+    /// This run's epoch, taken (durably) by the recovery: one more than any before it. The
+    /// attempts it starts carry it in their fencing token (workers.proto, point 3).
+    pub epoch: u64,
 }
 
 /// A job to insert, validated and with its id chosen.
@@ -339,10 +342,11 @@ pub enum Durability {
     /// Before it is answered: its caller is told it is stored. Every write but one.
     #[default]
     BeforeReply,
-    /// With the next write that is. A `Run`'s submit: its caller hears of nothing but the
-    /// finished job, and the job is dispatched only once its start has committed, durably,
-    /// which makes the submit durable too (a log is made durable in the order it was
-    /// written). Lost to a power cut before then, it was a job nobody had been told of.
+    /// With the next write that is (a log is made durable in the order it was written).
+    /// A `Run`'s submit: its caller hears of nothing but the finished job, whose end commits
+    /// durably, which makes the submit durable too; lost to a power cut before then, it was a
+    /// job nobody had been told of. And a transition of starts alone
+    /// ([`Transitions::durability`]): epochs fence what a lost start handed out.
     WithNext,
 }
 
@@ -392,6 +396,8 @@ pub struct Start {
     pub job_id: JobId,
     /// The attempt it starts: the job's next.
     pub attempt: u32,
+    /// The run that starts it (`Recovered::epoch`), stored with the attempt.
+    pub epoch: u64,
     pub session: u64,
     pub worker_id: String,
 }
@@ -480,6 +486,20 @@ pub struct Transitions {
 impl Transitions {
     pub fn is_empty(&self) -> bool {
         self.finishes.is_empty() && self.expire.is_empty() && self.starts.is_empty()
+    }
+
+    /// Starts alone need no fsync of their own: what follows their commit is an assignment,
+    /// whose token carries this run's epoch, and nobody else is told anything. Lost to a power
+    /// cut, a start leaves its job queued at the attempt before; the next run hands that
+    /// attempt out again under a higher epoch, and the lost one's result, progress or
+    /// reclaim matches nothing. Finishes and expiries end jobs that callers are then told of:
+    /// they are durable before that.
+    pub fn durability(&self) -> Durability {
+        if self.finishes.is_empty() && self.expire.is_empty() {
+            Durability::WithNext
+        } else {
+            Durability::BeforeReply
+        }
     }
 }
 

@@ -130,11 +130,13 @@ pub(super) fn attempt_ends(
 pub(super) fn recovered(
     job: ReadyJob,
     worker_id: Option<String>,
+    epoch: u64,
     started_at_ms: Option<i64>,
     timeout_ms: Option<i64>,
 ) -> RunningAttempt {
     RunningAttempt {
         attempt: job.attempt,
+        epoch,
         ends_ms: attempt_ends(job.deadline_ms, started_at_ms, timeout_ms),
         // As it was queued: its next attempt was this one.
         job: ReadyJob {

@@ -18,6 +18,9 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 pub const STEP: Duration = Duration::from_secs(5);
+/// The epoch of the scripted coordinator's run: its assignments carry it, and the worker's
+/// messages about them must carry it back.
+pub const EPOCH: u64 = 7;
 
 /// One `Connect` stream, from the coordinator's side.
 pub struct Session {
@@ -52,7 +55,7 @@ impl Session {
         self.welcome_adopting(interval, ping, &[]).await;
     }
 
-    /// A welcome that re-adopts these held attempts.
+    /// A welcome that re-adopts these held attempts (of [`EPOCH`]).
     pub async fn welcome_adopting(
         &mut self,
         interval: Duration,
@@ -68,6 +71,7 @@ impl Session {
                     job_id: (*job_id).into(),
                     attempt: *attempt,
                     finished: false,
+                    epoch: EPOCH,
                 })
                 .collect(),
             ..Default::default()
@@ -94,10 +98,12 @@ impl Session {
         }
     }
 
+    /// Assigns `job_id`'s `attempt` of [`EPOCH`].
     pub async fn assign(&self, job_id: &str, attempt: u32, kind: &str, payload: &str) {
         self.send_assignment(Assignment {
             job_id: job_id.into(),
             attempt,
+            epoch: EPOCH,
             queue: "default".into(),
             kind: kind.into(),
             payload: payload.into(),
@@ -167,10 +173,12 @@ pub fn credit() -> Message {
     Message::Credit(Credit { slots: 1 })
 }
 
+/// The release of `job_id`'s `attempt` of [`EPOCH`].
 pub fn release(job_id: &str, attempt: u32) -> Message {
     Message::Release(Release {
         job_id: job_id.into(),
         attempt,
+        epoch: EPOCH,
     })
 }
 

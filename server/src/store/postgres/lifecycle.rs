@@ -8,7 +8,9 @@ use crate::store::rules::{self, Current, EXPIRED_BEFORE_RUNNING};
 use crate::{
     domain::{AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, RunningAttempt},
     error::{Error, Result},
-    store::{Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
+    store::{
+        Durability, Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions,
+    },
 };
 
 /// Its timeout is the attempt's: the job's own, or else its queue's default. Locked: what
@@ -54,6 +56,13 @@ pub(super) async fn transition(
     }
     for id in &ops.expire {
         expire(conn, *id, now, &mut out).await?;
+    }
+    if ops.durability() == Durability::WithNext {
+        // Starts alone: their commit does not wait for the WAL flush (the epoch fences what
+        // a lost one handed out); the next synchronous commit flushes it too.
+        sqlx::query("SET LOCAL synchronous_commit TO OFF")
+            .execute(&mut *conn)
+            .await?;
     }
     if !ops.starts.is_empty() {
         start_all(conn, &ops.starts, now, &mut out).await?;
@@ -478,9 +487,10 @@ async fn end_job(
 /// Starts every attempt of a round in one statement, with their attempts' rows; a start
 /// whose job is no longer queued at the attempt before is not one.
 const START_ALL: &str = "WITH s AS (
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS s(id, attempt, worker_id)),
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $5::bigint[])
+            AS s(id, attempt, worker_id, epoch)),
     started AS (UPDATE jobs SET state = 20 /* running */, attempt = s.attempt,
-            worker_id = s.worker_id, started_at_ms = $4
+            worker_id = s.worker_id, started_at_ms = $4, epoch = s.epoch
         FROM s WHERE jobs.id = s.id AND jobs.state = 10 /* queued */
             AND jobs.attempt = s.attempt - 1
         RETURNING jobs.seq, jobs.attempt, jobs.queue, jobs.kind, jobs.payload, jobs.deadline_ms,
@@ -504,11 +514,13 @@ async fn start_all(
     let ids: Vec<String> = starts.iter().map(|s| s.job_id.to_string()).collect();
     let attempts: Vec<i64> = starts.iter().map(|s| i64::from(s.attempt)).collect();
     let workers: Vec<&str> = starts.iter().map(|s| s.worker_id.as_str()).collect();
+    let epochs: Vec<i64> = starts.iter().map(|s| s.epoch as i64).collect();
     let rows = sqlx::query(START_ALL)
         .bind(&ids)
         .bind(&attempts)
         .bind(&workers)
         .bind(now)
+        .bind(&epochs)
         .fetch_all(&mut *conn)
         .await?;
     let mut started = std::collections::HashMap::with_capacity(rows.len());
@@ -650,12 +662,13 @@ pub(super) async fn requeue(
 }
 
 /// At start: what was running (still running, for its workers to reclaim) and every job that
-/// is ready to run (queued, and all its dependencies succeeded). Reads only.
+/// is ready to run (queued, and all its dependencies succeeded).
 pub(super) async fn recover(pool: &PgPool) -> Result<(Vec<ReadyJob>, Vec<RunningAttempt>)> {
     let running = sqlx::query(AssertSqlSafe(format!(
         "SELECT {READY_COLUMNS}, worker_id, started_at_ms,
             coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas
-                                  WHERE scope = 'queue:' || j.queue))
+                                  WHERE scope = 'queue:' || j.queue)),
+            epoch
          FROM jobs j WHERE state = 20 /* running */ ORDER BY seq"
     )))
     .fetch_all(pool)
@@ -666,7 +679,14 @@ pub(super) async fn recover(pool: &PgPool) -> Result<(Vec<ReadyJob>, Vec<Running
         let worker_id: Option<String> = row.col(11)?;
         let started_at_ms: Option<i64> = row.col(12)?;
         let timeout_ms: Option<i64> = row.col(13)?;
-        Ok(rules::recovered(job, worker_id, started_at_ms, timeout_ms))
+        let epoch: i64 = row.col(14)?;
+        Ok(rules::recovered(
+            job,
+            worker_id,
+            epoch as u64,
+            started_at_ms,
+            timeout_ms,
+        ))
     })
     .collect::<Result<Vec<_>>>()?;
     if !running.is_empty() {

@@ -342,10 +342,15 @@ fn retryable(err: &Error) -> bool {
 impl Store for PostgresStore {
     async fn recover(&self) -> Result<Recovered> {
         let conn = &self.priority;
+        // Taken first, and committed (synchronously) before any start can use it.
+        let epoch: i64 = sqlx::query_scalar("UPDATE epochs SET epoch = epoch + 1 RETURNING epoch")
+            .fetch_one(conn)
+            .await?;
         let (ready, running) = lifecycle::recover(conn).await?;
         Ok(Recovered {
             ready,
             running,
+            epoch: epoch as u64,
             quotas: read::quotas(conn)
                 .await?
                 .into_iter()
@@ -416,7 +421,9 @@ impl Store for PostgresStore {
             conn, &ops, now
         )
         .await)?;
-        self.count(ops.finishes.len() + done.started.len() + done.cancelled_dependents.len());
+        let rows = ops.finishes.len() + done.started.len() + done.cancelled_dependents.len();
+        let synced = self.synced && ops.durability() == Durability::BeforeReply;
+        self.counters.record(1, rows as u64, synced);
         self.metrics.record(std::mem::take(&mut done.metrics));
         Ok(done)
     }

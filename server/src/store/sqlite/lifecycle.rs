@@ -6,9 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{READY_COLUMNS, READY_COLUMNS_J, cancel, ready_from_row};
 use crate::store::rules::{self, Current, EXPIRED_BEFORE_RUNNING};
 use crate::{
-    domain::{
-        AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, RunningAttempt, now_ms,
-    },
+    domain::{AttemptOutcome, Dispatch, JobId, JobState, Outcome, ReadyJob, now_ms},
     error::{Error, Result},
     store::{Finish, GroupKey, RetryPolicy, Start, Started, TransitionOutcome, Transitions},
 };
@@ -35,9 +33,10 @@ const NOW_READY_DEPENDENTS: &str = "
                       WHERE d2.job_id = j.id AND p.state != 30 /* succeeded */)";
 /// The scheduler names the attempt it starts: the job's next one. A start that finds the job
 /// no longer queued, or at another attempt, does nothing. The attempt resumes from the last
-/// checkpoint an earlier one stored. Its timeout is the job's own, or else its queue's.
+/// checkpoint an earlier one stored. Its timeout is the job's own, or else its queue's. The
+/// run's epoch is stored beside the attempt: together they are its fencing token.
 const START: &str = "UPDATE jobs SET state = 20 /* running */, attempt = ?4, worker_id = ?1,
-        started_at_ms = ?2
+        started_at_ms = ?2, epoch = ?5
     WHERE id = ?3 AND state = 10 /* queued */ AND attempt = ?4 - 1
     RETURNING seq, attempt, queue, kind, payload, deadline_ms, traceparent, tracestate, labels,
         group_id, tenant_id, max_attempts, depends_on,
@@ -423,7 +422,13 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
     let row = conn
         .prepare_cached(START)?
         .query_row(
-            params![start.worker_id, now, start.job_id, start.attempt],
+            params![
+                start.worker_id,
+                now,
+                start.job_id,
+                start.attempt,
+                start.epoch as i64
+            ],
             |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
@@ -540,17 +545,23 @@ pub(super) fn requeue(
     Ok((unfinished == 0).then_some(job))
 }
 
-/// At start: attempts that were running when the coordinator stopped are interrupted and
-/// their jobs go back to the queue (not counted as failures). Returns every job that is ready
-/// to run (queued, and all its dependencies succeeded).
-pub(super) fn recover(conn: &Connection) -> Result<(Vec<ReadyJob>, Vec<RunningAttempt>)> {
+/// At start: takes this run's epoch (one more than the last run's), finds the attempts that
+/// were running when the coordinator stopped, and every job that is ready to run (queued, and
+/// all its dependencies succeeded).
+pub(super) fn recover(conn: &Connection) -> Result<super::writer::Recovering> {
+    let epoch: i64 = conn.query_row(
+        "UPDATE epochs SET epoch = epoch + 1 RETURNING epoch",
+        [],
+        |row| row.get(0),
+    )?;
     // Attempts that were running stay running: their workers may still hold them and come
     // back for them within the reclaim window. The scheduler ends those nobody reclaims.
     let running = conn
         .prepare(&format!(
             "SELECT {READY_COLUMNS}, worker_id, started_at_ms,
                 coalesce(timeout_ms, (SELECT attempt_timeout_ms FROM quotas
-                                      WHERE scope = 'queue:' || j.queue))
+                                      WHERE scope = 'queue:' || j.queue)),
+                epoch
              FROM jobs j WHERE state = 20 /* running */"
         ))?
         .query_map([], |row| {
@@ -558,7 +569,14 @@ pub(super) fn recover(conn: &Connection) -> Result<(Vec<ReadyJob>, Vec<RunningAt
             let worker_id: Option<String> = row.get(11)?;
             let started_at_ms: Option<i64> = row.get(12)?;
             let timeout_ms: Option<i64> = row.get(13)?;
-            Ok(rules::recovered(job, worker_id, started_at_ms, timeout_ms))
+            let epoch: i64 = row.get(14)?;
+            Ok(rules::recovered(
+                job,
+                worker_id,
+                epoch as u64,
+                started_at_ms,
+                timeout_ms,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if !running.is_empty() {
@@ -576,5 +594,9 @@ pub(super) fn recover(conn: &Connection) -> Result<(Vec<ReadyJob>, Vec<RunningAt
         ))?
         .query_map([], ready_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((ready, running))
+    Ok(super::writer::Recovering {
+        ready,
+        running,
+        epoch: epoch as u64,
+    })
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0010_retention.sql"),
     include_str!("../../../../migrations/sqlite/0011_job_counts.sql"),
     include_str!("../../../../migrations/sqlite/0012_counts_by_writer.sql"),
+    include_str!("../../../../migrations/sqlite/0013_epochs.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

@@ -177,12 +177,17 @@ impl SqliteStore {
 #[tonic::async_trait]
 impl Store for SqliteStore {
     async fn recover(&self) -> Result<Recovered> {
-        let (ready, running) = self
+        let writer::Recovering {
+            ready,
+            running,
+            epoch,
+        } = self
             .call_first(|reply| Command::Recover { reply })
             .await??;
         Ok(Recovered {
             ready,
             running,
+            epoch,
             quotas: self
                 .readers
                 .run(read::quotas)
