@@ -109,6 +109,10 @@ struct SubmitBench {
     /// Calls before measuring, to warm connections and caches.
     #[arg(long, default_value_t = 2_000)]
     warmup: u64,
+    /// Rounds the measured calls are split into, the baseline's and Submit's taking turns: a
+    /// machine whose speed drifts (a busy neighbour) then weighs on both alike.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
     /// Payload size of each job.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
@@ -137,6 +141,24 @@ struct Measure {
 }
 
 impl Measure {
+    /// One measure of several phases of the same calls.
+    fn merged(phases: Vec<Measure>) -> Measure {
+        let mut all = Measure {
+            calls: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+        };
+        for phase in phases {
+            all.calls += phase.calls;
+            all.errors += phase.errors;
+            all.elapsed += phase.elapsed;
+            all.latencies.extend(phase.latencies);
+        }
+        all.latencies.sort_unstable();
+        all
+    }
+
     fn rate(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64()
     }
@@ -577,8 +599,14 @@ async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> any
     drive(args.concurrency, args.warmup, health.clone()).await;
     drive(args.concurrency, args.warmup, submit.clone()).await;
     let before = clients[0].stats().await?.store.unwrap_or_default();
-    let baseline = drive(args.concurrency, args.count, health).await;
-    let submits = drive(args.concurrency, args.count, submit).await;
+    // In turns: each round measures the baseline, then Submit, on the same machine's moment.
+    let (mut baselines, mut submitted) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let calls = args.count / args.rounds + u64::from(round < args.count % args.rounds);
+        baselines.push(drive(args.concurrency, calls, health.clone()).await);
+        submitted.push(drive(args.concurrency, calls, submit.clone()).await);
+    }
+    let (baseline, submits) = (Measure::merged(baselines), Measure::merged(submitted));
     let after = clients[0].stats().await?.store.unwrap_or_default();
 
     let commits = after.commits - before.commits;
@@ -590,6 +618,7 @@ async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> any
             json!({
                 "bench": "submit",
                 "concurrency": args.concurrency,
+                "rounds": args.rounds,
                 "payload_bytes": args.payload_bytes,
                 "connections": args.connections,
                 "coordinator": if args.target.is_some() { url.as_str() } else { "embedded" },
@@ -603,8 +632,9 @@ async fn submit(args: SubmitBench, json_out: bool, log_format: LogFormat) -> any
         );
     } else {
         outln!(
-            "switchyard bench submit: {} calls each, {} in flight, {} connection(s), {}-byte payloads, coordinator {}",
+            "switchyard bench submit: {} calls each in {} rounds, {} in flight, {} connection(s), {}-byte payloads, coordinator {}",
             args.count,
+            args.rounds,
             args.concurrency,
             args.connections,
             args.payload_bytes,

@@ -663,7 +663,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl JobService for JobApi {
-    #[tracing::instrument(skip_all, fields(queue = %request.get_ref().queue, kind = %request.get_ref().kind))]
+    #[tracing::instrument(level = "debug", skip_all, fields(queue = %request.get_ref().queue, kind = %request.get_ref().kind))]
     async fn submit(
         &self,
         request: Request<SubmitRequest>,
@@ -695,7 +695,7 @@ impl JobService for JobApi {
         Ok(Response::new(submit_response(submitted)))
     }
 
-    #[tracing::instrument(skip_all, fields(jobs = request.get_ref().jobs.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(jobs = request.get_ref().jobs.len()))]
     async fn submit_batch(
         &self,
         request: Request<SubmitBatchRequest>,
@@ -754,7 +754,7 @@ impl JobService for JobApi {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         // A reader's token changes nothing.
         Identity::of(&request).require(Role::Client)?;
@@ -957,7 +957,7 @@ impl JobService for JobApi {
         Ok(Response::new(convert::group(group)))
     }
 
-    #[tracing::instrument(skip_all, fields(job.id = %request.get_ref().job_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(job.id = %request.get_ref().job_id))]
     async fn requeue(&self, request: Request<v1::RequeueRequest>) -> Result<Response<Job>, Status> {
         // A reader's token changes nothing.
         Identity::of(&request).require(Role::Client)?;
@@ -1001,7 +1001,7 @@ impl JobService for JobApi {
         Ok(Response::new(self.shown(job).await?))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn cancel(
         &self,
         request: Request<CancelRequest>,
