@@ -3,7 +3,7 @@
 //! result is current) is derived from it, and it is changed only through its own methods, so
 //! the counts it keeps cannot drift from the entries.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 use crate::domain::{JobId, ReadyJob};
 

@@ -3,14 +3,12 @@
 //! on a socket, builds a span or records a metric: it plans the store's next transition
 //! ([`Core::plan`]) and, once that commits, says what the runner must do ([`Effect`]).
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{
+    HashMap, HashSet,
     attempts::{Attempts, Key, Phase},
     explain,
     lanes::Lanes,
@@ -103,7 +101,7 @@ impl Core {
         Core {
             clock,
             lanes: Lanes::default(),
-            delayed: HashMap::new(),
+            delayed: HashMap::default(),
             promote: Timers::default(),
             deadlines: Timers::default(),
             waiting: Timers::default(),
@@ -115,9 +113,9 @@ impl Core {
             attempts: Attempts::default(),
             sessions: Sessions::default(),
             quotas: Quotas::default(),
-            paused: HashSet::new(),
-            depth: HashMap::new(),
-            ended_while_starting: HashSet::new(),
+            paused: HashSet::default(),
+            depth: HashMap::default(),
+            ended_while_starting: HashSet::default(),
             finishes: Vec::new(),
             expire: Vec::new(),
             starts: Vec::new(),
@@ -152,7 +150,10 @@ impl Core {
         if let Some(deadline) = job.deadline_ms {
             self.deadlines.set(job.id, self.clock.instant_at(deadline));
         }
-        *self.depth.entry(job.queue.clone()).or_default() += 1;
+        match self.depth.get_mut(&job.queue) {
+            Some(depth) => *depth += 1,
+            None => drop(self.depth.insert(job.queue.clone(), 1)),
+        }
         if job.run_at_ms > self.clock.now_ms() {
             self.promote
                 .set(job.id, self.clock.instant_at(job.run_at_ms));

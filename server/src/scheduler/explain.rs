@@ -1,7 +1,7 @@
 //! Why a ready job is not running, if it is not simply waiting for a free slot: its queue is
 //! paused, no connected worker serves it, or a quota holds it back.
 
-use std::collections::HashSet;
+use super::HashSet;
 
 use super::{quotas::Quotas, sessions::Sessions};
 use crate::domain::{Blocked, ReadyJob};
@@ -41,7 +41,7 @@ mod tests {
     #[test]
     fn the_first_reason_that_holds_is_given() {
         let (mut paused, mut sessions, mut quotas) =
-            (HashSet::new(), Sessions::default(), Quotas::default());
+            (HashSet::default(), Sessions::default(), Quotas::default());
         let j = job(1, "q", 0, 1);
         assert!(matches!(
             explain(&j, &paused, &sessions, &mut quotas, 0),

@@ -6,12 +6,9 @@
 //! are shared (`Arc`) by every job in them, and each job keeps only what they do not say
 //! (its [`Entry`]); the [`ReadyJob`] is put back together when it leaves.
 
-use std::{
-    cmp::Reverse,
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{cmp::Reverse, collections::BTreeMap, sync::Arc};
 
+use super::HashMap;
 use crate::domain::{JobId, ReadyJob};
 
 /// Order within a bucket: higher priority, then earlier `run_at`, then submission order.

@@ -6,7 +6,7 @@
 //! has more permits out than that. A scope with `rate_per_second` is a token bucket of `burst`
 //! tokens (at least 1): each dispatch takes one.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 use crate::domain::{Blocked, Quota};
 

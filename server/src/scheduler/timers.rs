@@ -3,13 +3,11 @@
 //! each due at an instant. Everything runs on `tokio::time`, so a test can
 //! `tokio::time::pause()` and `advance()` instead of sleeping.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    hash::Hash,
-    time::Duration,
-};
+use std::{collections::BTreeSet, hash::Hash, time::Duration};
 
 use tokio::time::Instant;
+
+use super::HashMap;
 
 /// Wall-clock time for the scheduler.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +57,7 @@ impl<K: Ord + Hash + Copy> Default for Timers<K> {
     fn default() -> Self {
         Timers {
             due: BTreeSet::new(),
-            at: HashMap::new(),
+            at: HashMap::default(),
         }
     }
 }
