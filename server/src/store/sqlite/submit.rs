@@ -148,7 +148,8 @@ pub(super) fn submit(
     // first job with it.
     let mut keys: HashMap<KeyOf<'_>, Bound<'_>> = HashMap::new();
     {
-        let mut find = conn.prepare_cached(FIND_IDEMPOTENT)?;
+        // Statements are taken from the cache only where a job needs them: a lookup costs a
+        // hash of the SQL text.
         for job in jobs {
             let existing = match &job.idempotency_key {
                 Some(key) => {
@@ -156,7 +157,8 @@ pub(super) fn submit(
                     match keys.get(&(job.queue.as_str(), tenant, key.as_str())) {
                         Some((id, state, payload)) => Some((*id, *state, payload.to_vec())),
                         None => {
-                            let found = find
+                            let found = conn
+                                .prepare_cached(FIND_IDEMPOTENT)?
                                 .query_row(params![job.queue, tenant, key, now], |row| {
                                     Ok((
                                         row.get::<_, JobId>(0)?,
@@ -232,9 +234,7 @@ pub(super) fn submit(
         }
     }
     let in_batch: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let mut state_of = conn.prepare_cached(JOB_STATE)?;
     let mut insert = conn.prepare_cached(INSERT_JOB)?;
-    let mut insert_dependency = conn.prepare_cached(INSERT_DEPENDENCY)?;
     for (index, (job, result)) in jobs.iter().zip(results.iter_mut()).enumerate() {
         if result.duplicate {
             continue;
@@ -249,7 +249,8 @@ pub(super) fn submit(
                 JobState::Queued
             } else {
                 // Another tenant's job is, to this caller, no job at all.
-                let found = state_of
+                let found = conn
+                    .prepare_cached(JOB_STATE)?
                     .query_row(params![dep], |row| {
                         Ok((row.get::<_, JobState>(0)?, row.get::<_, String>(1)?))
                     })
@@ -309,8 +310,11 @@ pub(super) fn submit(
             job.parent_attempt,
         ])?;
         let seq = conn.last_insert_rowid();
-        for dep in &depends_on {
-            insert_dependency.execute(params![dep, job.id])?;
+        if !depends_on.is_empty() {
+            let mut insert_dependency = conn.prepare_cached(INSERT_DEPENDENCY)?;
+            for dep in &depends_on {
+                insert_dependency.execute(params![dep, job.id])?;
+            }
         }
         if let Some(key) = &job.idempotency_key {
             conn.prepare_cached(BIND_KEY)?.execute(params![
