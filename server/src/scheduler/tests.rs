@@ -738,15 +738,20 @@ async fn attempts_running_at_a_restart_wait_for_their_workers_then_are_interrupt
 /// before the one that really started the attempt, holds another attempt and is not adopted.
 #[tokio::test(start_paused = true)]
 async fn a_held_attempt_is_adopted_only_with_the_epoch_it_was_started_in() {
-    let mut core = graced();
-    core.set_epoch(7);
-    core.recovered(vec![crate::domain::RunningAttempt {
-        job: job(1, "q", 0, 1),
-        attempt: 1,
-        worker_id: "w1".into(),
-        epoch: 5,
-        ends_ms: None,
-    }]);
+    // Run 7 found job 1's first attempt running, started by run 5 on w1.
+    let restarted = || {
+        let mut core = graced();
+        core.set_epoch(7);
+        core.recovered(vec![crate::domain::RunningAttempt {
+            job: job(1, "q", 0, 1),
+            attempt: 1,
+            worker_id: "w1".into(),
+            epoch: 5,
+            ends_ms: None,
+        }]);
+        core
+    };
+    let mut core = restarted();
     let from = |epoch| Held {
         key: (test_id(1), 1),
         epoch,
@@ -762,15 +767,7 @@ async fn a_held_attempt_is_adopted_only_with_the_epoch_it_was_started_in() {
         "{ended:?}"
     );
 
-    let mut core = graced();
-    core.set_epoch(7);
-    core.recovered(vec![crate::domain::RunningAttempt {
-        job: job(1, "q", 0, 1),
-        attempt: 1,
-        worker_id: "w1".into(),
-        epoch: 5,
-        ends_ms: None,
-    }]);
+    let mut core = restarted();
     assert_eq!(core.connect(again(2, 1), &[from(5)]), [(test_id(1), 1)]);
     assert!(finishes(&mut core).is_empty());
 }
