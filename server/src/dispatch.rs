@@ -8,7 +8,6 @@
 mod progress;
 
 use std::{
-    collections::HashMap,
     pin::Pin,
     sync::{
         Arc,
@@ -34,7 +33,7 @@ use crate::{
     },
     domain::{Dispatch, JobId, Outcome, now_ms},
     error::{Error, Result},
-    scheduler::{Held, Link, Scheduler, SessionInfo, ToWorker},
+    scheduler::{Held, Link, Scheduler, SessionInfo, ToWorker, Token},
     store::Store,
 };
 
@@ -98,29 +97,6 @@ fn held_attempts(held: &[v1::HeldAttempt]) -> Vec<Held> {
             })
         })
         .collect()
-}
-
-/// The fencing tokens a session speaks for (workers.proto, point 3): the attempts of this
-/// run's epoch, and those it re-adopted from earlier runs, each under its own epoch. A message
-/// whose token is neither is about an attempt a crash made this coordinator forget and hand
-/// out again: it is refused here, before it could be taken for the new one.
-#[derive(Clone)]
-struct Tokens {
-    epoch: u64,
-    adopted: Arc<HashMap<(JobId, u32), u64>>,
-}
-
-impl Tokens {
-    /// The epoch of this session's attempt `key`.
-    fn epoch_of(&self, key: (JobId, u32)) -> u64 {
-        self.adopted.get(&key).copied().unwrap_or(self.epoch)
-    }
-
-    /// Whether a message's token names one of this session's attempts (or carries no epoch:
-    /// a worker written before epochs is fenced by the attempt number alone).
-    fn speaks_for(&self, job_id: JobId, attempt: u32, epoch: u64) -> bool {
-        epoch == 0 || epoch == self.epoch_of((job_id, attempt))
-    }
 }
 
 fn check_hello(hello: &v1::Hello) -> Result<()> {
@@ -206,7 +182,6 @@ impl WorkerService for WorkerApi {
             kill: kill.clone(),
         };
         let held = held_attempts(&hello.held);
-        let epochs: HashMap<(JobId, u32), u64> = held.iter().map(|h| (h.key, h.epoch)).collect();
         let heard = Arc::new(AtomicI64::new(now_ms()));
         let adopted = self
             .scheduler
@@ -237,30 +212,20 @@ impl WorkerService for WorkerApi {
             max_result_bytes: self.max_result_bytes as u64,
             adopted: adopted
                 .iter()
-                .map(|&(job_id, attempt)| v1::HeldAttempt {
-                    job_id: job_id.to_string(),
-                    attempt,
-                    epoch: epochs.get(&(job_id, attempt)).copied().unwrap_or_default(),
+                .map(|h| v1::HeldAttempt {
+                    job_id: h.key.0.to_string(),
+                    attempt: h.key.1,
+                    epoch: h.epoch,
                     finished: false,
                 })
                 .collect(),
             reconnect_grace: Some(duration(self.reconnect_grace.as_millis() as i64)),
         }));
-        let tokens = Tokens {
-            epoch: self.scheduler.epoch(),
-            adopted: Arc::new(
-                adopted
-                    .into_iter()
-                    .filter_map(|key| Some((key, *epochs.get(&key)?)))
-                    .collect(),
-            ),
-        };
         let terms = Terms {
             id,
             interval,
             max_result_bytes: self.max_result_bytes,
             heard,
-            tokens: tokens.clone(),
         };
         let (reports, writer) = progress::Reports::start(self.store.clone(), id, self.heartbeat);
         self.sessions.spawn(writer);
@@ -282,7 +247,7 @@ impl WorkerService for WorkerApi {
         };
         let stream = futures::stream::once(async { welcome })
             .chain(futures::stream::select(
-                ReceiverStream::new(rx).map(move |out| to_wire(out, &tokens)),
+                ReceiverStream::new(rx).map(to_wire),
                 ReceiverStream::new(control_rx),
             ))
             .map(Ok)
@@ -299,7 +264,6 @@ struct Terms {
     max_result_bytes: usize,
     /// When the worker's last heartbeat came (wall clock, for `ListWorkers` and the console).
     heard: Arc<AtomicI64>,
-    tokens: Tokens,
 }
 
 /// Forwards the worker's messages and watches the stream's liveness until it ends.
@@ -317,7 +281,6 @@ async fn session(
         interval,
         max_result_bytes,
         heard,
-        tokens,
     } = terms;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -354,16 +317,16 @@ async fn session(
                     }
                     Some(worker_message::Message::Credit(c)) => scheduler.credit(id, c.slots).await,
                     Some(worker_message::Message::Result(r)) => match r.job_id.parse::<JobId>() {
-                        Ok(job_id) if !tokens.speaks_for(job_id, r.attempt, r.epoch) => {
-                            scheduler.refused_result();
-                            tracing::info!(session = id, job.id = %job_id, attempt = r.attempt, epoch = r.epoch, "refused a result from an attempt of an earlier epoch");
-                            Ok(())
-                        }
                         Ok(job_id) => {
+                            let token = Token {
+                                job_id,
+                                attempt: r.attempt,
+                                epoch: r.epoch,
+                            };
                             let outcome = bounded(outcome(r.outcome), max_result_bytes);
                             // Progress the attempt sent before its result is stored first.
-                            reports.written(job_id, r.attempt).await;
-                            scheduler.result(id, job_id, r.attempt, outcome).await
+                            reports.written((job_id, r.attempt, r.epoch)).await;
+                            scheduler.result(id, token, outcome).await
                         }
                         Err(_) => {
                             tracing::warn!(session = id, job.id = %r.job_id, "ignoring a result for no job");
@@ -371,24 +334,22 @@ async fn session(
                         }
                     },
                     Some(worker_message::Message::Release(r)) => match r.job_id.parse::<JobId>() {
-                        Ok(job_id) if !tokens.speaks_for(job_id, r.attempt, r.epoch) => Ok(()),
                         Ok(job_id) => {
+                            let token = Token {
+                                job_id,
+                                attempt: r.attempt,
+                                epoch: r.epoch,
+                            };
                             // A handed-back attempt's last checkpoint is the next one's start.
-                            reports.written(job_id, r.attempt).await;
-                            scheduler.release(id, job_id, r.attempt).await
+                            reports.written((job_id, r.attempt, r.epoch)).await;
+                            scheduler.release(id, token).await
                         }
                         Err(_) => Ok(()),
                     },
                     Some(worker_message::Message::Drain(_)) => scheduler.drain(id).await,
                     Some(worker_message::Message::Hello(_)) => break "a second hello".into(),
                     Some(worker_message::Message::Progress(p)) => {
-                        let ours = p
-                            .job_id
-                            .parse::<JobId>()
-                            .is_ok_and(|job_id| tokens.speaks_for(job_id, p.attempt, p.epoch));
-                        if ours {
-                            reports.add(id, p);
-                        }
+                        reports.add(id, p);
                         Ok(())
                     }
                     None => Ok(()),
@@ -424,31 +385,31 @@ async fn session(
     let _ = scheduler.disconnect(id, reason).await;
 }
 
-/// What the scheduler sends, as the wire carries it, with each attempt's epoch.
-fn to_wire(out: ToWorker, tokens: &Tokens) -> CoordinatorMessage {
+/// What the scheduler sends, as the wire carries it.
+fn to_wire(out: ToWorker) -> CoordinatorMessage {
     message(match out {
         ToWorker::Assign(dispatch) => {
-            coordinator_message::Message::Assignment(assignment(*dispatch, tokens.epoch))
+            coordinator_message::Message::Assignment(assignment(*dispatch))
         }
         ToWorker::Stop {
             job_id,
             attempt,
+            epoch,
             reason,
         } => coordinator_message::Message::Cancel(v1::CancelAssignment {
             job_id: job_id.to_string(),
             attempt,
-            epoch: tokens.epoch_of((job_id, attempt)),
+            epoch,
             reason,
         }),
     })
 }
 
-/// An attempt this run started (so under its epoch).
-fn assignment(d: Dispatch, epoch: u64) -> v1::Assignment {
+fn assignment(d: Dispatch) -> v1::Assignment {
     v1::Assignment {
         job_id: d.job_id.to_string(),
         attempt: d.attempt,
-        epoch,
+        epoch: d.epoch,
         queue: d.queue,
         kind: d.kind,
         payload: d.payload,

@@ -38,7 +38,8 @@ const RESULT_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a closing session waits for all of its reports to be written.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
-type Key = (JobId, u32);
+/// An attempt's fencing token: its job, number and epoch.
+type Key = (JobId, u32, u64);
 
 /// A session's reports on their way to the store. Dropping it closes them (the writer stores
 /// what it holds and ends), so that a session that ends in any way lets its writer go.
@@ -83,7 +84,7 @@ impl State {
     /// Adds a report under those already waiting for its attempt: the later fields win. False
     /// (and nothing added) past the bounds.
     fn add(&mut self, report: ProgressReport) -> bool {
-        let key = (report.job_id, report.attempt);
+        let key = report.token();
         if let Some(checkpoint) = &report.checkpoint {
             let others: usize = self
                 .waiting
@@ -108,7 +109,7 @@ impl State {
 
     /// Puts back a report whose write was refused, under whatever came for its attempt since.
     fn put_back(&mut self, mut report: ProgressReport) {
-        let key = (report.job_id, report.attempt);
+        let key = report.token();
         if let Some(newer) = self.waiting.remove(&key) {
             report.merge(newer);
         }
@@ -148,7 +149,7 @@ impl Reports {
                 return;
             }
         };
-        let key = (report.job_id, report.attempt);
+        let key = report.token();
         if self.shared.lock().add(report) {
             self.shared.wake.notify_one();
         } else {
@@ -156,6 +157,7 @@ impl Reports {
                 session,
                 job.id = %key.0,
                 job.attempt = key.1,
+                job.epoch = key.2,
                 "ignoring a progress report: too many reports are waiting for the store"
             );
         }
@@ -163,8 +165,7 @@ impl Reports {
 
     /// Waits (at most two heartbeat intervals, and 2 s) until what was handed over for this
     /// attempt is written.
-    pub(crate) async fn written(&self, job_id: JobId, attempt: u32) {
-        let key = (job_id, attempt);
+    pub(crate) async fn written(&self, key: Key) {
         self.wait(|state| !state.holds(&key), self.result_patience)
             .await;
     }
@@ -215,7 +216,7 @@ impl Shared {
         let batch: Vec<ProgressReport> = state.waiting.drain().map(|(_, r)| r).collect();
         state
             .writing
-            .extend(batch.iter().map(|r| (r.job_id, r.attempt)));
+            .extend(batch.iter().map(ProgressReport::token));
         Next::Write(batch)
     }
 
@@ -250,7 +251,7 @@ async fn write(shared: Arc<Shared>, store: Arc<dyn Store>, session: u64) {
                 return;
             }
         };
-        let keys: Vec<Key> = batch.iter().map(|r| (r.job_id, r.attempt)).collect();
+        let keys: Vec<Key> = batch.iter().map(ProgressReport::token).collect();
         // Kept for a retry if the write queue is full: the latest value must not be lost to a
         // busy moment.
         let written = store.progress(batch.clone()).await;
@@ -318,6 +319,7 @@ fn checked(p: v1::Progress) -> Result<ProgressReport, (String, String)> {
     Ok(ProgressReport {
         job_id,
         attempt: p.attempt,
+        epoch: p.epoch,
         fraction: p.fraction,
         message: p.message,
         checkpoint: p.checkpoint,
@@ -399,7 +401,7 @@ mod tests {
                 },
             );
         }
-        reports.written(id, 1).await;
+        reports.written((id, 1, 0)).await;
         let progress = store
             .get(id)
             .await
@@ -430,6 +432,7 @@ mod tests {
         let report = |fraction, message: Option<&str>, checkpoint: Option<&[u8]>| ProgressReport {
             job_id: job,
             attempt: 1,
+            epoch: 0,
             fraction,
             message: message.map(str::to_owned),
             checkpoint: checkpoint.map(<[u8]>::to_vec),
@@ -439,13 +442,14 @@ mod tests {
         assert!(state.add(report(Some(0.2), None, None)));
         assert_eq!(state.waiting.len(), 1);
         assert_eq!(
-            state.waiting[&(job, 1)],
+            state.waiting[&(job, 1, 0)],
             report(Some(0.2), Some("one"), Some(b"c1"))
         );
         // Checkpoints waiting are bounded in bytes, across attempts.
         let big = |attempt| ProgressReport {
             job_id: job,
             attempt,
+            epoch: 0,
             fraction: None,
             message: None,
             checkpoint: Some(vec![0; MAX_PENDING_BYTES / 2]),
@@ -458,11 +462,11 @@ mod tests {
             "a newer one of an attempt replaces its own"
         );
         // A refused write goes back under what came since.
-        let written = state.waiting.remove(&(job, 1)).expect("waiting");
+        let written = state.waiting.remove(&(job, 1, 0)).expect("waiting");
         assert!(state.add(report(None, Some("three"), None)));
         state.put_back(written);
         assert_eq!(
-            state.waiting[&(job, 1)],
+            state.waiting[&(job, 1, 0)],
             report(Some(0.2), Some("three"), Some(b"c1"))
         );
     }

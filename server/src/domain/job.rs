@@ -68,8 +68,9 @@ pub struct RunningAttempt {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
     pub job_id: JobId,
-    /// The fencing number.
+    /// The fencing token: the attempt's number and the run that started it.
     pub attempt: u32,
+    pub epoch: u64,
     pub queue: String,
     pub kind: String,
     pub payload: Vec<u8>,

@@ -36,12 +36,23 @@ pub(crate) enum Effect {
         session: u64,
         job_id: JobId,
         attempt: u32,
+        epoch: u64,
         reason: String,
     },
     /// End a session's stream.
     EndSession { session: u64 },
     /// A result from an attempt that is no longer current was refused.
     Refused { job_id: JobId, attempt: u32 },
+}
+
+/// What a worker's message names an attempt by: its fencing token (workers.proto, point 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    pub job_id: JobId,
+    pub attempt: u32,
+    /// The run that started it; 0 from a worker written before epochs, which is fenced by the
+    /// attempt number alone.
+    pub epoch: u64,
 }
 
 /// An attempt a reconnecting worker says it still holds.
@@ -220,7 +231,7 @@ impl Core {
                 continue;
             };
             let whole_job = entry.job.deadline_ms.is_some_and(|d| d <= now_ms);
-            let session = entry.session;
+            let (session, epoch) = (entry.session, entry.epoch);
             let (outcome, reason) = if whole_job {
                 (Outcome::Expired, DEADLINE_PASSED)
             } else {
@@ -235,6 +246,7 @@ impl Core {
                     session,
                     job_id: key.0,
                     attempt: key.1,
+                    epoch,
                     reason: reason.to_owned(),
                 });
             } else {
@@ -493,7 +505,11 @@ impl Core {
     /// An attempt the store already ended (cancelled): fenced, and its worker told to stop.
     pub(crate) fn stop_ended(&mut self, job_id: JobId, attempt: u32, reason: &str) {
         let key = (job_id, attempt);
-        let Some((session, phase)) = self.attempts.get(&key).map(|e| (e.session, e.phase)) else {
+        let Some((session, phase, epoch)) = self
+            .attempts
+            .get(&key)
+            .map(|e| (e.session, e.phase, e.epoch))
+        else {
             return;
         };
         if phase == Phase::Detached {
@@ -508,6 +524,7 @@ impl Core {
                 session,
                 job_id,
                 attempt,
+                epoch,
                 reason: reason.to_owned(),
             });
         }
@@ -516,10 +533,12 @@ impl Core {
     /// Takes a report of an attempt off the table if it comes from the session that holds
     /// the job's current attempt; true then. Anything else is stale and refused (a stopped
     /// attempt's report still gives its permits back).
-    fn take_report(&mut self, session: u64, key: Key) -> bool {
+    fn take_report(&mut self, session: u64, key: Key, epoch: u64) -> bool {
+        // The same number from another run is another attempt (a start a crash lost): its
+        // report changes nothing here. A worker that sends no epoch is fenced by the number.
         let (phase, holder) = match self.attempts.get(&key) {
-            Some(e) => (Some(e.phase), e.session),
-            None => (None, 0),
+            Some(e) if epoch == 0 || epoch == e.epoch => (Some(e.phase), e.session),
+            _ => (None, 0),
         };
         let current = phase == Some(Phase::Running) && holder == session;
         if current || (phase == Some(Phase::Stopping) && holder == session) {
@@ -535,8 +554,13 @@ impl Core {
     }
 
     /// A worker reported an attempt's result.
-    pub(crate) fn result(&mut self, session: u64, job_id: JobId, attempt: u32, outcome: Outcome) {
-        if self.take_report(session, (job_id, attempt)) {
+    pub(crate) fn result(&mut self, session: u64, token: Token, outcome: Outcome) {
+        let Token {
+            job_id,
+            attempt,
+            epoch,
+        } = token;
+        if self.take_report(session, (job_id, attempt), epoch) {
             self.finishes.push(Finish {
                 job_id,
                 attempt,
@@ -546,8 +570,13 @@ impl Core {
     }
 
     /// A draining worker handed an attempt back.
-    pub(crate) fn release(&mut self, session: u64, job_id: JobId, attempt: u32) {
-        if self.take_report(session, (job_id, attempt)) {
+    pub(crate) fn release(&mut self, session: u64, token: Token) {
+        let Token {
+            job_id,
+            attempt,
+            epoch,
+        } = token;
+        if self.take_report(session, (job_id, attempt), epoch) {
             self.finishes.push(Finish {
                 job_id,
                 attempt,
@@ -564,7 +593,7 @@ impl Core {
     /// re-adopted and returned; the worker's other detached attempts are ended at once, since
     /// it no longer has them. Its credit is its slots less the held attempts still running
     /// (their slots come back with `Credit`).
-    pub(crate) fn connect(&mut self, info: SessionInfo, held: &[Held]) -> Vec<Key> {
+    pub(crate) fn connect(&mut self, info: SessionInfo, held: &[Held]) -> Vec<Held> {
         tracing::info!(worker = %info.worker_id, session = info.id, slots = info.slots, held = held.len(), "worker session started");
         let id = info.id;
         let worker_id = info.worker_id.clone();
@@ -578,7 +607,7 @@ impl Core {
             self.drop_session(old, "the worker connected again");
         }
         let mut adopted = Vec::new();
-        for &Held { key, epoch, .. } in held {
+        for &h @ Held { key, epoch, .. } in held {
             let ours = self.attempts.get(&key).is_some_and(|e| {
                 e.phase == Phase::Detached
                     && e.worker_id == worker_id
@@ -589,7 +618,7 @@ impl Core {
             });
             if ours && self.attempts.adopt(&key, id) {
                 self.reclaim.cancel(key);
-                adopted.push(key);
+                adopted.push(h);
             }
         }
         for key in self.attempts.detached_of(&worker_id) {

@@ -37,7 +37,7 @@ use switchyard_telemetry::{Attribute, Kind, Span, Status};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use self::core::Held;
+pub use self::core::{Held, Token};
 pub use sessions::SessionInfo;
 
 use self::core::{Core, Effect};
@@ -68,6 +68,7 @@ pub enum ToWorker {
     Stop {
         job_id: JobId,
         attempt: u32,
+        epoch: u64,
         reason: String,
     },
 }
@@ -92,7 +93,7 @@ pub(crate) enum Message {
         /// Attempts the worker says it still holds, and whether each has finished.
         held: Vec<Held>,
         link: Link,
-        reply: oneshot::Sender<Vec<(JobId, u32)>>,
+        reply: oneshot::Sender<Vec<Held>>,
     },
     Credit {
         session: u64,
@@ -100,14 +101,12 @@ pub(crate) enum Message {
     },
     Result {
         session: u64,
-        job_id: JobId,
-        attempt: u32,
+        token: Token,
         outcome: Outcome,
     },
     Release {
         session: u64,
-        job_id: JobId,
-        attempt: u32,
+        token: Token,
     },
     Drain {
         session: u64,
@@ -144,7 +143,6 @@ pub(crate) enum Message {
 pub struct Scheduler {
     inbox: mpsc::Sender<Message>,
     refused: Arc<AtomicU64>,
-    epoch: u64,
 }
 
 impl Scheduler {
@@ -161,10 +159,9 @@ impl Scheduler {
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
         let refused = Arc::new(AtomicU64::new(0));
-        let epoch = recovered.epoch;
         let mut core = Core::new(Clock::System);
         core.set_reconnect_grace(reconnect_grace);
-        core.set_epoch(epoch);
+        core.set_epoch(recovered.epoch);
         for quota in &recovered.quotas {
             core.set_quota(quota);
         }
@@ -195,30 +192,12 @@ impl Scheduler {
             }
             .run(),
         );
-        (
-            Scheduler {
-                inbox: tx,
-                refused,
-                epoch,
-            },
-            task,
-        )
+        (Scheduler { inbox: tx, refused }, task)
     }
 
     /// Results refused since start because their attempt was stale.
     pub fn refused_results(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
-    }
-
-    /// A result refused before it reached the scheduler: its token names no attempt this
-    /// coordinator knows (an epoch it did not adopt).
-    pub fn refused_result(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// This run's epoch: the assignments it sends carry it.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
     }
 
     async fn send(&self, message: Message) -> Result<()> {
@@ -265,7 +244,7 @@ impl Scheduler {
         info: SessionInfo,
         held: Vec<Held>,
         link: Link,
-    ) -> Result<Vec<(JobId, u32)>> {
+    ) -> Result<Vec<Held>> {
         self.ask(|reply| Message::Connect {
             info,
             held,
@@ -279,29 +258,17 @@ impl Scheduler {
         self.send(Message::Credit { session, slots }).await
     }
 
-    pub async fn result(
-        &self,
-        session: u64,
-        job_id: JobId,
-        attempt: u32,
-        outcome: Outcome,
-    ) -> Result<()> {
+    pub async fn result(&self, session: u64, token: Token, outcome: Outcome) -> Result<()> {
         self.send(Message::Result {
             session,
-            job_id,
-            attempt,
+            token,
             outcome,
         })
         .await
     }
 
-    pub async fn release(&self, session: u64, job_id: JobId, attempt: u32) -> Result<()> {
-        self.send(Message::Release {
-            session,
-            job_id,
-            attempt,
-        })
-        .await
+    pub async fn release(&self, session: u64, token: Token) -> Result<()> {
+        self.send(Message::Release { session, token }).await
     }
 
     pub async fn drain(&self, session: u64) -> Result<()> {
@@ -540,15 +507,10 @@ impl Runner {
             Message::Credit { session, slots } => core.credit(session, slots),
             Message::Result {
                 session,
-                job_id,
-                attempt,
+                token,
                 outcome,
-            } => core.result(session, job_id, attempt, outcome),
-            Message::Release {
-                session,
-                job_id,
-                attempt,
-            } => core.release(session, job_id, attempt),
+            } => core.result(session, token, outcome),
+            Message::Release { session, token } => core.release(session, token),
             Message::Drain { session } => core.drain(session),
             Message::Stop { attempts, reason } => {
                 for (job_id, attempt) in attempts {
@@ -580,6 +542,7 @@ impl Runner {
                     session,
                     job_id,
                     attempt,
+                    epoch,
                     reason,
                 } => {
                     self.send(
@@ -587,6 +550,7 @@ impl Runner {
                         ToWorker::Stop {
                             job_id,
                             attempt,
+                            epoch,
                             reason,
                         },
                     );

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use super::{
     attempts::Phase,
-    core::{Core, Effect, Held},
+    core::{Core, Effect, Held, Token},
     lanes::tests::{job, test_id},
     sessions::tests::info,
     timers::Clock,
@@ -58,6 +58,7 @@ fn dispatch(job_id: JobId, attempt: u32, ends_ms: Option<i64>) -> Dispatch {
     Dispatch {
         job_id,
         attempt,
+        epoch: 0,
         queue: "q".into(),
         kind: "k".into(),
         payload: vec![],
@@ -123,7 +124,7 @@ async fn a_stopped_attempt_keeps_its_permits_until_its_handler_returns() {
     ));
     assert!(picked(&mut core).is_empty(), "its handler may still run");
     // Its worker reports the stopped attempt: refused, and now the permit is free.
-    core.result(1, test_id(1), 1, Outcome::Succeeded(vec![]));
+    core.result(1, token(1, 1), Outcome::Succeeded(vec![]));
     assert!(matches!(
         core.take_effects().as_slice(),
         [Effect::Refused { attempt: 1, .. }]
@@ -237,14 +238,14 @@ async fn results_from_a_stale_attempt_are_refused() {
         core.take_effects().as_slice(),
         [Effect::Assign { session: 1, dispatch, .. }] if dispatch.job_id == test_id(1)
     ));
-    core.result(1, test_id(1), 1, Outcome::Succeeded(vec![]));
+    core.result(1, token(1, 1), Outcome::Succeeded(vec![]));
     let ops = core.plan(RETRY).expect("the result is to be committed");
     assert_eq!(ops.finishes.len(), 1);
     // A second result for attempt 1, one for an attempt never given, and one from another
     // session are stale.
-    core.result(1, test_id(1), 1, Outcome::Succeeded(vec![]));
-    core.result(1, test_id(1), 2, Outcome::Succeeded(vec![]));
-    core.result(9, test_id(1), 1, Outcome::Succeeded(vec![]));
+    core.result(1, token(1, 1), Outcome::Succeeded(vec![]));
+    core.result(1, token(1, 2), Outcome::Succeeded(vec![]));
+    core.result(9, token(1, 1), Outcome::Succeeded(vec![]));
     assert_eq!(core.take_effects().len(), 3);
     assert!(core.plan(RETRY).is_none());
 }
@@ -372,7 +373,7 @@ async fn a_running_attempt_past_its_end_is_stopped_on_its_worker() {
         [Effect::Stop { attempt: 1, .. }]
     ));
     // Its late result is stale.
-    core.result(1, test_id(1), 1, Outcome::Succeeded(vec![]));
+    core.result(1, token(1, 1), Outcome::Succeeded(vec![]));
     assert!(core.plan(RETRY).is_none());
 }
 
@@ -460,7 +461,15 @@ async fn the_attempts_table_and_the_permits_agree_over_random_schedules() {
                                 cancelled: false,
                             }
                         };
-                        core.result(session, key.0, key.1, outcome);
+                        core.result(
+                            session,
+                            Token {
+                                job_id: key.0,
+                                attempt: key.1,
+                                epoch: 0,
+                            },
+                            outcome,
+                        );
                         core.credit(session, 1);
                     }
                 }
@@ -572,6 +581,15 @@ fn graced() -> Core {
     core
 }
 
+/// A worker's message about attempt `attempt` of job `id`, from a worker that sends no epoch.
+fn token(id: u128, attempt: u32) -> Token {
+    Token {
+        job_id: test_id(id),
+        attempt,
+        epoch: 0,
+    }
+}
+
 /// An attempt a reconnecting worker holds, from a worker that sends no epoch.
 fn holds(id: u128, attempt: u32, finished: bool) -> Held {
     Held {
@@ -618,12 +636,12 @@ async fn a_lost_stream_keeps_its_attempts_for_their_worker_to_reclaim() {
     tokio::time::advance(GRACE / 2).await;
     core.tick();
     let adopted = core.connect(again(2, 2), &[holds(1, 1, false)]);
-    assert_eq!(adopted, [(test_id(1), 1)]);
+    assert_eq!(adopted, [holds(1, 1, false)]);
     assert!(picked(&mut core).is_empty(), "the permit is still its");
     tokio::time::advance(GRACE).await;
     core.tick();
     assert!(finishes(&mut core).is_empty(), "adopted: no grace runs out");
-    core.result(2, test_id(1), 1, Outcome::Succeeded(b"done".to_vec()));
+    core.result(2, token(1, 1), Outcome::Succeeded(b"done".to_vec()));
     assert!(matches!(
         finishes(&mut core).as_slice(),
         [(_, 1, Outcome::Succeeded(_))]
@@ -655,7 +673,7 @@ async fn an_attempt_nobody_reclaims_within_the_grace_is_lost_and_its_late_result
     // Too late: the worker comes back with it and its result.
     let adopted = core.connect(again(2, 1), &[holds(1, 1, true)]);
     assert!(adopted.is_empty(), "replaced, not re-adopted");
-    core.result(2, test_id(1), 1, Outcome::Succeeded(vec![]));
+    core.result(2, token(1, 1), Outcome::Succeeded(vec![]));
     assert!(matches!(
         core.take_effects().as_slice(),
         [.., Effect::Refused { attempt: 1, .. }]
@@ -671,7 +689,7 @@ async fn a_worker_that_comes_back_without_an_attempt_loses_it_at_once() {
     assert_eq!(picked(&mut core).len(), 2);
     core.drop_session(1, "gone");
     let adopted = core.connect(again(2, 2), &[holds(2, 1, false)]);
-    assert_eq!(adopted, [(test_id(2), 1)]);
+    assert_eq!(adopted, [holds(2, 1, false)]);
     let lost = finishes(&mut core);
     assert!(
         matches!(lost.as_slice(), [(id, 1, Outcome::Lost(_))] if *id == test_id(1)),
@@ -725,7 +743,7 @@ async fn attempts_running_at_a_restart_wait_for_their_workers_then_are_interrupt
         "the quota is full of what still runs"
     );
     let adopted = core.connect(again(2, 4), &[holds(1, 1, false)]);
-    assert_eq!(adopted, [(test_id(1), 1)]);
+    assert_eq!(adopted, [holds(1, 1, false)]);
     let ended = finishes(&mut core);
     assert!(
         matches!(ended.as_slice(), [(id, 1, Outcome::Interrupted(_))] if *id == test_id(2)),
@@ -768,8 +786,42 @@ async fn a_held_attempt_is_adopted_only_with_the_epoch_it_was_started_in() {
     );
 
     let mut core = restarted();
-    assert_eq!(core.connect(again(2, 1), &[from(5)]), [(test_id(1), 1)]);
+    assert_eq!(core.connect(again(2, 1), &[from(5)]), [from(5)]);
     assert!(finishes(&mut core).is_empty());
+}
+
+/// A report under the same number from another run is about another attempt (a start a
+/// crash lost): refused, and the attempt this run started goes on.
+#[tokio::test(start_paused = true)]
+async fn a_report_from_another_epoch_is_refused_and_changes_nothing() {
+    let mut core = graced();
+    core.set_epoch(7);
+    core.enqueue(job(1, "q", 0, 1));
+    core.connect(info(1, &["q"], &[], 1), &[]);
+    assert_eq!(picked(&mut core).len(), 1);
+    core.take_effects();
+    let of = |epoch| Token {
+        job_id: test_id(1),
+        attempt: 1,
+        epoch,
+    };
+    core.result(1, of(6), Outcome::Succeeded(b"stale".to_vec()));
+    core.release(1, of(6));
+    assert!(matches!(
+        core.take_effects().as_slice(),
+        [Effect::Refused { .. }, Effect::Refused { .. }]
+    ));
+    assert!(finishes(&mut core).is_empty(), "nothing ended");
+    assert_eq!(
+        core.held("queue:q"),
+        1,
+        "the attempt still holds its permit"
+    );
+    core.result(1, of(7), Outcome::Succeeded(b"fresh".to_vec()));
+    assert!(matches!(
+        finishes(&mut core).as_slice(),
+        [(_, 1, Outcome::Succeeded(out))] if out == b"fresh"
+    ));
 }
 
 /// What a run starts carries its epoch to the store.
@@ -899,8 +951,7 @@ async fn an_attempt_past_its_queues_timeout_is_stopped_and_its_permits_come_back
     // The handler returns (cancelled): refused as stale, and the permit is back.
     core.result(
         1,
-        test_id(1),
-        1,
+        token(1, 1),
         Outcome::Failed {
             message: "cancelled".into(),
             retryable: false,
@@ -923,7 +974,7 @@ async fn a_job_handed_back_goes_back_to_its_place_not_behind_later_jobs() {
     core.connect(info(1, &["q"], &[], 1), &[]);
     assert_eq!(picked(&mut core), [(test_id(1), 1)]);
     core.enqueue(job(2, "q", 0, 2));
-    core.release(1, test_id(1), 1);
+    core.release(1, token(1, 1));
     core.plan(RETRY).expect("the release");
     // The store queues it again as due now.
     core.enqueue(ReadyJob {

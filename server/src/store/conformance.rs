@@ -1139,6 +1139,8 @@ fn report(
     ProgressReport {
         job_id: id,
         attempt,
+        // As `start` stores it.
+        epoch: 1,
         fraction,
         message: message.map(str::to_owned),
         checkpoint: checkpoint.map(<[u8]>::to_vec),
@@ -1202,10 +1204,18 @@ async fn progress_is_fenced_and_its_checkpoint_reaches_the_retry(mut b: Backend)
             report(id, 1, Some(0.7), None, None),
             // Stale: another attempt's number.
             report(id, 7, Some(0.9), Some("stale"), Some(b"stale")),
+            // Stale too: the same number from another run (a start a crash lost).
+            ProgressReport {
+                epoch: 2,
+                ..report(id, 1, Some(0.9), Some("stale"), Some(b"stale"))
+            },
         ])
         .await
         .expect("progress");
-    assert_eq!((out.stored, out.ignored.as_slice()), (2, &[(id, 7)][..]));
+    assert_eq!(
+        (out.stored, out.ignored.as_slice()),
+        (2, &[(id, 7), (id, 1)][..])
+    );
     assert_eq!(
         progress_of(&*store, id).await,
         Some((1, Some(0.7), Some("b".into()), Some(b"c1".to_vec())))

@@ -416,6 +416,8 @@ pub struct Finish {
 pub struct ProgressReport {
     pub job_id: JobId,
     pub attempt: u32,
+    /// The epoch of the attempt's token; 0 from a worker written before epochs.
+    pub epoch: u64,
     /// 0.0 to 1.0.
     pub fraction: Option<f64>,
     pub message: Option<String>,
@@ -423,10 +425,15 @@ pub struct ProgressReport {
 }
 
 impl ProgressReport {
+    /// The attempt's fencing token: reports of one token are one attempt's.
+    pub fn token(&self) -> (JobId, u32, u64) {
+        (self.job_id, self.attempt, self.epoch)
+    }
+
     /// Folds a later report of the same attempt into this one: what the later one sets wins,
     /// what it leaves unset keeps this one's value.
     pub fn merge(&mut self, later: ProgressReport) {
-        debug_assert_eq!((self.job_id, self.attempt), (later.job_id, later.attempt));
+        debug_assert_eq!(self.token(), later.token());
         if later.fraction.is_some() {
             self.fraction = later.fraction;
         }

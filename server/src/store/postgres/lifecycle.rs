@@ -500,7 +500,7 @@ const START_ALL: &str = "WITH s AS (
                                        WHERE q.scope = 'queue:' || jobs.queue)),
             greatest(jobs.created_at_ms, coalesce(jobs.run_at_ms, 0)),
             (SELECT c.checkpoint FROM job_checkpoints c WHERE c.job_seq = jobs.seq),
-            jobs.id, jobs.worker_id),
+            jobs.id, jobs.worker_id, jobs.epoch),
     attempted AS (INSERT INTO attempts (job_seq, number, worker_id, started_at_ms, outcome)
         SELECT seq, attempt, worker_id, $4, 10 /* running */ FROM started)
     SELECT * FROM started";
@@ -529,6 +529,7 @@ async fn start_all(
         let mut dispatch = Dispatch {
             job_id: id,
             attempt: row.u32(1)?,
+            epoch: row.col::<i64>(18)? as u64,
             queue: row.col(2)?,
             kind: row.col(3)?,
             payload: row.col(4)?,

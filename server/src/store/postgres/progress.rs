@@ -11,14 +11,15 @@ use crate::{
     store::{ProgressReport, Progressed},
 };
 
-/// The fence: only the job's current, running attempt moves its progress (one conditional
+/// The fence: only the job's current, running attempt moves its progress (its number, and the
+/// epoch it was started in unless the report carries none; one conditional
 /// statement, re-checked on the row if it had to wait for it). An unset field keeps the
 /// stored value.
 const PROGRESS: &str = "UPDATE jobs SET progress_attempt = $2,
         progress_fraction = coalesce($3, progress_fraction),
         progress_message = coalesce($4, progress_message),
         progress_updated_at_ms = $5
-    WHERE id = $1 AND state = 20 /* running */ AND attempt = $2
+    WHERE id = $1 AND state = 20 /* running */ AND attempt = $2 AND ($6 = 0 OR epoch = $6)
     RETURNING seq, queue";
 const SET_CHECKPOINT: &str = "INSERT INTO job_checkpoints (job_seq, attempt, checkpoint,
         updated_at_ms) VALUES ($1, $2, $3, $4)
@@ -41,6 +42,7 @@ pub(super) async fn progress(
             .bind(report.fraction)
             .bind(&report.message)
             .bind(now)
+            .bind(report.epoch as i64)
             .fetch_optional(&mut *conn)
             .await?;
         let Some(row) = current else {

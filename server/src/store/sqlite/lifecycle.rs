@@ -435,6 +435,7 @@ fn start(conn: &Connection, start: &Start, now: i64) -> Result<Option<(Dispatch,
                     Dispatch {
                         job_id: start.job_id,
                         attempt: row.get(1)?,
+                        epoch: start.epoch,
                         queue: row.get(2)?,
                         kind: row.get(3)?,
                         payload: row.get(4)?,

@@ -10,13 +10,14 @@ use crate::{
     store::{ProgressReport, Progressed},
 };
 
-/// The fence: only the job's current, running attempt moves its progress. An unset field
+/// The fence: only the job's current, running attempt moves its progress (its number, and the
+/// epoch it was started in unless the report carries none). An unset field
 /// keeps the stored value.
 const PROGRESS: &str = "UPDATE jobs SET progress_attempt = ?2,
         progress_fraction = coalesce(?3, progress_fraction),
         progress_message = coalesce(?4, progress_message),
         progress_updated_at_ms = ?5
-    WHERE id = ?1 AND state = 20 /* running */ AND attempt = ?2
+    WHERE id = ?1 AND state = 20 /* running */ AND attempt = ?2 AND (?6 = 0 OR epoch = ?6)
     RETURNING seq, queue";
 const SET_CHECKPOINT: &str = "INSERT INTO job_checkpoints (job_seq, attempt, checkpoint,
         updated_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -38,7 +39,8 @@ pub(super) fn progress(conn: &Connection, reports: &[ProgressReport]) -> Result<
                     report.attempt,
                     report.fraction,
                     report.message,
-                    now
+                    now,
+                    report.epoch as i64
                 ],
                 |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
             )
