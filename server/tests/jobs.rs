@@ -518,6 +518,34 @@ async fn a_duplicate_reports_the_first_jobs_current_state() {
     assert_eq!(again.state, CANCELLED);
 }
 
+#[tokio::test]
+async fn a_run_with_a_used_idempotency_key_answers_for_the_first_job() {
+    let (_coordinator, client) = start().await;
+    let spec = || JobSpec::new("orders", "charge").idempotency_key("order-7");
+    let first = client.submit(spec()).await.expect("submit");
+    // No worker runs it: the Run waits for the first job, which ends when it is cancelled,
+    // whether that comes before the Run looks at it or after.
+    let run = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .run(spec(), Some(std::time::Duration::from_secs(60)))
+                .await
+        })
+    };
+    client.cancel(&first.job_id).await.expect("cancel");
+    let job = run.await.expect("join").expect("run");
+    assert_eq!(job.job_id, first.job_id);
+    assert_eq!(job.state, CANCELLED);
+    // Once it has ended, a Run with its key answers at once.
+    let again = client
+        .run(spec(), Some(std::time::Duration::from_secs(60)))
+        .await
+        .expect("run");
+    assert_eq!((again.job_id, again.state), (first.job_id, CANCELLED));
+    assert_eq!(all_jobs(&client).await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submits_with_one_key_store_one_job() {
     const SUBMITTERS: usize = 50;

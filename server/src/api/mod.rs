@@ -16,6 +16,7 @@ use switchyard_proto::v1::{
     cancel_request::Target, job_service_server::JobService,
 };
 use switchyard_telemetry::{Attribute, Kind, Span, Status as SpanStatus};
+use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::auth::{Identity, Role};
@@ -288,17 +289,27 @@ impl JobApi {
     }
 
     /// Blocks until the job is terminal, the call's deadline passes or the coordinator stops.
+    /// `subscribed` is a registration taken before the job was stored (a `Run`'s own job):
+    /// its end cannot have been missed, so its state need not be read first.
     async fn wait_for(
         &self,
         job_id: JobId,
         timeout: Option<std::time::Duration>,
+        subscribed: Option<oneshot::Receiver<()>>,
     ) -> Result<Job, Status> {
-        let woken = self.notifier.subscribe(job_id);
-        let job = self.job(job_id).await?;
-        if job.state.is_terminal() {
-            self.notifier.forget(job_id);
-            return Ok(convert::job(job, None));
-        }
+        let woken = match subscribed {
+            Some(woken) => woken,
+            None => {
+                let woken = self.notifier.subscribe(job_id);
+                let job = self.job(job_id).await?;
+                if job.state.is_terminal() {
+                    drop(woken);
+                    self.notifier.forget(job_id);
+                    return Ok(convert::job(job, None));
+                }
+                woken
+            }
+        };
         let expired = async {
             match timeout {
                 Some(t) => tokio::time::sleep(deadline::answer_before(t)).await,
@@ -768,14 +779,8 @@ impl JobService for JobApi {
         if !job.group_id.is_empty() || !job.r#ref.is_empty() {
             return Err(Error::invalid("job", "group_id and ref belong to SubmitBatch").into());
         }
-        let job = validate::job(
-            "job.",
-            job,
-            JobId::new(),
-            &Default::default(),
-            &ctx,
-            now_ms(),
-        )?;
+        let fresh = JobId::new();
+        let job = validate::job("job.", job, fresh, &Default::default(), &ctx, now_ms())?;
         let deadline_ms = job.deadline_ms;
         // A job bound to its call need not be on disk before the start that dispatches it
         // (whose commit is): the caller hears of nothing but the finished job, and a call that
@@ -785,19 +790,40 @@ impl JobService for JobApi {
         } else {
             Durability::WithNext
         };
-        let mut done = self
+        // Registered before the job exists, its end cannot be missed: the wait reads nothing
+        // until it is woken.
+        let woken = self.notifier.subscribe(fresh);
+        let stored = self
             .store_jobs(Origin::Submit, vec![job], None, scope, durability)
-            .await?;
-        let submitted = done
-            .pop()
-            .ok_or_else(|| Error::Corrupt("submit returned no job".into()))?;
+            .await
+            .and_then(|mut done| {
+                done.pop()
+                    .ok_or_else(|| Error::Corrupt("submit returned no job".into()))
+            });
+        let submitted = match stored {
+            Ok(submitted) => submitted,
+            Err(err) => {
+                drop(woken);
+                self.notifier.forget(fresh);
+                return Err(err.into());
+            }
+        };
+        // An idempotency key may name a job stored before: that one is waited for as `Wait`
+        // waits, from its state now.
+        let woken = if submitted.id == fresh {
+            Some(woken)
+        } else {
+            drop(woken);
+            self.notifier.forget(fresh);
+            None
+        };
         // A caller that hangs up cancels its job (the done channel), unless it detached.
         let mut guard = CancelOnDrop {
             api: (!req.detach).then(|| self.clone()),
             job_id: submitted.id,
             deadline_ms,
         };
-        let outcome = self.wait_for(submitted.id, timeout).await;
+        let outcome = self.wait_for(submitted.id, timeout, woken).await;
         guard.api = None;
         Ok(Response::new(RunResponse {
             job: Some(outcome?),
@@ -900,7 +926,7 @@ impl JobService for JobApi {
             return Err(Error::invalid("job_id", "is required").into());
         }
         let job = self.visible_job(&identity, &id).await?;
-        let job = self.wait_for(job.id, timeout).await?;
+        let job = self.wait_for(job.id, timeout, None).await?;
         Ok(Response::new(WaitResponse { job: Some(job) }))
     }
 
