@@ -398,10 +398,10 @@ async fn a_worker_that_stops_reading_neither_grows_memory_nor_holds_up_the_other
         let mut ids = Vec::new();
         for _ in 0..8 {
             let jobs = (0..50).map(|_| JobSpec::new("default", "echo").payload(payload.clone()));
-            let done = client
-                .submit_batch(Batch::new().jobs(jobs))
-                .await
-                .expect("submit");
+            let done = match client.submit_batch(Batch::new().jobs(jobs)).await {
+                Ok(done) => done,
+                Err(err) => panic!("submit: {err}\n{}", coordinator.log()),
+            };
             ids.extend(done.jobs.into_iter().map(|j| j.job_id));
         }
         for id in &ids {

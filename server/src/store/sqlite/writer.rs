@@ -440,7 +440,7 @@ fn commit_batch(
             };
         }
     }
-    for command in queue {
+    while let Some(command) = queue.next() {
         pending.push(apply(
             conn,
             counts,
@@ -449,6 +449,28 @@ fn commit_batch(
             &mut rows,
             &mut tally,
         ));
+        // Some errors (a full disk, an I/O error) roll the whole transaction back, not just
+        // the command's savepoint: what the batch did so far is gone, and the commands after
+        // it would each commit on their own. The batch fails as one, with that error.
+        if conn.is_autocommit() {
+            counts.forget();
+            let fault = pending.iter().find_map(Pending::fault);
+            let err = Err(match fault {
+                Some(fault) => Failed::Store(fault, "the store rolled the batch back".into()),
+                None => Failed::Other("the store rolled the batch back".into()),
+            });
+            tracing::error!(
+                ?fault,
+                "a command ended the transaction; the batch is refused"
+            );
+            for command in queue {
+                refuse(command, &err);
+            }
+            for reply in pending {
+                reply.send(&err);
+            }
+            return fault;
+        }
     }
     // A power cut that takes a commit no fsync covered (only such a commit can be lost so):
     // it is gone after the restart, though its replies went out as if it had stayed.
@@ -681,8 +703,12 @@ pub(super) fn savepoint<T>(
         }
         Err(err) => {
             counts.rewind(before);
-            conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
-            conn.prepare_cached("RELEASE command")?.execute([])?;
+            // An error that rolled the whole transaction back left no savepoint to return
+            // to; the batch sees that and fails as one.
+            if !conn.is_autocommit() {
+                conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+                conn.prepare_cached("RELEASE command")?.execute([])?;
+            }
             Err(err)
         }
     }
