@@ -800,23 +800,16 @@ impl JobService for JobApi {
                 done.pop()
                     .ok_or_else(|| Error::Corrupt("submit returned no job".into()))
             });
-        let submitted = match stored {
-            Ok(submitted) => submitted,
-            Err(err) => {
-                drop(woken);
-                self.notifier.forget(fresh);
-                return Err(err.into());
-            }
-        };
-        // An idempotency key may name a job stored before: that one is waited for as `Wait`
-        // waits, from its state now.
-        let woken = if submitted.id == fresh {
+        // A rejected job leaves no registration behind. An idempotency key may name a job
+        // stored before: that one is waited for as `Wait` waits, from its state now.
+        let woken = if matches!(&stored, Ok(submitted) if submitted.id == fresh) {
             Some(woken)
         } else {
             drop(woken);
             self.notifier.forget(fresh);
             None
         };
+        let submitted = stored?;
         // A caller that hangs up cancels its job (the done channel), unless it detached.
         let mut guard = CancelOnDrop {
             api: (!req.detach).then(|| self.clone()),

@@ -571,18 +571,8 @@ impl Core {
 
     /// A draining worker handed an attempt back.
     pub(crate) fn release(&mut self, session: u64, token: Token) {
-        let Token {
-            job_id,
-            attempt,
-            epoch,
-        } = token;
-        if self.take_report(session, (job_id, attempt), epoch) {
-            self.finishes.push(Finish {
-                job_id,
-                attempt,
-                outcome: Outcome::Released("handed back by a draining worker".into()),
-            });
-        }
+        let outcome = Outcome::Released("handed back by a draining worker".into());
+        self.result(session, token, outcome);
     }
 
     // --- sessions ----------------------------------------------------------------------
