@@ -130,9 +130,13 @@ impl From<rusqlite::Error> for Error {
             _ => None,
         };
         match fault {
+            // The extended code tells a full disk from a wal-index that could not grow.
             Some(fault) => Error::Store {
                 fault,
-                detail: err.to_string(),
+                detail: match extended {
+                    Some(code) => format!("{err} (SQLite code {code})"),
+                    None => err.to_string(),
+                },
             },
             None => Error::Database(err),
         }

@@ -244,10 +244,10 @@ fn answer<T>(tx: oneshot::Sender<Result<T>>, result: Result<T>, commit: &Result<
     });
 }
 
-/// The store fault a command's own result carries, if any.
-fn fault_of<T>(result: &Result<T>) -> Option<StoreFault> {
+/// The store fault a command's own result carries, if any, with what the database said.
+fn fault_of<T>(result: &Result<T>) -> Option<(StoreFault, &str)> {
     match result {
-        Err(Error::Store { fault, .. }) => Some(*fault),
+        Err(Error::Store { fault, detail }) => Some((*fault, detail.as_str())),
         _ => None,
     }
 }
@@ -290,7 +290,7 @@ impl Pending {
         }
     }
 
-    fn fault(&self) -> Option<StoreFault> {
+    fn fault(&self) -> Option<(StoreFault, &str)> {
         match self {
             Pending::Submit(_, r) => fault_of(r),
             Pending::Cancel(_, r) => fault_of(r),
@@ -454,13 +454,15 @@ fn commit_batch(
         // it would each commit on their own. The batch fails as one, with that error.
         if conn.is_autocommit() {
             counts.forget();
-            let fault = pending.iter().find_map(Pending::fault);
+            let cause = pending.iter().find_map(Pending::fault);
+            let fault = cause.map(|(fault, _)| fault);
             let err = Err(match fault {
                 Some(fault) => Failed::Store(fault, "the store rolled the batch back".into()),
                 None => Failed::Other("the store rolled the batch back".into()),
             });
             tracing::error!(
                 ?fault,
+                cause = cause.map_or("", |(_, detail)| detail),
                 "a command ended the transaction; the batch is refused"
             );
             for command in queue {
@@ -495,7 +497,10 @@ fn commit_batch(
     let fault = match &commit {
         Err(Failed::Store(fault, _)) => Some(*fault),
         Err(Failed::Other(_)) => None,
-        Ok(()) => pending.iter().find_map(Pending::fault),
+        Ok(()) => pending
+            .iter()
+            .find_map(Pending::fault)
+            .map(|(fault, _)| fault),
     };
     // A crash after the commit, before any reply: what committed must be found after a
     // restart, though nobody heard of it.
@@ -777,6 +782,59 @@ mod tests {
         assert_eq!(synchronous(&conn), 2);
         assert!(mode.set(&conn, true).expect("set"));
         assert_eq!(synchronous(&conn), 2);
+    }
+
+    /// A command in a savepoint whose undo outgrows what SQLite keeps in memory (the
+    /// statement journal's spill size, `.cargo/config.toml`) still commits, and is still
+    /// undone by its savepoint. Built with a spill size above 128 KiB, SQLite failed both
+    /// with SQLITE_FULL on a nearly empty disk.
+    #[test]
+    fn a_command_whose_undo_outgrows_memory_commits_or_rolls_back_in_its_savepoint() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let conn = Connection::open(dir.path().join("big.db")).expect("a database");
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .expect("the pragma sets");
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .expect("the pragma sets");
+        // 12 MiB of rows: rewriting them all puts each page in the savepoint's journal.
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL);
+             CREATE TABLE other (id INTEGER PRIMARY KEY);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO t (id, b) SELECT i, zeroblob(4000) FROM n;",
+        )
+        .expect("the table fills");
+        let rewrite = "UPDATE t SET b = randomblob(4000)";
+        let untouched = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM t WHERE b = zeroblob(4000)", [], |r| {
+                r.get(0)
+            })
+            .expect("the count reads")
+        };
+        for undo in [true, false] {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE; INSERT INTO other DEFAULT VALUES; SAVEPOINT command",
+            )
+            .expect("the batch begins");
+            let rewritten = conn.execute(rewrite, []);
+            assert_eq!(
+                rewritten.map_err(|e| e.to_string()),
+                Ok(3000),
+                "a 12 MiB rewrite in a savepoint"
+            );
+            assert!(!conn.is_autocommit(), "the transaction is still open");
+            let end = if undo {
+                "ROLLBACK TO command; RELEASE command; COMMIT"
+            } else {
+                "RELEASE command; COMMIT"
+            };
+            conn.execute_batch(end).expect("the batch commits");
+            assert_eq!(untouched(&conn), if undo { 3000 } else { 0 });
+        }
+        let others: i64 = conn
+            .query_row("SELECT count(*) FROM other", [], |r| r.get(0))
+            .expect("the count reads");
+        assert_eq!(others, 2, "what came before each savepoint committed");
     }
 
     #[test]
