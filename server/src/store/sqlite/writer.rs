@@ -183,30 +183,91 @@ impl Synchronous {
     }
 }
 
-/// A command's result, held until its transaction commits.
-enum Pending {
-    Submit(
-        oneshot::Sender<Result<Vec<Submitted>>>,
-        Result<Vec<Submitted>>,
-    ),
-    Cancel(oneshot::Sender<Result<Cancelled>>, Result<Cancelled>),
-    Transition(
-        oneshot::Sender<Result<TransitionOutcome>>,
-        Result<TransitionOutcome>,
-    ),
-    Requeue(
-        oneshot::Sender<Result<Option<ReadyJob>>>,
-        Result<Option<ReadyJob>>,
-    ),
-    Bulk(oneshot::Sender<Result<BulkDone>>, Result<BulkDone>),
-    Admin(oneshot::Sender<Result<()>>, Result<()>),
-    Progress(oneshot::Sender<Result<Progressed>>, Result<Progressed>),
-    Recover(oneshot::Sender<Result<Recovering>>, Result<Recovering>),
-    Fire(oneshot::Sender<Result<Fired>>, Result<Fired>),
-    Probe(oneshot::Sender<Result<()>>, Result<()>),
-    Prune(oneshot::Sender<Result<Pruned>>, Result<Pruned>),
-    Vacuum(oneshot::Sender<Result<StoreSize>>, Result<StoreSize>),
-    Close(oneshot::Sender<()>),
+/// What a command's run produced, held until its transaction commits.
+enum Outcome {
+    Submit(Result<Vec<Submitted>>),
+    Cancel(Result<Cancelled>),
+    Transition(Result<TransitionOutcome>),
+    Requeue(Result<Option<ReadyJob>>),
+    Bulk(Result<BulkDone>),
+    Admin(Result<()>),
+    Progress(Result<Progressed>),
+    Recover(Result<Recovering>),
+    Fire(Result<Fired>),
+    Probe(Result<()>),
+    Prune(Result<Pruned>),
+    Vacuum(Result<StoreSize>),
+    Close,
+}
+
+impl Outcome {
+    /// The command's own error, if it failed (its writes are to be undone).
+    fn error(&self) -> Option<&Error> {
+        match self {
+            Outcome::Submit(r) => r.as_ref().err(),
+            Outcome::Cancel(r) => r.as_ref().err(),
+            Outcome::Transition(r) => r.as_ref().err(),
+            Outcome::Requeue(r) => r.as_ref().err(),
+            Outcome::Bulk(r) => r.as_ref().err(),
+            Outcome::Admin(r) => r.as_ref().err(),
+            Outcome::Progress(r) => r.as_ref().err(),
+            Outcome::Recover(r) => r.as_ref().err(),
+            Outcome::Fire(r) => r.as_ref().err(),
+            Outcome::Probe(r) => r.as_ref().err(),
+            Outcome::Prune(r) => r.as_ref().err(),
+            Outcome::Vacuum(r) => r.as_ref().err(),
+            Outcome::Close => None,
+        }
+    }
+}
+
+/// A command with what its run produced, answered once its transaction commits or fails.
+struct Pending {
+    command: Command,
+    outcome: Outcome,
+}
+
+impl Pending {
+    fn new(command: Command, outcome: Outcome) -> Pending {
+        Pending { command, outcome }
+    }
+
+    fn send(self, commit: &Result<(), Failed>) {
+        use {Command as C, Outcome as O};
+        match (self.command, self.outcome) {
+            (C::Submit { reply, .. }, O::Submit(r)) => answer(reply, r, commit),
+            (C::Cancel { reply, .. }, O::Cancel(r)) => answer(reply, r, commit),
+            (C::Transition { reply, .. }, O::Transition(r)) => answer(reply, r, commit),
+            (C::Requeue { reply, .. }, O::Requeue(r)) => answer(reply, r, commit),
+            (C::Bulk { reply, .. }, O::Bulk(r)) => answer(reply, r, commit),
+            (C::Admin { reply, .. }, O::Admin(r)) => answer(reply, r, commit),
+            (C::Progress { reply, .. }, O::Progress(r)) => answer(reply, r, commit),
+            (C::Recover { reply }, O::Recover(r)) => answer(reply, r, commit),
+            (C::Fire { reply, .. }, O::Fire(r)) => answer(reply, r, commit),
+            (C::Probe { reply }, O::Probe(r)) => answer(reply, r, commit),
+            (C::Prune { reply, .. }, O::Prune(r)) => answer(reply, r, commit),
+            (C::Vacuum { reply, .. }, O::Vacuum(r)) => answer(reply, r, commit),
+            (C::Close { reply }, _) => drop(reply.send(())),
+            // Never: each outcome is made by running its own command (`run_command`).
+            (command, _) => refuse(
+                command,
+                &Err(Failed::Other("the writer lost a command's outcome".into())),
+            ),
+        }
+    }
+
+    /// Whether the command itself failed (its writes are to be undone).
+    fn failed(&self) -> bool {
+        self.outcome.error().is_some()
+    }
+
+    /// The store fault the command's own result carries, if any, with what the database said.
+    fn fault(&self) -> Option<(StoreFault, &str)> {
+        match self.outcome.error() {
+            Some(Error::Store { fault, detail }) => Some((*fault, detail.as_str())),
+            _ => None,
+        }
+    }
 }
 
 /// Why a whole batch failed (BEGIN or COMMIT did), told to each of its commands.
@@ -242,71 +303,6 @@ fn answer<T>(tx: oneshot::Sender<Result<T>>, result: Result<T>, commit: &Result<
         }),
         Err(Failed::Other(e)) => Err(Error::CommitFailed(e.clone())),
     });
-}
-
-/// The store fault a command's own result carries, if any, with what the database said.
-fn fault_of<T>(result: &Result<T>) -> Option<(StoreFault, &str)> {
-    match result {
-        Err(Error::Store { fault, detail }) => Some((*fault, detail.as_str())),
-        _ => None,
-    }
-}
-
-impl Pending {
-    fn send(self, commit: &Result<(), Failed>) {
-        match self {
-            Pending::Submit(tx, r) => answer(tx, r, commit),
-            Pending::Cancel(tx, r) => answer(tx, r, commit),
-            Pending::Transition(tx, r) => answer(tx, r, commit),
-            Pending::Requeue(tx, r) => answer(tx, r, commit),
-            Pending::Bulk(tx, r) => answer(tx, r, commit),
-            Pending::Admin(tx, r) => answer(tx, r, commit),
-            Pending::Progress(tx, r) => answer(tx, r, commit),
-            Pending::Recover(tx, r) => answer(tx, r, commit),
-            Pending::Fire(tx, r) => answer(tx, r, commit),
-            Pending::Probe(tx, r) => answer(tx, r, commit),
-            Pending::Prune(tx, r) => answer(tx, r, commit),
-            Pending::Vacuum(tx, r) => answer(tx, r, commit),
-            Pending::Close(tx) => drop(tx.send(())),
-        }
-    }
-
-    /// Whether the command itself failed (its writes are to be undone).
-    fn failed(&self) -> bool {
-        match self {
-            Pending::Submit(_, r) => r.is_err(),
-            Pending::Cancel(_, r) => r.is_err(),
-            Pending::Transition(_, r) => r.is_err(),
-            Pending::Requeue(_, r) => r.is_err(),
-            Pending::Bulk(_, r) => r.is_err(),
-            Pending::Admin(_, r) => r.is_err(),
-            Pending::Progress(_, r) => r.is_err(),
-            Pending::Recover(_, r) => r.is_err(),
-            Pending::Fire(_, r) => r.is_err(),
-            Pending::Probe(_, r) => r.is_err(),
-            Pending::Prune(_, r) => r.is_err(),
-            Pending::Vacuum(_, r) => r.is_err(),
-            Pending::Close(_) => false,
-        }
-    }
-
-    fn fault(&self) -> Option<(StoreFault, &str)> {
-        match self {
-            Pending::Submit(_, r) => fault_of(r),
-            Pending::Cancel(_, r) => fault_of(r),
-            Pending::Transition(_, r) => fault_of(r),
-            Pending::Requeue(_, r) => fault_of(r),
-            Pending::Bulk(_, r) => fault_of(r),
-            Pending::Admin(_, r) => fault_of(r),
-            Pending::Progress(_, r) => fault_of(r),
-            Pending::Recover(_, r) => fault_of(r),
-            Pending::Fire(_, r) => fault_of(r),
-            Pending::Probe(_, r) => fault_of(r),
-            Pending::Prune(_, r) => fault_of(r),
-            Pending::Vacuum(_, r) => fault_of(r),
-            Pending::Close(_) => None,
-        }
-    }
 }
 
 /// Whether the store can commit: `None` while it can, the fault while it cannot.
@@ -387,7 +383,6 @@ fn commit_batch(
     let mut rows = 0u64;
     // Held until the commit: a command that rolls back, or a failed commit, counts nothing.
     let mut tally = Tally::default();
-    let mut pending = Vec::with_capacity(batch.len());
     let began = Instant::now();
     let durable = batch.iter().any(Command::needs_sync);
     let begun = synchronous
@@ -395,85 +390,43 @@ fn commit_batch(
         .and_then(|synced| conn.execute_batch("BEGIN IMMEDIATE").map(|()| synced));
     let synced = match begun {
         Ok(synced) => synced,
-        Err(err) => {
-            let err = Err(Failed::from(err));
-            for command in batch.drain(..) {
-                refuse(command, &err);
-            }
-            return match err {
-                Err(Failed::Store(fault, _)) => Some(fault),
-                _ => None,
-            };
+        Err(err) => return refuse_all(batch.drain(..), err),
+    };
+    // The scheduler's transitions go first (each source's own order is kept).
+    batch.sort_by_key(|c| !matches!(c, Command::Transition { .. }));
+    // Every command straight in the transaction first, with no savepoint: a savepoint copies
+    // each page its command changes into a journal before the change, which for a scheduler
+    // round or a batch of submits is most of the pages the batch writes. Commands rarely fail;
+    // when one does, the whole transaction is undone and the batch is run again the careful
+    // way, each command in a savepoint of its own.
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for command in batch.iter() {
+        let outcome = run_command(conn, counts, command, Guard::Alone, &mut rows, &mut tally);
+        let failed = outcome.error().is_some();
+        outcomes.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    let pending = if outcomes.iter().all(|o| o.error().is_none()) {
+        batch
+            .drain(..)
+            .zip(outcomes)
+            .map(|(command, outcome)| Pending::new(command, outcome))
+            .collect()
+    } else {
+        drop(outcomes);
+        counts.forget();
+        rows = 0;
+        tally = Tally::default();
+        if let Err(err) = restart(conn) {
+            return refuse_all(batch.drain(..), err);
+        }
+        match guarded_pass(conn, counts, batch, &mut rows, &mut tally) {
+            Ok(pending) => pending,
+            Err(fault) => return fault,
         }
     };
-    // The scheduler's transitions go first (each source's own order is kept), and the first
-    // command runs outside a savepoint: with nothing before it in the transaction, undoing it
-    // is rolling the transaction back. A savepoint copies every page a command touches into a
-    // journal first, which for a scheduler round is most of the pages the batch writes.
-    batch.sort_by_key(|c| !matches!(c, Command::Transition { .. }));
-    let mut queue = batch.drain(..);
-    if let Some(first) = queue.next() {
-        let done = apply(conn, counts, first, Guard::Alone, &mut rows, &mut tally);
-        let failed = done.failed();
-        pending.push(done);
-        if failed {
-            counts.forget();
-        }
-        // Some errors (a full disk, an I/O error) have already rolled the transaction back.
-        let restart = || {
-            if !conn.is_autocommit() {
-                conn.execute_batch("ROLLBACK")?;
-            }
-            conn.execute_batch("BEGIN IMMEDIATE")
-        };
-        if failed && let Err(err) = restart() {
-            let err = Err(Failed::from(err));
-            for command in queue {
-                refuse(command, &err);
-            }
-            for reply in pending {
-                reply.send(&Ok(()));
-            }
-            return match err {
-                Err(Failed::Store(fault, _)) => Some(fault),
-                _ => None,
-            };
-        }
-    }
-    while let Some(command) = queue.next() {
-        pending.push(apply(
-            conn,
-            counts,
-            command,
-            Guard::Savepoint,
-            &mut rows,
-            &mut tally,
-        ));
-        // Some errors (a full disk, an I/O error) roll the whole transaction back, not just
-        // the command's savepoint: what the batch did so far is gone, and the commands after
-        // it would each commit on their own. The batch fails as one, with that error.
-        if conn.is_autocommit() {
-            counts.forget();
-            let cause = pending.iter().find_map(Pending::fault);
-            let fault = cause.map(|(fault, _)| fault);
-            let err = Err(match fault {
-                Some(fault) => Failed::Store(fault, "the store rolled the batch back".into()),
-                None => Failed::Other("the store rolled the batch back".into()),
-            });
-            tracing::error!(
-                ?fault,
-                cause = cause.map_or("", |(_, detail)| detail),
-                "a command ended the transaction; the batch is refused"
-            );
-            for command in queue {
-                refuse(command, &err);
-            }
-            for reply in pending {
-                reply.send(&err);
-            }
-            return fault;
-        }
-    }
     // A power cut that takes a commit no fsync covered (only such a commit can be lost so):
     // it is gone after the restart, though its replies went out as if it had stayed.
     let lost = (|| {
@@ -519,6 +472,89 @@ fn commit_batch(
     fault
 }
 
+/// Ends what is left of a transaction a command failed in and begins another. Some errors (a
+/// full disk, an I/O error) have already rolled it back.
+fn restart(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")
+}
+
+/// Answers every command with `err`, which stopped their batch; returns its store fault.
+fn refuse_all(
+    commands: impl IntoIterator<Item = Command>,
+    err: rusqlite::Error,
+) -> Option<StoreFault> {
+    let err = Err(Failed::from(err));
+    for command in commands {
+        refuse(command, &err);
+    }
+    match err {
+        Err(Failed::Store(fault, _)) => Some(fault),
+        _ => None,
+    }
+}
+
+/// Runs a batch again after one of its commands failed, in a new transaction: each command
+/// but the first in a savepoint of its own, so that one that fails takes only its own writes
+/// with it. Returns the results to send after the commit, or, if the batch failed as one
+/// (its replies sent), the store fault it met.
+fn guarded_pass(
+    conn: &Connection,
+    counts: &Counts,
+    batch: &mut Vec<Command>,
+    rows: &mut u64,
+    tally: &mut Tally,
+) -> std::result::Result<Vec<Pending>, Option<StoreFault>> {
+    let mut pending = Vec::with_capacity(batch.len());
+    // The first command runs outside a savepoint: with nothing before it in the transaction,
+    // undoing it is rolling the transaction back.
+    let mut queue = batch.drain(..);
+    if let Some(first) = queue.next() {
+        let done = apply(conn, counts, first, Guard::Alone, rows, tally);
+        let failed = done.failed();
+        pending.push(done);
+        if failed {
+            counts.forget();
+        }
+        if failed && let Err(err) = restart(conn) {
+            for reply in pending {
+                reply.send(&Ok(()));
+            }
+            return Err(refuse_all(queue, err));
+        }
+    }
+    while let Some(command) = queue.next() {
+        pending.push(apply(conn, counts, command, Guard::Savepoint, rows, tally));
+        // Some errors (a full disk, an I/O error) roll the whole transaction back, not just
+        // the command's savepoint: what the batch did so far is gone, and the commands after
+        // it would each commit on their own. The batch fails as one, with that error.
+        if conn.is_autocommit() {
+            counts.forget();
+            let cause = pending.iter().find_map(Pending::fault);
+            let fault = cause.map(|(fault, _)| fault);
+            let err = Err(match fault {
+                Some(fault) => Failed::Store(fault, "the store rolled the batch back".into()),
+                None => Failed::Other("the store rolled the batch back".into()),
+            });
+            tracing::error!(
+                ?fault,
+                cause = cause.map_or("", |(_, detail)| detail),
+                "a command ended the transaction; the batch is refused"
+            );
+            for command in queue {
+                refuse(command, &err);
+            }
+            for reply in pending {
+                reply.send(&err);
+            }
+            return Err(fault);
+        }
+    }
+    Ok(pending)
+}
+
 /// How a command's writes are undone if it fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Guard {
@@ -550,81 +586,88 @@ fn apply(
     rows: &mut u64,
     tally: &mut Tally,
 ) -> Pending {
+    let outcome = run_command(conn, counts, &command, guard, rows, tally);
+    Pending::new(command, outcome)
+}
+
+/// Runs one command under its guard, leaving it to be answered (or run again).
+fn run_command(
+    conn: &Connection,
+    counts: &Counts,
+    command: &Command,
+    guard: Guard,
+    rows: &mut u64,
+    tally: &mut Tally,
+) -> Outcome {
     match command {
-        Command::Submit { submit, reply } => {
+        Command::Submit { submit, .. } => {
             let result = guarded(conn, counts, guard, |c| submit::submit(c, counts, &submit));
             if let Ok(done) = &result {
                 *rows += done.iter().filter(|s| !s.duplicate).count() as u64;
                 submit::tally(tally, &submit.jobs, done);
             }
-            Pending::Submit(reply, result)
+            Outcome::Submit(result)
         }
-        Command::Cancel {
-            target,
-            reason,
-            reply,
-        } => {
-            let mut result = guarded(conn, counts, guard, |c| cancel::cancel(c, &target, &reason));
+        Command::Cancel { target, reason, .. } => {
+            let mut result = guarded(conn, counts, guard, |c| cancel::cancel(c, target, reason));
             if let Ok(done) = &mut result {
                 *rows += (done.ids.len() + done.dependents.len()) as u64;
                 tally.append(&mut done.metrics);
             }
-            Pending::Cancel(reply, result)
+            Outcome::Cancel(result)
         }
-        Command::Transition { ops, reply } => {
-            let mut result = guarded(conn, counts, guard, |c| lifecycle::transition(c, &ops));
+        Command::Transition { ops, .. } => {
+            let mut result = guarded(conn, counts, guard, |c| lifecycle::transition(c, ops));
             if let Ok(done) = &mut result {
                 *rows += (ops.finishes.len() + done.started.len() + done.cancelled_dependents.len())
                     as u64;
                 tally.append(&mut done.metrics);
             }
-            Pending::Transition(reply, result)
+            Outcome::Transition(result)
         }
         Command::Requeue {
-            id,
-            max_attempts,
-            reply,
+            id, max_attempts, ..
         } => {
             let result = guarded(conn, counts, guard, |c| {
-                lifecycle::requeue(c, id, max_attempts)
+                lifecycle::requeue(c, *id, *max_attempts)
             });
             *rows += u64::from(result.is_ok());
-            Pending::Requeue(reply, result)
+            Outcome::Requeue(result)
         }
-        Command::Bulk { bulk, reply } => {
-            let mut result = guarded(conn, counts, guard, |c| bulk::apply(c, counts, &bulk));
+        Command::Bulk { bulk, .. } => {
+            let mut result = guarded(conn, counts, guard, |c| bulk::apply(c, counts, bulk));
             if let Ok(done) = &mut result {
                 *rows += done.changed;
                 if let Some(cancelled) = &mut done.cancelled {
                     tally.append(&mut cancelled.metrics);
                 }
             }
-            Pending::Bulk(reply, result)
+            Outcome::Bulk(result)
         }
-        Command::Admin { op, reply } => {
+        Command::Admin { op, .. } => {
             if matches!(op, AdminOp::SetQuota(_)) {
                 counts.quotas_changed();
             }
-            let result = guarded(conn, counts, guard, |c| admin(c, &op));
+            let result = guarded(conn, counts, guard, |c| admin(c, op));
             *rows += u64::from(result.is_ok());
-            Pending::Admin(reply, result)
+            Outcome::Admin(result)
         }
-        Command::Progress { reports, reply } => {
-            let mut result = guarded(conn, counts, guard, |c| progress::progress(c, &reports));
+        Command::Progress { reports, .. } => {
+            let mut result = guarded(conn, counts, guard, |c| progress::progress(c, reports));
             if let Ok(done) = &mut result {
                 *rows += u64::from(done.stored);
                 tally.append(&mut done.metrics);
             }
-            Pending::Progress(reply, result)
+            Outcome::Progress(result)
         }
-        Command::Recover { reply } => {
-            Pending::Recover(reply, guarded(conn, counts, guard, lifecycle::recover))
+        Command::Recover { .. } => {
+            Outcome::Recover(guarded(conn, counts, guard, lifecycle::recover))
         }
-        Command::Fire { fire, reply } => {
+        Command::Fire { fire, .. } => {
             // Counted only if it commits, like every command's metrics.
             let mut counted = Tally::default();
             let result = guarded(conn, counts, guard, |c| {
-                schedules::fire(c, counts, &fire, &mut counted)
+                schedules::fire(c, counts, fire, &mut counted)
             });
             if let Ok(Fired::Submitted(s)) = &result
                 && !s.duplicate
@@ -632,19 +675,17 @@ fn apply(
                 *rows += 1;
                 tally.append(&mut counted);
             }
-            Pending::Fire(reply, result)
+            Outcome::Fire(result)
         }
-        Command::Probe { reply } => Pending::Probe(reply, guarded(conn, counts, guard, probe)),
+        Command::Probe { .. } => Outcome::Probe(guarded(conn, counts, guard, probe)),
         // Deletions: not rows written.
-        Command::Prune { prune, reply } => Pending::Prune(
-            reply,
-            guarded(conn, counts, guard, |c| prune::prune(c, &prune)),
-        ),
-        Command::Vacuum { pages, reply } => Pending::Vacuum(
-            reply,
-            guarded(conn, counts, guard, |c| prune::vacuum(c, pages)),
-        ),
-        Command::Close { reply } => Pending::Close(reply),
+        Command::Prune { prune, .. } => {
+            Outcome::Prune(guarded(conn, counts, guard, |c| prune::prune(c, prune)))
+        }
+        Command::Vacuum { pages, .. } => {
+            Outcome::Vacuum(guarded(conn, counts, guard, |c| prune::vacuum(c, *pages)))
+        }
+        Command::Close { .. } => Outcome::Close,
     }
 }
 
@@ -672,24 +713,22 @@ fn probe(conn: &Connection) -> Result<()> {
 /// an `Err`: the placeholder results below are never sent).
 fn refuse(command: Command, err: &Result<(), Failed>) {
     debug_assert!(err.is_err());
-    let pending = match command {
-        Command::Submit { reply, .. } => Pending::Submit(reply, Ok(vec![])),
-        Command::Cancel { reply, .. } => Pending::Cancel(reply, Err(Error::ShuttingDown)),
-        Command::Transition { reply, .. } => {
-            Pending::Transition(reply, Ok(TransitionOutcome::default()))
-        }
-        Command::Requeue { reply, .. } => Pending::Requeue(reply, Ok(None)),
-        Command::Bulk { reply, .. } => Pending::Bulk(reply, Err(Error::ShuttingDown)),
-        Command::Admin { reply, .. } => Pending::Admin(reply, Ok(())),
-        Command::Progress { reply, .. } => Pending::Progress(reply, Ok(Progressed::default())),
-        Command::Recover { reply } => Pending::Recover(reply, Ok(Default::default())),
-        Command::Fire { reply, .. } => Pending::Fire(reply, Ok(Fired::Stale)),
-        Command::Probe { reply } => Pending::Probe(reply, Ok(())),
-        Command::Prune { reply, .. } => Pending::Prune(reply, Ok(Pruned::default())),
-        Command::Vacuum { reply, .. } => Pending::Vacuum(reply, Ok(StoreSize::default())),
-        Command::Close { reply } => Pending::Close(reply),
+    let outcome = match &command {
+        Command::Submit { .. } => Outcome::Submit(Ok(vec![])),
+        Command::Cancel { .. } => Outcome::Cancel(Err(Error::ShuttingDown)),
+        Command::Transition { .. } => Outcome::Transition(Ok(TransitionOutcome::default())),
+        Command::Requeue { .. } => Outcome::Requeue(Ok(None)),
+        Command::Bulk { .. } => Outcome::Bulk(Err(Error::ShuttingDown)),
+        Command::Admin { .. } => Outcome::Admin(Ok(())),
+        Command::Progress { .. } => Outcome::Progress(Ok(Progressed::default())),
+        Command::Recover { .. } => Outcome::Recover(Ok(Default::default())),
+        Command::Fire { .. } => Outcome::Fire(Ok(Fired::Stale)),
+        Command::Probe { .. } => Outcome::Probe(Ok(())),
+        Command::Prune { .. } => Outcome::Prune(Ok(Pruned::default())),
+        Command::Vacuum { .. } => Outcome::Vacuum(Ok(StoreSize::default())),
+        Command::Close { .. } => Outcome::Close,
     };
-    pending.send(err);
+    Pending::new(command, outcome).send(err);
 }
 
 /// Runs `f` in a savepoint: its writes, and the moves of jobs they made, are kept if it
@@ -782,6 +821,78 @@ mod tests {
         assert_eq!(synchronous(&conn), 2);
         assert!(mode.set(&conn, true).expect("set"));
         assert_eq!(synchronous(&conn), 2);
+    }
+
+    /// A batch in which one command fails part-way through its writes: the batch is run
+    /// again with each command in a savepoint, so the others commit, the failing one leaves
+    /// nothing behind, and its caller hears why.
+    #[test]
+    fn a_command_that_fails_part_way_takes_only_its_own_writes_with_it() {
+        use crate::store::{Origin, conformance::new_job};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut conn = Connection::open(dir.path().join("batch.db")).expect("a database");
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .expect("the pragma sets");
+        let counts = Counts::register(&conn).expect("counts");
+        super::super::migrate::run(&mut conn).expect("migrations");
+        let mut replies = Vec::new();
+        let mut submit = |jobs: Vec<crate::store::NewJob>| {
+            let (reply, rx) = oneshot::channel();
+            replies.push(rx);
+            Command::Submit {
+                submit: Submit {
+                    origin: Origin::Batch,
+                    jobs,
+                    group: None,
+                    scope: None,
+                    durability: Durability::BeforeReply,
+                },
+                reply,
+            }
+        };
+        let (a, written, c) = (new_job("q"), new_job("q"), new_job("q"));
+        // Its first job is written before the second's missing dependency is found.
+        let missing = JobId::new();
+        let orphan = crate::store::NewJob {
+            depends_on: vec![missing],
+            ..new_job("q")
+        };
+        let mut batch = vec![
+            submit(vec![a.clone()]),
+            submit(vec![written.clone(), orphan]),
+            submit(vec![c.clone()]),
+        ];
+        let fault = commit_batch(
+            &mut conn,
+            &counts,
+            &mut batch,
+            &mut Synchronous::new(SyncMode::Normal),
+            &WriteCounters::default(),
+            &Metrics::new(),
+        );
+        assert_eq!(fault, None);
+        let answers: Vec<_> = replies
+            .into_iter()
+            .map(|mut rx| rx.try_recv().expect("answered"))
+            .collect();
+        assert!(answers[0].is_ok(), "{:?}", answers[0]);
+        assert!(
+            matches!(&answers[1], Err(err) if err.to_string().contains(&missing.to_string())),
+            "{:?}",
+            answers[1]
+        );
+        assert!(answers[2].is_ok(), "{:?}", answers[2]);
+        let mut stored: Vec<String> = conn
+            .prepare("SELECT id FROM jobs")
+            .expect("prepare")
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        stored.sort();
+        let mut expected = vec![a.id.to_string(), c.id.to_string()];
+        expected.sort();
+        assert_eq!(stored, expected, "{} was written and undone", written.id);
     }
 
     /// A command in a savepoint whose undo outgrows what SQLite keeps in memory (the
