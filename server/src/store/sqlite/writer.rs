@@ -601,7 +601,7 @@ fn run_command(
 ) -> Outcome {
     match command {
         Command::Submit { submit, .. } => {
-            let result = guarded(conn, counts, guard, |c| submit::submit(c, counts, &submit));
+            let result = guarded(conn, counts, guard, |c| submit::submit(c, counts, submit));
             if let Ok(done) = &result {
                 *rows += done.iter().filter(|s| !s.duplicate).count() as u64;
                 submit::tally(tally, &submit.jobs, done);
